@@ -1,0 +1,23 @@
+# Quick start on a fresh machine: `make demo` (install + the whole pipeline, quick preset) and
+# `make test` (install + the test suite). Both create .venv from requirements.txt when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test clean-venv
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade --quiet pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	SDL_VIDEODRIVER=$${SDL_VIDEODRIVER:-dummy} $(PY) car_racing/demo.py
+
+# pytest exits 5 when it collects no tests: that is not a failure of the suite.
+test: $(VENV)/.installed
+	SDL_VIDEODRIVER=dummy $(PY) -m pytest; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,159 @@
+"""The one real-env rollout loop: recording, controller evaluation, the simulator and the videos all
+drive CarRacing-v3 through :func:`run_episode` (one process) or :func:`run_episodes` (worker processes).
+
+A *driver* is anything with::
+
+    reset(env, seed) -> None                                   # new episode
+    act(observation, env, step, episode_reward) -> action     # float32 [steer, gas, brake]
+
+The observation is the env's raw 96×96×3 uint8 frame. A driver may raise :class:`EndSession`
+(a human pressing Esc) to end the episode early; the steps so far are kept.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from car_racing.envs import make_env
+from car_racing.recorded_data import preprocess_frame
+
+
+class EndSession(Exception):
+    """Raised by a driver to stop the current episode and the session (steps so far are kept)."""
+
+
+class Driver(Protocol):
+    def reset(self, env: Any, seed: int) -> None: ...
+
+    def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray: ...
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode produced. Arrays are per step: frame t is what the driver saw before action t."""
+
+    seed: int
+    actions: np.ndarray  # float32 (T, 3), after smoothing: what the env received
+    rewards: np.ndarray  # float32 (T,)
+    lap_finished: bool
+    terminated: bool
+    ended_by_driver: bool = False
+    frames: np.ndarray | None = None  # uint8 (T, 64, 64, 3) when record_frames
+    raw_frames: np.ndarray | None = None  # uint8 (T, 96, 96, 3) when capture_raw
+    info: dict[str, Any] = field(default_factory=dict)  # driver extras (e.g. noise levels)
+
+    @property
+    def steps(self) -> int:
+        return int(len(self.actions))
+
+    @property
+    def total_reward(self) -> float:
+        return float(np.sum(self.rewards, dtype=np.float64))
+
+
+def smooth_action(action: np.ndarray, previous: np.ndarray, smoothing: float) -> np.ndarray:
+    """Exponential action smoothing: ``a_t = (1 - s) * action + s * a_{t-1}`` (``s = 0`` turns it off)."""
+    if smoothing <= 0.0:
+        return action
+    return ((1.0 - smoothing) * action + smoothing * previous).astype(np.float32)
+
+
+def run_episode(env: Any, driver: Driver, seed: int, max_steps: int, *, smoothing: float = 0.0,
+                record_frames: bool = False, capture_raw: bool = False,
+                on_step: Callable[[int, np.ndarray, float], None] | None = None) -> EpisodeResult:
+    """Drive one seeded episode for at most ``max_steps`` steps (the env's own 1000-step limit also ends it).
+
+    ``on_step(step, observation, episode_reward)`` is called with every observation the driver sees.
+    """
+    observation, _ = env.reset(seed=seed)
+    driver.reset(env, seed)
+    actions, rewards, frames, raw_frames = [], [], [], []
+    previous = np.zeros(3, dtype=np.float32)
+    episode_reward, lap_finished, terminated, ended_by_driver = 0.0, False, False, False
+    for step in range(max_steps):
+        if on_step is not None:
+            on_step(step, observation, episode_reward)
+        try:
+            action = np.asarray(driver.act(observation, env, step, episode_reward), dtype=np.float32)
+        except EndSession:
+            ended_by_driver = True
+            break
+        action = smooth_action(action, previous, smoothing)
+        previous = action
+        if record_frames:
+            frames.append(preprocess_frame(observation))
+        if capture_raw:
+            raw_frames.append(observation)
+        observation, reward, terminated, truncated, info = env.step(action)
+        actions.append(action)
+        rewards.append(reward)
+        episode_reward += float(reward)
+        if terminated or truncated:
+            lap_finished = bool(info.get("lap_finished", False))
+            break
+    return EpisodeResult(
+        seed=seed,
+        actions=np.asarray(actions, dtype=np.float32).reshape(-1, 3),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        lap_finished=lap_finished,
+        terminated=bool(terminated),
+        ended_by_driver=ended_by_driver,
+        frames=np.asarray(frames, dtype=np.uint8).reshape(-1, 64, 64, 3) if record_frames else None,
+        raw_frames=np.asarray(raw_frames, dtype=np.uint8).reshape(-1, 96, 96, 3) if capture_raw else None,
+        info=dict(getattr(driver, "episode_info", {}) or {}),
+    )
+
+
+# --- worker processes -------------------------------------------------------------------------------
+
+_worker_state: dict[str, Any] = {}
+
+
+def _worker_init(make_driver: Callable[[], Driver], env_kwargs: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker process
+    _worker_state["driver"] = make_driver()
+    _worker_state["env"] = make_env(**env_kwargs)
+
+
+def _worker_run(job: tuple[int, int, dict[str, Any]]) -> EpisodeResult:
+    seed, max_steps, options = job
+    return run_episode(_worker_state["env"], _worker_state["driver"], seed, max_steps, **options)
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def run_episodes(make_driver: Callable[[], Driver], seeds: Sequence[int], max_steps: int, *, workers: int = 1,
+                 env_kwargs: dict[str, Any] | None = None, ordered: bool = False,
+                 **options: Any) -> Iterator[EpisodeResult]:
+    """Run one episode per seed, yielding results as they finish (or in seed order with ``ordered``).
+
+    ``make_driver`` must be picklable (a top-level function or ``functools.partial``) when
+    ``workers > 1``: each worker process builds its own driver and env once. ``options`` go to
+    :func:`run_episode`. Separate processes measured faster than gymnasium's AsyncVectorEnv here.
+    """
+    env_kwargs = dict(env_kwargs or {})
+    workers = max(1, min(workers, len(seeds)))
+    if workers == 1:
+        env = make_env(**env_kwargs)
+        driver = make_driver()
+        try:
+            for seed in seeds:
+                yield run_episode(env, driver, seed, max_steps, **options)
+        finally:
+            env.close()
+        return
+    # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock.
+    context = mp.get_context("spawn")
+    jobs = [(seed, max_steps, options) for seed in seeds]
+    with context.Pool(workers, initializer=_worker_init, initargs=(make_driver, env_kwargs)) as pool:
+        results = pool.imap(_worker_run, jobs) if ordered else pool.imap_unordered(_worker_run, jobs)
+        yield from results

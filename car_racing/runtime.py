@@ -1,0 +1,140 @@
+"""What every stage needs around its models: device choice, seeding, atomic files, checkpoints, plots.
+
+A checkpoint is one dict (nanoGPT style)::
+
+    {"kind": "vision" | "memory" | "controller",
+     "model_args": {...},          # rebuild with Model(**model_args); later stages never re-declare sizes
+     "model_state": state_dict,
+     "optimizer_state": ...,       # when the stage has an optimizer
+     "epoch": int, "best_val_loss": float, "config": asdict(args), "history": {...}, ...}
+
+Files are written to a temporary name in the same folder and renamed, so an interrupted write
+never replaces the last good file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from car_racing.cli import UsageError
+
+# Which script writes each kind of checkpoint: named in errors so a user knows what to run.
+STAGE_SCRIPTS = {
+    "vision": "car_racing/train_vision.py",
+    "memory": "car_racing/train_memory.py",
+    "controller": "car_racing/train_controller_cmaes.py",
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when present, else CPU; otherwise any name torch accepts (``cpu``, ``cuda:1``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: expected auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device auto or cpu)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python's ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write one checkpoint dict atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(checkpoint), tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint of the given kind, or raise a one-line :class:`UsageError` naming the file
+    and the stage that makes it."""
+    path = Path(path)
+    maker = STAGE_SCRIPTS.get(kind, "the stage that writes it")
+    if not path.is_file():
+        raise UsageError(f"{path}: no {kind} checkpoint here; run {maker} first (or pass --checkpoint-dir)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises many types for truncated/corrupt files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason}); "
+                         f"rerun {maker}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
+        found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise UsageError(f"{path}: expected a {kind} checkpoint from {maker}, found {found!r}")
+    for key in ("model_args", "model_state"):
+        if key not in checkpoint:
+            raise UsageError(f"{path}: {kind} checkpoint lacks {key!r}; rerun {maker}")
+    return checkpoint
+
+
+def build_model(model_cls: type[torch.nn.Module], checkpoint: Mapping[str, Any], path: str | os.PathLike
+                ) -> torch.nn.Module:
+    """``model_cls(**checkpoint["model_args"])`` with its weights loaded; one-line error on mismatch."""
+    try:
+        model = model_cls(**checkpoint["model_args"])
+        model.load_state_dict(checkpoint["model_state"])
+    except (TypeError, RuntimeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{path}: {checkpoint.get('kind', 'model')} checkpoint does not fit "
+                         f"{model_cls.__name__} ({first_line}); rerun {STAGE_SCRIPTS.get(checkpoint.get('kind'), 'its stage')}"
+                         ) from None
+    return model
+
+
+def plot_curves(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, *, title: str,
+                xlabel: str = "epoch", ylabel: str = "loss", log_y: bool = False,
+                x: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Write a PNG with one line per named curve (atomically). ``x`` optionally gives each curve's x values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, values in curves.items():
+        if len(values) == 0:
+            continue
+        xs = list(x[name]) if x and name in x else list(range(1, len(values) + 1))
+        ax.plot(xs, list(values), marker="o" if len(values) < 30 else None, markersize=3, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny recorded datasets that every stage's tests can train on in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+from car_racing.recorded_data import EpisodeStore, RecordedEpisode  # noqa: E402
+
+
+def write_synthetic_recording(data_dir, lengths=(30, 25, 40), seq_len=10, seed=0):
+    """A recording of synthetic episodes (smoothly moving blobs, random actions) in the real format."""
+    rng = np.random.default_rng(seed)
+    store = EpisodeStore(data_dir, append=False, seq_len=seq_len)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for episode, length in enumerate(lengths):
+        centres = np.cumsum(rng.normal(0, 1.5, size=(length, 2)), axis=0) + 32
+        frames = np.zeros((length, 64, 64, 3), dtype=np.uint8)
+        frames[..., 1] = 100  # grass-like background
+        for t, (cy, cx) in enumerate(centres):
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
+            frames[t][blob] = (105, 105, 105)
+        actions = np.stack([rng.uniform(-1, 1, length), rng.uniform(0, 1, length), rng.uniform(0, 1, length)],
+                           axis=1).astype(np.float32)
+        rewards = rng.normal(0, 1, length).astype(np.float32)
+        store.add(RecordedEpisode(seed=100 + episode, driver="synthetic", frames=frames, actions=actions,
+                                  rewards=rewards, lap_finished=False))
+    return store.commit()
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path):
+    """A data folder with 3 synthetic episodes (95 steps) and memory sequences of length 10."""
+    data_dir = tmp_path / "data"
+    write_synthetic_recording(data_dir)
+    return data_dir
