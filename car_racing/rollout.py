@@ -115,6 +115,9 @@ _worker_state: dict[str, Any] = {}
 
 
 def _worker_init(make_driver: Callable[[], Driver], env_kwargs: dict[str, Any]) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it saves, then ends the pool
     import torch
 
     torch.set_num_threads(1)  # one core per worker process

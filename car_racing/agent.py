@@ -1,0 +1,212 @@
+"""The World Models agent: V + M + C loaded from their checkpoints, driving the real CarRacing-v3.
+
+At real-env step t (h_0 = c_0 = 0)::
+
+    frame_t = preprocess_frame(observation_t)        # 96×96 → 64×64, as in the recorded data
+    z_t     = V.encode(frame_t).mu                   # the mean, no sampling
+    a_t     = C(z_t, h_t)
+    (h_{t+1}, c_{t+1}) = M.step(z_t, a_t, (h_t, c_t))
+
+:class:`Agent` is a :class:`car_racing.rollout.Driver`; :func:`evaluate_agent` runs it through
+:func:`car_racing.rollout.run_episodes` (the one real-env loop), optionally in worker processes.
+Each model is rebuilt from its checkpoint's ``model_args``: no sizes are re-declared here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from car_racing.cli import UsageError
+from car_racing.models.ffn import Controller
+from car_racing.recorded_data import preprocess_frame
+from car_racing.rollout import EpisodeResult, run_episodes
+from car_racing.runtime import STAGE_SCRIPTS, build_model, load_checkpoint, resolve_device
+
+CHECKPOINT_FILES = {
+    "vision": "vision_model.pth",
+    "memory": "memory_model.pth",
+    "controller": "control_model_cmaes.pth",
+}
+
+
+def checkpoint_paths(checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
+    """kind ("vision", "memory", "controller") → the checkpoint file in ``checkpoint_dir``."""
+    return {kind: Path(checkpoint_dir) / name for kind, name in CHECKPOINT_FILES.items()}
+
+
+def _device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
+
+
+def load_vision(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The VAE from a "vision" checkpoint, in eval mode (one-line UsageError if missing or unfit)."""
+    from car_racing.models.vae import VAE
+
+    checkpoint = load_checkpoint(path, "vision")
+    return build_model(VAE, checkpoint, path).to(_device(device)).eval()
+
+
+def load_memory(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The MDN-RNN from a "memory" checkpoint, in eval mode (one-line UsageError if missing or unfit)."""
+    from car_racing.models.mdn_rnn import MDNRNN
+
+    checkpoint = load_checkpoint(path, "memory")
+    return build_model(MDNRNN, checkpoint, path).to(_device(device)).eval()
+
+
+def load_controller(path: str | os.PathLike, device: str | torch.device = "cpu") -> Controller:
+    """The controller from a "controller" checkpoint (its ``model_state`` holds the best parameters so far)."""
+    checkpoint = load_checkpoint(path, "controller")
+    return build_model(Controller, checkpoint, path).to(_device(device)).eval()  # type: ignore[return-value]
+
+
+def check_compatible(vae: torch.nn.Module, mdnrnn: torch.nn.Module, controller: Controller,
+                     paths: dict[str, Path]) -> None:
+    """One-line UsageError when the three models' sizes do not chain (z: V → M, C; h: M → C)."""
+    if mdnrnn.latent_size != vae.latent_size:
+        raise UsageError(f"{paths['memory']}: memory model expects latent size {mdnrnn.latent_size} but "
+                         f"{paths['vision']} has {vae.latent_size}; rerun {STAGE_SCRIPTS['memory']}")
+    if controller.latent_size != vae.latent_size or controller.hidden_size != mdnrnn.hidden_size:
+        raise UsageError(f"{paths['controller']}: controller expects latent {controller.latent_size} / hidden "
+                         f"{controller.hidden_size} but V/M have {vae.latent_size} / {mdnrnn.hidden_size}; "
+                         f"rerun {STAGE_SCRIPTS['controller']}")
+    if mdnrnn.action_size != controller.action_size:
+        raise UsageError(f"{paths['memory']}: memory model expects {mdnrnn.action_size} actions, controller "
+                         f"gives {controller.action_size}; rerun {STAGE_SCRIPTS['memory']}")
+
+
+@contextlib.contextmanager
+def _without_onednn(device: torch.device) -> Iterator[None]:
+    """On CPU, run the block with oneDNN (mkldnn) off: torch's oneDNN LSTM has a large fixed cost per
+    call, so one batch-1 ``nn.LSTM`` step took ~5× longer with it than with the native kernel (same
+    weights, same result to float rounding). Restored afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+class Agent:
+    """V + M + C as a rollout driver (batch 1, ``torch.no_grad``). See the module docstring."""
+
+    def __init__(self, vae: torch.nn.Module, mdnrnn: torch.nn.Module, controller: Controller,
+                 device: str | torch.device = "cpu"):
+        from car_racing.models.vae import frames_to_tensor
+
+        self.device = _device(device)
+        self.vae = vae.to(self.device).eval()
+        self.mdnrnn = mdnrnn.to(self.device).eval()
+        self.controller = controller.to(self.device).eval()
+        self._frames_to_tensor = frames_to_tensor
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.episode_info: dict[str, Any] = {}
+        self.reset(None, 0)
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """h_t (1, H): the LSTM output the controller sees at the next step."""
+        assert self.state is not None
+        return self.state[0]
+
+    def reset(self, env: Any, seed: int) -> None:
+        """New episode: h_0 = c_0 = 0."""
+        self.state = self.mdnrnn.initial_state(1, device=self.device)
+
+    @torch.no_grad()
+    def act(self, observation: np.ndarray, env: Any = None, step: int = 0, episode_reward: float = 0.0
+            ) -> np.ndarray:
+        """96×96×3 uint8 observation → float32 action (3,) [steer, gas, brake]; advances M's state."""
+        frame = preprocess_frame(observation)
+        x = self._frames_to_tensor(frame[None], device=self.device)  # (1, 3, 64, 64)
+        z, _ = self.vae.encode(x)  # μ (1, L)
+        action = self.controller(z, self.state[0])  # (1, 3)
+        with _without_onednn(self.device):
+            _, self.state = self.mdnrnn.step(z, action, self.state)
+        return action[0].float().cpu().numpy()
+
+
+def load_agent_models(checkpoint_dir: str | os.PathLike, controller_params: np.ndarray | None = None,
+                      device: str | torch.device = "cpu") -> tuple[torch.nn.Module, torch.nn.Module, Controller]:
+    """(vae, mdnrnn, controller) from ``checkpoint_dir``; all three checked before returning.
+
+    With ``controller_params`` (a flat vector, see :mod:`car_racing.models.ffn`) the controller is built
+    from V's latent size and M's hidden size and given those parameters: no controller checkpoint needed.
+    """
+    paths = checkpoint_paths(checkpoint_dir)
+    device = _device(device)
+    vae = load_vision(paths["vision"], device)
+    mdnrnn = load_memory(paths["memory"], device)
+    if controller_params is None:
+        controller = load_controller(paths["controller"], device)
+    else:
+        controller = Controller(latent_size=vae.latent_size, hidden_size=mdnrnn.hidden_size,
+                                action_size=mdnrnn.action_size)
+        try:
+            controller.set_flat_params(controller_params)
+        except ValueError as err:
+            raise UsageError(f"controller parameters do not fit V/M in {checkpoint_dir}: {err}") from None
+        controller = controller.to(device).eval()
+    check_compatible(vae, mdnrnn, controller, paths)
+    return vae, mdnrnn, controller
+
+
+def make_agent_driver(checkpoint_dir: str | os.PathLike, controller_params: np.ndarray | None = None,
+                      device: str | torch.device = "cpu") -> Agent:
+    """An :class:`Agent` from the checkpoints in ``checkpoint_dir`` (picklable via ``functools.partial``)."""
+    device = _device(device)
+    return Agent(*load_agent_models(checkpoint_dir, controller_params, device), device=device)
+
+
+def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
+                        controller_params: np.ndarray | None = None, max_steps: int = 1000, workers: int = 1,
+                        smoothing: float = 0.0, device: str | torch.device = "cpu", capture_raw: bool = False,
+                        env_kwargs: dict[str, Any] | None = None) -> Iterator[EpisodeResult]:
+    """Like :func:`evaluate_agent`, but yields each result (in seed order) as soon as it is ready.
+
+    The checkpoints are loaded and checked before the first env or worker starts (one UsageError if a
+    file is missing or unfit). In-process (``workers == 1``) the agent runs with 1 torch thread (batch-1
+    inference is fastest that way on CPU; the previous setting is restored after); with ``workers > 1``
+    each spawned worker loads its own agent once and uses 1 thread (see :mod:`car_racing.rollout`).
+    """
+    seeds = list(seeds)
+    agent = make_agent_driver(checkpoint_dir, controller_params, device)
+    options = dict(smoothing=smoothing, capture_raw=capture_raw)
+    if max(1, min(workers, len(seeds))) > 1:
+        del agent
+        make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), controller_params, str(device))
+        yield from run_episodes(make_driver, seeds, max_steps, workers=workers, env_kwargs=env_kwargs,
+                                ordered=True, **options)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield from run_episodes(lambda: agent, seeds, max_steps, workers=1, env_kwargs=env_kwargs, **options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def evaluate_agent(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
+                   controller_params: np.ndarray | None = None, max_steps: int = 1000, workers: int = 1,
+                   smoothing: float = 0.0, device: str | torch.device = "cpu", capture_raw: bool = False,
+                   env_kwargs: dict[str, Any] | None = None) -> list[EpisodeResult]:
+    """One real episode per seed with the agent (V + M + C from ``checkpoint_dir``, or C from
+    ``controller_params``), results in seed order; ``smoothing`` as in :func:`car_racing.rollout.smooth_action`.
+
+    Checkpoints are checked before any env work. With ``workers > 1`` each spawned worker loads its own
+    agent once (1 torch thread each); use ``device="cpu"`` there. ``env_kwargs`` go to ``make_env``.
+    """
+    return list(iter_agent_episodes(checkpoint_dir, seeds, controller_params=controller_params,
+                                    max_steps=max_steps, workers=workers, smoothing=smoothing, device=device,
+                                    capture_raw=capture_raw, env_kwargs=env_kwargs))

@@ -1,0 +1,136 @@
+"""Stage 5: the trained agent (V + M + C) drives the real CarRacing-v3.
+
+    python car_racing/car_racing_gameplay_simulator.py --episodes 100          # the score over 100 tracks
+    python car_racing/car_racing_gameplay_simulator.py --episodes 3 --render   # watch it drive (pygame window)
+    python car_racing/car_racing_gameplay_simulator.py --episodes 3 --video runs/agent.mp4
+
+Episode i uses track seed ``--seed + i``. The default 10000 is far from the seeds the recorder and the
+controller's real-env checks use (small numbers counting up from 0), so the score is measured on
+tracks the agent never trained or was selected on.
+
+Action smoothing (the seed project's): ``a_t = (1 − s) · C(z_t, h_t) + s · a_{t−1}`` with ``a_{−1} = 0``
+and ``s = --smoothing`` (0 turns it off). The memory model M is fed the controller's own action
+C(z_t, h_t), as in training; the env receives the smoothed one.
+
+Prints one line per episode (reward, steps) in seed order, and as its last line
+``score: MEAN ± STD over N episodes`` (population standard deviation over the episodes' total rewards).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from car_racing.agent import checkpoint_paths, iter_agent_episodes, make_agent_driver
+from car_racing.cli import UsageError, run_main
+from car_racing.rollout import EpisodeResult, default_workers
+from car_racing.runtime import resolve_device, seed_everything
+from car_racing.video import VideoWriter, label, upscale
+
+VIDEO_FPS = 50  # CarRacing's simulation rate: the video plays in real time
+
+
+@dataclass
+class Args:
+    """Run the trained World Models agent in the real CarRacing-v3 and print its score."""
+
+    episodes: int = 10
+    """number of episodes (tracks) to drive"""
+    seed: int = 10000
+    """episode i uses track seed SEED + i (default far from the recording/training seeds)"""
+    smoothing: float = 0.3
+    """action smoothing s: a_t = (1 - s) * C(z_t, h_t) + s * a_{t-1}; 0 turns it off"""
+    checkpoint_dir: str = "checkpoints"
+    """folder with vision_model.pth, memory_model.pth and control_model_cmaes.pth"""
+    render: bool = False
+    """open a pygame window to watch the agent drive (one process: --workers is forced to 1)"""
+    video: str | None = None
+    """write an MP4 of the episodes here (e.g. runs/agent.mp4), with reward and step drawn on each frame"""
+    video_scale: int = 4
+    """the 96x96 frames are upscaled by this factor in the video"""
+    workers: int = field(default_factory=default_workers)
+    """worker processes running episodes in parallel (defaults to the number of CPUs)"""
+    max_steps: int = 1000
+    """step limit per episode (the env's own limit is 1000)"""
+    device: str = "cpu"
+    """torch device for the agent: cpu (fastest for batch-1 inference), auto or cuda[:N]"""
+
+
+def score_line(rewards: list[float]) -> str:
+    """``score: MEAN ± STD over N episodes`` (1 decimal; population standard deviation)."""
+    values = np.asarray(rewards, dtype=np.float64)
+    return f"score: {values.mean():.1f} ± {values.std():.1f} over {len(values)} episodes"
+
+
+def annotate_frames(result: EpisodeResult, episode: int, scale: int) -> Iterator[np.ndarray]:
+    """The episode's raw 96×96 frames, upscaled ×``scale``, with episode, seed, step and reward so far
+    drawn on them: RGB uint8 (96·scale, 96·scale, 3) each. Frame t is what the agent saw before action
+    t, so the reward shown is the sum of the rewards of steps 0 … t−1."""
+    assert result.raw_frames is not None
+    so_far = np.concatenate([[0.0], np.cumsum(result.rewards, dtype=np.float64)])
+    for t, frame in enumerate(result.raw_frames):
+        text = f"episode {episode}  seed {result.seed}\nstep {t}  reward {so_far[t]:.1f}"
+        yield label(upscale(frame, scale), text)
+
+
+def main(args: Args) -> float:
+    if args.episodes < 1:
+        raise UsageError(f"--episodes {args.episodes}: expected at least 1")
+    if not 0.0 <= args.smoothing < 1.0:
+        raise UsageError(f"--smoothing {args.smoothing}: expected 0 <= s < 1 (0 turns smoothing off)")
+    if args.max_steps < 1:
+        raise UsageError(f"--max-steps {args.max_steps}: expected at least 1")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: expected at least 1")
+    if args.video_scale < 1:
+        raise UsageError(f"--video-scale {args.video_scale}: expected at least 1")
+    if args.video is not None and Path(args.video).suffix.lower() != ".mp4":
+        raise UsageError(f"--video {args.video}: expected a path ending in .mp4")
+    device = resolve_device(args.device)
+    # All three checkpoints are loaded and checked before any env work (one-line error naming the file).
+    make_agent_driver(args.checkpoint_dir, device=device)
+    seed_everything(args.seed)
+
+    workers = 1 if args.render else args.workers
+    env_kwargs = {"render_mode": "human"} if args.render else None
+    seeds = [args.seed + i for i in range(args.episodes)]
+    paths = checkpoint_paths(args.checkpoint_dir)
+    print(f"agent: {paths['vision']}, {paths['memory']}, {paths['controller']}; "
+          f"seeds {seeds[0]}..{seeds[-1]}, smoothing {args.smoothing}, workers {min(workers, len(seeds))}")
+    rewards: list[float] = []
+    with contextlib.ExitStack() as stack:
+        # The video is written under a temporary name and appears only when every episode is in it.
+        video = None if args.video is None else stack.enter_context(VideoWriter(args.video, fps=VIDEO_FPS))
+        episodes = stack.enter_context(contextlib.closing(iter_agent_episodes(
+            args.checkpoint_dir, seeds, max_steps=args.max_steps, workers=workers, smoothing=args.smoothing,
+            device=device, capture_raw=video is not None, env_kwargs=env_kwargs)))
+        bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None, file=sys.stderr))
+        for index, result in enumerate(episodes):
+            rewards.append(result.total_reward)
+            lap = "  lap finished" if result.lap_finished else ""
+            tqdm.write(f"episode {index + 1}/{len(seeds)}  seed {result.seed}  reward {result.total_reward:.1f}"
+                       f"  steps {result.steps}{lap}", file=sys.stdout)
+            if video is not None:
+                for frame in annotate_frames(result, index + 1, args.video_scale):
+                    video.write(frame)
+                result.raw_frames = None  # keep memory flat over many episodes
+            bar.update(1)
+            bar.set_postfix(mean=f"{np.mean(rewards):.1f}")
+    if args.video is not None:
+        print(f"video: {args.video}")
+    print(score_line(rewards))
+    return float(np.mean(rewards))
+
+
+if __name__ == "__main__":
+    run_main(main, Args)

@@ -1,0 +1,162 @@
+"""The memory model M: an LSTM over [z_t, a_t] with a mixture density network (MDN) for z_{t+1}
+and two small heads for the reward r_t and the episode end done_t (World Models, Ha & Schmidhuber 2018).
+
+Shapes: B batch, T time, L ``latent_size``, A ``action_size``, H ``hidden_size``, K ``num_mixtures``.
+
+At step t the LSTM consumes x_t = [z_t, a_t] and outputs h_{t+1}. Heads on h_{t+1} predict:
+
+- p(z_{t+1}) as a mixture of K diagonal Gaussians *per latent dimension* (as in the paper): for each of
+  the L dimensions K mixture logits, K means and K log σ;
+- r_t, the reward step t returns, in real CarRacing reward units (no scaling inside the model);
+- done_t as a logit (P(the episode ends at step t) = sigmoid(done_logit)).
+
+The sequence forward (training) and :meth:`MDNRNN.step` (rollouts) run the same ``nn.LSTM`` weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (B, H)
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class MDNOutput(NamedTuple):
+    """What M predicts after consuming (z_t, a_t). Leading dims ``...`` are (B, T) or (B,).
+
+    logit_pi:   (..., L, K) unnormalised mixture weights of z_{t+1}, per latent dimension.
+    mu:         (..., L, K) component means.
+    log_sigma:  (..., L, K) component log standard deviations.
+    reward:     (...,) predicted r_t in real reward units.
+    done_logit: (...,) logit of done_t.
+    hidden:     (..., H) LSTM output h_{t+1} (what the controller sees next step).
+    """
+
+    logit_pi: torch.Tensor
+    mu: torch.Tensor
+    log_sigma: torch.Tensor
+    reward: torch.Tensor
+    done_logit: torch.Tensor
+    hidden: torch.Tensor
+
+
+class MDNRNN(nn.Module):
+    """LSTM + MDN + reward/done heads.
+
+    Args:
+        latent_size: L, size of z (V's latent size).
+        action_size: A, size of the action ([steer, gas, brake] → 3).
+        hidden_size: H, LSTM width (the paper used 256 for CarRacing; this project's default is 512).
+        num_mixtures: K, Gaussians per latent dimension (5 in the paper).
+    """
+
+    def __init__(self, latent_size: int = 32, action_size: int = 3, hidden_size: int = 512, num_mixtures: int = 5):
+        super().__init__()
+        self.latent_size = int(latent_size)
+        self.action_size = int(action_size)
+        self.hidden_size = int(hidden_size)
+        self.num_mixtures = int(num_mixtures)
+        self.lstm = nn.LSTM(self.latent_size + self.action_size, self.hidden_size, batch_first=True)
+        self.mdn = nn.Linear(self.hidden_size, 3 * self.latent_size * self.num_mixtures)
+        self.reward_head = nn.Linear(self.hidden_size, 1)
+        self.done_head = nn.Linear(self.hidden_size, 1)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """Zeros (h, c), each (batch_size, H), on ``device`` (default: the model's device)."""
+        if device is None:
+            device = self.mdn.weight.device
+        zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.mdn.weight.dtype)
+        return zeros, zeros.clone()
+
+    def heads(self, hidden: torch.Tensor) -> MDNOutput:
+        """Apply the heads to LSTM outputs: hidden (..., H) → :class:`MDNOutput` with leading dims ``...``."""
+        lead = hidden.shape[:-1]
+        params = self.mdn(hidden).view(*lead, 3, self.latent_size, self.num_mixtures)
+        logit_pi, mu, log_sigma = params.unbind(dim=-3)
+        return MDNOutput(logit_pi=logit_pi, mu=mu, log_sigma=log_sigma,
+                         reward=self.reward_head(hidden).squeeze(-1),
+                         done_logit=self.done_head(hidden).squeeze(-1), hidden=hidden)
+
+    def forward(self, z: torch.Tensor, actions: torch.Tensor, state: State | None = None
+                ) -> tuple[MDNOutput, State]:
+        """Sequence forward. z (B, T, L), actions (B, T, A), state (h, c) each (B, H) or None (zeros)
+        → (:class:`MDNOutput` with leading dims (B, T), final state (h, c) each (B, H))."""
+        x = torch.cat([z, actions.to(z.dtype)], dim=-1)
+        if state is None:
+            out, (h, c) = self.lstm(x)
+        else:
+            out, (h, c) = self.lstm(x, (state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous()))
+        return self.heads(out), (h.squeeze(0), c.squeeze(0))
+
+    def step(self, z: torch.Tensor, action: torch.Tensor, state: State | None) -> tuple[MDNOutput, State]:
+        """One step. z (B, L), action (B, A), state (h, c) each (B, H) or None (zeros) → (:class:`MDNOutput`
+        with leading dim (B,), new state (h, c)).
+
+        Runs the LSTM cell with the very weights of :meth:`forward`'s ``nn.LSTM`` (``torch.lstm_cell``:
+        the same arithmetic, several times faster than a length-1 ``nn.LSTM`` call at small batches, which
+        is what a real-env rollout does every frame; see bench/bench_memory.py)."""
+        if state is None:
+            state = self.initial_state(z.shape[0], z.device)
+        x = torch.cat([z, action.to(z.dtype)], dim=-1)
+        lstm = self.lstm
+        h, c = torch.lstm_cell(x, (state[0], state[1]), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+                               lstm.bias_hh_l0)
+        return self.heads(h), (h, c)
+
+    @staticmethod
+    def sample_next_z(output: MDNOutput, temperature: float = 1.0, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+        """Sample z_{t+1} (..., L) from the mixture in ``output`` at temperature τ.
+
+        As in the paper's code: mixture logits are divided by τ and σ is multiplied by √τ, so τ < 1 is
+        more deterministic and τ > 1 more uncertain. τ = 0 gives the mean of the most likely component.
+        """
+        logit_pi, mu, log_sigma = output.logit_pi, output.mu, output.log_sigma
+        if temperature <= 0:
+            k = logit_pi.argmax(dim=-1, keepdim=True)
+            return mu.gather(-1, k).squeeze(-1)
+        probs = torch.softmax(logit_pi.float() / temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        k = torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+        mean = mu.gather(-1, k).squeeze(-1)
+        sigma = log_sigma.gather(-1, k).squeeze(-1).exp() * math.sqrt(temperature)
+        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+        return mean + sigma * eps
+
+
+def mdn_log_prob(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, target_z: torch.Tensor
+                 ) -> torch.Tensor:
+    """log p(target) per latent dimension under the mixture: params (..., L, K), target_z (..., L) → (..., L).
+
+    log Σ_k π_k N(z; μ_k, σ_k) computed as logsumexp_k(log_softmax(logit)_k + log N_k) (stable)."""
+    z = target_z.unsqueeze(-1)
+    log_normal = -0.5 * ((z - mu) * torch.exp(-log_sigma)).pow(2) - log_sigma - LOG_SQRT_2PI
+    return torch.logsumexp(F.log_softmax(logit_pi, dim=-1) + log_normal, dim=-1)
+
+
+def mdn_loss(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, target_z: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean negative log-likelihood per latent dimension (nats; can be negative for sharp densities).
+
+    Args:
+        logit_pi, mu, log_sigma: (..., L, K) mixture parameters.
+        target_z: (..., L) the actual next latent.
+        mask: optional bool/float (...) — which positions have a target (e.g. not past an episode end).
+
+    Returns:
+        scalar: mean over all (unmasked) positions and latent dimensions of −log p(z).
+    """
+    nll = -mdn_log_prob(logit_pi.float(), mu.float(), log_sigma.float(), target_z.float())  # (..., L)
+    if mask is None:
+        return nll.mean()
+    weights = mask.to(nll.dtype).unsqueeze(-1).expand_as(nll)
+    return (nll * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+__all__ = ["MDNRNN", "MDNOutput", "State", "mdn_loss", "mdn_log_prob"]

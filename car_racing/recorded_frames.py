@@ -1,0 +1,228 @@
+"""Stage 1: record driving episodes of CarRacing-v3 (frames, actions, rewards, dones) for the world model.
+
+    python car_racing/recorded_frames.py --driver autopilot --episodes 20 --steps 500   # headless expert
+    python car_racing/recorded_frames.py                                                # you drive (arrows, Esc)
+
+Writes the data folder described in :mod:`car_racing.recorded_data` (``car_racing_recorded_*.npy``, the
+meta file and the memory sequences ``car_racing_memory_dataset_*.npy``). Each finished episode is saved
+at once to its own file under ``<data-dir>/.pending_episodes/``; at the end, and also on Ctrl-C or an
+error, the saved episodes are merged into the arrays (only when at least one was saved: existing data is
+never replaced by nothing). Without ``--append`` the new recording replaces the folder's data; with it
+the new episodes are added after the existing ones, which stay byte-for-byte intact.
+
+Seeds: episode ``i`` resets the env with ``seed + i`` and seeds its driver (autopilot noise, random
+actions) with it too, so it re-simulates exactly from its seed and recorded actions. ``--seed`` defaults
+to 0, or with ``--append`` to one past the largest seed already recorded, so appended episodes drive
+new tracks; an explicit ``--seed`` is used as given (a note says when it repeats recorded seeds).
+
+Headless drivers (autopilot, random) run in ``--workers`` processes; with several workers the episodes
+are stored in the order they finish (each is identified by its seed). The human driver runs in this
+process, paced at the env's 50 steps per second.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import contextlib
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from car_racing.cli import UsageError, run_main
+from car_racing.envs import MAX_EPISODE_STEPS
+from car_racing.recorded_data import (DEFAULT_SEQ_LEN, FRAME_SHAPE, EpisodeStore, RecordedEpisode,
+                                      load_memory_sequences)
+from car_racing.rollout import EpisodeResult, default_workers, run_episodes
+from car_racing.runtime import seed_everything
+
+DRIVERS = ("human", "autopilot", "random")
+
+
+@dataclass
+class Args:
+    """Record CarRacing-v3 episodes (64×64 frames, actions, rewards, dones) into --data-dir."""
+
+    driver: Literal["human", "autopilot", "random"] = "human"
+    """who drives: human (arrow keys in a window; Esc or closing it ends the session, keeping what was
+    recorded), autopilot (scripted expert reading the track, with per-episode noise), random (smoothly
+    varying random actions)"""
+    episodes: int = 20
+    """number of episodes to record"""
+    steps: int = 500
+    """maximum steps per episode (an episode also ends when the lap is finished or the car leaves the map)"""
+    seed: int | None = None
+    """env.reset seed of the first episode; episode i uses seed + i (also for the driver's noise).
+    Default: 0, or with --append one past the largest seed already recorded"""
+    data_dir: str = "data"
+    """folder of the recorded data (created if needed)"""
+    workers: int | None = None
+    """parallel processes for the headless drivers (default: number of CPUs); the human driver runs in-process"""
+    append: bool = False
+    """add the new episodes after the existing data instead of replacing it"""
+    noise: float = 1.0
+    """autopilot only: maximum noise level; each episode draws its steering-noise and random-burst
+    levels up to it (0 = clean, deterministic expert)"""
+    seq_len: int = DEFAULT_SEQ_LEN
+    """steps per memory-model training sequence (windows never cross an episode boundary)"""
+
+
+def validate_args(args: Args) -> None:
+    """One-line :class:`UsageError` for bad flag values, before anything is touched."""
+    if args.driver not in DRIVERS:
+        raise UsageError(f"--driver {args.driver!r}: expected one of {', '.join(DRIVERS)}")
+    for flag, value in (("--episodes", args.episodes), ("--steps", args.steps), ("--seq-len", args.seq_len)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: expected a positive number")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: expected at least 1")
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: expected a non-negative integer (env.reset needs one)")
+    if not math.isfinite(args.noise) or args.noise < 0:
+        raise UsageError(f"--noise {args.noise}: expected a number >= 0 (0 = clean autopilot)")
+
+
+def make_headless_driver(name: str, noise: float) -> Callable[[], Any]:
+    """A picklable factory for a headless driver (sent to the worker processes)."""
+    if name == "autopilot":
+        from car_racing.autopilot import AutopilotDriver
+
+        return functools.partial(AutopilotDriver, noise=noise)
+    from car_racing.drivers import RandomDriver
+
+    return RandomDriver
+
+
+def pending_seeds(store: EpisodeStore) -> list[int]:
+    """Seeds of episodes left in ``.pending_episodes`` by an interrupted run (merged by this --append run).
+
+    Also checks that each file is readable, so a bad leftover stops the run before any driving.
+    """
+    seeds = []
+    for path in store.pending_files():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(str(npz["meta"]))
+                frames_shape = npz["frames"].shape
+                ok = frames_shape[1:] == FRAME_SHAPE and frames_shape[0] == int(meta["length"]) >= 1
+            seeds.append(int(meta["seed"]))
+        except Exception as err:  # zip, json and key errors alike: one message
+            raise UsageError(f"{path}: unreadable pending episode ({type(err).__name__}); delete it or record "
+                             f"without --append") from None
+        if not ok:
+            raise UsageError(f"{path}: pending episode holds frames {frames_shape}, expected (length, "
+                             f"{', '.join(map(str, FRAME_SHAPE))}); delete it or record without --append")
+    return seeds
+
+
+def choose_seeds(args: Args, store: EpisodeStore) -> list[int]:
+    """``seed + i`` per episode; the default seed continues after the recorded ones when appending."""
+    recorded = [int(e["seed"]) for e in store.base.episodes] if store.base is not None else []
+    if args.append:
+        recorded += pending_seeds(store)
+    if args.seed is not None:
+        first = args.seed
+    else:
+        first = max(recorded) + 1 if args.append and recorded else 0
+    seeds = list(range(first, first + args.episodes))
+    repeated = sorted(set(seeds) & set(recorded))
+    if repeated:
+        which = (f"seed {repeated[0]}" if len(repeated) == 1
+                 else f"{len(repeated)} seeds ({repeated[0]}..{repeated[-1]})")
+        print(f"note: {which} already recorded in {args.data_dir}; recording again as asked "
+              f"(leave out --seed to continue after the recorded seeds)", file=sys.stderr)
+    return seeds
+
+
+def episode_line(number: int, total: int, driver: str, result: EpisodeResult) -> str:
+    line = (f"episode {number}/{total}  seed {result.seed}  steps {result.steps}  "
+            f"reward {result.total_reward:7.1f}  lap {'finished' if result.lap_finished else 'not finished'}")
+    if driver == "autopilot" and result.info:
+        line += "  noise " + " ".join(f"{k}={v:.3g}" for k, v in result.info.items())
+    if result.ended_by_driver:
+        line += "  (ended by the driver)"
+    return line
+
+
+def _same_driver(driver: Any) -> Any:
+    return driver
+
+
+def main(args: Args) -> None:
+    validate_args(args)
+    human = args.driver == "human"
+    if human:
+        from car_racing.drivers import check_display
+
+        check_display()
+    workers = 1 if human else (args.workers or default_workers())
+    if human and args.workers is not None and args.workers > 1:
+        print("note: the human driver runs in this process; --workers is ignored", file=sys.stderr)
+    make_driver: Callable[[], Any] | None = None if human else make_headless_driver(args.driver, args.noise)
+    # Checks the folder is writable, and with --append validates the existing data (frame size, .npy files).
+    store = EpisodeStore(args.data_dir, append=args.append, seq_len=args.seq_len)
+    seeds = choose_seeds(args, store)
+    seed_everything(seeds[0])
+    # The env's own 1000-step limit would cut longer episodes: lift it when more steps are asked for.
+    env_kwargs = {"max_episode_steps": args.steps} if args.steps > MAX_EPISODE_STEPS else {}
+
+    human_driver = None
+    if human:  # opened last, after every check: the window appears only when recording can start
+        from car_racing import drivers
+
+        human_driver = drivers.HumanDriver()
+        make_driver = functools.partial(_same_driver, human_driver)  # in-process (workers == 1)
+    recorded_episodes = recorded_steps = 0
+    progress = tqdm(total=args.episodes, unit="ep", desc=f"recording ({args.driver})", dynamic_ncols=True)
+    started = time.perf_counter()
+    try:
+        results = run_episodes(make_driver, seeds, args.steps, workers=workers, env_kwargs=env_kwargs,
+                               record_frames=True)
+        with contextlib.closing(results):
+            for number, result in enumerate(results, start=1):
+                if result.steps > 0:
+                    store.add(RecordedEpisode(seed=result.seed, driver=args.driver, frames=result.frames,
+                                              actions=result.actions, rewards=result.rewards,
+                                              lap_finished=result.lap_finished, noise=result.info))
+                    recorded_episodes += 1
+                    recorded_steps += result.steps
+                progress.update(1)
+                progress.set_postfix(steps_per_s=f"{recorded_steps / (time.perf_counter() - started):.0f}")
+                tqdm.write(episode_line(number, args.episodes, args.driver, result))
+                if result.ended_by_driver:
+                    tqdm.write("session ended by the driver; keeping every step recorded so far")
+                    break
+    finally:
+        progress.close()
+        if human_driver is not None:
+            human_driver.close()
+        _commit(store, args, recorded_episodes, recorded_steps, time.perf_counter() - started)
+
+
+def _commit(store: EpisodeStore, args: Args, episodes: int, steps: int, seconds: float) -> None:
+    """Merge the saved episodes into the data folder (never replaces existing data with nothing)."""
+    if not store.pending_files():
+        print(f"nothing recorded; {args.data_dir} left unchanged", file=sys.stderr)
+        return
+    data = store.commit()
+    sequences = len(load_memory_sequences(args.data_dir).indices)
+    print(f"saved {episodes} new episodes ({steps} steps, {steps / max(seconds, 1e-9):.0f} steps/s) to "
+          f"{args.data_dir}: now {len(data.episodes)} episodes, {len(data)} steps, {sequences} memory "
+          f"sequences of {args.seq_len} steps")
+    if sequences == 0:
+        print(f"warning: no memory sequences: every episode is shorter than --seq-len {args.seq_len}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main, Args)

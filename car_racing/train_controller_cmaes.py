@@ -1,0 +1,521 @@
+"""Stage 4: evolve the controller C with CMA-ES (pycma, ask/tell), in M's dream or in the real env.
+
+**Dream mode** (default). Each generation, every candidate (plus CMA's mean, for the curve) drives
+``--dream-trials`` dreams of ``--rollout-steps`` steps inside M (:mod:`car_racing.dream`): each dream
+starts from a real (z, h) state — the cached V mean μ of a recorded frame and M's LSTM state after
+reading its memory window up to that frame with the recorded actions — and M samples the next z at
+``--temperature``. Fitness = sum of M's predicted rewards (real reward units), ended by M's done head
+(``sigmoid(done_logit) > 0.5``; that step's reward counts, later ones do not), averaged over the
+trials. All candidates of a generation share the start states and the noise (one generator seeded
+from ``--seed`` and the generation), and the population × trials step through M as one batch.
+
+**Real mode** (``--mode real``, the paper's way). Fitness = mean return of ``--real-trials`` real
+CarRacing-v3 episodes of at most ``--rollout-steps`` steps (use ``--rollout-steps 1000`` for full
+episodes), run by ``--workers`` worker processes that each load V and M once. All candidates of a
+generation drive the same tracks (seeds drawn per generation from ``[eval-seed-base + 10000,
+eval-seed-base + 1010000)``).
+
+**Real-env checks.** Every ``--eval-every`` generations the generation's best candidate and CMA's
+mean each drive ``--eval-episodes`` real episodes (at most ``--eval-max-steps`` steps) on the fixed
+seeds ``eval-seed-base, eval-seed-base + 1, …`` — the same tracks every time, so scores compare
+across generations; pick a base away from the recording seeds (a warning names any overlap). The
+checkpoint's ``model_state`` holds the parameters with the best mean real score so far; until the first
+check it holds CMA's current mean (``model_source`` says which).
+
+**Warm start.** ``--init bc`` fits C to the recorded actions before evolving and uses the fit as CMA's
+initial mean: least squares of the linear layer's pre-squash outputs on ``[z_t, h_t]`` (z = μ, h from
+running M over the recorded windows with the recorded actions), with targets ``atanh(clip(steer,
+-1+ε, 1-ε))`` for steer and ``logit(clip(a, ε, 1-ε))`` for gas and brake (ε = ``--bc-eps``) and a
+small ridge (``--bc-ridge`` λ on standardised inputs; the bias is not penalised).
+
+**Resume.** ``checkpoints/control_model_cmaes.pth`` is written atomically after every generation with
+the CMA-ES state (``es.pickle_dumps()``), the generation, the RNG states, the history and the best
+parameters, so ``--resume`` continues the same run (and Ctrl-C loses at most the generation in
+progress). ``control_model_cmaes.png`` plots dream fitness and real scores per generation.
+
+    python car_racing/train_controller_cmaes.py --generations 200 --init bc
+    python car_racing/train_controller_cmaes.py --generations 300 --resume
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dataclasses
+import functools
+import math
+import multiprocessing as mp
+import pickle
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from car_racing.agent import checkpoint_paths, evaluate_agent, make_agent_driver
+from car_racing.cli import UsageError, run_main
+from car_racing.dream import RecordedStates, collect_start_states, dream_rollout
+from car_racing.latent_cache import file_sha256, load_or_build_latents
+from car_racing.models.ffn import Controller, flat_to_population, num_controller_params
+from car_racing.models.mdn_rnn import MDNRNN
+from car_racing.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
+from car_racing.rollout import default_workers, run_episode
+from car_racing.runtime import atomic_path, build_model, load_checkpoint, plot_curves, resolve_device, seed_everything
+
+PLOT_FILE = "control_model_cmaes.png"
+PLOT_EVERY = 10  # the PNG is also rewritten at every real-env check and at the end
+REAL_TRAIN_SEED_OFFSET = 10_000  # real-mode training seeds start this far above --eval-seed-base
+REAL_TRAIN_SEED_RANGE = 1_000_000
+
+
+@dataclass
+class Args:
+    """Evolve the controller C with CMA-ES in M's dream (or the real env) and check it in the real env."""
+    mode: Literal["dream", "real"] = "dream"
+    """fitness from dreams inside M (fast) or from real-env episodes (the paper's way, slow)"""
+    population: int = 32
+    """CMA-ES population size (candidates per generation)"""
+    sigma0: float = 0.1
+    """CMA-ES initial step size"""
+    generations: int = 200
+    """total generations (with --resume: continue until this many)"""
+    rollout_steps: int = 50
+    """steps per dream (dream mode) or the episode step limit (real mode)"""
+    dream_trials: int = 16
+    """dreams per candidate per generation (shared start states and noise across candidates)"""
+    real_trials: int = 2
+    """real mode: real episodes per candidate per generation (same tracks for every candidate)"""
+    temperature: float = 1.0
+    """τ for sampling M's next z in dreams (logits / τ, σ·√τ; 0 = most likely component's mean)"""
+    start_states: int = 8192
+    """size of the pool of recorded (z, h) states the dreams start from"""
+    init: Literal["zero", "bc"] = "zero"
+    """CMA's initial mean: all-zero parameters, or C fitted to the recorded actions (behaviour cloning)"""
+    bc_ridge: float = 1e-3
+    """--init bc: ridge λ on standardised inputs (λ·Var(x_j) added to the Gram diagonal; bias not penalised)"""
+    bc_eps: float = 0.02
+    """--init bc: actions are clipped ε inside their range before atanh (steer) / logit (gas, brake)"""
+    cma_diagonal: bool = False
+    """use separable (diagonal) CMA-ES: much faster ask/tell and a small checkpoint for large C"""
+    eval_every: int = 10
+    """every this many generations the best candidate and CMA's mean drive real episodes (0 = never)"""
+    eval_episodes: int = 4
+    """real episodes per real-env check"""
+    eval_max_steps: int = 1000
+    """step limit of the real-env check episodes"""
+    eval_seed_base: int = 1_000_000
+    """real-env checks use seeds BASE .. BASE+eval_episodes-1; real-mode training uses BASE+10000 upwards
+    (keep these away from the recording seeds)"""
+    smoothing: float = 0.0
+    """action smoothing in real episodes (checks and --mode real): a_t = (1-s)·C(z_t, h_t) + s·a_{t-1};
+    0 = off, as in the dreams (the simulator's default is 0.3)"""
+    workers: int = field(default_factory=default_workers)
+    """worker processes for real-env episodes (1 = in this process)"""
+    batch_size: int = 256
+    """windows per batch when running M over the recorded data (and frames per batch when encoding)"""
+    data_dir: str = "data"
+    """recorded data (dream start states, --init bc)"""
+    checkpoint_dir: str = "checkpoints"
+    """reads vision_model.pth and memory_model.pth, writes control_model_cmaes.pth and .png"""
+    seed: int = 0
+    """seeds CMA-ES, the start-state pool, each generation's dreams and the real-mode tracks"""
+    device: str = "auto"
+    """device of the dreams: auto (CUDA when available), cpu or cuda[:N]; real episodes run on the CPU"""
+    threads: int = 0
+    """torch CPU threads for the dreams (0 = torch's default; 1 is faster on a machine busy with other jobs)"""
+    resume: bool = False
+    """continue the run saved in CHECKPOINT_DIR/control_model_cmaes.pth"""
+    progress: bool = True
+    """show tqdm progress bars"""
+
+
+def check_args(args: Args) -> None:
+    for flag, value in (("--population", args.population), ("--generations", args.generations),
+                        ("--rollout-steps", args.rollout_steps), ("--dream-trials", args.dream_trials),
+                        ("--real-trials", args.real_trials), ("--start-states", args.start_states),
+                        ("--eval-episodes", args.eval_episodes), ("--eval-max-steps", args.eval_max_steps),
+                        ("--workers", args.workers), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: expected a positive integer")
+    if args.population < 2:
+        raise UsageError(f"--population {args.population}: CMA-ES needs at least 2 candidates")
+    if not args.sigma0 > 0:
+        raise UsageError(f"--sigma0 {args.sigma0}: expected a positive step size")
+    if args.eval_every < 0:
+        raise UsageError(f"--eval-every {args.eval_every}: expected 0 (never) or a positive integer")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature {args.temperature}: expected τ ≥ 0")
+    if args.bc_ridge < 0 or not 0 < args.bc_eps < 0.5:
+        raise UsageError(f"--bc-ridge {args.bc_ridge} / --bc-eps {args.bc_eps}: expected ridge ≥ 0 and 0 < ε < 0.5")
+    if not 0 <= args.smoothing < 1:
+        raise UsageError(f"--smoothing {args.smoothing}: expected 0 ≤ s < 1")
+    if args.threads < 0:
+        raise UsageError(f"--threads {args.threads}: expected 0 (torch's default) or a positive integer")
+    if args.eval_episodes >= REAL_TRAIN_SEED_OFFSET:
+        raise UsageError(f"--eval-episodes {args.eval_episodes}: expected fewer than {REAL_TRAIN_SEED_OFFSET}")
+
+
+# --- behaviour cloning warm start -------------------------------------------------------------------
+
+def bc_targets(actions: np.ndarray | torch.Tensor, eps: float = 0.02) -> torch.Tensor:
+    """Recorded actions (N, 3) → pre-squash targets (N, 3) float64: atanh(steer), logit(gas), logit(brake),
+    each action clipped ε inside its range first (so saturated actions give finite targets)."""
+    a = torch.as_tensor(np.asarray(actions) if not torch.is_tensor(actions) else actions).double()
+    steer = torch.atanh(a[:, :1].clamp(-1 + eps, 1 - eps))
+    pedals = torch.logit(a[:, 1:].clamp(eps, 1 - eps))
+    return torch.cat([steer, pedals], dim=1)
+
+
+class LinearFit:
+    """Streaming least squares ``y ≈ x W + b``: accumulates ``[x, 1]ᵀ[x, 1]`` and ``[x, 1]ᵀ y`` in float64."""
+
+    def __init__(self, inputs: int, outputs: int):
+        self.gram = torch.zeros(inputs + 1, inputs + 1, dtype=torch.float64)
+        self.cross = torch.zeros(inputs + 1, outputs, dtype=torch.float64)
+        self.target_sq = torch.zeros(outputs, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """x (B, D), y (B, A)."""
+        x = torch.cat([x.double().cpu(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+        self.gram += x.T @ x
+        self.cross += x.T @ y.double().cpu()
+        self.target_sq += (y.double().cpu() ** 2).sum(dim=0)
+        self.count += len(x)
+
+    def solve(self, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W (D, A), b (A,)) minimising mean ‖xW + b − y‖² + ridge·‖W‖² (inputs are standardised
+        for the ridge, so it is scale-free; the bias is not penalised)."""
+        if self.count == 0:
+            raise ValueError("no samples to fit")
+        gram, cross = self.gram / self.count, self.cross / self.count
+        mean = gram[-1, :-1]
+        var = (gram.diagonal()[:-1] - mean ** 2).clamp_min(1e-12)
+        penalty = torch.zeros(len(gram), dtype=torch.float64)
+        penalty[:-1] = ridge * var
+        solution = torch.linalg.solve(gram + torch.diag(penalty), cross)
+        return solution[:-1], solution[-1]
+
+    def residual_mse(self, weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
+        """Mean squared residual per output (A,) of ``x W + b`` on the accumulated samples."""
+        w = torch.cat([weight, bias[None]], dim=0)
+        gram, cross = self.gram / self.count, self.cross / self.count
+        mse = (w * (gram @ w)).sum(0) - 2 * (w * cross).sum(0) + self.target_sq / self.count
+        return mse.clamp_min(0).numpy()
+
+
+def linear_to_flat(weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
+    """(W (L+H, A), b (A,)) → Controller flat vector (D,) (layout in :mod:`car_racing.models.ffn`)."""
+    return torch.cat([weight.T.reshape(-1), bias.reshape(-1)]).double().cpu().numpy()
+
+
+def bc_visitor(fit: LinearFit, eps: float):
+    """A :func:`collect_start_states` ``visit`` callback adding every recorded (z_t, h_t) → a_t to ``fit``."""
+    def visit(batch: RecordedStates) -> None:
+        x = torch.cat([batch.z, batch.h], dim=-1).reshape(-1, batch.z.shape[-1] + batch.h.shape[-1])
+        fit.add(x, bc_targets(batch.actions.reshape(-1, batch.actions.shape[-1]).cpu(), eps))
+    return visit
+
+
+# --- real-env fitness (worker processes) -------------------------------------------------------------
+
+_real_worker: dict[str, Any] = {}
+
+
+def _real_init(checkpoint_dir: str, num_params: int) -> None:
+    from car_racing.envs import make_env
+
+    torch.set_num_threads(1)
+    _real_worker["agent"] = make_agent_driver(checkpoint_dir, np.zeros(num_params), "cpu")
+    _real_worker["env"] = make_env()
+
+
+def _real_pool_init(checkpoint_dir: str, num_params: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps the last save, ends the pool
+    _real_init(checkpoint_dir, num_params)
+
+
+def _real_episode(job: tuple[int, np.ndarray, int, int, float]) -> tuple[int, float]:
+    index, params, seed, max_steps, smoothing = job
+    agent = _real_worker["agent"]
+    agent.controller.set_flat_params(params)
+    return index, run_episode(_real_worker["env"], agent, seed, max_steps, smoothing=smoothing).total_reward
+
+
+class RealFitness:
+    """Mean real-env return of each candidate over the given seeds, in a pool of worker processes (kept
+    for the whole run; each worker loads V and M once and swaps in each candidate's parameters)."""
+
+    def __init__(self, checkpoint_dir: str, num_params: int, workers: int):
+        self.workers = workers
+        if workers > 1:
+            self.pool = mp.get_context("spawn").Pool(workers, initializer=_real_pool_init,
+                                                    initargs=(checkpoint_dir, num_params))
+        else:
+            self.pool = None
+            self._threads = torch.get_num_threads()
+            _real_init(checkpoint_dir, num_params)
+            torch.set_num_threads(self._threads)
+
+    def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
+                 smoothing: float = 0.0) -> np.ndarray:
+        jobs = [(i, np.asarray(params), int(seed), max_steps, smoothing)
+                for i, params in enumerate(candidates) for seed in seeds]
+        returns = np.zeros(len(candidates))
+        if self.pool is not None:
+            results = self.pool.imap_unordered(_real_episode, jobs)
+        else:
+            torch.set_num_threads(1)
+            try:
+                results = [_real_episode(job) for job in jobs]
+            finally:
+                torch.set_num_threads(self._threads)
+        for index, total in results:
+            returns[index] += total / len(seeds)
+        return returns
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+def save_run_checkpoint(checkpoint: dict, path: Path) -> None:
+    """:func:`car_racing.runtime.save_checkpoint` with pickle protocol 5: the tens of MB of CMA-ES state
+    (bytes) are written about 5× faster than with torch's default protocol (this runs every generation)."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp, pickle_protocol=5)
+
+
+def generation_generator(seed: int, generation: int) -> torch.Generator:
+    """The CPU generator of one generation's dreams (start states and noise): same for every candidate."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, generation]).generate_state(1)[0]))
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, numpy (global: pycma uses it besides its own ``randn``) and torch RNG states."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+
+
+def make_es(x0: np.ndarray, args: Args):
+    import cma
+
+    options = {"popsize": args.population, "seed": args.seed + 1,  # pycma: seed 0 would mean "time"
+               "verbose": -9, "randn": np.random.RandomState(args.seed % 2**32).randn}
+    if args.cma_diagonal:
+        options["CMA_diagonal"] = True
+    return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=np.float64), args.sigma0, options)
+
+
+def real_score(checkpoint_dir: Path, params: np.ndarray, args: Args) -> tuple[float, float]:
+    """Mean and std of real-env returns of C(params) on the fixed check seeds."""
+    seeds = [args.eval_seed_base + i for i in range(args.eval_episodes)]
+    results = evaluate_agent(checkpoint_dir, seeds, controller_params=np.asarray(params), max_steps=args.eval_max_steps,
+                             workers=args.workers, smoothing=args.smoothing, device="cpu")
+    totals = np.array([r.total_reward for r in results])
+    return float(totals.mean()), float(totals.std())
+
+
+def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
+    label = "dream" if mode == "dream" else "real-env training"
+    curves = {f"{label} fitness, best candidate": history["fitness_best"],
+              f"{label} fitness, population mean": history["fitness_mean"]}
+    x = {name: history["generation"] for name in curves}
+    if mode == "dream":
+        curves[f"{label} fitness, CMA mean"] = history["fitness_cma_mean"]
+        x[f"{label} fitness, CMA mean"] = history["generation"]
+    for key, name in (("real_best_candidate", "real score, best candidate"), ("real_cma_mean", "real score, CMA mean")):
+        curves[name] = history[key]
+        x[name] = history["eval_generation"]
+    plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    checkpoint_dir = Path(args.checkpoint_dir)
+    paths = checkpoint_paths(checkpoint_dir)
+    out_path, plot_path = paths["controller"], checkpoint_dir / PLOT_FILE
+
+    memory_checkpoint = load_checkpoint(paths["memory"], "memory")
+    mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).to(device).eval()
+    reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
+    load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
+    models_used = {kind: {"path": str(paths[kind]), "sha256": file_sha256(paths[kind])} for kind in ("vision", "memory")}
+    trained_on = memory_checkpoint.get("vision", {}).get("sha256")
+    if trained_on is not None and trained_on != models_used["vision"]["sha256"]:
+        raise UsageError(f"{paths['memory']}: M was trained on a different V than {paths['vision']}; "
+                         f"rerun car_racing/train_memory.py")
+    sizes = (mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
+    model_args = dict(zip(("latent_size", "hidden_size", "action_size"), sizes))
+    num_params = num_controller_params(*sizes)
+
+    state: dict | None = None
+    if args.resume:
+        state = load_checkpoint(out_path, "controller")
+        if "es_state" not in state:
+            raise UsageError(f"{out_path}: holds no CMA-ES state to resume; drop --resume to start a new run")
+        for kind in ("vision", "memory"):
+            if state.get("models", {}).get(kind, {}).get("sha256") != models_used[kind]["sha256"]:
+                raise UsageError(f"{out_path}: the run used a different {kind} checkpoint than {paths[kind]}; "
+                                 f"drop --resume to start over")
+        for key in ("population", "mode"):
+            if state["config"].get(key) != getattr(args, key):
+                raise UsageError(f"--{key} {getattr(args, key)}: the resumed run used {state['config'].get(key)}; "
+                                 f"pass the same value or drop --resume")
+        if state["model_args"] != model_args:
+            raise UsageError(f"{out_path}: controller sizes {state['model_args']} do not fit M {model_args}")
+
+    # --- recorded states: dream start pool and the BC warm start ---
+    pool, bc_info, x0 = None, None, np.zeros(num_params)
+    need_bc = args.init == "bc" and state is None
+    if args.mode == "dream" or need_bc:
+        mu, _ = load_or_build_latents(args.data_dir, paths["vision"], device, args.batch_size, progress=args.progress)
+        if mu.shape[1] != mdnrnn.latent_size:
+            raise UsageError(f"{paths['memory']}: M expects latent size {mdnrnn.latent_size} but V encodes "
+                             f"{mu.shape[1]}; rerun car_racing/train_memory.py")
+        sequences = load_memory_sequences(args.data_dir)
+        if len(sequences.indices) == 0:
+            raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
+        fit = LinearFit(mdnrnn.latent_size + mdnrnn.hidden_size, mdnrnn.action_size) if need_bc else None
+        started = time.time()
+        pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, args.start_states,
+                                    np.random.default_rng([args.seed, 1]), device=device, batch_size=args.batch_size,
+                                    visit=bc_visitor(fit, args.bc_eps) if fit is not None else None)
+        print(f"{len(pool)} dream start states from {sequences.indices.size} recorded steps "
+              f"({time.time() - started:.1f}s)")
+        if fit is not None:
+            weight, bias = fit.solve(args.bc_ridge)
+            x0 = linear_to_flat(weight, bias)
+            residual = fit.residual_mse(weight, bias)
+            variance = (fit.target_sq / fit.count - (fit.cross[-1] / fit.count) ** 2).numpy()
+            bc_info = {"samples": fit.count, "ridge": args.bc_ridge, "eps": args.bc_eps,
+                       "target_mse": residual.tolist(), "target_r2": (1 - residual / np.maximum(variance, 1e-12)).tolist()}
+            print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
+                  f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in bc_info['target_r2'])}")
+        pool = pool.to(device)
+
+    if has_recorded_data(args.data_dir):
+        recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes}
+        overlap = recorded_seeds & set(range(args.eval_seed_base, args.eval_seed_base + args.eval_episodes))
+        if overlap:
+            print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
+                  f"recording seeds", file=sys.stderr)
+
+    # --- CMA-ES: new or resumed ---
+    history: dict[str, list] = {"generation": [], "fitness_best": [], "fitness_mean": [], "fitness_cma_mean": [],
+                                "sigma": [], "eval_generation": [], "real_best_candidate": [], "real_cma_mean": [],
+                                "real_best_candidate_std": [], "real_cma_mean_std": []}
+    best_real_score, best_params, model_source = None, None, "cma_mean (no real-env check yet)"
+    start_generation = 0
+    if state is not None:
+        es = pickle.loads(state["es_state"])
+        restore_rng_states(state["rng_state"])
+        start_generation = int(state["generation"])
+        history = {key: list(state["history"].get(key, [])) for key in history}
+        best_real_score = state.get("best_real_score")
+        best_params = state.get("best_params")
+        model_source = state.get("model_source", model_source)
+        bc_info = state.get("bc")
+        print(f"resuming {out_path} after generation {start_generation}")
+    else:
+        es = make_es(x0, args)
+
+    def checkpoint(generation: int) -> dict:
+        controller = Controller(*sizes)
+        controller.set_flat_params(best_params if best_params is not None else es.mean)
+        return {"kind": "controller", "model_args": model_args, "model_state": controller.state_dict(),
+                "model_source": model_source, "best_params": best_params, "best_real_score": best_real_score,
+                "es_state": es.pickle_dumps(), "generation": generation, "history": history,
+                "rng_state": rng_states(), "config": dataclasses.asdict(args), "models": models_used,
+                "bc": bc_info, "reward_scale": reward_scale}
+
+    real_fitness = RealFitness(str(checkpoint_dir), num_params, args.workers) if args.mode == "real" else None
+    bar = tqdm(range(start_generation, args.generations), desc=f"CMA-ES ({args.mode})", unit="gen",
+               initial=start_generation, total=args.generations, disable=not args.progress)
+    last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
+    try:
+        for generation in bar:
+            candidates = [np.asarray(x) for x in es.ask()]
+            if args.mode == "dream":
+                generator = generation_generator(args.seed, generation)
+                start_z, start_state = pool.pick(args.dream_trials, generator)
+                flat = torch.as_tensor(np.stack(candidates + [es.mean]), dtype=torch.float32, device=device)
+                weights, biases = flat_to_population(flat, *sizes)
+                fitness = dream_rollout(mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
+                                        args.temperature, generator, reward_scale=1.0 / reward_scale)
+                fitness = fitness.mean(dim=1).double().cpu().numpy()
+                fitness, mean_fitness = fitness[:-1], float(fitness[-1])
+            else:
+                rng = np.random.default_rng([args.seed, generation])
+                seeds = (args.eval_seed_base + REAL_TRAIN_SEED_OFFSET +
+                         rng.choice(REAL_TRAIN_SEED_RANGE, args.real_trials, replace=False))
+                fitness = real_fitness(candidates, seeds.tolist(), args.rollout_steps, args.smoothing)
+                mean_fitness = math.nan
+            es.tell(candidates, (-fitness).tolist())  # pycma minimises
+            best = int(np.argmax(fitness))
+            history["generation"].append(generation + 1)
+            history["fitness_best"].append(float(fitness[best]))
+            history["fitness_mean"].append(float(fitness.mean()))
+            history["fitness_cma_mean"].append(mean_fitness)
+            history["sigma"].append(float(es.sigma))
+
+            checked = bool(args.eval_every) and (generation + 1) % args.eval_every == 0
+            if checked:
+                scores = {}
+                for name, params in (("best_candidate", candidates[best]), ("cma_mean", np.array(es.mean))):
+                    scores[name] = real_score(checkpoint_dir, params, args)
+                    if best_real_score is None or scores[name][0] > best_real_score:
+                        best_real_score, best_params = scores[name][0], np.array(params, dtype=np.float64)
+                        model_source = f"{name} of generation {generation + 1} (real score {scores[name][0]:.1f})"
+                history["eval_generation"].append(generation + 1)
+                for name, (mean, std) in scores.items():
+                    history[f"real_{name}"].append(mean)
+                    history[f"real_{name}_std"].append(std)
+                last_real = scores["best_candidate"][0]
+                (tqdm.write if args.progress else print)(
+                    f"generation {generation + 1}: real score best candidate {scores['best_candidate'][0]:.1f} "
+                    f"± {scores['best_candidate'][1]:.1f}, CMA mean {scores['cma_mean'][0]:.1f} "
+                    f"± {scores['cma_mean'][1]:.1f} over {args.eval_episodes} episodes; "
+                    f"best so far {best_real_score:.1f}")
+            save_run_checkpoint(checkpoint(generation + 1), out_path)
+            if checked or (generation + 1) % PLOT_EVERY == 0 or generation + 1 == args.generations:
+                plot_history(history, plot_path, args.mode)
+            bar.set_postfix(best=f"{fitness[best]:.2f}", mean=f"{fitness.mean():.2f}",
+                            real="-" if last_real is None else f"{last_real:.1f}")
+    finally:
+        bar.close()
+        if real_fitness is not None:
+            real_fitness.close()
+    if start_generation >= args.generations:
+        print(f"{out_path} is already at generation {start_generation} (--generations {args.generations})")
+        plot_history(history, plot_path, args.mode)
+    final = load_checkpoint(out_path, "controller")
+    score = "none yet" if final["best_real_score"] is None else f"{final['best_real_score']:.1f}"
+    print(f"generation {final['generation']}: checkpoint {out_path} holds {final['model_source']}; "
+          f"best real score {score}")
+    return final
+
+
+if __name__ == "__main__":
+    run_main(main, Args)

@@ -1,0 +1,342 @@
+"""Stage 3: train the memory model M (MDN-RNN with reward and done heads) on V's latents.
+
+Every recorded frame is encoded once by V (μ, log σ² cached in ``data_dir/car_racing_latents.npz``,
+rebuilt when V's checkpoint or the recording changes). Each epoch draws one z ~ N(μ, σ²) per frame, as
+in the paper, and trains on the memory windows ``car_racing_memory_dataset_*.npy``: M reads
+[z_t, a_t] for every step t of a window and is scored on
+
+- the MDN loss: −log p(z_{t+1}) per latent dimension, for every t whose next frame is in the same
+  episode (windows never cross an episode end; the window's last step uses the frame after the window
+  when the episode goes on);
+- the reward loss: MSE of r_t, in real CarRacing reward units, with targets clipped to ±``reward_clip``
+  (tile rewards of about +3 stay intact; the −100 for leaving the playfield becomes −10 by default);
+- the done loss: BCE of done_t. By default (``--done-target terminal``) done_t is 1 only on steps where
+  the episode really terminated (lap finished, or left the playfield: reward ≤ −50), not where the time
+  limit or the recorder cut it, since no model can predict a cut from the frames.
+
+Validation uses whole episodes held out with ``--seed``. Outputs: ``checkpoint_dir/memory_model.pth``
+(best validation loss), ``memory_model_latest.pth`` (resumable, written after every epoch) and
+``memory_model_loss.png``.
+
+    python car_racing/train_memory.py --epochs 20
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from car_racing.cli import UsageError, run_main
+from car_racing.latent_cache import file_sha256, load_or_build_latents
+from car_racing.models.mdn_rnn import MDNRNN, mdn_loss
+from car_racing.recorded_data import RecordedData, load_memory_sequences, load_recorded
+from car_racing.runtime import (build_model, load_checkpoint, plot_curves, resolve_device, save_checkpoint,
+                                seed_everything)
+
+MEMORY_FILE = "memory_model.pth"
+MEMORY_LATEST_FILE = "memory_model_latest.pth"
+LOSS_CURVE_FILE = "memory_model_loss.png"
+VISION_FILE = "vision_model.pth"
+TERMINAL_REWARD = -50.0  # CarRacing gives −100 on the step the car leaves the playfield (and terminates)
+LOSS_NAMES = ("mdn", "reward", "done", "total")
+
+
+@dataclass
+class Args:
+    """Train the memory model M (MDN-RNN) on the recorded data encoded by V."""
+
+    data_dir: str = "data"
+    """folder with the recording and the memory sequences (car_racing/recorded_frames.py writes it)"""
+    checkpoint_dir: str = "checkpoints"
+    """where memory_model.pth, memory_model_latest.pth and the loss curve go"""
+    vision_checkpoint: Optional[str] = None
+    """V checkpoint to encode the frames with (default: CHECKPOINT_DIR/vision_model.pth)"""
+    epochs: int = 20
+    """total number of passes over the training sequences (a resumed run continues up to this)"""
+    batch_size: int = 32
+    """sequences per gradient step"""
+    lr: float = 1e-3
+    """Adam learning rate"""
+    grad_clip: float = 5.0
+    """clip the gradient norm to this (0 = off)"""
+    hidden_size: int = 512
+    """LSTM width H"""
+    num_mixtures: int = 5
+    """Gaussians per latent dimension in the MDN"""
+    reward_weight: float = 1.0
+    """weight of the reward MSE in the total loss"""
+    done_weight: float = 1.0
+    """weight of the done BCE in the total loss"""
+    reward_clip: float = 10.0
+    """reward targets are clipped to [-c, c] (real reward units; 0 = no clipping)"""
+    done_target: Literal["terminal", "episode-end"] = "terminal"
+    """terminal: done only where the episode terminated (lap finished or left the playfield); episode-end:
+    the last recorded step of every episode (time-limit cuts included)"""
+    done_pos_weight: float = 1.0
+    """BCE weight of positive done steps (1 keeps sigmoid(done_logit) a calibrated probability)"""
+    val_fraction: float = 0.1
+    """fraction of episodes held out for validation (at least one when there are two or more)"""
+    encode_batch_size: int = 256
+    """frames per batch when encoding the recording with V (once; cached)"""
+    seed: int = 0
+    """seeds the episode split, the per-epoch z samples and the batch order"""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda[:N]"""
+    resume: bool = False
+    """continue from CHECKPOINT_DIR/memory_model_latest.pth"""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)"""
+    progress: bool = True
+    """show tqdm progress bars"""
+
+
+def terminal_flags(data: RecordedData, done_target: str) -> np.ndarray:
+    """bool (N,): the done target of every recorded step (see the module docstring)."""
+    dones = np.asarray(data.dones, dtype=bool).copy()
+    if done_target == "episode-end":
+        return dones
+    rewards = np.asarray(data.rewards)
+    for index, episode in enumerate(data.episodes):
+        last = data.episode_slice(index).stop - 1
+        dones[last] = bool(episode.get("lap_finished")) or float(rewards[last]) <= TERMINAL_REWARD
+    return dones
+
+
+def split_by_episode(window_starts: np.ndarray, episode_starts: np.ndarray, val_fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Sequence ids for training and validation, holding out whole episodes (chosen with ``seed``)."""
+    episode_of = np.searchsorted(episode_starts, window_starts, side="right") - 1
+    episodes = np.unique(episode_of)
+    n_val = int(round(val_fraction * len(episodes)))
+    if val_fraction > 0 and len(episodes) >= 2:
+        n_val = min(max(n_val, 1), len(episodes) - 1)
+    else:
+        n_val = 0
+    val_episodes = np.random.default_rng(seed).permutation(episodes)[:n_val]
+    is_val = np.isin(episode_of, val_episodes)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val), sorted(int(e) for e in val_episodes)
+
+
+def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
+    """z ~ N(μ, σ²) for every frame: (N, L), reproducible from ``seed`` on any device."""
+    generator = torch.Generator().manual_seed(seed)
+    eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+class SequenceBatches:
+    """Turns memory windows into (inputs, targets) tensors for M on ``device``.
+
+    For window indices idx (B, T): z_t = z[idx], a_t, targets z_{t+1} = z[idx + 1] where the step is
+    not an episode's last (mask), r_t clipped, done_t.
+    """
+
+    def __init__(self, indices: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_end: np.ndarray,
+                 done_flags: np.ndarray, reward_clip: float, device: torch.device):
+        num_frames = len(episode_end)
+        self.device = device
+        self.indices = torch.from_numpy(indices).to(device)
+        self.next_indices = torch.from_numpy(np.minimum(indices + 1, num_frames - 1)).to(device)
+        self.z_mask = torch.from_numpy(~episode_end[indices]).to(device)
+        self.actions = torch.from_numpy(np.asarray(actions, dtype=np.float32)).to(device)
+        rewards = np.asarray(rewards, dtype=np.float32)
+        if reward_clip > 0:
+            rewards = np.clip(rewards, -reward_clip, reward_clip)
+        self.rewards = torch.from_numpy(rewards).to(device)
+        self.dones = torch.from_numpy(done_flags[indices].astype(np.float32)).to(device)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get(self, ids: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"z": z[self.indices[ids]], "actions": self.actions[ids], "next_z": z[self.next_indices[ids]],
+                "z_mask": self.z_mask[ids], "rewards": self.rewards[ids], "dones": self.dones[ids]}
+
+
+def compute_losses(model: MDNRNN, batch: dict[str, torch.Tensor], args: Args) -> dict[str, torch.Tensor]:
+    """The three losses (and the weighted total) of one batch of windows."""
+    output, _ = model(batch["z"], batch["actions"])
+    losses = {
+        "mdn": mdn_loss(output.logit_pi, output.mu, output.log_sigma, batch["next_z"], mask=batch["z_mask"]),
+        "reward": F.mse_loss(output.reward.float(), batch["rewards"]),
+        "done": F.binary_cross_entropy_with_logits(
+            output.done_logit.float(), batch["dones"],
+            pos_weight=torch.tensor(args.done_pos_weight, device=batch["dones"].device)),
+    }
+    losses["total"] = losses["mdn"] + args.reward_weight * losses["reward"] + args.done_weight * losses["done"]
+    return losses
+
+
+def run_epoch(model: MDNRNN, batches: SequenceBatches, ids: np.ndarray, z: torch.Tensor, args: Args,
+              optimizer: torch.optim.Optimizer | None, desc: str) -> dict[str, float]:
+    """One pass over the windows ``ids`` (training when ``optimizer`` is given); mean losses per window."""
+    training = optimizer is not None
+    model.train(training)
+    sums = dict.fromkeys(LOSS_NAMES, 0.0)
+    count = 0
+    bar = tqdm(range(0, len(ids), args.batch_size), desc=desc, unit="batch", leave=False,
+               disable=not args.progress)
+    for start in bar:
+        chunk = torch.from_numpy(ids[start:start + args.batch_size]).to(batches.device)
+        batch = batches.get(chunk, z)
+        with torch.set_grad_enabled(training):
+            losses = compute_losses(model, batch, args)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+        values = {name: float(losses[name].detach()) for name in LOSS_NAMES}
+        for name in LOSS_NAMES:
+            sums[name] += values[name] * len(chunk)
+        count += len(chunk)
+        bar.set_postfix(mdn=f"{values['mdn']:.3f}", reward=f"{values['reward']:.3f}", done=f"{values['done']:.4f}")
+    return {name: sums[name] / max(count, 1) for name in LOSS_NAMES}
+
+
+def check_args(args: Args) -> None:
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--hidden-size", args.hidden_size), ("--num-mixtures", args.num_mixtures),
+                        ("--encode-batch-size", args.encode_batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: expected a positive integer")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UsageError(f"--lr {args.lr}: expected a positive number")
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val-fraction {args.val_fraction}: expected a number in [0, 1)")
+    for flag, value in (("--grad-clip", args.grad_clip), ("--reward-clip", args.reward_clip),
+                        ("--reward-weight", args.reward_weight), ("--done-weight", args.done_weight)):
+        if not value >= 0:
+            raise UsageError(f"{flag} {value}: expected a number >= 0")
+    if args.threads < 0:
+        raise UsageError(f"--threads {args.threads}: expected 0 (default) or a positive count")
+    if not args.done_pos_weight > 0:
+        raise UsageError(f"--done-pos-weight {args.done_pos_weight}: expected a positive number")
+
+
+def main(args: Args) -> dict:
+    """Train M; returns the final checkpoint dict (also written to CHECKPOINT_DIR/memory_model.pth)."""
+    check_args(args)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    checkpoint_dir = Path(args.checkpoint_dir)
+    vision_path = Path(args.vision_checkpoint) if args.vision_checkpoint else checkpoint_dir / VISION_FILE
+    best_path, latest_path = checkpoint_dir / MEMORY_FILE, checkpoint_dir / MEMORY_LATEST_FILE
+
+    data = load_recorded(args.data_dir, mmap=True)
+    sequences = load_memory_sequences(args.data_dir)
+    if len(sequences.indices) == 0:
+        raise UsageError(f"--data-dir {args.data_dir}: no memory sequences (episodes shorter than the "
+                         f"sequence length?); record more data")
+    mu_np, logvar_np = load_or_build_latents(args.data_dir, vision_path, device, args.encode_batch_size,
+                                             progress=args.progress)
+    vision_sha = file_sha256(vision_path)
+    latent_size = mu_np.shape[1]
+
+    episode_end = np.asarray(data.dones, dtype=bool)
+    done_flags = terminal_flags(data, args.done_target)
+    batches = SequenceBatches(sequences.indices, sequences.actions, sequences.rewards, episode_end, done_flags,
+                              args.reward_clip, device)
+    episode_starts = np.asarray([e["start"] for e in data.episodes], dtype=np.int64)
+    train_ids, val_ids, val_episodes = split_by_episode(sequences.indices[:, 0], episode_starts,
+                                                        args.val_fraction, args.seed)
+    mu = torch.from_numpy(mu_np).to(device)
+    logvar = torch.from_numpy(logvar_np).to(device)
+    val_z = sample_latents(mu, logvar, seed=args.seed * 7919 + 1) if len(val_ids) else None
+
+    model_args = {"latent_size": latent_size, "action_size": int(sequences.actions.shape[-1]),
+                  "hidden_size": args.hidden_size, "num_mixtures": args.num_mixtures}
+    history: dict[str, list[float]] = {f"{split}_{name}": [] for split in ("train", "val") for name in LOSS_NAMES}
+    start_epoch, best_val_loss = 0, math.inf
+    if args.resume:
+        state = load_checkpoint(latest_path, "memory")
+        if state.get("vision", {}).get("sha256") != vision_sha:
+            raise UsageError(f"{latest_path}: was trained on latents of a different V than {vision_path}; "
+                             f"drop --resume to start over")
+        for key, value in model_args.items():
+            if state["model_args"].get(key) != value:
+                raise UsageError(f"{latest_path}: has {key}={state['model_args'].get(key)}, but this run asks "
+                                 f"for {value}; drop --resume or pass the same sizes")
+        for key in ("reward_clip", "done_target"):
+            before = state.get("config", {}).get(key, getattr(args, key))
+            if before != getattr(args, key):
+                raise UsageError(f"{latest_path}: was trained with --{key.replace('_', '-')} {before}, this run "
+                                 f"asks for {getattr(args, key)}; drop --resume or pass the same value")
+        model = build_model(MDNRNN, state, latest_path).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        optimizer.load_state_dict(state["optimizer_state"])
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr
+        start_epoch, best_val_loss = int(state["epoch"]), float(state["best_val_loss"])
+        history = {key: list(state["history"].get(key, [])) for key in history}
+        print(f"resuming from {latest_path} after epoch {start_epoch}")
+    else:
+        model = MDNRNN(**model_args).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+
+    print(f"{len(data)} frames, {len(sequences.indices)} sequences of {sequences.indices.shape[1]} steps: "
+          f"{len(train_ids)} train / {len(val_ids)} val (episodes {val_episodes}); "
+          f"{int(done_flags.sum())} done targets ({args.done_target}); device {device}")
+
+    def checkpoint(epoch: int, best: float) -> dict:
+        return {"kind": "memory", "model_args": model_args, "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(), "epoch": epoch, "best_val_loss": best,
+                "config": dataclasses.asdict(args), "history": history,
+                "vision": {"path": str(vision_path), "sha256": vision_sha},
+                "reward": {"units": "real CarRacing reward per step", "clip": args.reward_clip, "scale": 1.0},
+                "done_target": args.done_target, "val_episodes": val_episodes}
+
+    epoch_bar = tqdm(range(start_epoch, args.epochs), desc="memory epochs", unit="epoch", disable=not args.progress,
+                     initial=start_epoch, total=args.epochs)
+    for epoch in epoch_bar:
+        started = time.time()
+        epoch_rng = np.random.default_rng([args.seed, epoch])
+        z = sample_latents(mu, logvar, seed=int(epoch_rng.integers(2**62)))
+        train_losses = run_epoch(model, batches, epoch_rng.permutation(train_ids), z, args, optimizer,
+                                 f"epoch {epoch + 1} train")
+        if len(val_ids):
+            val_losses = run_epoch(model, batches, val_ids, val_z, args, None, f"epoch {epoch + 1} val")
+        else:
+            val_losses = dict(train_losses)  # no held-out episode: select on the training loss
+        for name in LOSS_NAMES:
+            history[f"train_{name}"].append(train_losses[name])
+            history[f"val_{name}"].append(val_losses[name])
+        improved = val_losses["total"] < best_val_loss
+        best_val_loss = min(best_val_loss, val_losses["total"])
+        state = checkpoint(epoch + 1, best_val_loss)
+        if improved:
+            save_checkpoint(state, best_path)
+        save_checkpoint(state, latest_path)
+        plot_curves({f"{split} {name}": history[f"{split}_{name}"] for split in ("train", "val")
+                     for name in ("mdn", "reward", "done")},
+                    checkpoint_dir / LOSS_CURVE_FILE, title="memory model M: MDN NLL per latent dim, reward MSE, "
+                    "done BCE")
+        line = (f"epoch {epoch + 1}/{args.epochs}  train mdn {train_losses['mdn']:.4f} reward "
+                f"{train_losses['reward']:.4f} done {train_losses['done']:.4f}  |  val mdn {val_losses['mdn']:.4f} "
+                f"reward {val_losses['reward']:.4f} done {val_losses['done']:.4f}  "
+                f"({time.time() - started:.1f}s{', best' if improved else ''})")
+        tqdm.write(line) if args.progress else print(line)
+    if not best_path.is_file():  # e.g. resumed a finished run whose best file was removed
+        save_checkpoint(checkpoint(start_epoch, best_val_loss), best_path)
+    return load_checkpoint(best_path, "memory")
+
+
+if __name__ == "__main__":
+    run_main(main, Args)

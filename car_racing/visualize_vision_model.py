@@ -1,0 +1,110 @@
+"""What V sees: a PNG grid of held-out frames, their reconstructions, and decoded samples z ~ N(0, I).
+
+Reads ``<checkpoint-dir>/vision_model.pth`` and the frames in ``<data-dir>``; the frames come from the
+checkpoint's validation episodes (never trained on). Writes ``--out`` (default
+``runs/vision_reconstructions.png``): row 1 originals, row 2 reconstructions decode(μ), row 3 samples.
+
+    python car_racing/visualize_vision_model.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from car_racing.cli import UsageError, run_main
+from car_racing.models.vae import frames_to_tensor
+from car_racing.recorded_data import load_recorded
+from car_racing.runtime import resolve_device, seed_everything
+from car_racing.train_vision import episode_frame_indices, load_vision_model
+from car_racing.video import label, upscale, write_image
+
+
+@dataclass
+class Args:
+    """Grid of held-out frames, V's reconstructions and samples from the prior."""
+
+    checkpoint_dir: str = "checkpoints"
+    """folder with vision_model.pth (car_racing/train_vision.py writes it)"""
+    data_dir: str = "data"
+    """the recording V was trained on (its validation episodes supply the frames)"""
+    out: str = "runs/vision_reconstructions.png"
+    """PNG to write"""
+    columns: int = 8
+    """frames (and samples) per row"""
+    scale: int = 3
+    """upscaling of each 64×64 image"""
+    seed: int = 0
+    """picks the frames and the samples"""
+    device: str = "auto"
+    """auto, cpu or cuda[:N]"""
+
+
+def to_images(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, 64, 64) float in [0, 1] → uint8 (B, 64, 64, 3)."""
+    return (x.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def held_out_indices(checkpoint: dict, data) -> tuple[np.ndarray, str]:
+    """Frame indices of the checkpoint's validation episodes (all frames if it has none or they no
+    longer exist in this recording), and a description for the caption."""
+    val = list(checkpoint.get("split", {}).get("val", []))
+    if val and max(val) < len(data.episodes):
+        return episode_frame_indices(data.episodes, val), f"held-out episodes {val}"
+    return np.arange(len(data)), "all episodes (the checkpoint has no usable validation split)"
+
+
+def make_grid(rows: list[tuple[str, np.ndarray]], scale: int, gap: int = 2) -> np.ndarray:
+    """Stack titled rows of uint8 (N, 64, 64, 3) images into one RGB image (white gaps, title strips)."""
+    width = max(len(images) for _, images in rows) * (64 * scale + gap) + gap
+    parts = []
+    for title, images in rows:
+        strip = label(np.full((22, width, 3), 255, dtype=np.uint8), title, position=(gap + 2, 3), scale=0.45)
+        row = np.full((64 * scale + 2 * gap, width, 3), 255, dtype=np.uint8)
+        for i, image in enumerate(images):
+            x = gap + i * (64 * scale + gap)
+            row[gap:gap + 64 * scale, x:x + 64 * scale] = upscale(image, scale)
+        parts += [strip, row]
+    return np.concatenate(parts, axis=0)
+
+
+def main(args: Args) -> Path:
+    if args.columns < 1 or args.scale < 1:
+        raise UsageError("--columns and --scale must be at least 1")
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    model, checkpoint = load_vision_model(args.checkpoint_dir, device)
+    data = load_recorded(args.data_dir)
+    if len(data) == 0:
+        raise UsageError(f"--data-dir {args.data_dir}: the recording holds no frames")
+    indices, source = held_out_indices(checkpoint, data)
+    rng = np.random.default_rng(args.seed)
+    chosen = np.sort(rng.choice(indices, size=min(args.columns, len(indices)), replace=False))
+    frames = np.asarray(data.frames[chosen])
+    with torch.no_grad():
+        x = frames_to_tensor(frames, device)
+        mu, _ = model.encode(x)
+        recon = model.decode(mu)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        samples = model.decode(torch.randn(args.columns, model.latent_size, generator=generator, device=device))
+        sse = (recon - x).pow(2).flatten(1).sum(1)
+    grid = make_grid([(f"original ({source}; steps {chosen.tolist()})", frames),
+                      (f"reconstruction decode(mu); SSE per image mean {float(sse.mean()):.1f}", to_images(recon)),
+                      ("samples decode(z), z ~ N(0, I)", to_images(samples))], args.scale)
+    out = Path(args.out)
+    write_image(out, grid)
+    print(f"wrote {out} ({grid.shape[1]}×{grid.shape[0]}): {len(chosen)} frames from {source}, "
+          f"epoch {checkpoint.get('epoch')} checkpoint, mean reconstruction SSE {float(sse.mean()):.1f}")
+    return out
+
+
+if __name__ == "__main__":
+    run_main(main, Args)

@@ -1,0 +1,233 @@
+"""Controller training: batched dreams, the CMA-ES run and its resume, the behaviour-cloning warm start."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from car_racing.agent import checkpoint_paths
+from car_racing.cli import UsageError
+from car_racing.dream import (collect_start_states, dream_rollout, dream_rollout_per_candidate,
+                              iter_recorded_states, sample_with_noise)
+from car_racing.latent_cache import file_sha256
+from car_racing.models.ffn import Controller, flat_to_population, population_actions
+from car_racing.models.mdn_rnn import MDNRNN
+from car_racing.models.vae import VAE
+from car_racing.recorded_data import load_memory_sequences
+from car_racing.runtime import load_checkpoint, save_checkpoint
+from car_racing.train_controller_cmaes import Args, LinearFit, bc_targets, linear_to_flat, main
+
+LATENT, HIDDEN = 8, 16
+TINY_VAE = dict(latent_size=LATENT, encoder_channels=(4, 4, 4, 8), dense_size=32, decoder_channels=(4, 4, 4))
+TINY_MDN = dict(latent_size=LATENT, action_size=3, hidden_size=HIDDEN, num_mixtures=2)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and do not fight the other tests' threads for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_memory(seed: int = 0, done_bias: float = -1.0, done_gain: float = 4.0) -> MDNRNN:
+    torch.manual_seed(seed)
+    mdn = MDNRNN(**TINY_MDN).eval()
+    with torch.no_grad():  # rewards of a useful size; a done head that can fire
+        mdn.reward_head.weight.mul_(5.0)
+        mdn.done_head.weight.mul_(done_gain)
+        mdn.done_head.bias.fill_(done_bias)
+    return mdn
+
+
+def write_tiny_checkpoints(checkpoint_dir: Path) -> dict[str, Path]:
+    """Untrained tiny V and M in the real checkpoint formats (M records the V it was trained with)."""
+    torch.manual_seed(0)
+    paths = checkpoint_paths(checkpoint_dir)
+    save_checkpoint({"kind": "vision", "model_args": TINY_VAE, "model_state": VAE(**TINY_VAE).state_dict()},
+                    paths["vision"])
+    save_checkpoint({"kind": "memory", "model_args": TINY_MDN, "model_state": tiny_memory().state_dict(),
+                     "vision": {"path": str(paths["vision"]), "sha256": file_sha256(paths["vision"])},
+                     "reward": {"units": "real CarRacing reward per step", "scale": 1.0}}, paths["memory"])
+    return paths
+
+
+def test_batched_dream_matches_per_candidate_loop():
+    mdn = tiny_memory(done_bias=-1.0, done_gain=20.0)
+    population, trials, steps = 5, 4, 12
+    num_params = 3 * (LATENT + HIDDEN) + 3
+    g = torch.Generator().manual_seed(1)
+    flat = torch.randn(population, num_params, generator=g)
+    weights, biases = flat_to_population(flat, LATENT, HIDDEN)
+    start_z = torch.randn(trials, LATENT, generator=g)
+    start_state = (torch.randn(trials, HIDDEN, generator=g) * 0.3, torch.randn(trials, HIDDEN, generator=g) * 0.3)
+    runs = {}
+    for name, rollout in (("batched", dream_rollout), ("loop", dream_rollout_per_candidate)):
+        runs[name] = rollout(mdn, weights, biases, start_z, start_state, steps, 1.0,
+                             torch.Generator().manual_seed(7))
+    one_by_one = dream_rollout_per_candidate(mdn, weights, biases, start_z, start_state, steps, 1.0,
+                                             torch.Generator().manual_seed(7), batch_trials=False)
+    assert runs["batched"].shape == (population, trials)
+    torch.testing.assert_close(runs["batched"], runs["loop"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(runs["batched"], one_by_one, rtol=1e-4, atol=1e-4)
+    # Real behaviour: candidates differ, the done head ends some trials early, and another seed gives
+    # other noise (so other fitness) while the same seed repeats exactly.
+    assert runs["batched"].std(dim=0).max() > 1e-3
+    other = dream_rollout(mdn, weights, biases, start_z, start_state, steps, 1.0, torch.Generator().manual_seed(8))
+    assert not torch.allclose(other, runs["batched"])
+    again = dream_rollout(mdn, weights, biases, start_z, start_state, steps, 1.0, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(again, runs["batched"], rtol=0, atol=0)
+    with torch.no_grad():
+        mdn.done_head.bias.fill_(-100.0)
+    never_done = dream_rollout(mdn, weights, biases, start_z, start_state, steps, 1.0, torch.Generator().manual_seed(7))
+    ended_early = (never_done - runs["batched"]).abs() > 1e-6
+    assert 0 < int(ended_early.sum()) < ended_early.numel()  # the done head ended some trials, not all
+
+
+def test_dream_fitness_is_masked_after_done():
+    mdn = tiny_memory()
+    with torch.no_grad():  # constant reward 1 per step; done on every step → only the first reward counts
+        mdn.reward_head.weight.zero_()
+        mdn.reward_head.bias.fill_(1.0)
+        mdn.done_head.weight.zero_()
+    weights, biases = flat_to_population(torch.zeros(2, 3 * (LATENT + HIDDEN) + 3), LATENT, HIDDEN)
+    start = (torch.zeros(3, LATENT), (torch.zeros(3, HIDDEN), torch.zeros(3, HIDDEN)))
+    with torch.no_grad():
+        mdn.done_head.bias.fill_(5.0)
+    ended = dream_rollout(mdn, weights, biases, *start, 10, 1.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ended, torch.ones(2, 3))
+    with torch.no_grad():
+        mdn.done_head.bias.fill_(-5.0)
+    full = dream_rollout(mdn, weights, biases, *start, 10, 1.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(full, torch.full((2, 3), 10.0))
+
+
+def test_noise_sampler_follows_the_mixture():
+    """Pre-drawn-noise sampling has the mixture's mean and variance at temperature τ (as sample_next_z)."""
+    n, tau = 200_000, 0.7
+    logit = torch.tensor([[0.0, 1.0]]).expand(n, 1, 2)
+    mu = torch.tensor([[-1.0, 2.0]]).expand(n, 1, 2)
+    log_sigma = torch.tensor([[0.0, -1.0]]).expand(n, 1, 2)
+    g = torch.Generator().manual_seed(0)
+    z = sample_with_noise(logit, mu, log_sigma, tau, torch.rand(n, 1, generator=g), torch.randn(n, 1, generator=g))
+    pi = torch.softmax(torch.tensor([0.0, 1.0]) / tau, 0)
+    var = tau * torch.exp(torch.tensor([0.0, -1.0])) ** 2
+    mean = (pi * torch.tensor([-1.0, 2.0])).sum()
+    second = (pi * (var + torch.tensor([-1.0, 2.0]) ** 2)).sum()
+    assert abs(z.mean() - mean) < 0.02 and abs(z.var() - (second - mean ** 2)) < 0.05
+    output = SimpleNamespace(logit_pi=logit, mu=mu, log_sigma=log_sigma)
+    reference = MDNRNN.sample_next_z(output, tau, torch.Generator().manual_seed(1))
+    assert abs(reference.mean() - z.mean()) < 0.03 and abs(reference.var() - z.var()) < 0.06
+
+
+def test_recorded_states_are_m_states_before_each_step(tiny_data_dir):
+    mdn = tiny_memory()
+    sequences = load_memory_sequences(tiny_data_dir)
+    mu = np.random.default_rng(0).normal(size=(int(sequences.indices.max()) + 1, LATENT)).astype(np.float32)
+    batch = next(iter_recorded_states(mdn, mu, sequences.indices, sequences.actions, batch_size=4))
+    z = torch.as_tensor(mu[sequences.indices[:4]])
+    with torch.no_grad():
+        out, _ = mdn(z, torch.as_tensor(sequences.actions[:4]))
+    torch.testing.assert_close(batch.h[:, 0], torch.zeros(4, HIDDEN))
+    torch.testing.assert_close(batch.h[:, 1:], out.hidden[:, :-1], rtol=1e-5, atol=1e-5)
+    pool = collect_start_states(mdn, mu, sequences.indices, sequences.actions, 20, np.random.default_rng(0))
+    assert len(pool) == 20 and pool.h.shape == (20, HIDDEN)
+    assert sum(bool(torch.isclose(pool.z[i:i + 1], torch.as_tensor(mu)).all(1).any()) for i in range(20)) == 20
+    # Only the windows holding a chosen position are run, unless every batch must be visited: same pool.
+    visited = []
+    full = collect_start_states(mdn, mu, sequences.indices, sequences.actions, 20, np.random.default_rng(0),
+                                batch_size=3, visit=lambda b: visited.extend(b.rows.tolist()))
+    assert visited == list(range(len(sequences.indices)))
+    for name in ("z", "h", "c"):
+        torch.testing.assert_close(getattr(full, name), getattr(pool, name), rtol=1e-5, atol=1e-6)
+
+
+def test_bc_recovers_a_known_linear_policy():
+    rng = np.random.default_rng(0)
+    n = 4000
+    x = torch.as_tensor(np.concatenate([rng.normal(size=(n, LATENT)), np.tanh(rng.normal(size=(n, HIDDEN)))], 1))
+    true_w = torch.as_tensor(rng.normal(0, 0.3, size=(LATENT + HIDDEN, 3)))
+    true_b = torch.tensor([0.1, 0.5, -1.0], dtype=torch.float64)
+    controller = Controller(LATENT, HIDDEN)
+    controller.set_flat_params(linear_to_flat(true_w, true_b))
+    with torch.no_grad():
+        actions = controller(x[:, :LATENT].float(), x[:, LATENT:].float()).double()
+    fit = LinearFit(LATENT + HIDDEN, 3)
+    for chunk in torch.split(torch.arange(n), 1000):  # streaming, as over the recorded windows
+        fit.add(x[chunk], bc_targets(actions[chunk], eps=1e-6))
+    weight, bias = fit.solve(ridge=1e-8)
+    torch.testing.assert_close(weight, true_w, rtol=0, atol=2e-3)
+    torch.testing.assert_close(bias, true_b, rtol=0, atol=2e-3)
+    assert fit.residual_mse(weight, bias).max() < 1e-6
+    # The flat vector drives Controller and population_actions like the true policy.
+    flat = torch.as_tensor(linear_to_flat(weight, bias))[None].float()
+    w, b = flat_to_population(flat, LATENT, HIDDEN)
+    predicted = population_actions(w, b, x[None, :, :LATENT].float(), x[None, :, LATENT:].float())[0]
+    torch.testing.assert_close(predicted, actions.float(), rtol=0, atol=2e-3)
+    # Saturated actions get finite targets (clipped ε inside their range).
+    targets = bc_targets(np.array([[1.0, 1.0, 0.0], [-1.0, 0.0, 1.0]]), eps=0.02)
+    assert torch.isfinite(targets).all() and targets[0, 0] > 2 and targets[0, 2] < -3
+
+
+def run_args(tmp_path, data_dir, **overrides) -> Args:
+    options = dict(population=6, generations=2, rollout_steps=6, dream_trials=3, start_states=64, eval_every=2,
+                   eval_episodes=1, eval_max_steps=15, workers=1, data_dir=str(data_dir),
+                   checkpoint_dir=str(tmp_path / "checkpoints"), device="cpu", progress=False, batch_size=8)
+    options.update(overrides)
+    return Args(**options)
+
+
+def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir):
+    paths = write_tiny_checkpoints(tmp_path / "checkpoints")
+    first = main(run_args(tmp_path, tiny_data_dir, init="bc"))
+    assert first["generation"] == 2 and first["kind"] == "controller"
+    assert first["model_args"] == {"latent_size": LATENT, "hidden_size": HIDDEN, "action_size": 3}
+    assert len(first["history"]["fitness_best"]) == 2 and first["history"]["eval_generation"] == [2]
+    assert first["best_real_score"] is not None and "generation 2" in first["model_source"]
+    assert first["bc"]["samples"] == load_memory_sequences(tiny_data_dir).indices.size  # every step of every window
+    assert first["models"]["memory"]["sha256"] == file_sha256(paths["memory"])
+    assert (tmp_path / "checkpoints" / "control_model_cmaes.png").is_file()
+    es = pickle.loads(first["es_state"])
+    assert es.countiter == 2
+    saved_es_state = first["es_state"]
+
+    resumed = main(run_args(tmp_path, tiny_data_dir, init="bc", generations=4, resume=True))
+    assert resumed["generation"] == 4 and pickle.loads(resumed["es_state"]).countiter == 4
+    assert resumed["history"]["fitness_best"][:2] == first["history"]["fitness_best"]
+    assert resumed["history"]["eval_generation"] == [2, 4]
+
+    # A straight 4-generation run gives the same result: the resume continued the same ES state and RNGs.
+    straight_dir = tmp_path / "straight"
+    write_tiny_checkpoints(straight_dir / "checkpoints")
+    straight = main(run_args(straight_dir, tiny_data_dir, init="bc", generations=4, eval_every=0))
+    assert straight["history"]["fitness_best"] == resumed["history"]["fitness_best"]
+    np.testing.assert_array_equal(pickle.loads(straight["es_state"]).mean, pickle.loads(resumed["es_state"]).mean)
+    assert pickle.loads(saved_es_state).countiter == 2
+    controller = load_checkpoint(paths["controller"], "controller")
+    Controller(**controller["model_args"]).load_state_dict(controller["model_state"])
+
+
+def test_resume_refuses_a_different_population(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path / "checkpoints")
+    main(run_args(tmp_path, tiny_data_dir, generations=1, eval_every=0))
+    with pytest.raises(UsageError, match="--population"):
+        main(run_args(tmp_path, tiny_data_dir, generations=2, eval_every=0, population=8, resume=True))
+    with pytest.raises(UsageError, match="memory"):
+        main(run_args(tmp_path / "none", tiny_data_dir))
+
+
+def test_real_mode_scores_candidates_in_the_real_env(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path / "checkpoints")
+    result = main(run_args(tmp_path, tiny_data_dir, mode="real", population=3, generations=1, rollout_steps=8,
+                           real_trials=1, eval_every=0))
+    history = result["history"]
+    assert result["generation"] == 1 and len(history["fitness_best"]) == 1
+    # 8 real steps: −0.1 per frame plus any tiles reached; every candidate drove the same track.
+    assert -0.8 - 1e-4 <= history["fitness_mean"][0] <= history["fitness_best"][0] < 20
+    assert np.isnan(history["fitness_cma_mean"][0])

@@ -1,0 +1,242 @@
+"""Stage 3: the memory model M (MDN-RNN), its latent cache, training script and dream visualisation."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from car_racing import latent_cache, train_memory, visualize_memory_prediction
+from car_racing.cli import UsageError
+from car_racing.models.mdn_rnn import MDNOutput, MDNRNN, mdn_loss
+from car_racing.models.vae import VAE
+from car_racing.recorded_data import RecordedData
+from car_racing.runtime import load_checkpoint, save_checkpoint
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread (the shared CI/dev machines have 2 busy cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+TINY_VAE_ARGS = {"latent_size": 8, "encoder_channels": (4, 8, 8, 16), "dense_size": 64, "decoder_channels": (8, 8, 4)}
+
+
+def save_tiny_vision(path, seed=0):
+    torch.manual_seed(seed)
+    vae = VAE(**TINY_VAE_ARGS)
+    save_checkpoint({"kind": "vision", "model_args": TINY_VAE_ARGS, "model_state": vae.state_dict()}, path)
+    return vae
+
+
+def tiny_args(data_dir, checkpoint_dir, **overrides):
+    values = dict(data_dir=str(data_dir), checkpoint_dir=str(checkpoint_dir), epochs=1, batch_size=4,
+                  hidden_size=16, num_mixtures=3, device="cpu", progress=False)
+    values.update(overrides)
+    return train_memory.Args(**values)
+
+
+def normal_pdf(x, mean, sigma):
+    return math.exp(-0.5 * ((x - mean) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
+def test_mdn_loss_equals_hand_computed_log_likelihood():
+    # 2 latent dims, 2 components each
+    logits = [[0.0, math.log(3.0)], [1.0, 1.0]]  # weights (0.25, 0.75) and (0.5, 0.5)
+    means = [[0.0, 1.0], [-1.0, 2.0]]
+    sigmas = [[1.0, 0.5], [2.0, 0.25]]
+    target = [0.5, 1.8]
+    expected = 0.0
+    for d in range(2):
+        weights = np.exp(logits[d]) / np.sum(np.exp(logits[d]))
+        density = sum(weights[k] * normal_pdf(target[d], means[d][k], sigmas[d][k]) for k in range(2))
+        expected += -math.log(density) / 2
+    loss = mdn_loss(torch.tensor([logits]), torch.tensor([means]), torch.log(torch.tensor([sigmas])),
+                    torch.tensor([target]))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # a mask drops positions from the mean
+    masked = mdn_loss(torch.tensor([logits, logits]), torch.tensor([means, means]),
+                      torch.log(torch.tensor([sigmas, sigmas])), torch.tensor([target, [9.0, 9.0]]),
+                      mask=torch.tensor([True, False]))
+    assert masked.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mdn_loss_is_stable_far_from_the_mixture():
+    loss = mdn_loss(torch.zeros(1, 1, 3), torch.zeros(1, 1, 3), torch.full((1, 1, 3), -5.0), torch.tensor([[50.0]]))
+    assert torch.isfinite(loss) and loss.item() > 1e4
+
+
+def test_mdn_loss_recovers_a_known_mixture():
+    generator = torch.Generator().manual_seed(0)
+    n = 2000
+    component = torch.rand(n, generator=generator) < 0.3
+    samples = torch.where(component, -2.0 + 0.5 * torch.randn(n, generator=generator),
+                          1.5 + 0.3 * torch.randn(n, generator=generator))
+    torch.manual_seed(0)
+    logits = torch.zeros(2, requires_grad=True)
+    means = torch.tensor([-0.5, 0.5], requires_grad=True)
+    log_sigma = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.Adam([logits, means, log_sigma], lr=0.08)
+    for _ in range(250):
+        optimizer.zero_grad()
+        loss = mdn_loss(logits.expand(n, 1, 2), means.expand(n, 1, 2), log_sigma.expand(n, 1, 2), samples[:, None])
+        loss.backward()
+        optimizer.step()
+    order = torch.argsort(means.detach())
+    assert means.detach()[order].tolist() == pytest.approx([-2.0, 1.5], abs=0.05)
+    assert log_sigma.detach().exp()[order].tolist() == pytest.approx([0.5, 0.3], abs=0.05)
+    assert torch.softmax(logits.detach(), 0)[order].tolist() == pytest.approx([0.3, 0.7], abs=0.03)
+
+
+def test_sequence_forward_equals_step_by_step():
+    torch.manual_seed(0)
+    model = MDNRNN(latent_size=6, action_size=3, hidden_size=12, num_mixtures=4).eval()
+    z, actions = torch.randn(3, 7, 6), torch.randn(3, 7, 3)
+    start = (torch.randn(3, 12), torch.randn(3, 12))
+    for initial in (None, start):
+        sequence, (h, c) = model(z, actions, initial)
+        assert sequence.mu.shape == (3, 7, 6, 4) and sequence.reward.shape == (3, 7)
+        assert sequence.hidden.shape == (3, 7, 12)
+        state = model.initial_state(3) if initial is None else initial
+        steps = []
+        for t in range(7):
+            out, state = model.step(z[:, t], actions[:, t], state)
+            steps.append(out)
+        for name in MDNOutput._fields:
+            stepped = torch.stack([getattr(o, name) for o in steps], dim=1)
+            torch.testing.assert_close(stepped, getattr(sequence, name), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(state[0], h, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(state[1], c, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(steps[-1].hidden, h, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_next_z_temperature():
+    n, latent = 20000, 2
+    logit_pi = torch.tensor([0.0, 2.0]).expand(n, latent, 2)
+    mu = torch.tensor([-3.0, 1.0]).expand(n, latent, 2)
+    log_sigma = torch.log(torch.tensor([0.1, 0.2])).expand(n, latent, 2)
+    output = MDNOutput(logit_pi, mu, log_sigma, torch.zeros(n), torch.zeros(n), torch.zeros(n, 1))
+    assert torch.equal(MDNRNN.sample_next_z(output, 0.0), torch.ones(n, latent))
+    generator = torch.Generator().manual_seed(0)
+    z = MDNRNN.sample_next_z(output, 1.0, generator)
+    frac_low = (z < -1).float().mean().item()
+    assert frac_low == pytest.approx(1 / (1 + math.e ** 2), abs=0.01)
+    high = z[z > -1]
+    assert high.mean().item() == pytest.approx(1.0, abs=0.01) and high.std().item() == pytest.approx(0.2, abs=0.01)
+    cold = MDNRNN.sample_next_z(output, 0.25, generator)  # logits × 4, σ × 0.5
+    assert (cold < -1).float().mean().item() == pytest.approx(1 / (1 + math.e ** 8), abs=0.002)
+    assert cold[cold > -1].std().item() == pytest.approx(0.1, abs=0.005)
+
+
+def test_terminal_flags_only_mark_real_terminations():
+    rewards = np.array([1, 1, 1, 1, -100, 1, 1, 1, 3], dtype=np.float32)
+    dones = np.zeros(9, dtype=bool)
+    dones[[2, 4, 8]] = True
+    episodes = [{"start": 0, "length": 3, "lap_finished": False},  # time limit: not terminal
+                {"start": 3, "length": 2, "lap_finished": False},  # left the playfield (−100)
+                {"start": 5, "length": 4, "lap_finished": True}]
+    data = RecordedData(frames=np.zeros((9, 64, 64, 3), np.uint8), actions=np.zeros((9, 3), np.float32),
+                        rewards=rewards, dones=dones, meta={"episodes": episodes})
+    assert np.flatnonzero(train_memory.terminal_flags(data, "terminal")).tolist() == [4, 8]
+    assert np.flatnonzero(train_memory.terminal_flags(data, "episode-end")).tolist() == [2, 4, 8]
+
+
+def test_latent_cache_rebuilt_when_v_changes(tiny_data_dir, tmp_path, monkeypatch):
+    vision = tmp_path / "ck" / "vision_model.pth"
+    vae = save_tiny_vision(vision, seed=0)
+    calls = []
+    original = latent_cache.build_latents
+    monkeypatch.setattr(latent_cache, "build_latents", lambda *a, **k: calls.append(1) or original(*a, **k))
+    mu, logvar = latent_cache.load_or_build_latents(tiny_data_dir, vision, "cpu", batch_size=32, progress=False)
+    assert mu.shape == logvar.shape == (95, 8) and mu.dtype == np.float32 and len(calls) == 1
+    assert (tiny_data_dir / latent_cache.LATENTS_FILE).is_file()
+    from car_racing.recorded_data import load_recorded
+    frames = torch.from_numpy(load_recorded(tiny_data_dir).frames[:5]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        np.testing.assert_allclose(mu[:5], vae.encode(frames)[0].numpy(), rtol=1e-4, atol=1e-5)
+    again, _ = latent_cache.load_or_build_latents(tiny_data_dir, vision, "cpu", progress=False)
+    assert len(calls) == 1 and np.array_equal(again, mu)  # same V: read from the cache
+    save_tiny_vision(vision, seed=1)  # V retrained
+    changed, _ = latent_cache.load_or_build_latents(tiny_data_dir, vision, "cpu", progress=False)
+    assert len(calls) == 2 and not np.allclose(changed, mu)
+    (tiny_data_dir / latent_cache.LATENTS_FILE).write_bytes(b"truncated")  # a corrupt cache is rebuilt
+    rebuilt, _ = latent_cache.load_or_build_latents(tiny_data_dir, vision, "cpu", progress=False)
+    assert len(calls) == 3 and np.array_equal(rebuilt, changed)
+
+
+def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
+    checkpoints = tmp_path / "ck"
+    save_tiny_vision(checkpoints / "vision_model.pth")
+    first = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    saved = load_checkpoint(checkpoints / "memory_model.pth", "memory")
+    for key in ("model_args", "model_state", "optimizer_state", "epoch", "best_val_loss", "config", "history",
+                "vision", "reward"):
+        assert key in saved
+    assert saved["model_args"] == {"latent_size": 8, "action_size": 3, "hidden_size": 16, "num_mixtures": 3}
+    assert saved["vision"]["sha256"] == latent_cache.file_sha256(checkpoints / "vision_model.pth")
+    assert saved["reward"]["scale"] == 1.0 and saved["epoch"] == 1 == first["epoch"]
+    assert {"train_mdn", "val_mdn", "train_reward", "val_reward", "train_done", "val_done"} <= set(saved["history"])
+    assert all(np.isfinite(v[0]) for v in saved["history"].values())
+    assert (checkpoints / "memory_model_latest.pth").is_file() and (checkpoints / "memory_model_loss.png").is_file()
+
+    resumed = train_memory.main(tiny_args(tiny_data_dir, checkpoints, epochs=2, resume=True))
+    latest = load_checkpoint(checkpoints / "memory_model_latest.pth", "memory")
+    assert latest["epoch"] == 2 and len(latest["history"]["train_mdn"]) == 2
+    assert latest["history"]["train_mdn"][0] == saved["history"]["train_mdn"][0]
+    # resuming gives the same model as training two epochs straight
+    straight_dir = tmp_path / "straight"
+    save_tiny_vision(straight_dir / "vision_model.pth")
+    train_memory.main(tiny_args(tiny_data_dir, straight_dir, epochs=2))
+    straight = load_checkpoint(straight_dir / "memory_model_latest.pth", "memory")
+    for name, value in straight["model_state"].items():
+        torch.testing.assert_close(latest["model_state"][name], value)
+    assert resumed["kind"] == "memory"
+
+    with pytest.raises(UsageError, match="hidden_size"):
+        train_memory.main(tiny_args(tiny_data_dir, checkpoints, epochs=3, resume=True, hidden_size=8))
+
+    out = tmp_path / "runs" / "dream.mp4"
+    summary = visualize_memory_prediction.main(visualize_memory_prediction.Args(
+        checkpoint_dir=str(checkpoints), data_dir=str(tiny_data_dir), out=str(out), episode=2, dream_steps=10,
+        scale=2, device="cpu"))
+    capture = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == summary["steps"] == 40
+    assert frames[0].shape[1] > 3 * 128 and frames[0].std() > 5  # three 128-pixel panels with content
+    plot = cv2.imread(str(tmp_path / "runs" / "dream_reward.png"))
+    assert plot is not None and plot.shape[0] > 100
+
+
+def test_dream_resyncs_to_real_encoding():
+    torch.manual_seed(0)
+    model = MDNRNN(latent_size=4, hidden_size=8, num_mixtures=2).eval()
+    real_mu, actions = torch.randn(12, 4), torch.randn(12, 3)
+    result = visualize_memory_prediction.dream_episode(model, real_mu, actions, dream_steps=5, temperature=1.0,
+                                                       generator=torch.Generator().manual_seed(0))
+    assert np.flatnonzero(result["resync"]).tolist() == [0, 5, 10]
+    for t in (0, 5, 10):
+        np.testing.assert_allclose(result["dream_z"][t], real_mu[t].numpy())
+    assert not np.allclose(result["dream_z"][1], real_mu[1].numpy())
+    # with real z fed in, M's reward predictions equal a plain sequence forward over the real episode
+    with torch.no_grad():
+        sequence, _ = model(real_mu[None], actions[None])
+    np.testing.assert_allclose(result["real_reward_pred"], sequence.reward[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_flags_are_usage_errors(tiny_data_dir, tmp_path):
+    with pytest.raises(UsageError, match="--epochs"):
+        train_memory.main(tiny_args(tiny_data_dir, tmp_path, epochs=0))
+    with pytest.raises(UsageError, match="vision"):
+        train_memory.main(tiny_args(tiny_data_dir, tmp_path / "empty"))

@@ -1,0 +1,343 @@
+"""Stage 1: car_racing/recorded_frames.py (recording), car_racing/drivers.py (random and human drivers)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pygame
+import pytest
+
+from car_racing import drivers, recorded_frames
+from car_racing.cli import UsageError
+from car_racing.envs import make_env
+from car_racing.recorded_data import (ACTIONS_FILE, ARRAY_FILES, DONES_FILE, FRAMES_FILE, META_FILE, PENDING_DIR,
+                                      REWARDS_FILE, SEQ_ACTIONS_FILE, SEQ_DONES_FILE, SEQ_INDICES_FILE,
+                                      SEQ_REWARDS_FILE, EpisodeStore, RecordedEpisode, load_memory_sequences,
+                                      load_recorded, preprocess_frame)
+from car_racing.rollout import EndSession
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 60
+SEQ_LEN = 20
+
+
+def record(data_dir, **overrides) -> None:
+    options = dict(driver="autopilot", episodes=2, steps=STEPS, workers=1, seq_len=SEQ_LEN, data_dir=str(data_dir))
+    options.update(overrides)
+    recorded_frames.main(recorded_frames.Args(**options))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (recursively) → its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    """2 autopilot episodes of 60 steps (seeds 0, 1), memory windows of 20 steps. Do not modify: copy it."""
+    data_dir = tmp_path_factory.mktemp("recorded") / "data"
+    record(data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def recorded_copy(recorded, tmp_path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(recorded, copy)
+    return copy
+
+
+# --- what a recording writes ----------------------------------------------------------------------------
+
+def test_autopilot_recording_writes_every_file_and_meta_agrees(recorded):
+    expected = {FRAMES_FILE: (np.uint8, (2 * STEPS, 64, 64, 3)), ACTIONS_FILE: (np.float32, (2 * STEPS, 3)),
+                REWARDS_FILE: (np.float32, (2 * STEPS,)), DONES_FILE: (np.bool_, (2 * STEPS,)),
+                SEQ_INDICES_FILE: (np.int64, (6, SEQ_LEN)), SEQ_ACTIONS_FILE: (np.float32, (6, SEQ_LEN, 3)),
+                SEQ_REWARDS_FILE: (np.float32, (6, SEQ_LEN)), SEQ_DONES_FILE: (np.bool_, (6, SEQ_LEN))}
+    for file, (dtype, shape) in expected.items():
+        array = np.load(recorded / file)
+        assert array.dtype == dtype and array.shape == shape, file
+    assert not list((recorded / PENDING_DIR).glob("*.npz")), "pending episodes are merged and removed"
+
+    data = load_recorded(recorded)
+    meta = json.loads((recorded / META_FILE).read_text())
+    assert meta["env_id"] == "CarRacing-v3" and meta["frame_shape"] == [64, 64, 3] and meta["seq_len"] == SEQ_LEN
+    assert [e["seed"] for e in data.episodes] == [0, 1]
+    assert [e["start"] for e in data.episodes] == [0, STEPS]
+    assert [e["length"] for e in data.episodes] == [STEPS, STEPS]
+    assert np.flatnonzero(data.dones).tolist() == [STEPS - 1, 2 * STEPS - 1]
+    for i, episode in enumerate(data.episodes):
+        assert episode["driver"] == "autopilot" and episode["lap_finished"] is False
+        assert episode["total_reward"] == pytest.approx(float(data.rewards[data.episode_slice(i)].sum()), abs=1e-3)
+        assert set(episode["noise"]) == {"steer_sigma", "burst_prob"}
+        assert 0.0 <= episode["noise"]["steer_sigma"] <= 0.3 and 0.0 <= episode["noise"]["burst_prob"] <= 0.01
+    assert data.episodes[0]["noise"] != data.episodes[1]["noise"], "noise levels are drawn per episode"
+    assert data.actions[:, 0].min() >= -1 and data.actions[:, 1:].min() >= 0 and data.actions.max() <= 1
+    assert data.frames.std() > 10, "frames show the track, not a blank screen"
+
+
+def test_replaying_seed_and_actions_reproduces_frames_exactly(recorded):
+    data = load_recorded(recorded)
+    env = make_env(fast=False)  # gymnasium's stock renderer: the ground truth the data must match
+    try:
+        for i, episode in enumerate(data.episodes):
+            frames, rewards = data.frames[data.episode_slice(i)], data.rewards[data.episode_slice(i)]
+            observation, _ = env.reset(seed=episode["seed"])
+            for t, action in enumerate(data.actions[data.episode_slice(i)]):
+                np.testing.assert_array_equal(preprocess_frame(observation), frames[t], err_msg=f"ep {i} step {t}")
+                observation, reward, *_ = env.step(action)
+                assert np.float32(reward) == rewards[t]
+    finally:
+        env.close()
+
+
+def test_memory_sequences_never_cross_an_episode_boundary(recorded):
+    data = load_recorded(recorded)
+    sequences = load_memory_sequences(recorded)
+    episode_of_step = np.repeat(np.arange(len(data.episodes)), [e["length"] for e in data.episodes])
+    assert len(sequences.indices) == 2 * (STEPS // SEQ_LEN)
+    for row in sequences.indices:
+        assert np.all(np.diff(row) == 1)
+        assert len(set(episode_of_step[row])) == 1
+    np.testing.assert_array_equal(sequences.actions, data.actions[sequences.indices])
+    np.testing.assert_array_equal(sequences.rewards, data.rewards[sequences.indices])
+    np.testing.assert_array_equal(sequences.dones, data.dones[sequences.indices])
+    assert sequences.dones[:, :-1].sum() == 0, "a done flag only ever ends a window"
+
+
+def test_append_keeps_old_episodes_byte_equal_and_continues_the_seeds(recorded_copy):
+    old = load_recorded(recorded_copy)
+    old_arrays = {name: np.asarray(getattr(old, name)).tobytes() for name in ARRAY_FILES}
+    record(recorded_copy, workers=2, steps=45, append=True)  # the one multi-process case
+
+    new = load_recorded(recorded_copy)
+    n_old = len(old)
+    for name in ARRAY_FILES:
+        assert np.asarray(getattr(new, name))[:n_old].tobytes() == old_arrays[name], name
+    assert new.episodes[:2] == old.episodes
+    assert sorted(e["seed"] for e in new.episodes[2:]) == [2, 3], "appended episodes continue after seed 1"
+    assert [e["start"] for e in new.episodes] == [0, STEPS, 2 * STEPS, 2 * STEPS + 45]
+    assert len(new) == 2 * STEPS + 2 * 45
+    sequences = load_memory_sequences(recorded_copy)
+    assert len(sequences.indices) == 2 * 3 + 2 * 3  # 45 steps → windows at 0, 20 and the one ending at 44
+    assert sequences.indices.max() == len(new) - 1
+
+
+def test_random_driver_varies_smoothly_and_reproducibly(tmp_path):
+    record(tmp_path / "a", driver="random", episodes=1, steps=30)
+    record(tmp_path / "b", driver="random", episodes=1, steps=30)
+    a, b = load_recorded(tmp_path / "a"), load_recorded(tmp_path / "b")
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    assert a.episodes[0]["driver"] == "random" and a.episodes[0]["noise"] == {}
+    assert a.actions.min() >= -1 and a.actions[:, 1:].min() >= 0 and a.actions.max() <= 1
+    steps = np.abs(np.diff(a.actions, axis=0))
+    assert steps.max() < 0.8 and 0 < steps.mean() < 0.3, "a random walk: small steps, never constant"
+
+
+# --- an episode interrupted by an error -----------------------------------------------------------------
+
+class FailingDriver(drivers.RandomDriver):
+    """Random actions that raise at step ``fail_at`` of episode ``fail_episode`` (0-based)."""
+
+    def __init__(self, fail_episode: int, fail_at: int = 5):
+        super().__init__()
+        self.fail_episode, self.fail_at, self.episode = fail_episode, fail_at, -1
+
+    def reset(self, env, seed):
+        super().reset(env, seed)
+        self.episode += 1
+
+    def act(self, observation, env, step, episode_reward):
+        if self.episode == self.fail_episode and step == self.fail_at:
+            raise RuntimeError("driver crashed")
+        return super().act(observation, env, step, episode_reward)
+
+
+def test_an_error_commits_the_finished_episodes(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorded_frames, "make_headless_driver",
+                        lambda name, noise: functools.partial(FailingDriver, fail_episode=1))
+    with pytest.raises(RuntimeError, match="driver crashed"):
+        record(tmp_path / "data", driver="random", episodes=3, steps=20)
+    data = load_recorded(tmp_path / "data")
+    assert [e["seed"] for e in data.episodes] == [0] and len(data) == 20
+
+
+def test_an_error_before_any_episode_finishes_leaves_old_data_intact(recorded_copy, monkeypatch):
+    before = snapshot(recorded_copy)
+    monkeypatch.setattr(recorded_frames, "make_headless_driver",
+                        lambda name, noise: functools.partial(FailingDriver, fail_episode=0))
+    with pytest.raises(RuntimeError, match="driver crashed"):
+        record(recorded_copy, driver="random", episodes=1, steps=20)  # replace mode: must not wipe the data
+    after = snapshot(recorded_copy)
+    assert {k: v for k, v in after.items() if not k.startswith(PENDING_DIR)} == before
+
+
+# --- the human driver, headless with injected key events ------------------------------------------------
+
+def key(kind: int, code: int) -> pygame.event.Event:
+    return pygame.event.Event(kind, key=code)
+
+
+class ScriptedEvents:
+    """An event source: ``script[call_number]`` is the list of events returned by that call."""
+
+    def __init__(self, script: dict[int, list]):
+        self.script, self.calls = script, 0
+
+    def __call__(self):
+        events = self.script.get(self.calls, [])
+        self.calls += 1
+        return events
+
+
+def test_human_driver_records_the_keys_held_and_esc_keeps_what_was_recorded(tmp_path, monkeypatch):
+    down, up = pygame.KEYDOWN, pygame.KEYUP
+    script = ScriptedEvents({0: [key(down, pygame.K_UP)],
+                             10: [key(down, pygame.K_LEFT)],
+                             20: [key(up, pygame.K_LEFT), key(down, pygame.K_RIGHT)],
+                             30: [key(up, pygame.K_UP), key(down, pygame.K_DOWN)],
+                             45: [key(down, pygame.K_ESCAPE)]})  # step 5 of the second episode
+    monkeypatch.setattr(drivers, "HumanDriver", functools.partial(drivers.HumanDriver, event_source=script, fps=0))
+    record(tmp_path / "data", driver="human", episodes=3, steps=40)
+
+    data = load_recorded(tmp_path / "data")
+    assert [(e["seed"], e["length"], e["driver"]) for e in data.episodes] == [(0, 40, "human"), (1, 5, "human")]
+    expected = np.array([[0, 1, 0]] * 10 + [[-1, 1, 0]] * 10 + [[1, 1, 0]] * 10 + [[1, 0, 0.8]] * 10
+                        + [[1, 0, 0.8]] * 5, dtype=np.float32)  # keys still held carry into episode 2
+    np.testing.assert_array_equal(data.actions, expected)
+    assert data.frames.shape == (45, 64, 64, 3)
+
+
+def test_closing_the_human_window_ends_the_session_keeping_the_steps(tmp_path, monkeypatch):
+    script = ScriptedEvents({0: [key(pygame.KEYDOWN, pygame.K_UP)], 3: [pygame.event.Event(pygame.QUIT)]})
+    monkeypatch.setattr(drivers, "HumanDriver", functools.partial(drivers.HumanDriver, event_source=script, fps=0))
+    record(tmp_path / "data", driver="human", episodes=2, steps=40)
+    data = load_recorded(tmp_path / "data")
+    assert [e["length"] for e in data.episodes] == [3]
+    np.testing.assert_array_equal(data.actions, [[0, 1, 0]] * 3)
+
+
+def test_human_driver_reads_events_posted_to_pygames_queue():
+    driver = drivers.HumanDriver(fps=0)  # default event source: pygame.event.get
+    try:
+        driver.reset(None, seed=7)
+        observation = np.zeros((96, 96, 3), dtype=np.uint8)
+        pygame.event.post(key(pygame.KEYDOWN, pygame.K_RIGHT))
+        pygame.event.post(key(pygame.KEYDOWN, pygame.K_UP))
+        np.testing.assert_array_equal(driver.act(observation, None, 0, 0.0), [1, 1, 0])
+        pygame.event.post(key(pygame.KEYUP, pygame.K_RIGHT))
+        np.testing.assert_array_equal(driver.act(observation, None, 1, 0.0), [0, 1, 0])
+        pygame.event.post(key(pygame.KEYDOWN, pygame.K_ESCAPE))
+        with pytest.raises(EndSession):
+            driver.act(observation, None, 2, 0.0)
+    finally:
+        driver.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check is for headless Linux")
+def test_human_driver_without_a_display_points_to_the_autopilot(tmp_path, monkeypatch):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UsageError, match="--driver autopilot"):
+        record(tmp_path / "data", driver="human")
+    assert not (tmp_path / "data").exists()
+
+
+# --- bad input: one line, exit code 2, nothing overwritten ----------------------------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"driver": "bogus"}, "--driver"),
+    ({"episodes": 0}, "--episodes 0"),
+    ({"steps": 0}, "--steps 0"),
+    ({"workers": 0}, "--workers 0"),
+    ({"seq_len": 0}, "--seq-len 0"),
+    ({"noise": -0.5}, "--noise"),
+    ({"seed": -1}, "--seed"),
+])
+def test_bad_flags_raise_a_usage_error_and_touch_nothing(recorded_copy, overrides, message):
+    before = snapshot(recorded_copy)
+    with pytest.raises(UsageError, match=message):
+        record(recorded_copy, **overrides)
+    assert snapshot(recorded_copy) == before
+
+
+def test_unwritable_data_dir_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match="--data-dir .*not writable"):
+        record(blocker / "data")
+
+
+def _other_frame_size(data_dir: Path) -> None:
+    meta = json.loads((data_dir / META_FILE).read_text())
+    meta["frame_shape"] = [96, 96, 3]
+    (data_dir / META_FILE).write_text(json.dumps(meta))
+
+
+def _truncated_frames(data_dir: Path) -> None:
+    path = data_dir / FRAMES_FILE
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _short_actions(data_dir: Path) -> None:
+    np.save(data_dir / ACTIONS_FILE, np.load(data_dir / ACTIONS_FILE)[:10])
+
+
+def _wrong_dtype_rewards(data_dir: Path) -> None:
+    np.save(data_dir / REWARDS_FILE, np.load(data_dir / REWARDS_FILE).astype(np.float64))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_other_frame_size, "frames are \\[96, 96, 3\\]"),
+    (_truncated_frames, "corrupt .npy"),
+    (_short_actions, "holds 10 steps"),
+    (_wrong_dtype_rewards, "found float64"),
+])
+def test_append_to_bad_existing_data_is_a_usage_error_and_touches_nothing(recorded_copy, damage, message):
+    damage(recorded_copy)
+    before = snapshot(recorded_copy)
+    with pytest.raises(UsageError, match=message):
+        record(recorded_copy, append=True)
+    assert snapshot(recorded_copy) == before
+
+
+def run_script(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "car_racing/recorded_frames.py", *flags], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--driver", "bogus"], "--driver"),
+    (["--driver", "autopilot", "--episodes", "0"], "--episodes 0"),
+])
+def test_bad_input_on_the_command_line_is_one_line_and_exit_code_2(recorded_copy, flags, message):
+    before = snapshot(recorded_copy)
+    result = run_script(*flags, "--data-dir", str(recorded_copy))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert snapshot(recorded_copy) == before
+
+
+def test_append_merges_episodes_left_by_a_crash_and_seeds_continue_after_them(recorded_copy):
+    store = EpisodeStore(recorded_copy, append=True, seq_len=SEQ_LEN)  # a run that crashed before committing
+    store.add(RecordedEpisode(seed=5, driver="random", frames=np.zeros((7, 64, 64, 3), np.uint8),
+                              actions=np.zeros((7, 3), np.float32), rewards=np.zeros(7, np.float32),
+                              lap_finished=False))
+    record(recorded_copy, driver="random", episodes=1, steps=10, append=True)
+    data = load_recorded(recorded_copy)
+    assert [(e["seed"], e["length"]) for e in data.episodes] == [(0, STEPS), (1, STEPS), (5, 7), (6, 10)]
+
+
+def test_append_with_a_corrupt_pending_episode_is_a_usage_error(recorded_copy):
+    (recorded_copy / PENDING_DIR / "episode_000000.npz").write_bytes(b"not a zip file")
+    before = snapshot(recorded_copy)
+    with pytest.raises(UsageError, match="unreadable pending episode"):
+        record(recorded_copy, append=True)
+    assert snapshot(recorded_copy) == before
