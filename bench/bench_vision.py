@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from car_racing.cli import run_main
+from car_racing.cli import UsageError, run_main
 from car_racing.models.vae import VAE, frames_to_tensor, vae_loss
+from car_racing.recorded_data import has_recorded_data, load_recorded
 from car_racing.train_vision import make_train_step, use_bf16
 
 
@@ -48,8 +49,10 @@ class Args:
     variant is also measured at 1 thread"""
     compile: bool = False
     """also measure torch.compile variants (compiling takes a minute or more on a small CPU)"""
+    data_dir: str = "data"
+    """recorded frames to train on (random noise frames when this folder has no recording)"""
     seed: int = 0
-    """seed for the synthetic frames and weights"""
+    """seed for the frames' order and the weights"""
 
 
 def naive_step_factory(model: VAE, optimizer: torch.optim.Optimizer):
@@ -83,7 +86,16 @@ def optimised_step_factory(model: VAE, optimizer: torch.optim.Optimizer, channel
 def main(args: Args) -> None:
     default_threads = args.threads or torch.get_num_threads()
     rng = np.random.default_rng(args.seed)
-    frames = rng.integers(0, 256, size=(args.batch_size * 4, 64, 64, 3), dtype=np.uint8)
+    if has_recorded_data(args.data_dir):
+        recorded = load_recorded(args.data_dir, mmap=True).frames
+        chosen = np.sort(rng.choice(len(recorded), size=min(len(recorded), args.batch_size * 4), replace=False))
+        frames = np.array(recorded[chosen])
+        source = f"{len(frames)} recorded frames from {args.data_dir}"
+    else:
+        frames = rng.integers(0, 256, size=(args.batch_size * 4, 64, 64, 3), dtype=np.uint8)
+        source = "random noise frames (no recording in --data-dir)"
+    if len(frames) < args.batch_size * 4:
+        raise UsageError(f"--data-dir {args.data_dir}: needs at least {args.batch_size * 4} frames")
     bf16_ok = use_bf16(torch.device("cpu"), True)
     # name → (channels_last, bf16, compile, threads); None options = the naive loop
     variants: dict[str, tuple | None] = {"naive fp32": None}
@@ -119,7 +131,7 @@ def main(args: Args) -> None:
             steps[name](frames[(i % 4) * args.batch_size:(i % 4 + 1) * args.batch_size])
         print(f"warm-up {name}: {time.perf_counter() - started:.1f} s", flush=True)
     print(f"torch {torch.__version__}, default {default_threads} threads, batch {args.batch_size}, "
-          f"native bf16: {bf16_ok}; {args.rounds} rounds × {args.steps} steps, alternating")
+          f"native bf16: {bf16_ok}; {source}; {args.rounds} rounds × {args.steps} steps, alternating")
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(args.rounds):
         for name, step in steps.items():

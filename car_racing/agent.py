@@ -4,8 +4,8 @@ At real-env step t (h_0 = c_0 = 0)::
 
     frame_t = preprocess_frame(observation_t)        # 96×96 → 64×64, as in the recorded data
     z_t     = V.encode(frame_t).mu                   # the mean, no sampling
-    a_t     = C(z_t, h_t)
-    (h_{t+1}, c_{t+1}) = M.step(z_t, a_t, (h_t, c_t))
+    a_t     = C(z_t, h_t)                            # the env may receive a smoothed version, â_t
+    (h_{t+1}, c_{t+1}) = M.step(z_t, â_t, (h_t, c_t))  # M sees the action really applied (â_t = a_t unsmoothed)
 
 :class:`Agent` is a :class:`car_racing.rollout.Driver`; :func:`evaluate_agent` runs it through
 :func:`car_racing.rollout.run_episodes` (the one real-env loop), optionally in worker processes.
@@ -14,7 +14,6 @@ Each model is rebuilt from its checkpoint's ``model_args``: no sizes are re-decl
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from pathlib import Path
@@ -82,22 +81,6 @@ def check_compatible(vae: torch.nn.Module, mdnrnn: torch.nn.Module, controller: 
                          f"gives {controller.action_size}; rerun {STAGE_SCRIPTS['memory']}")
 
 
-@contextlib.contextmanager
-def _without_onednn(device: torch.device) -> Iterator[None]:
-    """On CPU, run the block with oneDNN (mkldnn) off: torch's oneDNN LSTM has a large fixed cost per
-    call, so one batch-1 ``nn.LSTM`` step took ~5× longer with it than with the native kernel (same
-    weights, same result to float rounding). Restored afterwards."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
 class Agent:
     """V + M + C as a rollout driver (batch 1, ``torch.no_grad``). See the module docstring."""
 
@@ -111,6 +94,8 @@ class Agent:
         self.controller = controller.to(self.device).eval()
         self._frames_to_tensor = frames_to_tensor
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending_z: torch.Tensor | None = None  # z_t and a_t until M has been stepped with â_t
+        self._pending_action: torch.Tensor | None = None
         self.episode_info: dict[str, Any] = {}
         self.reset(None, 0)
 
@@ -123,18 +108,33 @@ class Agent:
     def reset(self, env: Any, seed: int) -> None:
         """New episode: h_0 = c_0 = 0."""
         self.state = self.mdnrnn.initial_state(1, device=self.device)
+        self._pending_z = self._pending_action = None
 
     @torch.no_grad()
     def act(self, observation: np.ndarray, env: Any = None, step: int = 0, episode_reward: float = 0.0
             ) -> np.ndarray:
-        """96×96×3 uint8 observation → float32 action (3,) [steer, gas, brake]; advances M's state."""
+        """96×96×3 uint8 observation → float32 action (3,) [steer, gas, brake].
+
+        M's state advances in :meth:`applied` (the rollout loop calls it with the action the env
+        received); when nobody called it, the next ``act`` advances M with this raw action.
+        """
+        if self._pending_z is not None:
+            self.applied(self._pending_action[0].cpu().numpy())
         frame = preprocess_frame(observation)
         x = self._frames_to_tensor(frame[None], device=self.device)  # (1, 3, 64, 64)
         z, _ = self.vae.encode(x)  # μ (1, L)
         action = self.controller(z, self.state[0])  # (1, 3)
-        with _without_onednn(self.device):
-            _, self.state = self.mdnrnn.step(z, action, self.state)
+        self._pending_z, self._pending_action = z, action
         return action[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def applied(self, action: np.ndarray) -> None:
+        """Step M with z_t and the action the env received: (h_{t+1}, c_{t+1}) = M.step(z_t, â_t, state)."""
+        if self._pending_z is None:
+            return
+        applied = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self.device)[None]
+        _, self.state = self.mdnrnn.step(self._pending_z, applied, self.state)
+        self._pending_z = self._pending_action = None
 
 
 def load_agent_models(checkpoint_dir: str | os.PathLike, controller_params: np.ndarray | None = None,

@@ -6,19 +6,25 @@ pixels: it reads ``env.unwrapped.track`` (the centre-line waypoints ``(alpha, be
 
 Control law
 -----------
-- **Steering: pure pursuit** on the centre line. The car keeps track of its nearest waypoint (searched
-  in a window around the previous one, so a self-approaching track never makes it jump ahead), picks
-  the point ``6 + 0.18·speed`` units further along the centre line, and steers the front wheels to the
-  arc through that point: ``δ = atan(2·wheelbase·x / d²)`` with ``x`` the point's lateral offset in car
-  coordinates and ``d`` its distance. A point behind the car (after a spin) means full lock towards it.
+- **Steering: pure pursuit** on the centre line. The driver tracks the car's nearest waypoint
+  (searched within ±8 waypoints of the previous one, so a track that passes close to itself never makes
+  it jump ahead and skip tiles), picks the point ``6 + 0.18·speed`` units further along the centre line
+  (plus the car's distance from the centre beyond 4 units, so that after a mistake it rejoins the road
+  at a shallow angle) and steers the front wheels onto the arc through that point:
+  ``δ = atan(2·wheelbase·x / d²)``, ``x`` the point's lateral offset in car coordinates, ``d`` its
+  distance. Two small terms make it robust to steering noise: a cross-track term (0.03 rad per unit
+  off the centre line) and yaw-rate damping (0.15 rad per rad/s between the arc's yaw rate and the
+  car's). A point behind the car (after a spin) means full lock towards it.
 - **Speed profile** (computed once per episode, at :meth:`reset`): the centre line's curvature ``κ``
-  gives a cornering speed ``sqrt(a_lat / κ)`` (``a_lat`` = 150 units/s²), capped at the car's top
-  speed; a backward pass around the closed loop limits it so the car can brake (``a_brake`` = 140
-  units/s²) in time for every bend. Gas / brake track that target (brake < 0.9, so the wheels never
-  lock).
-- **Traction control**: gas is cut while the rear wheels spin faster than the ground speed.
-- **Grass**: with a wheel off the road (60% grip) the target speed is lower, and a large heading error
-  (after a mistake) also slows the car, so pure pursuit brings it back onto the road.
+  (averaged over ±2 waypoints) gives a cornering speed ``sqrt(a_lat / κ)`` with ``a_lat`` = 210
+  units/s² (laps still all finish up to ~240; 280 misses tiles), capped at the car's top speed; a
+  backward pass around the closed loop limits it so the car can brake (``a_brake`` = 140 units/s²) in
+  time for every bend. Gas / brake track that target (brake ≤ 0.8, so the wheels never lock).
+- **Traction control**: gas is reduced while the rear wheels spin more than 8 units/s faster than the
+  ground speed, and while cornering hard (friction circle: ``gas ≤ 1.5·(1 - (v·|yaw rate| / a_lat)²)``),
+  which stops the rear-wheel-drive car from spinning out of bends.
+- **Grass**: with a wheel off the road (60% grip) the target speed drops to 25 units/s (gentle braking,
+  ≤ 0.3, so the tyres keep their lateral grip) and to 20 when also pointing away from the road ahead.
 - **Start and finish**: the car starts at ``track[0]`` (tile 0 is visited at reset) and the lap
   finishes only when every tile has been touched, so it drives the loop in order from waypoint 0.
 
@@ -48,7 +54,6 @@ import numpy as np
 
 WHEELBASE = 3.24  # units, front to rear axle
 TOP_SPEED = 100.0  # Box2D's speed cap, units/s
-DT = 1.0 / 50.0  # env step, seconds
 NOISE_SEED_SALT = 0x5EED_A070  # decorrelates the noise RNG from the env's own track RNG
 
 
@@ -57,14 +62,16 @@ class AutopilotDriver:
 
     ``noise`` (≥ 0) is the maximum noise level; the levels actually used are drawn per episode (see the
     module docstring) and exposed as :attr:`episode_info` ``{"steer_sigma": float, "burst_prob": float}``.
-    Picklable: only plain attributes (the per-episode state is rebuilt by :meth:`reset`).
+    Picklable: only plain attributes (the per-episode state is rebuilt by :meth:`reset`). The keyword
+    arguments are the tuning constants described in the module docstring (defaults = the measured driver).
     """
 
     def __init__(self, noise: float = 0.0, *, lateral_accel: float = 210.0, brake_accel: float = 140.0,
-                 lookahead_base: float = 6.0, lookahead_gain: float = 0.18, grass_speed: float = 35.0,
+                 lookahead_base: float = 6.0, lookahead_gain: float = 0.18, grass_speed: float = 25.0,
                  steer_tau_steps: float = 20.0, traction_slip: float = 8.0,
-                 brake_gain: float = 0.05, grip_gas: float = 1.5, cte_gain: float = 0.0,
-                 grass_wheels: int = 1, grass_brake: float = 0.8, yaw_gain: float = 0.0) -> None:
+                 brake_gain: float = 0.05, grip_gas: float = 1.5, cte_gain: float = 0.03,
+                 grass_wheels: int = 1, grass_brake: float = 0.3, yaw_gain: float = 0.15,
+                 recovery_gain: float = 1.0) -> None:
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.noise = float(noise)
@@ -81,13 +88,12 @@ class AutopilotDriver:
         self.grass_wheels = int(grass_wheels)
         self.grass_brake = float(grass_brake)
         self.yaw_gain = float(yaw_gain)
+        self.recovery_gain = float(recovery_gain)
         self.episode_info: dict[str, float] = {"steer_sigma": 0.0, "burst_prob": 0.0}
         # per-episode state, rebuilt by reset()
         self._points: np.ndarray | None = None  # (N, 2) centre line
-        self._arc: np.ndarray | None = None  # (N,) cumulative arc length at each waypoint
         self._seg: np.ndarray | None = None  # (N,) length of segment i -> i+1
         self._profile: np.ndarray | None = None  # (N,) target speed at each waypoint
-        self._length = 0.0
         self._index = 0
         self._rng: np.random.Generator | None = None
         self._ou = 0.0
@@ -103,8 +109,6 @@ class AutopilotDriver:
         self._points = points
         seg = np.linalg.norm(np.roll(points, -1, axis=0) - points, axis=1)
         self._seg = seg
-        self._arc = np.concatenate([[0.0], np.cumsum(seg)[:-1]])
-        self._length = float(seg.sum())
         self._profile = self._speed_profile(points, seg)
         self._index = self._nearest(np.asarray(env.unwrapped.car.hull.position, dtype=np.float64), None)
 
@@ -138,14 +142,14 @@ class AutopilotDriver:
         return speed
 
     def _nearest(self, position: np.ndarray, around: int | None) -> int:
-        """Index of the nearest waypoint, searched near ``around`` (or everywhere) so progress stays in order."""
+        """Index of the nearest waypoint, searched near ``around`` (or everywhere): progress stays in order."""
         assert self._points is not None
         n = len(self._points)
         if around is not None:
-            candidates = (around + np.arange(-15, 40)) % n
+            candidates = (around + np.arange(-8, 9)) % n  # the car moves < 1 waypoint per step
             dist = np.linalg.norm(self._points[candidates] - position, axis=1)
             best = int(np.argmin(dist))
-            if dist[best] < 25.0:
+            if dist[best] < 60.0:  # a car thrown off the road still belongs to this stretch of it
                 return int(candidates[best])
         dist = np.linalg.norm(self._points - position, axis=1)
         return int(np.argmin(dist))
@@ -163,8 +167,14 @@ class AutopilotDriver:
         n = len(self._points)
         self._index = self._nearest(position, self._index)
 
-        # pure pursuit: the point lookahead units further along the centre line
+        # signed distance from the centre line (+ = the centre line is to the car's right)
+        foot = self._point_ahead(self._index, position, 0.0)
+        cross_track = float(hull.GetLocalPoint((float(foot[0]), float(foot[1])))[0])
+        off_centre = float(np.hypot(*(position - foot)))
+        # pure pursuit: the point lookahead units further along the centre line (further when far off it,
+        # so the way back joins the road at a shallow angle)
         lookahead = self.lookahead_base + self.lookahead_gain * speed
+        lookahead += self.recovery_gain * max(0.0, off_centre - 4.0)
         target = self._point_ahead(self._index, position, lookahead)
         local_x, local_y = hull.GetLocalPoint((float(target[0]), float(target[1])))
         dist2 = local_x * local_x + local_y * local_y
@@ -173,10 +183,8 @@ class AutopilotDriver:
         else:
             steer = math.atan(2.0 * WHEELBASE * local_x / max(dist2, 1e-6))
             if self.cte_gain:  # cross-track term: pulls back to the centre line against a steering bias
-                foot = self._point_ahead(self._index, position, 0.0)
-                cross_track = hull.GetLocalPoint((float(foot[0]), float(foot[1])))[0]
                 steer += self.cte_gain * float(np.clip(cross_track, -10.0, 10.0))
-            if self.yaw_gain:  # yaw-rate damping towards the pure-pursuit arc's yaw rate (+ = counter-clockwise)
+            if self.yaw_gain:  # yaw-rate damping towards the arc's yaw rate (+ = counter-clockwise)
                 desired_yaw = -speed * 2.0 * local_x / max(dist2, 1e-6)
                 steer -= self.yaw_gain * (desired_yaw - hull.angularVelocity)
         heading_error = abs(math.atan2(local_x, local_y))

@@ -90,8 +90,8 @@ def build_parser(args_cls: type, description: str | None = None) -> argparse.Arg
             kwargs["type"] = item_type
         else:
             kwargs["type"] = annotation
-            if optional:
-                kwargs["metavar"] = getattr(annotation, "__name__", "VALUE").upper()
+            if optional:  # argparse would label it after the type (STR); the flag's own name reads better
+                kwargs["metavar"] = field.name.upper()
         parser.add_argument(flag, **kwargs)
     return parser
 

@@ -8,8 +8,9 @@ Files in a data folder (N recorded steps over all episodes):
 - ``car_racing_recorded_rewards.npy`` float32 (N,): the reward that step returned.
 - ``car_racing_recorded_dones.npy``   bool (N,): True on the last step of each episode.
 - ``car_racing_recorded_meta.json``: env id, gymnasium version, frame size and, per episode, the
-  seed passed to ``env.reset(seed=...)``, driver, noise levels, start index, length, total reward and
-  whether the lap was finished. Every episode re-simulates exactly from its seed and actions.
+  seed passed to ``env.reset(seed=...)``, driver, noise levels, start index, length, total reward,
+  whether the lap was finished and whether the env terminated the episode (lap finished or car left the
+  playfield; False for step-limit and driver cuts). Every episode re-simulates exactly from its seed and actions.
 - Memory sequences (rebuilt after every recording), S windows of T steps that never cross an episode
   boundary: ``car_racing_memory_dataset_indices.npy`` int64 (S, T) into the arrays above, and
   ``car_racing_memory_dataset_{actions,rewards,dones}.npy`` (S, T, 3), (S, T), (S, T).
@@ -78,6 +79,7 @@ class RecordedEpisode:
     rewards: np.ndarray  # float32 (T,)
     lap_finished: bool
     noise: dict[str, float] = field(default_factory=dict)
+    terminated: bool | None = None  # the env ended the episode (lap or playfield), not a step limit or the driver
 
     @property
     def length(self) -> int:
@@ -86,7 +88,8 @@ class RecordedEpisode:
     def meta(self, start: int) -> dict[str, Any]:
         return {"seed": int(self.seed), "driver": self.driver, "noise": dict(self.noise), "start": int(start),
                 "length": self.length, "total_reward": float(np.sum(self.rewards, dtype=np.float64)),
-                "lap_finished": bool(self.lap_finished)}
+                "lap_finished": bool(self.lap_finished),
+                "terminated": bool(self.lap_finished) if self.terminated is None else bool(self.terminated)}
 
 
 @dataclass

@@ -193,7 +193,8 @@ def main(args: Args) -> None:
                 if result.steps > 0:
                     store.add(RecordedEpisode(seed=result.seed, driver=args.driver, frames=result.frames,
                                               actions=result.actions, rewards=result.rewards,
-                                              lap_finished=result.lap_finished, noise=result.info))
+                                              lap_finished=result.lap_finished, noise=result.info,
+                                              terminated=result.terminated))
                     recorded_episodes += 1
                     recorded_steps += result.steps
                 progress.update(1)

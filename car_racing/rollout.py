@@ -7,7 +7,9 @@ A *driver* is anything with::
     act(observation, env, step, episode_reward) -> action     # float32 [steer, gas, brake]
 
 The observation is the env's raw 96×96×3 uint8 frame. A driver may raise :class:`EndSession`
-(a human pressing Esc) to end the episode early; the steps so far are kept.
+(a human pressing Esc) to end the episode early; the steps so far are kept. A driver with a memory
+(the World Models agent) may define ``applied(action)``: it is called with the action the env really
+received (after smoothing), so the memory sees what happened rather than what was asked.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def run_episode(env: Any, driver: Driver, seed: int, max_steps: int, *, smoothin
             break
         action = smooth_action(action, previous, smoothing)
         previous = action
+        if hasattr(driver, "applied"):
+            driver.applied(action)
         if record_frames:
             frames.append(preprocess_frame(observation))
         if capture_raw:

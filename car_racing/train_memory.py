@@ -112,7 +112,10 @@ def terminal_flags(data: RecordedData, done_target: str) -> np.ndarray:
     rewards = np.asarray(data.rewards)
     for index, episode in enumerate(data.episodes):
         last = data.episode_slice(index).stop - 1
-        dones[last] = bool(episode.get("lap_finished")) or float(rewards[last]) <= TERMINAL_REWARD
+        if "terminated" in episode:  # recorded since the format gained the flag
+            dones[last] = bool(episode["terminated"])
+        else:
+            dones[last] = bool(episode.get("lap_finished")) or float(rewards[last]) <= TERMINAL_REWARD
     return dones
 
 

@@ -229,6 +229,11 @@ def main(args: Args) -> dict[str, Any]:
     if args.resume:
         if latest_path.is_file():
             resumed = load_checkpoint(latest_path, "vision")
+            missing = [k for k in ("optimizer_state", "epoch", "best_val_loss", "history", "split", "rng", "data")
+                       if k not in resumed]
+            if missing:
+                raise UsageError(f"{latest_path}: not a resumable training state (lacks {', '.join(missing)}); "
+                                 f"start without --resume")
             model = build_model(VAE, resumed, latest_path)
             model_args = dict(resumed["model_args"])
             if model_args.get("latent_size", 32) != args.latent_size:

@@ -95,10 +95,8 @@ def test_agent_steps_v_then_c_then_m(tiny_checkpoints):
     agent = Agent(vae, mdn, controller)
     observations = np.random.default_rng(0).integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
     agent.reset(None, 0)
-    onednn = torch.backends.mkldnn.enabled
     actions = np.stack([agent.act(obs, None, t, 0.0) for t, obs in enumerate(observations)])
     assert actions.dtype == np.float32 and actions.shape == (5, 3)
-    assert torch.backends.mkldnn.enabled is onednn  # the agent turns oneDNN off only inside M's step
     # The same computation by hand: z = μ, a_t = C(z_t, h_t), h from M's sequence forward over (z, a).
     with torch.no_grad():
         z, _ = vae.encode(frames_to_tensor(np.stack([preprocess_frame(o) for o in observations])))
@@ -108,6 +106,23 @@ def test_agent_steps_v_then_c_then_m(tiny_checkpoints):
         torch.testing.assert_close(controller(z, hidden), a, rtol=1e-4, atol=1e-5)
     agent.reset(None, 0)  # a new episode starts from h = 0 again
     np.testing.assert_allclose(agent.act(observations[0]), actions[0], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_sees_the_applied_action(tiny_checkpoints):
+    """With smoothing the env gets â_t = (1-s)·a_t + s·â_{t-1}; M must be stepped with â_t, not a_t."""
+    vae, mdn, controller = load_agent_models(tiny_checkpoints)
+    agent = Agent(vae, mdn, controller)
+    observations = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    agent.reset(None, 0)
+    raw = agent.act(observations[0])
+    applied = np.array([0.5, 0.25, 0.0], dtype=np.float32)
+    agent.applied(applied)
+    with torch.no_grad():
+        z, _ = vae.encode(frames_to_tensor(preprocess_frame(observations[0])[None]))
+        _, (h_applied, _) = mdn.step(z, torch.as_tensor(applied)[None], mdn.initial_state(1))
+        _, (h_raw, _) = mdn.step(z, torch.as_tensor(raw)[None], mdn.initial_state(1))
+    torch.testing.assert_close(agent.hidden, h_applied)
+    assert not torch.allclose(agent.hidden, h_raw)
 
 
 def test_controller_params_override_without_controller_checkpoint(tmp_path):

@@ -1,4 +1,4 @@
-"""The scripted autopilot drives forward on the track, its noise is per-episode and reproducible, it pickles."""
+"""The scripted autopilot drives on the track; its noise is per-episode and reproducible; it pickles."""
 
 from __future__ import annotations
 
