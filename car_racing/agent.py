@@ -26,44 +26,10 @@ from car_racing.cli import UsageError
 from car_racing.models.ffn import Controller
 from car_racing.recorded_data import preprocess_frame
 from car_racing.rollout import EpisodeResult, run_episodes
-from car_racing.runtime import STAGE_SCRIPTS, build_model, load_checkpoint, resolve_device
-
-CHECKPOINT_FILES = {
-    "vision": "vision_model.pth",
-    "memory": "memory_model.pth",
-    "controller": "control_model_cmaes.pth",
-}
-
-
-def checkpoint_paths(checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
-    """kind ("vision", "memory", "controller") → the checkpoint file in ``checkpoint_dir``."""
-    return {kind: Path(checkpoint_dir) / name for kind, name in CHECKPOINT_FILES.items()}
-
+from car_racing.runtime import STAGE_SCRIPTS, checkpoint_paths, load_model, resolve_device
 
 def _device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(str(device))
-
-
-def load_vision(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The VAE from a "vision" checkpoint, in eval mode (one-line UsageError if missing or unfit)."""
-    from car_racing.models.vae import VAE
-
-    checkpoint = load_checkpoint(path, "vision")
-    return build_model(VAE, checkpoint, path).to(_device(device)).eval()
-
-
-def load_memory(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The MDN-RNN from a "memory" checkpoint, in eval mode (one-line UsageError if missing or unfit)."""
-    from car_racing.models.mdn_rnn import MDNRNN
-
-    checkpoint = load_checkpoint(path, "memory")
-    return build_model(MDNRNN, checkpoint, path).to(_device(device)).eval()
-
-
-def load_controller(path: str | os.PathLike, device: str | torch.device = "cpu") -> Controller:
-    """The controller from a "controller" checkpoint (its ``model_state`` holds the best parameters so far)."""
-    checkpoint = load_checkpoint(path, "controller")
-    return build_model(Controller, checkpoint, path).to(_device(device)).eval()  # type: ignore[return-value]
 
 
 def check_compatible(vae: torch.nn.Module, mdnrnn: torch.nn.Module, controller: Controller,
@@ -146,10 +112,10 @@ def load_agent_models(checkpoint_dir: str | os.PathLike, controller_params: np.n
     """
     paths = checkpoint_paths(checkpoint_dir)
     device = _device(device)
-    vae = load_vision(paths["vision"], device)
-    mdnrnn = load_memory(paths["memory"], device)
+    vae, _ = load_model(paths["vision"], "vision", device)
+    mdnrnn, _ = load_model(paths["memory"], "memory", device)
     if controller_params is None:
-        controller = load_controller(paths["controller"], device)
+        controller, _ = load_model(paths["controller"], "controller", device)
     else:
         controller = Controller(latent_size=vae.latent_size, hidden_size=mdnrnn.hidden_size,
                                 action_size=mdnrnn.action_size)

@@ -31,10 +31,10 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from car_racing.agent import checkpoint_paths, iter_agent_episodes, make_agent_driver
+from car_racing.agent import iter_agent_episodes, make_agent_driver
 from car_racing.cli import UsageError, run_main
 from car_racing.rollout import EpisodeResult, default_workers
-from car_racing.runtime import resolve_device, seed_everything
+from car_racing.runtime import checkpoint_paths, resolve_device, seed_everything
 from car_racing.video import VideoWriter, label, upscale
 
 VIDEO_FPS = 50  # CarRacing's simulation rate: the video plays in real time

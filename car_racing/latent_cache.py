@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from car_racing.cli import UsageError
 from car_racing.models.vae import VAE, frames_to_tensor
 from car_racing.recorded_data import META_FILE, load_recorded
-from car_racing.runtime import atomic_path, build_model, load_checkpoint
+from car_racing.runtime import atomic_path, load_checkpoint, load_model
 
 LATENTS_FILE = "car_racing_latents.npz"
 CACHE_VERSION = 1
@@ -37,13 +37,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def load_vision(checkpoint_path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
-    """V from a vision checkpoint, in eval mode on ``device``; returns (vae, checkpoint dict)."""
-    checkpoint = load_checkpoint(checkpoint_path, "vision")
-    vae = build_model(VAE, checkpoint, checkpoint_path).to(device).eval()
-    return vae, checkpoint
 
 
 def data_fingerprint(data_dir: str | os.PathLike, num_frames: int) -> str:
@@ -104,7 +97,7 @@ def load_or_build_latents(data_dir: str | os.PathLike, vision_checkpoint_path: s
     cached = _read_cache(cache_path, key)
     if cached is not None:
         return cached
-    vae, _ = load_vision(vision_checkpoint_path, device)
+    vae, _ = load_model(vision_checkpoint_path, "vision", device)
     mu, logvar = build_latents(vae, data.frames, device, batch_size, progress)
     with atomic_path(cache_path) as tmp:
         with open(tmp, "wb") as handle:
@@ -118,5 +111,5 @@ def build_latents(vae: VAE, frames: np.ndarray, device: torch.device | str, batc
     return encode_frames(vae, frames, device, batch_size, progress)
 
 
-__all__ = ["LATENTS_FILE", "file_sha256", "load_vision", "encode_frames", "load_or_build_latents",
+__all__ = ["LATENTS_FILE", "file_sha256", "encode_frames", "load_or_build_latents",
            "data_fingerprint"]

@@ -32,6 +32,17 @@ STAGE_SCRIPTS = {
     "memory": "car_racing/train_memory.py",
     "controller": "car_racing/train_controller_cmaes.py",
 }
+# The file each stage writes in a checkpoint folder (the best model; resumable states sit beside it).
+CHECKPOINT_FILES = {
+    "vision": "vision_model.pth",
+    "memory": "memory_model.pth",
+    "controller": "control_model_cmaes.pth",
+}
+
+
+def checkpoint_paths(checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
+    """kind ("vision", "memory", "controller") → its checkpoint file in ``checkpoint_dir``."""
+    return {kind: Path(checkpoint_dir) / name for kind, name in CHECKPOINT_FILES.items()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,6 +124,19 @@ def build_model(model_cls: type[torch.nn.Module], checkpoint: Mapping[str, Any],
                          f"{model_cls.__name__} ({first_line}); rerun {STAGE_SCRIPTS.get(checkpoint.get('kind'), 'its stage')}"
                          ) from None
     return model
+
+
+def load_model(path: str | os.PathLike, kind: str, device: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, dict]:
+    """The model of a ``kind`` checkpoint, rebuilt from its ``model_args``, on ``device`` in eval mode, and
+    the checkpoint dict; one-line :class:`UsageError` when the file is missing, corrupt or does not fit."""
+    from car_racing.models.ffn import Controller
+    from car_racing.models.mdn_rnn import MDNRNN
+    from car_racing.models.vae import VAE
+
+    model_cls = {"vision": VAE, "memory": MDNRNN, "controller": Controller}[kind]
+    checkpoint = load_checkpoint(path, kind)
+    return build_model(model_cls, checkpoint, path).to(device).eval(), checkpoint
 
 
 def plot_curves(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, *, title: str,

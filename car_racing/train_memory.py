@@ -44,13 +44,11 @@ from car_racing.cli import UsageError, run_main
 from car_racing.latent_cache import file_sha256, load_or_build_latents
 from car_racing.models.mdn_rnn import MDNRNN, mdn_loss
 from car_racing.recorded_data import RecordedData, load_memory_sequences, load_recorded
-from car_racing.runtime import (build_model, load_checkpoint, plot_curves, resolve_device, save_checkpoint,
-                                seed_everything)
+from car_racing.runtime import (build_model, checkpoint_paths, load_checkpoint, plot_curves, resolve_device,
+                                save_checkpoint, seed_everything)
 
-MEMORY_FILE = "memory_model.pth"
 MEMORY_LATEST_FILE = "memory_model_latest.pth"
 LOSS_CURVE_FILE = "memory_model_loss.png"
-VISION_FILE = "vision_model.pth"
 TERMINAL_REWARD = -50.0  # CarRacing gives −100 on the step the car leaves the playfield (and terminates)
 LOSS_NAMES = ("mdn", "reward", "done", "total")
 
@@ -240,8 +238,9 @@ def main(args: Args) -> dict:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     checkpoint_dir = Path(args.checkpoint_dir)
-    vision_path = Path(args.vision_checkpoint) if args.vision_checkpoint else checkpoint_dir / VISION_FILE
-    best_path, latest_path = checkpoint_dir / MEMORY_FILE, checkpoint_dir / MEMORY_LATEST_FILE
+    paths = checkpoint_paths(checkpoint_dir)
+    vision_path = Path(args.vision_checkpoint) if args.vision_checkpoint else paths["vision"]
+    best_path, latest_path = paths["memory"], checkpoint_dir / MEMORY_LATEST_FILE
 
     data = load_recorded(args.data_dir, mmap=True)
     sequences = load_memory_sequences(args.data_dir)

@@ -36,10 +36,9 @@ from tqdm import tqdm
 from car_racing.cli import UsageError, run_main
 from car_racing.models.vae import VAE, frames_to_tensor, kl_per_image, vae_loss
 from car_racing.recorded_data import load_recorded
-from car_racing.runtime import (build_model, load_checkpoint, plot_curves, resolve_device, save_checkpoint,
-                                seed_everything)
+from car_racing.runtime import (build_model, checkpoint_paths, load_checkpoint, plot_curves, resolve_device,
+                                save_checkpoint, seed_everything)
 
-CHECKPOINT_FILE = "vision_model.pth"
 LATEST_FILE = "vision_model_latest.pth"
 CURVES_FILE = "vision_model_loss.png"
 
@@ -176,16 +175,6 @@ def evaluate(model: VAE, frames: np.ndarray, indices: np.ndarray, device: torch.
     return recon_sum / len(indices), kl_sum / len(indices)
 
 
-def load_vision_model(checkpoint_dir: str | Path, device: torch.device | str = "cpu",
-                      file: str = CHECKPOINT_FILE) -> tuple[VAE, dict[str, Any]]:
-    """The trained V from ``<checkpoint_dir>/vision_model.pth`` in eval mode, and its checkpoint dict;
-    one-line :class:`UsageError` when missing, truncated or not matching :class:`VAE`."""
-    path = Path(checkpoint_dir) / file
-    checkpoint = load_checkpoint(path, "vision", map_location=device)
-    model = build_model(VAE, checkpoint, path).to(device).eval()
-    return model, checkpoint
-
-
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -213,7 +202,7 @@ def main(args: Args) -> dict[str, Any]:
     if device.type == "cpu":
         choose_threads(args.threads)
     checkpoint_dir = Path(args.checkpoint_dir)
-    best_path, latest_path = checkpoint_dir / CHECKPOINT_FILE, checkpoint_dir / LATEST_FILE
+    best_path, latest_path = checkpoint_paths(checkpoint_dir)["vision"], checkpoint_dir / LATEST_FILE
     curves_path = checkpoint_dir / CURVES_FILE
 
     data = load_recorded(args.data_dir)  # uint8 frames, in memory once; batches are converted on the fly

@@ -26,12 +26,11 @@ import numpy as np
 import torch
 
 from car_racing.cli import UsageError, run_main
-from car_racing.latent_cache import file_sha256, load_vision
+from car_racing.latent_cache import file_sha256
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import frames_to_tensor
 from car_racing.recorded_data import load_recorded
-from car_racing.runtime import atomic_path, build_model, load_checkpoint, resolve_device, seed_everything
-from car_racing.train_memory import MEMORY_FILE, VISION_FILE
+from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
 from car_racing.video import upscale, write_video
 
 RESYNC_MARK_FRAMES = 6  # how many frames the re-sync marker stays visible
@@ -168,11 +167,10 @@ def main(args: Args) -> dict:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     checkpoint_dir = Path(args.checkpoint_dir)
-    memory_path = checkpoint_dir / MEMORY_FILE
-    vision_path = Path(args.vision_checkpoint) if args.vision_checkpoint else checkpoint_dir / VISION_FILE
-    memory_ckpt = load_checkpoint(memory_path, "memory")
-    memory = build_model(MDNRNN, memory_ckpt, memory_path).to(device).eval()
-    vae, _ = load_vision(vision_path, device)
+    memory_path = checkpoint_paths(checkpoint_dir)["memory"]
+    vision_path = Path(args.vision_checkpoint) if args.vision_checkpoint else checkpoint_paths(checkpoint_dir)["vision"]
+    memory, memory_ckpt = load_model(memory_path, "memory", device)
+    vae, _ = load_model(vision_path, "vision", device)
     trained_with = memory_ckpt.get("vision", {}).get("sha256")
     if trained_with and trained_with != file_sha256(vision_path):
         print(f"warning: {memory_path} was trained on latents of another V than {vision_path}", file=sys.stderr)

@@ -23,8 +23,8 @@ import torch
 from car_racing.cli import UsageError, run_main
 from car_racing.models.vae import frames_to_tensor
 from car_racing.recorded_data import load_recorded
-from car_racing.runtime import resolve_device, seed_everything
-from car_racing.train_vision import episode_frame_indices, load_vision_model
+from car_racing.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
+from car_racing.train_vision import episode_frame_indices
 from car_racing.video import label, upscale, write_image
 
 
@@ -81,7 +81,7 @@ def main(args: Args) -> Path:
         raise UsageError("--columns and --scale must be at least 1")
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    model, checkpoint = load_vision_model(args.checkpoint_dir, device)
+    model, checkpoint = load_model(checkpoint_paths(args.checkpoint_dir)["vision"], "vision", device)
     data = load_recorded(args.data_dir)
     if len(data) == 0:
         raise UsageError(f"--data-dir {args.data_dir}: the recording holds no frames")

@@ -26,8 +26,7 @@ from tqdm import tqdm
 
 from car_racing.cli import UsageError, run_main
 from car_racing.models.vae import frames_to_tensor
-from car_racing.runtime import resolve_device, seed_everything
-from car_racing.train_vision import load_vision_model
+from car_racing.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
 from car_racing.video import VideoWriter, label, side_by_side, upscale
 from car_racing.visualize_vision_model import to_images
 
@@ -93,7 +92,7 @@ def main(args: Args) -> Path:
         raise UsageError("--scale and --max-steps must be at least 1, --fps positive")
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    model, checkpoint = load_vision_model(args.checkpoint_dir, device)
+    model, checkpoint = load_model(checkpoint_paths(args.checkpoint_dir)["vision"], "vision", device)
     if args.source == "autopilot":
         frames, title = autopilot_frames(args.seed, args.max_steps), f"autopilot seed {args.seed}"
     else:

@@ -11,7 +11,7 @@ from car_racing import train_vision, visualize_vision_model, visualize_vision_vi
 from car_racing.cli import UsageError
 from car_racing.models.vae import VAE, frames_to_tensor, kl_per_image, vae_loss
 from car_racing.recorded_data import load_recorded
-from car_racing.runtime import load_checkpoint, save_checkpoint
+from car_racing.runtime import checkpoint_paths, load_checkpoint, load_model, save_checkpoint
 from car_racing.video import video_info, write_video
 
 
@@ -95,7 +95,7 @@ def test_split_by_whole_episodes():
 def test_train_writes_checkpoint_and_resume_continues_exactly(tiny_data_dir, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     first = train_vision.main(train_args(tiny_data_dir, checkpoint_dir))
-    best_path = checkpoint_dir / train_vision.CHECKPOINT_FILE
+    best_path = checkpoint_paths(checkpoint_dir)["vision"]
     latest_path = checkpoint_dir / train_vision.LATEST_FILE
     curves = cv2.imread(str(checkpoint_dir / train_vision.CURVES_FILE))
     assert curves is not None and curves.shape[0] > 100
@@ -134,10 +134,10 @@ def test_mismatched_or_truncated_checkpoint_is_a_one_line_error(tiny_data_dir, t
     latest_path = checkpoint_dir / train_vision.LATEST_FILE
     checkpoint = load_checkpoint(latest_path, "vision")
     checkpoint["model_args"] = {"latent_size": 16}
-    save_checkpoint(checkpoint, checkpoint_dir / train_vision.CHECKPOINT_FILE)
+    save_checkpoint(checkpoint, checkpoint_paths(checkpoint_dir)["vision"])
     save_checkpoint(checkpoint, latest_path)
     with pytest.raises(UsageError, match="does not fit VAE") as err:
-        train_vision.load_vision_model(checkpoint_dir)
+        load_model(checkpoint_paths(checkpoint_dir)["vision"], "vision")
     assert "\n" not in str(err.value)
     with pytest.raises(UsageError, match="does not fit VAE") as err:
         train_vision.main(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))
@@ -159,7 +159,7 @@ def test_visualisations_write_png_and_mp4(tiny_data_dir, tmp_path):
     image = cv2.imread(str(png))
     assert image is not None and image.shape[1] == 5 * (64 * 2 + 2) + 2 and image.shape[0] > 3 * 128
 
-    checkpoint = load_checkpoint(checkpoint_dir / train_vision.CHECKPOINT_FILE, "vision")
+    checkpoint = load_checkpoint(checkpoint_paths(checkpoint_dir)["vision"], "vision")
     episode = checkpoint["split"]["val"][0]
     length = load_recorded(tiny_data_dir).episodes[episode]["length"]
     mp4 = visualize_vision_video.main(visualize_vision_video.Args(
