@@ -9,7 +9,23 @@ Two parts:
   the behaviour-cloning warm start fits C on all of them.
 - **Rollouts.** :func:`dream_rollout` steps the whole population × trials through M as one batch of
   ``P·N`` rows per time step. :func:`dream_rollout_per_candidate` is the reference loop over
-  candidates (same arithmetic, one candidate at a time) used by the benchmark and the tests.
+  candidates (the straightforward step: ``M.step``, :func:`population_actions`,
+  :func:`sample_with_noise`, one candidate at a time) used by the benchmark and the tests.
+
+The batched path (``fused=True``, the default) runs the same dream with M's weights rearranged once
+per M (:class:`FusedDreamWeights`, cached while M's parameters are unchanged), so a time step is
+three matrix products and a few element-wise passes over a state ``[z_t, h_t, 1, 1, a_t]``: the
+LSTM's two products and its biases are one product (gate rows ordered i, f, o, g); the MDN, reward
+and done heads are one product; ``tanh(x)`` is computed as ``2·sigmoid(2x) − 1`` (PyTorch's CPU
+``tanh`` is ~6× slower than its ``sigmoid``; the two agree to ~1e-7); the mixture components are
+chosen on a (K, L) layout from an unnormalised CDF (a softmax over a last dimension of size K = 5 is
+~20× slower on CPU); C runs as ``bmm(W, x^T)``. In float32 it gives the per-candidate loop's fitness
+up to float rounding. ``dtype=torch.bfloat16`` runs the LSTM and MDN-head products in bfloat16
+(float32 accumulation inside the product, the result rounded to bfloat16; biases carried in two
+bfloat16 parts, ~16 significant bits) and keeps everything else in float32: the LSTM cell state c,
+h, the reward and done heads, C, the sampling and the fitness sum. It is ~2× faster on CPUs with
+bfloat16 instructions (AVX512-BF16/AMX) and changes fitness by about 1% of a dream's size per trial
+(bench/bench_dream.py and the tests compare it with float32); without such instructions it is slower.
 
 Dream semantics (both paths):
 
@@ -27,13 +43,14 @@ Dream semantics (both paths):
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from car_racing.models.ffn import population_actions
+from car_racing.models.ffn import population_actions, squash_actions
 
 DONE_THRESHOLD = 0.5
 
@@ -209,17 +226,167 @@ def _rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: 
     return fitness.view(population, trials)
 
 
+DREAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dream_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32`` / ``torch.bfloat16`` from a dtype or its name (``"float32"``, ``"bfloat16"``)."""
+    if isinstance(dtype, str):
+        if dtype not in DREAM_DTYPES:
+            raise ValueError(f"dream dtype {dtype!r}: expected one of {', '.join(DREAM_DTYPES)}")
+        return DREAM_DTYPES[dtype]
+    if dtype not in DREAM_DTYPES.values():
+        raise ValueError(f"dream dtype {dtype}: expected torch.float32 or torch.bfloat16")
+    return dtype
+
+
+class FusedDreamWeights:
+    """M's weights rearranged for :func:`_fused_rollout` (built once per M: :func:`fused_dream_weights`).
+
+    Row layout of the dream state ``x`` (R, L+H+2+A): ``[z_t, h_t, 1, 1, a_t]``; the two constant
+    columns carry the biases inside the products.
+
+    - ``lstm`` (4H, L+H+2+A): ``[W_ih[:, :L], W_hh, b, 0, W_ih[:, L:]]`` with ``b = b_ih + b_hh`` and the
+      gate rows reordered (i, f, o, g) and the g rows doubled (``tanh(g) = 2·sigmoid(2g) − 1``), so
+      ``sigmoid(x @ lstm.T)`` gives all four gates in one pass;
+    - ``heads`` (2 + 3·K·L, H+2): rows ``[reward, done, logit_pi, mu, log_sigma]`` on ``[h, 1, 1]``, the
+      mixture rows ordered (K, L) (components outer) instead of M's (L, K).
+
+    With ``dtype=torch.bfloat16`` the LSTM and MDN rows are stored in bfloat16 and each bias is split
+    over the two constant columns as ``b_hi = bf16(b)``, ``b_lo = bf16(b − b_hi)`` (the product
+    accumulates in float32, so the biases keep ~16 significant bits); the reward and done rows
+    (``reward_done``, (2, H+2)) stay float32.
+    """
+
+    def __init__(self, mdnrnn: Any, dtype: torch.dtype | str = torch.float32):
+        self.dtype = dream_dtype(dtype)
+        L, H, K = mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.num_mixtures
+        self.latent, self.hidden, self.mixtures, self.actions = L, H, K, mdnrnn.action_size
+        lstm = mdnrnn.lstm
+
+        def with_bias(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            hi = bias.to(self.dtype).float()
+            return torch.cat([weight, hi[:, None], (bias - hi)[:, None]], dim=1)
+
+        with torch.no_grad():
+            w_ih, w_hh = lstm.weight_ih_l0.float(), lstm.weight_hh_l0.float()
+            weight = with_bias(torch.cat([w_ih[:, :L], w_hh], 1), (lstm.bias_ih_l0 + lstm.bias_hh_l0).float())
+            i, f, g, o = torch.cat([weight, w_ih[:, L:]], 1).split(H)  # PyTorch's gate order
+            self.lstm = torch.cat([i, f, o, 2 * g]).to(self.dtype)
+            mdn = with_bias(mdnrnn.mdn.weight.float().view(3, L, K, H).transpose(1, 2).reshape(3 * K * L, H),
+                            mdnrnn.mdn.bias.float().view(3, L, K).transpose(1, 2).reshape(3 * K * L))
+            reward_done = with_bias(torch.cat([mdnrnn.reward_head.weight, mdnrnn.done_head.weight]).float(),
+                                    torch.cat([mdnrnn.reward_head.bias, mdnrnn.done_head.bias]).float())
+            if self.dtype == torch.float32:
+                self.heads = torch.cat([reward_done, mdn])
+            else:
+                self.reward_done, self.mdn = reward_done, mdn.to(self.dtype)
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations (R, 4H) float32 of the gates (i, f, o, 2g) for the dream state ``x``."""
+        if self.dtype == torch.float32:
+            return x @ self.lstm.t()
+        return (x.to(self.dtype) @ self.lstm.t()).float()
+
+    def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reward (R,), done_logit (R,), mixture (R, 3, K, L)) float32 from the dream state ``x``."""
+        L, H, K = self.latent, self.hidden, self.mixtures
+        h1 = x[:, L:L + H + 2]  # [h, 1, 1]
+        if self.dtype == torch.float32:
+            out = h1 @ self.heads.t()
+            reward_done, mixture = out[:, :2], out[:, 2:]
+        else:
+            reward_done = h1 @ self.reward_done.t()
+            mixture = (h1.to(self.dtype) @ self.mdn.t()).float()
+        return reward_done[:, 0], reward_done[:, 1], mixture.view(-1, 3, K, L)
+
+
+_FUSED_WEIGHTS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def fused_dream_weights(mdnrnn: Any, dtype: torch.dtype | str = torch.float32) -> FusedDreamWeights:
+    """:class:`FusedDreamWeights` of ``mdnrnn``, built once and reused while its parameters are unchanged
+    (same storage, same in-place version counter: ``load_state_dict``, ``.to`` or an optimiser step
+    rebuild them), so a training run rearranges M's weights once, not every generation."""
+    dtype = dream_dtype(dtype)
+    key = tuple((p.data_ptr(), p._version) for p in mdnrnn.parameters())
+    cache = _FUSED_WEIGHTS.setdefault(mdnrnn, {})
+    if dtype not in cache or cache[dtype][0] != key:
+        cache[dtype] = (key, FusedDreamWeights(mdnrnn, dtype))
+    return cache[dtype][1]
+
+
+@torch.no_grad()
+def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
+                   start_state: tuple[torch.Tensor, torch.Tensor], noise: DreamNoise, temperature: float,
+                   reward_scale: float, dtype: torch.dtype | str = torch.float32) -> torch.Tensor:
+    """:func:`_rollout`'s dream (same semantics, same noise) with :class:`FusedDreamWeights`: fitness (P, N)."""
+    fused = fused_dream_weights(mdnrnn, dtype)
+    population, trials = weights.shape[0], start_z.shape[0]
+    L, H, K, A = fused.latent, fused.hidden, fused.mixtures, fused.actions
+    rows, device = population * trials, start_z.device
+    x = torch.empty(rows, L + H + 2 + A, device=device)  # [z_t, h_t, 1, 1, a_t], candidate-major rows
+    x[:, :L] = start_z.float().repeat(population, 1)
+    x[:, L:L + H] = start_state[0].float().repeat(population, 1)
+    x[:, L + H:L + H + 2] = 1.0
+    c = start_state[1].float().repeat(population, 1)
+    # (P, A, L+H+1) on [z, h, 1]: bmm(controller, x^T) is ~7× faster than bmm(x, W) with A = 3 columns
+    controller = torch.cat([weights, biases.unsqueeze(1)], dim=1).float().transpose(1, 2).contiguous()
+    z_view = x[:, :L].view(population, trials, L)
+    gaussian = noise.gaussian * temperature ** 0.5 if temperature > 0 else None
+    fitness = torch.zeros(rows, device=device)
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    steps = noise.mixture.shape[0]
+    for t in range(steps):
+        raw = torch.bmm(controller, x[:, :L + H + 1].view(population, trials, L + H + 1).transpose(1, 2))
+        x[:, L + H + 2:] = squash_actions(raw.transpose(1, 2)).reshape(rows, A)  # a_t = C(z_t, h_t)
+        # LSTM cell: gates = sigmoid([i, f, o, 2g]); c' = f·c + i·tanh(g); h' = o·tanh(c')
+        gates = fused.gates(x).sigmoid_()
+        i, f, o, g2 = gates.split(H, dim=1)  # g2 = sigmoid(2g): tanh(g) = 2·g2 − 1
+        c.mul_(f).addcmul_(i, g2, value=2.0).sub_(i)
+        tanh_c = torch.mul(c, 2.0).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c) = 2·sigmoid(2c) − 1
+        torch.mul(o, tanh_c, out=x[:, L:L + H])  # h' written into the state
+        reward, done_logit, mixture = fused.head_outputs(x)
+        fitness += torch.where(alive, reward * reward_scale, torch.zeros_like(fitness))
+        alive &= torch.sigmoid(done_logit) <= DONE_THRESHOLD
+        if t + 1 == steps or not bool(alive.any()):
+            break
+        logit_pi, mu, log_sigma = mixture.unbind(1)  # each (R, K, L)
+        if temperature <= 0:
+            component = logit_pi.argmax(dim=1, keepdim=True)
+            z_view.copy_(mu.gather(1, component).view(population, trials, L))
+            continue
+        weight = logit_pi - logit_pi.amax(dim=1, keepdim=True)
+        if temperature != 1.0:
+            weight.div_(temperature)
+        cumulative = weight.exp_().cumsum_(dim=1)  # unnormalised CDF over the K components
+        threshold = cumulative[:, K - 1].view(population, trials, L) * noise.mixture[t]
+        component = (threshold.view(rows, 1, L) > cumulative[:, :K - 1]).sum(dim=1, keepdim=True)
+        mean = mu.gather(1, component).view(population, trials, L)
+        sigma = log_sigma.gather(1, component).exp_().view(population, trials, L)
+        torch.addcmul(mean, sigma, gaussian[t], out=z_view)
+    return fitness.view(population, trials)
+
+
 def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                   start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
-                  generator: torch.Generator | None, *, reward_scale: float = 1.0) -> torch.Tensor:
+                  generator: torch.Generator | None, *, reward_scale: float = 1.0,
+                  dtype: torch.dtype | str = torch.float32, fused: bool = True) -> torch.Tensor:
     """Batched dream: fitness (P, N) of P candidates (``weights`` (P, L+H, A), ``biases`` (P, A)) over N trials
     starting at ``start_z`` (N, L), ``start_state`` = (h, c) each (N, H), ``steps`` steps long.
 
     The whole population × trials steps through M as one batch per time step. Noise is pre-drawn
     from ``generator`` (:class:`DreamNoise`), so the same generator state gives the same fitness as
-    :func:`dream_rollout_per_candidate`.
+    :func:`dream_rollout_per_candidate` (up to float rounding with ``fused``; bfloat16 ``dtype``
+    approximates it: see the module docstring). ``fused=False`` runs the reference step on the
+    whole batch (float32 only).
     """
     noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator).to(start_z.device)
+    if fused:
+        return _fused_rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale,
+                              dtype)
+    if dream_dtype(dtype) != torch.float32:
+        raise ValueError("the unfused dream runs in float32 only")
     return _rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale)
 
 
