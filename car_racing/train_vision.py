@@ -24,7 +24,6 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -72,8 +71,8 @@ class Args:
     resume: bool = False
     """continue from <checkpoint-dir>/vision_model_latest.pth (epoch, optimiser, β schedule, RNG)"""
     threads: int = 0
-    """CPU threads for torch; 0 = auto: 1 while other processes keep the CPU busy (load average at least
-    the core count minus one; extra threads then spin and run several times slower), else torch's default"""
+    """CPU threads for torch; 0 = torch's default (all cores). On a machine busy with other work use 1:
+    OpenMP threads that wait for a busy core spin and can run several times slower than one thread"""
     channels_last: bool = True
     """NHWC memory layout for the convolutions (faster on CPU)"""
     bf16: bool = True
@@ -125,9 +124,7 @@ def use_bf16(device: torch.device, requested: bool) -> bool:
 def choose_threads(requested: int) -> int:
     """The torch CPU thread count for ``--threads`` (see :class:`Args`); sets it and returns it."""
     if requested <= 0:
-        cores = os.cpu_count() or 1
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 1
-        requested = 1 if busy and cores > 1 else torch.get_num_threads()
+        requested = torch.get_num_threads()
     torch.set_num_threads(requested)
     return requested
 
