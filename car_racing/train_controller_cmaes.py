@@ -18,15 +18,18 @@ eval-seed-base + 1010000)``).
 **Real-env checks.** Every ``--eval-every`` generations the generation's best candidate and CMA's
 mean each drive ``--eval-episodes`` real episodes (at most ``--eval-max-steps`` steps) on the fixed
 seeds ``eval-seed-base, eval-seed-base + 1, …`` — the same tracks every time, so scores compare
-across generations; pick a base away from the recording seeds (a warning names any overlap). The
-checkpoint's ``model_state`` holds the parameters with the best mean real score so far; until the first
-check it holds CMA's current mean (``model_source`` says which).
+across generations; pick a base away from the recording seeds (a warning names any overlap). A new
+run (with ``--eval-every`` > 0) first checks CMA's initial mean the same way (generation 0), so the
+warm start competes too: in M's dream, CMA can drift to a policy M overrates (e.g. steering hard
+while M still predicts the recorded rewards) and the checkpoint then keeps the better initial mean.
+The checkpoint's ``model_state`` holds the parameters with the best mean real score so far (a tie
+goes to the later check); with no check it holds CMA's current mean (``model_source`` says which).
 
 **Warm start.** ``--init bc`` fits C to the recorded actions before evolving and uses the fit as CMA's
 initial mean: least squares of the linear layer's pre-squash outputs on ``[z_t, h_t]`` (z = μ, h from
 running M over the recorded windows with the recorded actions), with targets ``atanh(clip(steer,
 -1+ε, 1-ε))`` for steer and ``logit(clip(a, ε, 1-ε))`` for gas and brake (ε = ``--bc-eps``) and a
-small ridge (``--bc-ridge`` λ on standardised inputs; the bias is not penalised).
+ridge (``--bc-ridge`` λ on standardised inputs; the bias is not penalised).
 
 **Resume.** ``checkpoints/control_model_cmaes.pth`` is written atomically after every generation with
 the CMA-ES state (``es.pickle_dumps()``), the generation, the RNG states, the history and the best
@@ -46,7 +49,6 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dataclasses
-import functools
 import math
 import multiprocessing as mp
 import pickle
@@ -102,8 +104,10 @@ class Args:
     """size of the pool of recorded (z, h) states the dreams start from"""
     init: Literal["zero", "bc"] = "zero"
     """CMA's initial mean: all-zero parameters, or C fitted to the recorded actions (behaviour cloning)"""
-    bc_ridge: float = 1e-3
-    """--init bc: ridge λ on standardised inputs (λ·Var(x_j) added to the Gram diagonal; bias not penalised)"""
+    bc_ridge: float = 10.0
+    """--init bc: ridge λ on standardised inputs (λ·Var(x_j) added to the Gram diagonal; bias not penalised);
+    M's 512 hidden units are highly collinear: a small λ (1e-3) fits the recorded actions closely but
+    drives badly in the real env (large weights amplify h's drift), λ ≈ 1–10 drives"""
     bc_eps: float = 0.02
     """--init bc: actions are clipped ε inside their range before atanh (steer) / logit (gas, brake)"""
     cma_diagonal: bool = False
@@ -444,6 +448,12 @@ def main(args: Args) -> dict:
         print(f"resuming {out_path} after generation {start_generation}")
     else:
         es = make_es(x0, args)
+        if args.eval_every:  # the warm start is a candidate for the best real score too
+            best_real_score, spread = real_score(checkpoint_dir, x0, args)
+            best_params = np.array(x0, dtype=np.float64)
+            model_source = f"initial mean ({args.init}) of generation 0 (real score {best_real_score:.1f})"
+            print(f"generation 0: real score of CMA's initial mean ({args.init}) {best_real_score:.1f} ± {spread:.1f} "
+                  f"over {args.eval_episodes} episodes")
 
     def checkpoint(generation: int) -> dict:
         controller = Controller(*sizes)
@@ -490,7 +500,7 @@ def main(args: Args) -> dict:
                 scores = {}
                 for name, params in (("best_candidate", candidates[best]), ("cma_mean", np.array(es.mean))):
                     scores[name] = real_score(checkpoint_dir, params, args)
-                    if best_real_score is None or scores[name][0] > best_real_score:
+                    if best_real_score is None or scores[name][0] >= best_real_score:
                         best_real_score, best_params = scores[name][0], np.array(params, dtype=np.float64)
                         model_source = f"{name} of generation {generation + 1} (real score {scores[name][0]:.1f})"
                 history["eval_generation"].append(generation + 1)

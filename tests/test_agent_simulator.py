@@ -205,3 +205,17 @@ def test_simulator_bad_checkpoint_dir_is_one_line_error(tmp_path):
 
 def test_score_line_format():
     assert score_line([900.0, 906.4]) == "score: 903.2 ± 3.2 over 2 episodes"
+
+
+def test_evaluate_agent_drives_with_the_given_controller_params(tiny_checkpoints):
+    # The CMA-ES real-env checks pass candidates as controller_params: each vector must really drive
+    # (not the checkpoint's controller, not the previous candidate's parameters).
+    params = np.zeros(3 * (LATENT + HIDDEN) + 3)
+    right, left = params.copy(), params.copy()
+    right[-3:], left[-3:] = [10.0, 10.0, -10.0], [-10.0, -10.0, 10.0]
+    kwargs = dict(max_steps=4, workers=1)
+    for vector, expected in ((right, [1.0, 1.0, 0.0]), (left, [-1.0, 0.0, 1.0])):
+        result = evaluate_agent(tiny_checkpoints, [10007], controller_params=vector, **kwargs)[0]
+        np.testing.assert_allclose(result.actions, np.tile(expected, (4, 1)), atol=1e-4)
+    own = evaluate_agent(tiny_checkpoints, [10007], **kwargs)[0]  # the checkpoint's controller: gas bias 2
+    assert np.all(np.abs(own.actions[:, 0]) < 0.99) and np.all(own.actions[:, 1] > 0.5)

@@ -279,3 +279,31 @@ def test_real_mode_scores_candidates_in_the_real_env(tmp_path, tiny_data_dir):
     # 8 real steps: −0.1 per frame plus any tiles reached; every candidate drove the same track.
     assert -0.8 - 1e-4 <= history["fitness_mean"][0] <= history["fitness_best"][0] < 20
     assert np.isnan(history["fitness_cma_mean"][0])
+
+
+@pytest.mark.parametrize("initial_wins", [True, False])
+def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data_dir, monkeypatch, initial_wins):
+    # In the dream CMA can drift to a policy M overrates; the warm start (here all zeros) is real-checked
+    # at generation 0 and the checkpoint keeps it unless a later check scores at least as well.
+    import car_racing.train_controller_cmaes as cmaes
+
+    checked = []
+
+    def fake_real_score(checkpoint_dir, params, args):
+        checked.append(np.array(params))
+        norm = float(np.linalg.norm(params))
+        return (-norm if initial_wins else norm), 0.0
+
+    monkeypatch.setattr(cmaes, "real_score", fake_real_score)
+    write_tiny_checkpoints(tmp_path / "checkpoints")
+    result = main(run_args(tmp_path, tiny_data_dir, init="zero", generations=2, eval_every=1))
+    assert len(checked) == 1 + 2 * 2 and not checked[0].any()  # generation 0, then best and mean per check
+    assert result["history"]["eval_generation"] == [1, 2]
+    controller = Controller(**result["model_args"])
+    controller.load_state_dict(result["model_state"])
+    if initial_wins:
+        assert result["model_source"].startswith("initial mean (zero) of generation 0")
+        assert result["best_real_score"] == 0.0 and not controller.get_flat_params().any()
+    else:
+        assert "generation 2" in result["model_source"] and result["best_real_score"] > 0
+        np.testing.assert_allclose(controller.get_flat_params(), result["best_params"], rtol=1e-6, atol=1e-7)

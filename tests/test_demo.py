@@ -1,0 +1,63 @@
+"""The demo driver: its preset covers every stage, and a tiny run writes only into its run folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from car_racing import demo
+from car_racing.cli import UsageError
+
+# Every stage on the smallest settings that still run the real code paths (in-process, 1 worker).
+TINY = {
+    "seed": 0,
+    "record": {"driver": "autopilot", "episodes": 2, "steps": 40, "noise": 1.0, "seq_len": 10, "workers": 1},
+    "vision": {"epochs": 1, "kl_anneal_epochs": 1, "batch_size": 40, "latent_size": 8, "threads": 1},
+    "memory": {"epochs": 1, "batch_size": 4, "hidden_size": 16, "num_mixtures": 2, "threads": 1,
+               "progress": False},
+    "controller": {"init": "bc", "population": 4, "generations": 2, "dream_trials": 2, "rollout_steps": 5,
+                   "start_states": 16, "eval_every": 2, "eval_episodes": 1, "eval_max_steps": 10, "workers": 1,
+                   "progress": False},
+    "simulator": {"episodes": 1, "max_steps": 10, "workers": 1, "video_scale": 1},
+    "vision_png": {"columns": 2, "scale": 1},
+    "vision_video": {"max_steps": 10, "scale": 1},
+    "memory_video": {"max_steps": 10, "dream_steps": 5, "scale": 1},
+}
+
+
+def test_preset_has_settings_for_every_stage_and_they_are_valid_args():
+    assert {stage.key for stage in demo.STAGES} <= set(demo.PRESET)
+    assert {stage.key for stage in demo.STAGES} == set(TINY) - {"seed"}
+    vision = demo.PRESET["vision"]
+    assert vision["kl_anneal_epochs"] <= vision["epochs"], "β must reach 1 within the quick run"
+    controller = demo.PRESET["controller"]
+    assert controller["init"] == "bc" and 1 <= controller["generations"] // controller["eval_every"] <= 2
+
+
+def test_missing_preset_section_is_one_line_error(tmp_path):
+    with pytest.raises(UsageError, match="no settings for memory"):
+        demo.run_stages(tmp_path, {k: v for k, v in TINY.items() if k != "memory"})
+
+
+def test_tiny_demo_writes_only_into_its_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # repo-relative defaults (data/, checkpoints/, runs/) would land here
+    run_dir = demo.main(demo.Args(runs_dir=str(tmp_path / "runs")), preset=TINY)
+    assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("demo-")
+    assert sorted(os.listdir(tmp_path)) == ["runs"]
+    assert os.listdir(tmp_path / "runs") == [run_dir.name]
+    files = {str(p) for p in demo.written_files(run_dir)}
+    for name in ("checkpoints/vision_model.pth", "checkpoints/memory_model.pth",
+                 "checkpoints/control_model_cmaes.pth", "agent_driving.mp4", "vision_reconstructions.png",
+                 "vision_episode.mp4", "memory_dream.mp4", "memory_dream_reward.png",
+                 "data/car_racing_recorded_frames.npy"):
+        assert name in files
+    out = capsys.readouterr().out
+    assert "score: " in out and f"everything is in {run_dir}" in out
+
+
+def test_failing_stage_names_itself(tmp_path):
+    broken = dict(TINY, vision=dict(TINY["vision"], epochs=0))
+    stages = [s for s in demo.STAGES if s.key in ("record", "vision")]
+    with pytest.raises(UsageError, match=r"stage 2 \(train the vision model V .*--epochs 0"):
+        demo.run_stages(tmp_path, broken, stages)
