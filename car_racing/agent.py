@@ -28,10 +28,6 @@ from car_racing.recorded_data import preprocess_frame
 from car_racing.rollout import EpisodeResult, run_episodes
 from car_racing.runtime import STAGE_SCRIPTS, checkpoint_paths, load_model, resolve_device
 
-def _device(device: str | torch.device) -> torch.device:
-    return device if isinstance(device, torch.device) else resolve_device(str(device))
-
-
 def check_compatible(vae: torch.nn.Module, mdnrnn: torch.nn.Module, controller: Controller,
                      paths: dict[str, Path]) -> None:
     """One-line UsageError when the three models' sizes do not chain (z: V → M, C; h: M → C)."""
@@ -54,7 +50,7 @@ class Agent:
                  device: str | torch.device = "cpu"):
         from car_racing.models.vae import frames_to_tensor
 
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.vae = vae.to(self.device).eval()
         self.mdnrnn = mdnrnn.to(self.device).eval()
         self.controller = controller.to(self.device).eval()
@@ -111,7 +107,7 @@ def load_agent_models(checkpoint_dir: str | os.PathLike, controller_params: np.n
     from V's latent size and M's hidden size and given those parameters: no controller checkpoint needed.
     """
     paths = checkpoint_paths(checkpoint_dir)
-    device = _device(device)
+    device = resolve_device(device)
     vae, _ = load_model(paths["vision"], "vision", device)
     mdnrnn, _ = load_model(paths["memory"], "memory", device)
     if controller_params is None:
@@ -131,7 +127,7 @@ def load_agent_models(checkpoint_dir: str | os.PathLike, controller_params: np.n
 def make_agent_driver(checkpoint_dir: str | os.PathLike, controller_params: np.ndarray | None = None,
                       device: str | torch.device = "cpu") -> Agent:
     """An :class:`Agent` from the checkpoints in ``checkpoint_dir`` (picklable via ``functools.partial``)."""
-    device = _device(device)
+    device = resolve_device(device)
     return Agent(*load_agent_models(checkpoint_dir, controller_params, device), device=device)
 
 

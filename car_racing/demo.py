@@ -30,13 +30,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import contextlib
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from car_racing.cli import UsageError, run_main
+from car_racing.rollout import default_workers
 
 # Quick settings for every stage, in one place: each section holds keyword arguments of that stage
 # script's Args (paths and the seed are filled in by the demo). About 10 minutes on 2 CPU cores; a driver
@@ -83,7 +83,7 @@ def _settings(preset: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The preset's section for one stage, with ``workers: None`` replaced by the number of CPUs."""
     settings = dict(preset[key])
     if "workers" in settings and settings["workers"] is None:
-        settings["workers"] = os.cpu_count() or 1
+        settings["workers"] = default_workers()
     return settings
 
 

@@ -45,8 +45,11 @@ def checkpoint_paths(checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
     return {kind: Path(checkpoint_dir) / name for kind, name in CHECKPOINT_FILES.items()}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when present, else CPU; otherwise any name torch accepts (``cpu``, ``cuda:1``)."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when present, else CPU; otherwise any name torch accepts (``cpu``, ``cuda:1``).
+    A ``torch.device`` is returned as it is."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
