@@ -89,6 +89,11 @@ class Agent:
         self._pending_z, self._pending_action = z, action
         return action[0].float().cpu().numpy()
 
+    def features(self) -> np.ndarray:
+        """``[z_t, h_t]`` float32 (1, L+H): what C saw at the last :meth:`act` (for imitation labels)."""
+        assert self._pending_z is not None and self.state is not None, "call act() first"
+        return torch.cat([self._pending_z, self.state[0]], dim=-1).float().cpu().numpy()
+
     @torch.no_grad()
     def applied(self, action: np.ndarray) -> None:
         """Step M with z_t and the action the env received: (h_{t+1}, c_{t+1}) = M.step(z_t, â_t, state)."""

@@ -64,6 +64,7 @@ from tqdm.auto import tqdm
 from car_racing.agent import checkpoint_paths, evaluate_agent, make_agent_driver
 from car_racing.cli import UsageError, run_main
 from car_racing.dream import RecordedStates, collect_start_states, dream_rollout
+from car_racing.imitation import LinearFit, bc_targets, linear_to_flat, run_dagger
 from car_racing.latent_cache import file_sha256, load_or_build_latents
 from car_racing.models.ffn import Controller, flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
@@ -72,9 +73,11 @@ from car_racing.rollout import default_workers, run_episode
 from car_racing.runtime import atomic_path, build_model, load_checkpoint, plot_curves, resolve_device, seed_everything
 
 PLOT_FILE = "control_model_cmaes.png"
+DAGGER_PLOT_FILE = "control_model_dagger.png"
 PLOT_EVERY = 10  # the PNG is also rewritten at every real-env check and at the end
 REAL_TRAIN_SEED_OFFSET = 10_000  # real-mode training seeds start this far above --eval-seed-base
 REAL_TRAIN_SEED_RANGE = 1_000_000
+DAGGER_SEED_OFFSET = 2_000_000  # DAgger round r uses seeds BASE + 2_000_000 + 1000·r + i
 
 
 @dataclass
@@ -87,7 +90,7 @@ class Args:
     sigma0: float = 0.1
     """CMA-ES initial step size"""
     generations: int = 200
-    """total generations (with --resume: continue until this many)"""
+    """total generations (with --resume: continue until this many; 0 = only the warm start and its check)"""
     rollout_steps: int = 50
     """steps per dream (dream mode) or the episode step limit (real mode)"""
     dream_trials: int = 16
@@ -102,14 +105,22 @@ class Args:
     (see car_racing/dream.py)"""
     start_states: int = 8192
     """size of the pool of recorded (z, h) states the dreams start from"""
-    init: Literal["zero", "bc"] = "zero"
-    """CMA's initial mean: all-zero parameters, or C fitted to the recorded actions (behaviour cloning)"""
+    init: Literal["zero", "bc", "dagger"] = "zero"
+    """CMA's initial mean: all-zero parameters, C fitted to the recorded actions (bc: behaviour cloning),
+    or C fitted by DAgger with the autopilot as the expert in the real env (see car_racing/imitation.py)"""
+    dagger_rounds: int = 12
+    """--init dagger: rounds in which C drives and the clean autopilot labels its states (after round 0,
+    where the noisy autopilot drives)"""
+    dagger_episodes: int = 8
+    """--init dagger: real episodes per round"""
+    dagger_noise: float = 1.0
+    """--init dagger: the autopilot's noise level in round 0 (as in car_racing/recorded_frames.py)"""
     bc_ridge: float = 10.0
-    """--init bc: ridge λ on standardised inputs (λ·Var(x_j) added to the Gram diagonal; bias not penalised);
+    """--init bc / dagger: ridge λ on standardised inputs (λ·Var(x_j) added to the Gram diagonal; bias not penalised);
     M's 512 hidden units are highly collinear: a small λ (1e-3) fits the recorded actions closely but
     drives badly in the real env (large weights amplify h's drift), λ ≈ 1–10 drives"""
     bc_eps: float = 0.02
-    """--init bc: actions are clipped ε inside their range before atanh (steer) / logit (gas, brake)"""
+    """--init bc / dagger: actions are clipped ε inside their range before atanh (steer) / logit (gas, brake)"""
     cma_diagonal: bool = False
     """use separable (diagonal) CMA-ES: much faster ask/tell and a small checkpoint for large C"""
     eval_every: int = 10
@@ -145,7 +156,9 @@ class Args:
 
 
 def check_args(args: Args) -> None:
-    for flag, value in (("--population", args.population), ("--generations", args.generations),
+    if args.generations < 0:
+        raise UsageError(f"--generations {args.generations}: expected 0 (warm start only) or more")
+    for flag, value in (("--population", args.population),
                         ("--rollout-steps", args.rollout_steps), ("--dream-trials", args.dream_trials),
                         ("--real-trials", args.real_trials), ("--start-states", args.start_states),
                         ("--eval-episodes", args.eval_episodes), ("--eval-max-steps", args.eval_max_steps),
@@ -164,6 +177,11 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--bc-ridge {args.bc_ridge} / --bc-eps {args.bc_eps}: expected ridge ≥ 0 and 0 < ε < 0.5")
     if not 0 <= args.smoothing < 1:
         raise UsageError(f"--smoothing {args.smoothing}: expected 0 ≤ s < 1")
+    if args.dagger_rounds < 0 or args.dagger_episodes < 1 or not 0 <= args.dagger_noise <= 10:
+        raise UsageError(f"--dagger-rounds {args.dagger_rounds} / --dagger-episodes {args.dagger_episodes} / "
+                         f"--dagger-noise {args.dagger_noise}: expected rounds ≥ 0, episodes ≥ 1, 0 ≤ noise ≤ 10")
+    if args.dagger_episodes > 1000:
+        raise UsageError(f"--dagger-episodes {args.dagger_episodes}: expected at most 1000 (seeds per round)")
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: expected 0 (torch's default) or a positive integer")
     if args.eval_episodes >= REAL_TRAIN_SEED_OFFSET:
@@ -171,58 +189,6 @@ def check_args(args: Args) -> None:
 
 
 # --- behaviour cloning warm start -------------------------------------------------------------------
-
-def bc_targets(actions: np.ndarray | torch.Tensor, eps: float = 0.02) -> torch.Tensor:
-    """Recorded actions (N, 3) → pre-squash targets (N, 3) float64: atanh(steer), logit(gas), logit(brake),
-    each action clipped ε inside its range first (so saturated actions give finite targets)."""
-    a = torch.as_tensor(np.asarray(actions) if not torch.is_tensor(actions) else actions).double()
-    steer = torch.atanh(a[:, :1].clamp(-1 + eps, 1 - eps))
-    pedals = torch.logit(a[:, 1:].clamp(eps, 1 - eps))
-    return torch.cat([steer, pedals], dim=1)
-
-
-class LinearFit:
-    """Streaming least squares ``y ≈ x W + b``: accumulates ``[x, 1]ᵀ[x, 1]`` and ``[x, 1]ᵀ y`` in float64."""
-
-    def __init__(self, inputs: int, outputs: int):
-        self.gram = torch.zeros(inputs + 1, inputs + 1, dtype=torch.float64)
-        self.cross = torch.zeros(inputs + 1, outputs, dtype=torch.float64)
-        self.target_sq = torch.zeros(outputs, dtype=torch.float64)
-        self.count = 0
-
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """x (B, D), y (B, A)."""
-        x = torch.cat([x.double().cpu(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
-        self.gram += x.T @ x
-        self.cross += x.T @ y.double().cpu()
-        self.target_sq += (y.double().cpu() ** 2).sum(dim=0)
-        self.count += len(x)
-
-    def solve(self, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W (D, A), b (A,)) minimising mean ‖xW + b − y‖² + ridge·‖W‖² (inputs are standardised
-        for the ridge, so it is scale-free; the bias is not penalised)."""
-        if self.count == 0:
-            raise ValueError("no samples to fit")
-        gram, cross = self.gram / self.count, self.cross / self.count
-        mean = gram[-1, :-1]
-        var = (gram.diagonal()[:-1] - mean ** 2).clamp_min(1e-12)
-        penalty = torch.zeros(len(gram), dtype=torch.float64)
-        penalty[:-1] = ridge * var
-        solution = torch.linalg.solve(gram + torch.diag(penalty), cross)
-        return solution[:-1], solution[-1]
-
-    def residual_mse(self, weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-        """Mean squared residual per output (A,) of ``x W + b`` on the accumulated samples."""
-        w = torch.cat([weight, bias[None]], dim=0)
-        gram, cross = self.gram / self.count, self.cross / self.count
-        mse = (w * (gram @ w)).sum(0) - 2 * (w * cross).sum(0) + self.target_sq / self.count
-        return mse.clamp_min(0).numpy()
-
-
-def linear_to_flat(weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-    """(W (L+H, A), b (A,)) → Controller flat vector (D,) (layout in :mod:`car_racing.models.ffn`)."""
-    return torch.cat([weight.T.reshape(-1), bias.reshape(-1)]).double().cpu().numpy()
-
 
 def bc_visitor(fit: LinearFit, eps: float):
     """A :func:`collect_start_states` ``visit`` callback adding every recorded (z_t, h_t) → a_t to ``fit``."""
@@ -341,6 +307,43 @@ def real_score(checkpoint_dir: Path, params: np.ndarray, args: Args) -> tuple[fl
     return float(totals.mean()), float(totals.std())
 
 
+def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Args) -> tuple[np.ndarray, dict]:
+    """C fitted by DAgger (:func:`car_racing.imitation.run_dagger`); returns (flat params, summary)."""
+    def seeds(round_index: int) -> list[int]:
+        first = args.eval_seed_base + DAGGER_SEED_OFFSET + 1000 * round_index
+        return list(range(first, first + args.dagger_episodes))
+
+    def report(record) -> None:
+        returns = np.asarray(record.returns)
+        print(f"DAgger round {record.round} ({record.driver} drove): return {returns.mean():.1f} ± {returns.std():.1f} "
+              f"(min {returns.min():.1f}) over {len(returns)} episodes; refit on {record.samples} pairs, "
+              f"pre-squash R² steer/gas/brake {' / '.join(f'{r:.2f}' for r in record.target_r2)}", flush=True)
+
+    rounds: list = []
+
+    def report_and_plot(record) -> None:
+        report(record)
+        rounds.append(record)
+        x = [r.round for r in rounds]
+        plot_curves({"mean return of the round's episodes": [float(np.mean(r.returns)) for r in rounds],
+                     "min return": [float(np.min(r.returns)) for r in rounds]},
+                    checkpoint_dir / DAGGER_PLOT_FILE, title="DAgger (round 0: noisy autopilot; then C drives)",
+                    xlabel="round", ylabel="real-env return", x={"mean return of the round's episodes": x,
+                                                                  "min return": x})
+
+    started = time.time()
+    history = run_dagger(checkpoint_dir, num_params, args.dagger_rounds, args.dagger_episodes, seeds,
+                         ridge=args.bc_ridge, eps=args.bc_eps, expert_noise=args.dagger_noise,
+                         max_steps=args.eval_max_steps, smoothing=args.smoothing, workers=args.workers,
+                         on_round=report_and_plot)
+    summary = {"method": "dagger", "ridge": args.bc_ridge, "eps": args.bc_eps, "noise": args.dagger_noise,
+               "samples": history[-1].samples, "target_r2": history[-1].target_r2,
+               "seconds": time.time() - started,
+               "rounds": [{"round": r.round, "driver": r.driver, "seeds": r.seeds, "returns": r.returns,
+                           "samples": r.samples, "target_r2": r.target_r2} for r in history]}
+    return history[-1].params, summary
+
+
 def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
     label = "dream" if mode == "dream" else "real-env training"
     curves = {f"{label} fitness, best candidate": history["fitness_best"],
@@ -397,7 +400,7 @@ def main(args: Args) -> dict:
     # --- recorded states: dream start pool and the BC warm start ---
     pool, bc_info, x0 = None, None, np.zeros(num_params)
     need_bc = args.init == "bc" and state is None
-    if args.mode == "dream" or need_bc:
+    if (args.mode == "dream" and args.generations > 0) or need_bc:
         mu, _ = load_or_build_latents(args.data_dir, paths["vision"], device, args.batch_size, progress=args.progress)
         if mu.shape[1] != mdnrnn.latent_size:
             raise UsageError(f"{paths['memory']}: M expects latent size {mdnrnn.latent_size} but V encodes "
@@ -422,6 +425,9 @@ def main(args: Args) -> dict:
             print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
                   f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in bc_info['target_r2'])}")
         pool = pool.to(device)
+
+    if args.init == "dagger" and state is None:
+        x0, bc_info = dagger_warm_start(checkpoint_dir, num_params, args)
 
     if has_recorded_data(args.data_dir):
         recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes}
@@ -464,7 +470,10 @@ def main(args: Args) -> dict:
                 "rng_state": rng_states(), "config": dataclasses.asdict(args), "models": models_used,
                 "bc": bc_info, "reward_scale": reward_scale}
 
-    real_fitness = RealFitness(str(checkpoint_dir), num_params, args.workers) if args.mode == "real" else None
+    if state is None:  # the warm start (and its real score) is saved before the first generation
+        save_run_checkpoint(checkpoint(0), out_path)
+    real_fitness = (RealFitness(str(checkpoint_dir), num_params, args.workers)
+                    if args.mode == "real" and start_generation < args.generations else None)
     bar = tqdm(range(start_generation, args.generations), desc=f"CMA-ES ({args.mode})", unit="gen",
                initial=start_generation, total=args.generations, disable=not args.progress)
     last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
@@ -522,7 +531,7 @@ def main(args: Args) -> dict:
         bar.close()
         if real_fitness is not None:
             real_fitness.close()
-    if start_generation >= args.generations:
+    if state is not None and start_generation >= args.generations:
         print(f"{out_path} is already at generation {start_generation} (--generations {args.generations})")
         plot_history(history, plot_path, args.mode)
     final = load_checkpoint(out_path, "controller")

@@ -1,0 +1,69 @@
+"""DAgger warm start: the clean autopilot labels the states, C is refitted on the aggregate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from car_racing.autopilot import AutopilotDriver
+from car_racing.envs import make_env
+from car_racing.imitation import make_dagger_driver, run_dagger
+from car_racing.models.ffn import num_controller_params
+from car_racing.rollout import run_episode
+from car_racing.runtime import load_checkpoint
+from car_racing.train_controller_cmaes import Args, main
+from tests.test_agent_simulator import HIDDEN, LATENT, write_tiny_checkpoints
+
+NUM_PARAMS = num_controller_params(LATENT, HIDDEN)
+
+
+def test_labels_are_the_clean_autopilot_and_features_what_c_saw(tmp_path):
+    write_tiny_checkpoints(tmp_path, controller=False)
+    env = make_env()
+    # the clean expert drives: every executed action is its own label
+    driver = make_dagger_driver(tmp_path, np.zeros(NUM_PARAMS), expert_noise=0.0)
+    result = run_episode(env, driver, seed=3, max_steps=40)
+    info = result.info
+    assert info["features"].shape == (40, LATENT + HIDDEN) and info["labels"].shape == (40, 3)
+    np.testing.assert_allclose(info["labels"], result.actions, atol=1e-6)
+    expert_alone = run_episode(env, AutopilotDriver(noise=0.0), seed=3, max_steps=40)
+    np.testing.assert_allclose(info["labels"], expert_alone.actions, atol=1e-6)
+    # C drives (all-zero C: steer 0, gas = brake = 0.5): actions differ from the labels, which are still
+    # what the clean expert would do in the states C reached
+    driver = make_dagger_driver(tmp_path, np.zeros(NUM_PARAMS), expert_noise=None)
+    result = run_episode(env, driver, seed=3, max_steps=40)
+    np.testing.assert_allclose(result.actions, np.tile([0.0, 0.5, 0.5], (40, 1)), atol=1e-6)
+    assert not np.allclose(result.info["labels"], result.actions, atol=1e-2)
+    # features: z of the first frame and h_0 = 0
+    assert np.all(result.info["features"][0, LATENT:] == 0) and np.any(result.info["features"][1, LATENT:] != 0)
+    env.close()
+
+
+def test_run_dagger_aggregates_every_round(tmp_path):
+    write_tiny_checkpoints(tmp_path, controller=False)
+    seen = []
+    history = run_dagger(tmp_path, NUM_PARAMS, rounds=2, episodes=2, seeds=lambda r: [100 * r, 100 * r + 1],
+                         ridge=1.0, max_steps=15, workers=1, on_round=seen.append)
+    assert [r.driver for r in history] == ["expert", "controller", "controller"]
+    assert [r.samples for r in history] == [30, 60, 90]
+    assert [r.seeds for r in history] == [[0, 1], [100, 101], [200, 201]]
+    assert seen == history
+    assert history[-1].params.shape == (NUM_PARAMS,) and np.all(np.isfinite(history[-1].params))
+    assert not np.allclose(history[0].params, history[-1].params)
+
+
+def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path, controller=False)
+    args = Args(init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
+                eval_max_steps=12, workers=1, checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
+                progress=False)
+    final = main(args)
+    assert final["generation"] == 0 and final["bc"]["method"] == "dagger"
+    assert [r["samples"] for r in final["bc"]["rounds"]] == [12, 24]
+    assert (tmp_path / "control_model_dagger.png").stat().st_size > 0
+    saved = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")
+    assert saved["best_params"] is not None and "initial mean (dagger)" in saved["model_source"]
+    # the warm start is saved before any generation: a resumed run evolves on from it
+    args.generations, args.resume, args.rollout_steps, args.dream_trials, args.start_states = 1, True, 3, 2, 16
+    resumed = main(args)
+    assert resumed["generation"] == 1 and resumed["bc"]["method"] == "dagger"
+    np.testing.assert_allclose(resumed["best_params"], saved["best_params"])  # no check since: still the best
