@@ -3,17 +3,22 @@
     python car_racing/car_racing_gameplay_simulator.py --episodes 100          # the score over 100 tracks
     python car_racing/car_racing_gameplay_simulator.py --episodes 3 --render   # watch it drive (pygame window)
     python car_racing/car_racing_gameplay_simulator.py --episodes 3 --video runs/agent.mp4
+    python car_racing/car_racing_gameplay_simulator.py --episodes 1 --strip runs/agent_strip.png  # README film strip
 
 Episode i uses track seed ``--seed + i``. The default 10000 is far from the seeds the recorder and the
 controller's real-env checks use (small numbers counting up from 0), so the score is measured on
 tracks the agent never trained or was selected on.
 
 Action smoothing (the seed project's): ``a_t = (1 − s) · C(z_t, h_t) + s · a_{t−1}`` with ``a_{−1} = 0``
-and ``s = --smoothing`` (0 turns it off). The memory model M is fed the controller's own action
-C(z_t, h_t), as in training; the env receives the smoothed one.
+and ``s = --smoothing`` (0 turns it off; by default the value the controller was trained and checked
+with, stored in its checkpoint). The memory model M is fed the action the env received (the smoothed one).
 
 Prints one line per episode (reward, steps) in seed order, and as its last line
 ``score: MEAN ± STD over N episodes`` (population standard deviation over the episodes' total rewards).
+
+``--strip PATH`` writes a PNG film strip of the first episode (seed ``--seed``): ``--strip-frames`` raw
+frames evenly spaced from its first to its last step, upscaled ×``--strip-scale``, side by side, each
+labelled with its step and the episode return so far.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -34,10 +39,11 @@ from tqdm import tqdm
 from car_racing.agent import iter_agent_episodes, make_agent_driver
 from car_racing.cli import UsageError, run_main
 from car_racing.rollout import EpisodeResult, default_workers
-from car_racing.runtime import checkpoint_paths, resolve_device, seed_everything
-from car_racing.video import VideoWriter, label, upscale
+from car_racing.runtime import checkpoint_paths, load_checkpoint, resolve_device, seed_everything
+from car_racing.video import VideoWriter, label, side_by_side, upscale, write_image
 
 VIDEO_FPS = 50  # CarRacing's simulation rate: the video plays in real time
+STRIP_GAP = 4  # white pixel columns between the film strip's frames
 
 
 @dataclass
@@ -48,8 +54,9 @@ class Args:
     """number of episodes (tracks) to drive"""
     seed: int = 10000
     """episode i uses track seed SEED + i (default far from the recording/training seeds)"""
-    smoothing: float = 0.3
-    """action smoothing s: a_t = (1 - s) * C(z_t, h_t) + s * a_{t-1}; 0 turns it off"""
+    smoothing: Optional[float] = None
+    """action smoothing s: a_t = (1 - s) * C(z_t, h_t) + s * a_{t-1}; 0 turns it off (default: the value the
+    controller checkpoint was trained and checked with, 0 if it names none)"""
     checkpoint_dir: str = "checkpoints"
     """folder with vision_model.pth, memory_model.pth and control_model_cmaes.pth"""
     render: bool = False
@@ -58,6 +65,12 @@ class Args:
     """write an MP4 of the episodes here (e.g. runs/agent.mp4), with reward and step drawn on each frame"""
     video_scale: int = 4
     """the 96x96 frames are upscaled by this factor in the video"""
+    strip: str | None = None
+    """write a PNG film strip of the first episode here (e.g. runs/agent_strip.png)"""
+    strip_frames: int = 8
+    """frames in the film strip, evenly spaced over the first episode"""
+    strip_scale: int = 2
+    """the 96x96 frames are upscaled by this factor in the film strip"""
     workers: int = field(default_factory=default_workers)
     """worker processes running episodes in parallel (defaults to the number of CPUs)"""
     max_steps: int = 1000
@@ -83,10 +96,21 @@ def annotate_frames(result: EpisodeResult, episode: int, scale: int) -> Iterator
         yield label(upscale(frame, scale), text)
 
 
+def film_strip(result: EpisodeResult, frames: int, scale: int) -> np.ndarray:
+    """``frames`` of the episode's raw frames, evenly spaced from its first to its last step (all of them
+    when it is shorter), upscaled ×``scale`` and side by side with white gaps, each labelled with its
+    step and the return so far (as in :func:`annotate_frames`): RGB uint8 (96·scale, width, 3)."""
+    assert result.raw_frames is not None and len(result.raw_frames) > 0
+    so_far = np.concatenate([[0.0], np.cumsum(result.rewards, dtype=np.float64)])
+    steps = np.unique(np.linspace(0, len(result.raw_frames) - 1, frames).round().astype(int))
+    return side_by_side([label(upscale(result.raw_frames[t], scale), f"step {t}\nreturn {so_far[t]:.1f}")
+                         for t in steps], gap=STRIP_GAP)
+
+
 def main(args: Args) -> float:
     if args.episodes < 1:
         raise UsageError(f"--episodes {args.episodes}: expected at least 1")
-    if not 0.0 <= args.smoothing < 1.0:
+    if args.smoothing is not None and not 0.0 <= args.smoothing < 1.0:
         raise UsageError(f"--smoothing {args.smoothing}: expected 0 <= s < 1 (0 turns smoothing off)")
     if args.max_steps < 1:
         raise UsageError(f"--max-steps {args.max_steps}: expected at least 1")
@@ -96,38 +120,51 @@ def main(args: Args) -> float:
         raise UsageError(f"--video-scale {args.video_scale}: expected at least 1")
     if args.video is not None and Path(args.video).suffix.lower() != ".mp4":
         raise UsageError(f"--video {args.video}: expected a path ending in .mp4")
+    if args.strip is not None and Path(args.strip).suffix.lower() != ".png":
+        raise UsageError(f"--strip {args.strip}: expected a path ending in .png")
+    if args.strip_frames < 1:
+        raise UsageError(f"--strip-frames {args.strip_frames}: expected at least 1")
+    if args.strip_scale < 1:
+        raise UsageError(f"--strip-scale {args.strip_scale}: expected at least 1")
     device = resolve_device(args.device)
     # All three checkpoints are loaded and checked before any env work (one-line error naming the file).
     make_agent_driver(args.checkpoint_dir, device=device)
     seed_everything(args.seed)
+    paths = checkpoint_paths(args.checkpoint_dir)
+    smoothing = args.smoothing
+    if smoothing is None:  # what C was trained and checked with
+        smoothing = float(load_checkpoint(paths["controller"], "controller").get("config", {}).get("smoothing", 0.0))
 
     workers = 1 if args.render else args.workers
     env_kwargs = {"render_mode": "human"} if args.render else None
     seeds = [args.seed + i for i in range(args.episodes)]
-    paths = checkpoint_paths(args.checkpoint_dir)
     print(f"agent: {paths['vision']}, {paths['memory']}, {paths['controller']}; "
-          f"seeds {seeds[0]}..{seeds[-1]}, smoothing {args.smoothing}, workers {min(workers, len(seeds))}")
+          f"seeds {seeds[0]}..{seeds[-1]}, smoothing {smoothing}, workers {min(workers, len(seeds))}")
     rewards: list[float] = []
     with contextlib.ExitStack() as stack:
         # The video is written under a temporary name and appears only when every episode is in it.
         video = None if args.video is None else stack.enter_context(VideoWriter(args.video, fps=VIDEO_FPS))
         episodes = stack.enter_context(contextlib.closing(iter_agent_episodes(
-            args.checkpoint_dir, seeds, max_steps=args.max_steps, workers=workers, smoothing=args.smoothing,
-            device=device, capture_raw=video is not None, env_kwargs=env_kwargs)))
+            args.checkpoint_dir, seeds, max_steps=args.max_steps, workers=workers, smoothing=smoothing,
+            device=device, capture_raw=video is not None or args.strip is not None, env_kwargs=env_kwargs)))
         bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None, file=sys.stderr))
         for index, result in enumerate(episodes):
             rewards.append(result.total_reward)
             lap = "  lap finished" if result.lap_finished else ""
             tqdm.write(f"episode {index + 1}/{len(seeds)}  seed {result.seed}  reward {result.total_reward:.1f}"
                        f"  steps {result.steps}{lap}", file=sys.stdout)
+            if args.strip is not None and index == 0:
+                write_image(args.strip, film_strip(result, args.strip_frames, args.strip_scale))
             if video is not None:
                 for frame in annotate_frames(result, index + 1, args.video_scale):
                     video.write(frame)
-                result.raw_frames = None  # keep memory flat over many episodes
+            result.raw_frames = None  # keep memory flat over many episodes
             bar.update(1)
             bar.set_postfix(mean=f"{np.mean(rewards):.1f}")
     if args.video is not None:
         print(f"video: {args.video}")
+    if args.strip is not None:
+        print(f"strip: {args.strip}")
     print(score_line(rewards))
     return float(np.mean(rewards))
 

@@ -6,8 +6,12 @@ Then M dreams on its own for ``--dream-steps`` steps: it is fed the real actions
 z_{t+1} (``--temperature`` τ), and each dreamed z is decoded by V. The MP4 shows, upscaled, the real
 frame, V's reconstruction of it, and the dream; a red frame and "RE-SYNC" mark the re-sync steps.
 A PNG plots the real reward against M's predicted reward in the dream (and with real z fed in).
+``--strip PATH`` also writes a PNG film strip of the first dream segment (steps 0 … --dream-steps − 1):
+``--strip-frames`` steps evenly spaced over it, the real frames in the top row and V's decoding of
+what M dreamed at the same steps in the bottom row (step 0 is the re-sync: V's reconstruction).
 
     python car_racing/visualize_memory_prediction.py --episode 0 --temperature 1.0
+    python car_racing/visualize_memory_prediction.py --episode 0 --strip runs/dream_strip.png  # README film strip
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import frames_to_tensor
 from car_racing.recorded_data import load_recorded
 from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
-from car_racing.video import upscale, write_video
+from car_racing.video import label, side_by_side, upscale, write_image, write_video
 
 RESYNC_MARK_FRAMES = 6  # how many frames the re-sync marker stays visible
+STRIP_GAP = 4  # white pixels between the film strip's frames and rows
 
 
 @dataclass
@@ -50,6 +55,12 @@ class Args:
     """output video"""
     reward_plot: Optional[str] = None
     """output PNG of real vs predicted reward (default: OUT with _reward.png instead of .mp4)"""
+    strip: Optional[str] = None
+    """also write a PNG film strip here: real frames over M's dream, for the first dream segment"""
+    strip_frames: int = 8
+    """frames per row of the film strip, evenly spaced over the first dream segment"""
+    strip_scale: int = 2
+    """upscaling of the 64×64 frames in the film strip"""
     episode: int = 0
     """index of the recorded episode to replay"""
     temperature: float = 1.0
@@ -130,6 +141,17 @@ def compose_frame(real: np.ndarray, recon: np.ndarray, dream: np.ndarray, scale:
     return canvas
 
 
+def dream_strip(real: np.ndarray, dreamed: np.ndarray, segment: int, frames: int, scale: int) -> np.ndarray:
+    """Two rows of ``frames`` steps evenly spaced over steps 0 … ``segment`` − 1 (all of them when fewer):
+    ``real`` frames on top, ``dreamed`` ones below, upscaled ×``scale``, labelled "real"/"dream" and the
+    step, with white gaps: RGB uint8 (2·64·scale + gap, width, 3)."""
+    steps = np.unique(np.linspace(0, segment - 1, frames).round().astype(int))
+    rows = [side_by_side([label(upscale(images[t], scale), f"{name}\nt={t}") for t in steps], gap=STRIP_GAP)
+            for images, name in ((real, "real"), (dreamed, "dream"))]
+    gap = np.full((STRIP_GAP, rows[0].shape[1], 3), 255, dtype=np.uint8)
+    return np.concatenate([rows[0], gap, rows[1]], axis=0)
+
+
 def plot_rewards(actual: np.ndarray, dreamed: np.ndarray, teacher: np.ndarray, resync: np.ndarray, path: Path,
                  title: str) -> None:
     """PNG: real r_t vs M's predicted r_t (in the dream and with real z), re-sync steps dotted."""
@@ -164,6 +186,12 @@ def main(args: Args) -> dict:
         raise UsageError(f"--temperature {args.temperature}: expected a number >= 0")
     if args.scale < 1 or args.fps < 1 or args.max_steps < 0:
         raise UsageError("--scale and --fps must be positive and --max-steps >= 0")
+    if args.strip is not None and Path(args.strip).suffix.lower() != ".png":
+        raise UsageError(f"--strip {args.strip}: expected a path ending in .png")
+    if args.strip_frames < 1:
+        raise UsageError(f"--strip-frames {args.strip_frames}: expected at least 1")
+    if args.strip_scale < 1:
+        raise UsageError(f"--strip-scale {args.strip_scale}: expected at least 1")
     device = resolve_device(args.device)
     seed_everything(args.seed)
     checkpoint_dir = Path(args.checkpoint_dir)
@@ -209,9 +237,15 @@ def main(args: Args) -> dict:
                "reward_mse_dream": float(np.mean((result["dream_reward"] - actual) ** 2)),
                "reward_mse_real_z": float(np.mean((result["real_reward_pred"] - actual) ** 2)),
                "reward_sum_actual": float(actual.sum()), "reward_sum_dream": float(result["dream_reward"].sum())}
+    if args.strip is not None:
+        write_image(args.strip, dream_strip(frames, dreamed, min(args.dream_steps, len(frames)), args.strip_frames,
+                                            args.strip_scale))
+        summary["strip"] = args.strip
     print(f"wrote {out} ({len(frames)} frames) and {reward_plot}; reward MSE dream {summary['reward_mse_dream']:.3f}"
           f", with real z {summary['reward_mse_real_z']:.3f}; summed reward actual {summary['reward_sum_actual']:.1f}"
           f", dream {summary['reward_sum_dream']:.1f}")
+    if args.strip is not None:
+        print(f"strip: {args.strip}")
     return summary
 
 
