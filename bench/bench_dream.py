@@ -91,6 +91,8 @@ class Args:
     """auto (CUDA when available), cpu or cuda[:N]"""
     seed: int = 0
     """seeds M's random weights, the population and the dreams"""
+    paths_only: bool = False
+    """only the dream steps/s of the paths (skip the bfloat16 fitness comparison and the timed generations)"""
 
 
 def timed(fn, device: torch.device):
@@ -109,7 +111,9 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack(ranks))[0, 1])
 
 
-def main(args: Args) -> None:
+def measure(args: Args) -> dict:
+    """Run the benchmark, printing as it goes; returns ``{"dream_steps_per_s": {path: dream steps/s}, "rows":
+    dreams per step, "steps": steps timed}`` and, unless --paths-only, ``"generations_per_minute"``."""
     for flag, value in (("--population", args.population), ("--dream-trials", args.dream_trials),
                         ("--steps", args.steps), ("--rollout-steps", args.rollout_steps),
                         ("--generations", args.generations), ("--fitness-seeds", args.fitness_seeds)):
@@ -173,6 +177,10 @@ def main(args: Args) -> None:
     for fast in ("batched float32", "batched bfloat16", "batched M.step"):
         print(f"{fast:>20} / per-candidate loop: {results[fast][1] / results['per-candidate loop'][1]:5.1f}×,"
               f"  / per-rollout loop: {results[fast][1] / results['per-rollout loop'][1]:5.1f}×")
+    measured = {"dream_steps_per_s": {name: rate for name, (_, rate) in results.items()}, "rows": rows,
+                "steps": args.steps}
+    if args.paths_only:
+        return measured
 
     # bfloat16 vs float32 fitness: same start states and noise; the float32 difference between noise seeds
     # (what CMA-ES sees from one generation to the next anyway) is the yardstick.
@@ -219,6 +227,11 @@ def main(args: Args) -> None:
           f"{num_params} parameters, {'diagonal' if args.cma_diagonal else 'full'} CMA, {args.dream_dtype} dreams): "
           + ", ".join(f"{name} {value:.2f}s" for name, value in per_gen.items()))
     print(f"generations/minute: {60 * args.generations / total:.1f}")
+    return {**measured, "generations_per_minute": 60 * args.generations / total}
+
+
+def main(args: Args) -> None:
+    measure(args)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,10 @@ def _parallel(fast: bool, workers: int, seeds: list[int], max_steps: int) -> flo
     return steps / (max(r[2] for r in results) - min(r[1] for r in results))
 
 
-def main(args: Args) -> None:
+def measure(args: Args) -> dict:
+    """Run the measurements, printing each as it ends; returns steps/s ``{"stock", "fast"}`` (1 process),
+    ``{"stock_cpu", "fast_cpu"}`` (steps per CPU second), ``"identical"`` (bool) and, with ``--workers``
+    above 1, ``{"parallel_stock", "parallel_fast"}`` (steps/s of all workers together)."""
     if args.episodes < 1 or args.max_steps < 1:
         raise UsageError("--episodes and --max-steps must be at least 1")
     if args.workers < 1:
@@ -133,6 +136,8 @@ def main(args: Args) -> None:
     print(f"1 process:  fast/stock = {rates[True] / rates[False]:.2f}x wall clock, "
           f"{cpu_rates[True] / cpu_rates[False]:.2f}x CPU time "
           f"(observations identical: {'yes' if identical else 'NO'})", flush=True)
+    result = {"stock": rates[False], "fast": rates[True], "stock_cpu": cpu_rates[False], "fast_cpu": cpu_rates[True],
+              "identical": identical}
     if args.workers > 1:
         parallel = {}
         for fast in (False, True):
@@ -140,7 +145,12 @@ def main(args: Args) -> None:
             print(f"{args.workers} workers, {'fast ' if fast else 'stock'}: {parallel[fast]:7.1f} steps/s in total",
                   flush=True)
         print(f"{args.workers} workers:  fast/stock = {parallel[True] / parallel[False]:.2f}x", flush=True)
-    if not identical:
+        result.update(parallel_stock=parallel[False], parallel_fast=parallel[True])
+    return result
+
+
+def main(args: Args) -> None:
+    if not measure(args)["identical"]:
         raise SystemExit("fast and stock observations differ")
 
 

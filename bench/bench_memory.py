@@ -73,7 +73,10 @@ def timed(fn: Callable[[], None], device: torch.device, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def main(args: Args) -> None:
+def measure(args: Args) -> dict:
+    """Time the variants (alternating over the rounds); returns the medians over the rounds as ``{"train":
+    {variant: sequences/s}, "rollouts": {variant: rows/s}}`` with ``"device"``, ``"threads"``, ``"batch_size"``
+    and ``"seq_len"``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -139,15 +142,25 @@ def main(args: Args) -> None:
             results[name].append(items / timed(fn, device, args.repeats))
         for name, (fn, items) in rollouts.items():
             results[name].append(items / timed(fn, device, args.repeats * 50))
-    print(f"device {device}, threads {torch.get_num_threads()}, H {args.hidden_size}, K {args.num_mixtures}, "
-          f"B {b}, T {t}")
     medians = {name: statistics.median(values) for name, values in results.items()}
-    base = medians["train: sequence forward"]
-    for name in variants:
-        print(f"{name:28s} {medians[name]:10.1f} sequences/s  ({medians[name] / base:.2f}× sequence forward)"
-              f"  = {medians[name] / b:.2f} steps/s")
-    for name in rollouts:
-        print(f"{name:28s} {medians[name]:10.0f} rows/s")
+    return {"train": {name: medians[name] for name in variants}, "rollouts": {name: medians[name] for name in rollouts},
+            "device": str(device), "threads": torch.get_num_threads(), "batch_size": b, "seq_len": t}
+
+
+def print_report(args: Args, result: dict) -> None:
+    """The medians of :func:`measure` and the training variants' ratio to the sequence forward."""
+    b = result["batch_size"]
+    print(f"device {result['device']}, threads {result['threads']}, H {args.hidden_size}, K {args.num_mixtures}, "
+          f"B {b}, T {result['seq_len']}")
+    base = result["train"]["train: sequence forward"]
+    for name, rate in result["train"].items():
+        print(f"{name:28s} {rate:10.1f} sequences/s  ({rate / base:.2f}× sequence forward)  = {rate / b:.2f} steps/s")
+    for name, rate in result["rollouts"].items():
+        print(f"{name:28s} {rate:10.0f} rows/s")
+
+
+def main(args: Args) -> None:
+    print_report(args, measure(args))
 
 
 if __name__ == "__main__":

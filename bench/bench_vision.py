@@ -83,7 +83,10 @@ def optimised_step_factory(model: VAE, optimizer: torch.optim.Optimizer, channel
     return step
 
 
-def main(args: Args) -> None:
+def measure(args: Args) -> dict:
+    """Warm up and time every variant, printing progress; returns ``{"rates": {variant: [images/s per round]},
+    "medians": {variant: median images/s}, "train_variant": the variant train_vision.py runs by default
+    (at --threads), "baseline": "naive fp32", "threads": the main variants' thread count}``."""
     default_threads = args.threads or torch.get_num_threads()
     rng = np.random.default_rng(args.seed)
     if has_recorded_data(args.data_dir):
@@ -141,11 +144,22 @@ def main(args: Args) -> None:
                 step(frames[(i % 4) * args.batch_size:(i % 4 + 1) * args.batch_size])
             rates[name].append(args.steps * args.batch_size / (time.perf_counter() - started))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {r[-1]:.0f}" for n, r in rates.items()), flush=True)
+    return {"rates": rates, "medians": {name: statistics.median(values) for name, values in rates.items()},
+            "train_variant": "channels_last + bf16" if bf16_ok else "channels_last", "baseline": "naive fp32",
+            "threads": default_threads}
+
+
+def print_table(rates: dict[str, list[float]]) -> None:
+    """Median, min and max images/s per variant and the ratio to the naive loop."""
     base = statistics.median(rates["naive fp32"])
     print(f"\n{'variant':40s} {'images/s (median)':>18s} {'min':>7s} {'max':>7s} {'× naive':>8s}")
     for name, values in rates.items():
         median = statistics.median(values)
         print(f"{name:40s} {median:18.0f} {min(values):7.0f} {max(values):7.0f} {median / base:8.2f}")
+
+
+def main(args: Args) -> None:
+    print_table(measure(args)["rates"])
 
 
 if __name__ == "__main__":
