@@ -7,7 +7,7 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 1. record autopilot driving with noise        → data/
 2. train V (ConvVAE)                           → checkpoints/vision_model.pth (+ loss PNG)
 3. train M (MDN-RNN)                           → checkpoints/memory_model.pth (+ loss PNG)
-4. evolve C with CMA-ES in M's dream (warm-started by behaviour cloning, checked in the real env)
+4. C: DAgger with the autopilot as the expert, then CMA-ES in M's dream, checked in the real env
                                                → checkpoints/control_model_cmaes.pth (+ PNG)
 5. the simulator: the agent drives real tracks → prints its score line, agent_driving.mp4
 6. V's reconstructions of held-out frames      → vision_reconstructions.png
@@ -53,15 +53,14 @@ PRESET: dict[str, Any] = {
     # for M and C: their small batches gain little from a second one, and lose many times over when
     # another process shares the 2 cores.
     "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "threads": 1},
-    # CMA-ES in the dream from the behaviour-cloned C, with real-env checks (best candidate and CMA mean,
-    # 2 episodes each) after generations 2 and 4. A strong ridge keeps the cloned C from leaning on the
-    # 512 LSTM units (ridge 1e-3 fits the recording better but steers off the road on new tracks). This
-    # quick M's dream cannot tell good steering from bad, so wider or longer searches drift away from the
-    # cloned driver (measured on the check tracks, from about +600: σ0 0.01 → +295 after 2 generations,
-    # -70 after 20): a short, narrow search that the real checks select from.
-    "controller": {"init": "bc", "bc_ridge": 1.0, "sigma0": 0.002, "mode": "dream", "population": 24,
-                   "generations": 4, "dream_trials": 16, "rollout_steps": 50, "start_states": 4096,
-                   "eval_every": 2, "eval_episodes": 2, "eval_max_steps": 1000, "workers": None,  # None = CPUs
+    # C by DAgger: the noisy autopilot drives round 0, then C drives 3 rounds while the clean autopilot
+    # labels its states (4 real episodes per round), C refitted on all of it after each round. Then two
+    # narrow CMA-ES generations in M's dream, real-checked (best candidate and CMA mean, 2 episodes each)
+    # against the DAgger fit's own check at generation 0: the checkpoint keeps whichever drove best.
+    "controller": {"init": "dagger", "dagger_rounds": 3, "dagger_episodes": 4, "bc_ridge": 1.0,
+                   "sigma0": 0.002, "mode": "dream", "population": 16, "generations": 2, "dream_trials": 16,
+                   "rollout_steps": 50, "start_states": 4096, "eval_every": 2, "eval_episodes": 2,
+                   "eval_max_steps": 1000, "workers": None,  # None = CPUs
                    "threads": 1},
     # Held-out tracks (seeds 10000..) with a video of every episode.
     "simulator": {"episodes": 3, "max_steps": 1000, "workers": None, "video_scale": 3},

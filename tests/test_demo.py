@@ -16,7 +16,7 @@ TINY = {
     "vision": {"epochs": 1, "kl_anneal_epochs": 1, "batch_size": 40, "latent_size": 8, "threads": 1},
     "memory": {"epochs": 1, "batch_size": 4, "hidden_size": 16, "num_mixtures": 2, "threads": 1,
                "progress": False},
-    "controller": {"init": "bc", "population": 4, "generations": 2, "dream_trials": 2, "rollout_steps": 5,
+    "controller": {"init": "dagger", "dagger_rounds": 1, "dagger_episodes": 1, "population": 4, "generations": 2, "dream_trials": 2, "rollout_steps": 5,
                    "start_states": 16, "eval_every": 2, "eval_episodes": 1, "eval_max_steps": 10, "workers": 1,
                    "progress": False},
     "simulator": {"episodes": 1, "max_steps": 10, "workers": 1, "video_scale": 1},
@@ -32,7 +32,7 @@ def test_preset_has_settings_for_every_stage_and_they_are_valid_args():
     vision = demo.PRESET["vision"]
     assert vision["kl_anneal_epochs"] <= vision["epochs"], "β must reach 1 within the quick run"
     controller = demo.PRESET["controller"]
-    assert controller["init"] == "bc" and 1 <= controller["generations"] // controller["eval_every"] <= 2
+    assert controller["init"] == "dagger" and 1 <= controller["generations"] // controller["eval_every"] <= 2
 
 
 def test_missing_preset_section_is_one_line_error(tmp_path):
