@@ -55,7 +55,7 @@ import pickle
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,9 +105,13 @@ class Args:
     (see car_racing/dream.py)"""
     start_states: int = 8192
     """size of the pool of recorded (z, h) states the dreams start from"""
-    init: Literal["zero", "bc", "dagger"] = "zero"
+    init: Literal["zero", "bc", "dagger", "checkpoint"] = "zero"
     """CMA's initial mean: all-zero parameters, C fitted to the recorded actions (bc: behaviour cloning),
-    or C fitted by DAgger with the autopilot as the expert in the real env (see car_racing/imitation.py)"""
+    C fitted by DAgger with the autopilot as the expert in the real env (see car_racing/imitation.py), or
+    the C of an existing controller checkpoint (--init-from; e.g. to fine-tune a DAgger C with --mode real)"""
+    init_from: Optional[str] = None
+    """--init checkpoint: the controller checkpoint to start from (default: CHECKPOINT_DIR/control_model_cmaes.pth,
+    which the new run then replaces; its C stays the best unless a real-env check beats it)"""
     dagger_rounds: int = 12
     """--init dagger: rounds in which C drives and the clean autopilot labels its states (after round 0,
     where the noisy autopilot drives)"""
@@ -428,6 +432,15 @@ def main(args: Args) -> dict:
 
     if args.init == "dagger" and state is None:
         x0, bc_info = dagger_warm_start(checkpoint_dir, num_params, args)
+    if args.init == "checkpoint" and state is None:
+        source = Path(args.init_from) if args.init_from else out_path
+        start = load_checkpoint(source, "controller")
+        if start["model_args"] != model_args:
+            raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {model_args}")
+        x0 = build_model(Controller, start, source).get_flat_params()
+        bc_info = {"method": "checkpoint", "from": str(source), "source_model": start.get("model_source"),
+                   "source_real_score": start.get("best_real_score"), "source_warm_start": start.get("bc")}
+        print(f"--init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")
 
     if has_recorded_data(args.data_dir):
         recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes}

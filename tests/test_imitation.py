@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from car_racing.autopilot import AutopilotDriver
 from car_racing.envs import make_env
@@ -67,3 +68,14 @@ def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
     resumed = main(args)
     assert resumed["generation"] == 1 and resumed["bc"]["method"] == "dagger"
     np.testing.assert_allclose(resumed["best_params"], saved["best_params"])  # no check since: still the best
+
+
+def test_init_from_a_controller_checkpoint(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path)  # with a controller: CMA starts from its C
+    start = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")
+    args = Args(init="checkpoint", generations=0, eval_episodes=1, eval_max_steps=8, workers=1,
+                checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), progress=False)
+    final = main(args)
+    expected = torch.cat([start["model_state"]["fc.weight"].reshape(-1), start["model_state"]["fc.bias"]])
+    np.testing.assert_allclose(final["best_params"], expected.double().numpy(), rtol=1e-6)
+    assert final["bc"]["method"] == "checkpoint" and "initial mean (checkpoint)" in final["model_source"]
