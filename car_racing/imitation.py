@@ -20,6 +20,7 @@ All episodes run through :func:`car_racing.rollout.run_episodes` (the one real-e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -79,6 +80,18 @@ class LinearFit:
         gram, cross = self.gram / self.count, self.cross / self.count
         mse = (w * (gram @ w)).sum(0) - 2 * (w * cross).sum(0) + self.target_sq / self.count
         return mse.clamp_min(0).numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated sums (to save and continue with :meth:`from_state_dict`)."""
+        return {"gram": self.gram.clone(), "cross": self.cross.clone(), "target_sq": self.target_sq.clone(),
+                "count": self.count}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "LinearFit":
+        fit = cls(state["gram"].shape[0] - 1, state["cross"].shape[1])
+        fit.gram, fit.cross = state["gram"].double().clone(), state["cross"].double().clone()
+        fit.target_sq, fit.count = state["target_sq"].double().clone(), int(state["count"])
+        return fit
 
     def r2(self, weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
         """Coefficient of determination per output (A,) on the accumulated samples."""
@@ -158,17 +171,23 @@ class DaggerRound:
 def run_dagger(checkpoint_dir: str | os.PathLike, num_params: int, rounds: int, episodes: int,
                seeds: Callable[[int], Sequence[int]], *, ridge: float, eps: float = 0.02,
                expert_noise: float = 1.0, max_steps: int = 1000, smoothing: float = 0.0, workers: int = 1,
-               on_round: Callable[[DaggerRound], None] | None = None) -> list[DaggerRound]:
+               resume: dict[str, Any] | None = None,
+               on_round: Callable[[DaggerRound, dict[str, Any]], None] | None = None) -> list[DaggerRound]:
     """Round 0 (the noisy expert drives) plus ``rounds`` rounds where C drives, each of ``episodes``
     real episodes on ``seeds(round)``; C is refitted on the aggregate after every round.
 
-    Returns one :class:`DaggerRound` per round (``[-1].params`` is the final C); ``on_round`` is called
-    after each (progress, checkpoints).
+    Returns one :class:`DaggerRound` per round (``[-1].params`` is the final C). After each round
+    ``on_round(record, state)`` is called; ``state`` (the aggregate's sums and the rounds so far) passed
+    back as ``resume`` continues the run after its last round (also with a larger ``rounds``).
     """
     fit: LinearFit | None = None
     params = np.zeros(num_params)
     history: list[DaggerRound] = []
-    for index in range(rounds + 1):
+    if resume is not None:
+        fit = LinearFit.from_state_dict(resume["fit"])
+        history = [DaggerRound(**record) for record in resume["rounds"]]
+        params = np.asarray(history[-1].params, dtype=np.float64)
+    for index in range(len(history), rounds + 1):
         round_seeds = [int(s) for s in seeds(index)][:episodes]
         noise = expert_noise if index == 0 else None
         make_driver = functools.partial(make_dagger_driver, str(checkpoint_dir), params, noise, "cpu")
@@ -186,5 +205,5 @@ def run_dagger(checkpoint_dir: str | os.PathLike, num_params: int, rounds: int, 
                              fit.r2(weight, bias).tolist(), params)
         history.append(record)
         if on_round is not None:
-            on_round(record)
+            on_round(record, {"fit": fit.state_dict(), "rounds": [dataclasses.asdict(r) for r in history]})
     return history

@@ -74,6 +74,7 @@ from car_racing.runtime import atomic_path, build_model, load_checkpoint, plot_c
 
 PLOT_FILE = "control_model_cmaes.png"
 DAGGER_PLOT_FILE = "control_model_dagger.png"
+DAGGER_STATE_FILE = "control_model_dagger.pth"  # the DAgger aggregate, saved every round (--resume continues it)
 PLOT_EVERY = 10  # the PNG is also rewritten at every real-env check and at the end
 REAL_TRAIN_SEED_OFFSET = 10_000  # real-mode training seeds start this far above --eval-seed-base
 REAL_TRAIN_SEED_RANGE = 1_000_000
@@ -311,38 +312,63 @@ def real_score(checkpoint_dir: Path, params: np.ndarray, args: Args) -> tuple[fl
     return float(totals.mean()), float(totals.std())
 
 
-def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Args) -> tuple[np.ndarray, dict]:
-    """C fitted by DAgger (:func:`car_racing.imitation.run_dagger`); returns (flat params, summary)."""
+DAGGER_SETTINGS = ("dagger_episodes", "dagger_noise", "bc_ridge", "bc_eps", "eval_seed_base", "eval_max_steps",
+                   "smoothing")  # a continued DAgger run must keep these
+
+
+def load_dagger_state(checkpoint_dir: Path, args: Args, models_used: dict) -> dict | None:
+    """The saved DAgger run to continue (``--resume --init dagger``), or None when there is none."""
+    path = checkpoint_dir / DAGGER_STATE_FILE
+    if not (args.resume and args.init == "dagger" and path.is_file()):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UsageError(f"{path}: not a readable DAgger state ({type(err).__name__}); delete it to start over") from None
+    if state.get("models") != models_used:
+        raise UsageError(f"{path}: the DAgger run used other V/M checkpoints; delete it or drop --resume")
+    for key in DAGGER_SETTINGS:
+        if state["config"].get(key) != getattr(args, key):
+            raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)}: the saved DAgger run used "
+                             f"{state['config'].get(key)}; pass the same value or drop --resume")
+    return state
+
+
+def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Args, models_used: dict,
+                      resume: dict | None = None) -> tuple[np.ndarray, dict]:
+    """C fitted by DAgger (:func:`car_racing.imitation.run_dagger`); returns (flat params, summary).
+
+    The aggregate and the rounds are saved atomically to CHECKPOINT_DIR/control_model_dagger.pth after
+    every round (``resume`` continues from it), with a plot of each round's returns."""
     def seeds(round_index: int) -> list[int]:
         first = args.eval_seed_base + DAGGER_SEED_OFFSET + 1000 * round_index
         return list(range(first, first + args.dagger_episodes))
 
-    def report(record) -> None:
+    def report(record, state: dict) -> None:
         returns = np.asarray(record.returns)
         print(f"DAgger round {record.round} ({record.driver} drove): return {returns.mean():.1f} ± {returns.std():.1f} "
               f"(min {returns.min():.1f}) over {len(returns)} episodes; refit on {record.samples} pairs, "
               f"pre-squash R² steer/gas/brake {' / '.join(f'{r:.2f}' for r in record.target_r2)}", flush=True)
-
-    rounds: list = []
-
-    def report_and_plot(record) -> None:
-        report(record)
-        rounds.append(record)
-        x = [r.round for r in rounds]
-        plot_curves({"mean return of the round's episodes": [float(np.mean(r.returns)) for r in rounds],
-                     "min return": [float(np.min(r.returns)) for r in rounds]},
+        save_run_checkpoint({**state, "config": {key: getattr(args, key) for key in DAGGER_SETTINGS},
+                             "models": models_used, "seconds": seconds + time.time() - started},
+                            checkpoint_dir / DAGGER_STATE_FILE)
+        rounds = state["rounds"]
+        x = {name: [r["round"] for r in rounds] for name in ("mean return of the round's episodes", "min return")}
+        plot_curves({"mean return of the round's episodes": [float(np.mean(r["returns"])) for r in rounds],
+                     "min return": [float(np.min(r["returns"])) for r in rounds]},
                     checkpoint_dir / DAGGER_PLOT_FILE, title="DAgger (round 0: noisy autopilot; then C drives)",
-                    xlabel="round", ylabel="real-env return", x={"mean return of the round's episodes": x,
-                                                                  "min return": x})
+                    xlabel="round", ylabel="real-env return", x=x)
 
-    started = time.time()
+    started, seconds = time.time(), float(resume.get("seconds", 0.0)) if resume else 0.0
+    if resume is not None:
+        print(f"continuing the DAgger run in {checkpoint_dir / DAGGER_STATE_FILE} after round {len(resume['rounds']) - 1}")
     history = run_dagger(checkpoint_dir, num_params, args.dagger_rounds, args.dagger_episodes, seeds,
                          ridge=args.bc_ridge, eps=args.bc_eps, expert_noise=args.dagger_noise,
                          max_steps=args.eval_max_steps, smoothing=args.smoothing, workers=args.workers,
-                         on_round=report_and_plot)
+                         resume=resume, on_round=report)
     summary = {"method": "dagger", "ridge": args.bc_ridge, "eps": args.bc_eps, "noise": args.dagger_noise,
                "samples": history[-1].samples, "target_r2": history[-1].target_r2,
-               "seconds": time.time() - started,
+               "seconds": seconds + time.time() - started,
                "rounds": [{"round": r.round, "driver": r.driver, "seeds": r.seeds, "returns": r.returns,
                            "samples": r.samples, "target_r2": r.target_r2} for r in history]}
     return history[-1].params, summary
@@ -386,7 +412,10 @@ def main(args: Args) -> dict:
     num_params = num_controller_params(*sizes)
 
     state: dict | None = None
-    if args.resume:
+    dagger_state = load_dagger_state(checkpoint_dir, args, models_used)
+    continue_dagger = dagger_state is not None and (len(dagger_state["rounds"]) < args.dagger_rounds + 1
+                                                    or not out_path.is_file())  # (stopped before generation 0)
+    if args.resume and not continue_dagger:
         state = load_checkpoint(out_path, "controller")
         if "es_state" not in state:
             raise UsageError(f"{out_path}: holds no CMA-ES state to resume; drop --resume to start a new run")
@@ -431,7 +460,8 @@ def main(args: Args) -> dict:
         pool = pool.to(device)
 
     if args.init == "dagger" and state is None:
-        x0, bc_info = dagger_warm_start(checkpoint_dir, num_params, args)
+        x0, bc_info = dagger_warm_start(checkpoint_dir, num_params, args, models_used,
+                                        dagger_state if continue_dagger else None)
     if args.init == "checkpoint" and state is None:
         source = Path(args.init_from) if args.init_from else out_path
         start = load_checkpoint(source, "controller")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from car_racing.autopilot import AutopilotDriver
+from car_racing.cli import UsageError
 from car_racing.envs import make_env
 from car_racing.imitation import make_dagger_driver, run_dagger
 from car_racing.models.ffn import num_controller_params
@@ -43,7 +45,7 @@ def test_run_dagger_aggregates_every_round(tmp_path):
     write_tiny_checkpoints(tmp_path, controller=False)
     seen = []
     history = run_dagger(tmp_path, NUM_PARAMS, rounds=2, episodes=2, seeds=lambda r: [100 * r, 100 * r + 1],
-                         ridge=1.0, max_steps=15, workers=1, on_round=seen.append)
+                         ridge=1.0, max_steps=15, workers=1, on_round=lambda record, state: seen.append(record))
     assert [r.driver for r in history] == ["expert", "controller", "controller"]
     assert [r.samples for r in history] == [30, 60, 90]
     assert [r.seeds for r in history] == [[0, 1], [100, 101], [200, 201]]
@@ -79,3 +81,31 @@ def test_init_from_a_controller_checkpoint(tmp_path, tiny_data_dir):
     expected = torch.cat([start["model_state"]["fc.weight"].reshape(-1), start["model_state"]["fc.bias"]])
     np.testing.assert_allclose(final["best_params"], expected.double().numpy(), rtol=1e-6)
     assert final["bc"]["method"] == "checkpoint" and "initial mean (checkpoint)" in final["model_source"]
+
+
+def test_dagger_continues_from_its_saved_state_exactly(tmp_path):
+    write_tiny_checkpoints(tmp_path, controller=False)
+    kwargs = dict(seeds=lambda r: [50 + r], ridge=1.0, max_steps=12, workers=1)
+    states = []
+    straight = run_dagger(tmp_path, NUM_PARAMS, rounds=2, episodes=1, **kwargs)
+    run_dagger(tmp_path, NUM_PARAMS, rounds=1, episodes=1, on_round=lambda record, state: states.append(state), **kwargs)
+    continued = run_dagger(tmp_path, NUM_PARAMS, rounds=2, episodes=1, resume=states[-1], **kwargs)
+    assert [r.round for r in continued] == [0, 1, 2] and continued[-1].samples == straight[-1].samples == 36
+    np.testing.assert_allclose(continued[-1].params, straight[-1].params, rtol=1e-9, atol=1e-12)
+
+
+def test_train_controller_resume_extends_a_dagger_run(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path, controller=False)
+    args = Args(init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
+                eval_max_steps=10, workers=1, checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
+                progress=False)
+    main(args)
+    assert (tmp_path / "control_model_dagger.pth").is_file()
+    args.resume, args.dagger_rounds = True, 2
+    final = main(args)
+    assert [r["round"] for r in final["bc"]["rounds"]] == [0, 1, 2]
+    assert [r["samples"] for r in final["bc"]["rounds"]] == [10, 20, 30]
+    args.bc_ridge = 5.0  # a different fit cannot continue the saved aggregate
+    args.dagger_rounds = 3
+    with pytest.raises(UsageError, match="--bc-ridge 5.0"):
+        main(args)
