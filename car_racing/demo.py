@@ -53,11 +53,11 @@ PRESET: dict[str, Any] = {
     # for M and C: their small batches gain little from a second one, and lose many times over when
     # another process shares the 2 cores.
     "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "threads": 1},
-    # C by DAgger: the noisy autopilot drives round 0, then C drives 3 rounds while the clean autopilot
+    # C by DAgger: the noisy autopilot drives round 0, then C drives 6 rounds while the clean autopilot
     # labels its states (4 real episodes per round), C refitted on all of it after each round. Then two
     # narrow CMA-ES generations in M's dream, real-checked (best candidate and CMA mean, 2 episodes each)
     # against the DAgger fit's own check at generation 0: the checkpoint keeps whichever drove best.
-    "controller": {"init": "dagger", "dagger_rounds": 3, "dagger_episodes": 4, "bc_ridge": 1.0,
+    "controller": {"init": "dagger", "dagger_rounds": 6, "dagger_episodes": 4, "bc_ridge": 1.0,
                    "sigma0": 0.002, "mode": "dream", "population": 16, "generations": 2, "dream_trials": 16,
                    "rollout_steps": 50, "start_states": 4096, "eval_every": 2, "eval_episodes": 2,
                    "eval_max_steps": 1000, "workers": None,  # None = CPUs
@@ -216,7 +216,7 @@ STAGES: list[Stage] = [
     Stage("record autopilot driving (stage 1)", "record", record),
     Stage("train the vision model V (stage 2)", "vision", vision),
     Stage("train the memory model M (stage 3)", "memory", memory),
-    Stage("evolve the controller C in the dream (stage 4)", "controller", controller),
+    Stage("train the controller C: DAgger, then CMA-ES in the dream (stage 4)", "controller", controller),
     Stage("the agent drives: simulator (stage 5)", "simulator", simulator),
     Stage("V reconstructions PNG", "vision_png", vision_png),
     Stage("V video", "vision_video", vision_video),
