@@ -40,7 +40,7 @@ from car_racing.agent import iter_agent_episodes, make_agent_driver
 from car_racing.cli import UsageError, run_main
 from car_racing.rollout import EpisodeResult, default_workers
 from car_racing.runtime import checkpoint_paths, load_checkpoint, resolve_device, seed_everything
-from car_racing.video import VideoWriter, label, side_by_side, upscale, write_image
+from car_racing.video import VideoWriter, check_strip_args, label, side_by_side, upscale, write_image
 
 VIDEO_FPS = 50  # CarRacing's simulation rate: the video plays in real time
 STRIP_GAP = 4  # white pixel columns between the film strip's frames
@@ -120,12 +120,7 @@ def main(args: Args) -> float:
         raise UsageError(f"--video-scale {args.video_scale}: expected at least 1")
     if args.video is not None and Path(args.video).suffix.lower() != ".mp4":
         raise UsageError(f"--video {args.video}: expected a path ending in .mp4")
-    if args.strip is not None and Path(args.strip).suffix.lower() != ".png":
-        raise UsageError(f"--strip {args.strip}: expected a path ending in .png")
-    if args.strip_frames < 1:
-        raise UsageError(f"--strip-frames {args.strip_frames}: expected at least 1")
-    if args.strip_scale < 1:
-        raise UsageError(f"--strip-scale {args.strip_scale}: expected at least 1")
+    check_strip_args(args.strip, args.strip_frames, args.strip_scale)
     device = resolve_device(args.device)
     # All three checkpoints are loaded and checked before any env work (one-line error naming the file).
     make_agent_driver(args.checkpoint_dir, device=device)

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from car_racing.cli import UsageError
 from car_racing.runtime import atomic_path
 
 DEFAULT_CODEC = "mp4v"
@@ -149,3 +150,13 @@ def video_info(path: str | os.PathLike) -> tuple[int, int, int, float]:
     finally:
         capture.release()
     return count, width, height, fps
+
+
+def check_strip_args(strip: str | os.PathLike | None, frames: int, scale: int) -> None:
+    """One-line :class:`car_racing.cli.UsageError` for a bad ``--strip`` / ``--strip-frames`` / ``--strip-scale``."""
+    if strip is not None and Path(strip).suffix.lower() != ".png":
+        raise UsageError(f"--strip {strip}: expected a path ending in .png")
+    if frames < 1:
+        raise UsageError(f"--strip-frames {frames}: expected at least 1")
+    if scale < 1:
+        raise UsageError(f"--strip-scale {scale}: expected at least 1")

@@ -35,7 +35,7 @@ from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import frames_to_tensor
 from car_racing.recorded_data import load_recorded
 from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
-from car_racing.video import label, side_by_side, upscale, write_image, write_video
+from car_racing.video import check_strip_args, label, side_by_side, upscale, write_image, write_video
 
 RESYNC_MARK_FRAMES = 6  # how many frames the re-sync marker stays visible
 STRIP_GAP = 4  # white pixels between the film strip's frames and rows
@@ -186,12 +186,7 @@ def main(args: Args) -> dict:
         raise UsageError(f"--temperature {args.temperature}: expected a number >= 0")
     if args.scale < 1 or args.fps < 1 or args.max_steps < 0:
         raise UsageError("--scale and --fps must be positive and --max-steps >= 0")
-    if args.strip is not None and Path(args.strip).suffix.lower() != ".png":
-        raise UsageError(f"--strip {args.strip}: expected a path ending in .png")
-    if args.strip_frames < 1:
-        raise UsageError(f"--strip-frames {args.strip_frames}: expected at least 1")
-    if args.strip_scale < 1:
-        raise UsageError(f"--strip-scale {args.strip_scale}: expected at least 1")
+    check_strip_args(args.strip, args.strip_frames, args.strip_scale)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     checkpoint_dir = Path(args.checkpoint_dir)

@@ -39,3 +39,15 @@ def tiny_data_dir(tmp_path):
     data_dir = tmp_path / "data"
     write_synthetic_recording(data_dir)
     return data_dir
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and do not fight other tests' threads for the 2 cores).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

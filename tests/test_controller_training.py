@@ -27,13 +27,7 @@ TINY_VAE = dict(latent_size=LATENT, encoder_channels=(4, 4, 4, 8), dense_size=32
 TINY_MDN = dict(latent_size=LATENT, action_size=3, hidden_size=HIDDEN, num_mixtures=2)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (and do not fight the other tests' threads for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_memory(seed: int = 0, done_bias: float = -1.0, done_gain: float = 4.0) -> MDNRNN:

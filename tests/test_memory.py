@@ -16,13 +16,7 @@ from car_racing.models.vae import VAE
 from car_racing.recorded_data import RecordedData
 from car_racing.runtime import load_checkpoint, save_checkpoint
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (the shared CI/dev machines have 2 busy cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY_VAE_ARGS = {"latent_size": 8, "encoder_channels": (4, 8, 8, 16), "dense_size": 64, "decoder_channels": (8, 8, 4)}

@@ -21,12 +21,7 @@ GAP = 4  # white pixels between the strip's frames (and rows)
 UNLABELLED = slice(-40, None)  # the bottom rows of a panel: below the step/return label
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def read_rgb(path) -> np.ndarray:
