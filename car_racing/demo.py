@@ -39,7 +39,7 @@ from car_racing.cli import UsageError, run_main
 from car_racing.rollout import default_workers
 
 # Quick settings for every stage, in one place: each section holds keyword arguments of that stage
-# script's Args (paths and the seed are filled in by the demo). About 10 minutes on 2 CPU cores; a driver
+# script's Args (paths and the seed are filled in by the demo). About 5 minutes on 2 CPU cores; a driver
 # that keeps to the road for a while, not a good one (see the README for the full training run).
 PRESET: dict[str, Any] = {
     "seed": 0,
