@@ -25,9 +25,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
-from car_racing.cli import UsageError, run_main
+from car_racing.cli import run_main
 from car_racing.latent_cache import file_sha256
 from car_racing.runtime import CHECKPOINT_FILES, checkpoint_paths, load_checkpoint, load_model, save_checkpoint
 

@@ -70,7 +70,7 @@ from car_racing.models.ffn import Controller, flat_to_population, num_controller
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
 from car_racing.rollout import default_workers, run_episode
-from car_racing.runtime import atomic_path, build_model, load_checkpoint, plot_curves, resolve_device, seed_everything
+from car_racing.runtime import atomic_path, build_model, load_checkpoint, load_model, plot_curves, resolve_device, seed_everything
 
 PLOT_FILE = "control_model_cmaes.png"
 DAGGER_PLOT_FILE = "control_model_dagger.png"
@@ -369,8 +369,7 @@ def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Args, models_
     summary = {"method": "dagger", "ridge": args.bc_ridge, "eps": args.bc_eps, "noise": args.dagger_noise,
                "samples": history[-1].samples, "target_r2": history[-1].target_r2,
                "seconds": seconds + time.time() - started,
-               "rounds": [{"round": r.round, "driver": r.driver, "seeds": r.seeds, "returns": r.returns,
-                           "samples": r.samples, "target_r2": r.target_r2} for r in history]}
+               "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "params"} for r in history]}
     return history[-1].params, summary
 
 
@@ -451,10 +450,8 @@ def main(args: Args) -> dict:
         if fit is not None:
             weight, bias = fit.solve(args.bc_ridge)
             x0 = linear_to_flat(weight, bias)
-            residual = fit.residual_mse(weight, bias)
-            variance = (fit.target_sq / fit.count - (fit.cross[-1] / fit.count) ** 2).numpy()
             bc_info = {"samples": fit.count, "ridge": args.bc_ridge, "eps": args.bc_eps,
-                       "target_mse": residual.tolist(), "target_r2": (1 - residual / np.maximum(variance, 1e-12)).tolist()}
+                       "target_mse": fit.residual_mse(weight, bias).tolist(), "target_r2": fit.r2(weight, bias).tolist()}
             print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
                   f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in bc_info['target_r2'])}")
         pool = pool.to(device)
@@ -464,10 +461,10 @@ def main(args: Args) -> dict:
                                         dagger_state if continue_dagger else None)
     if args.init == "checkpoint" and state is None:
         source = Path(args.init_from) if args.init_from else out_path
-        start = load_checkpoint(source, "controller")
+        start_controller, start = load_model(source, "controller")
         if start["model_args"] != model_args:
             raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {model_args}")
-        x0 = build_model(Controller, start, source).get_flat_params()
+        x0 = start_controller.get_flat_params()
         bc_info = {"method": "checkpoint", "from": str(source), "source_model": start.get("model_source"),
                    "source_real_score": start.get("best_real_score"), "source_warm_start": start.get("bc")}
         print(f"--init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")

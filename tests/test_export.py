@@ -10,7 +10,7 @@ from car_racing.agent import evaluate_agent, load_agent_models
 from car_racing.cli import UsageError
 from car_racing.export_checkpoints import Args, main
 from car_racing.latent_cache import file_sha256
-from car_racing.runtime import checkpoint_paths, load_checkpoint, save_checkpoint
+from car_racing.runtime import load_checkpoint, save_checkpoint
 from tests.test_agent_simulator import write_tiny_checkpoints
 
 
