@@ -139,7 +139,8 @@ def make_agent_driver(checkpoint_dir: str | os.PathLike, controller_params: np.n
 def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
                         controller_params: np.ndarray | None = None, max_steps: int = 1000, workers: int = 1,
                         smoothing: float = 0.0, device: str | torch.device = "cpu", capture_raw: bool = False,
-                        env_kwargs: dict[str, Any] | None = None) -> Iterator[EpisodeResult]:
+                        record_frames: bool = False, env_kwargs: dict[str, Any] | None = None
+                        ) -> Iterator[EpisodeResult]:
     """Like :func:`evaluate_agent`, but yields each result (in seed order) as soon as it is ready.
 
     The checkpoints are loaded and checked before the first env or worker starts (one UsageError if a
@@ -149,7 +150,7 @@ def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int],
     """
     seeds = list(seeds)
     agent = make_agent_driver(checkpoint_dir, controller_params, device)
-    options = dict(smoothing=smoothing, capture_raw=capture_raw)
+    options = dict(smoothing=smoothing, capture_raw=capture_raw, record_frames=record_frames)
     if max(1, min(workers, len(seeds))) > 1:
         del agent
         make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), controller_params, str(device))
@@ -167,7 +168,7 @@ def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int],
 def evaluate_agent(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
                    controller_params: np.ndarray | None = None, max_steps: int = 1000, workers: int = 1,
                    smoothing: float = 0.0, device: str | torch.device = "cpu", capture_raw: bool = False,
-                   env_kwargs: dict[str, Any] | None = None) -> list[EpisodeResult]:
+                   record_frames: bool = False, env_kwargs: dict[str, Any] | None = None) -> list[EpisodeResult]:
     """One real episode per seed with the agent (V + M + C from ``checkpoint_dir``, or C from
     ``controller_params``), results in seed order; ``smoothing`` as in :func:`car_racing.rollout.smooth_action`.
 
@@ -176,4 +177,51 @@ def evaluate_agent(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
     """
     return list(iter_agent_episodes(checkpoint_dir, seeds, controller_params=controller_params,
                                     max_steps=max_steps, workers=workers, smoothing=smoothing, device=device,
-                                    capture_raw=capture_raw, env_kwargs=env_kwargs))
+                                    capture_raw=capture_raw, record_frames=record_frames, env_kwargs=env_kwargs))
+
+
+class ExploringAgent:
+    """The agent with exploration noise, for recording C's own episodes (the dream loop's data).
+
+    Each episode draws a noise level ``σ ~ U(0, noise)`` from its seed; an Ornstein–Uhlenbeck process
+    (θ = 0.15 per step, stationary std σ) is added to steer and half of it to gas, and the result is
+    clipped to the action box. M steps with the action the env received (:meth:`applied`), so C's memory
+    sees what happened. With ``noise = 0`` it is the plain agent.
+    """
+
+    THETA = 0.15
+
+    def __init__(self, agent: Agent, noise: float):
+        self.agent, self.noise = agent, float(noise)
+        self.episode_info: dict[str, float] = {}
+        self._rng = np.random.default_rng(0)
+        self._ou = np.zeros(2)
+        self._sigma = 0.0
+
+    def reset(self, env: Any, seed: int) -> None:
+        self.agent.reset(env, seed)
+        self._rng = np.random.default_rng([int(seed), 7])
+        self._sigma = float(self._rng.uniform(0.0, self.noise)) if self.noise > 0 else 0.0
+        self._ou = np.zeros(2)
+        self.episode_info = {"agent_noise_sigma": self._sigma}
+
+    def act(self, observation: np.ndarray, env: Any = None, step: int = 0, episode_reward: float = 0.0
+            ) -> np.ndarray:
+        action = self.agent.act(observation, env, step, episode_reward).astype(np.float32)
+        if self._sigma > 0:
+            scale = self._sigma * np.sqrt(2 * self.THETA - self.THETA ** 2)  # stationary std = σ
+            self._ou = (1 - self.THETA) * self._ou + scale * self._rng.standard_normal(2)
+            action = action.copy()
+            action[0] += self._ou[0]
+            action[1] += 0.5 * self._ou[1]
+            action = np.clip(action, [-1.0, 0.0, 0.0], [1.0, 1.0, 1.0]).astype(np.float32)
+        return action
+
+    def applied(self, action: np.ndarray) -> None:
+        self.agent.applied(action)
+
+
+def make_exploring_agent(checkpoint_dir: str | os.PathLike, noise: float) -> ExploringAgent:
+    """An :class:`ExploringAgent` from the checkpoints in ``checkpoint_dir`` (picklable via ``functools.partial``)."""
+    torch.set_num_threads(1)
+    return ExploringAgent(make_agent_driver(checkpoint_dir, None, "cpu"), noise)

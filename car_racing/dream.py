@@ -35,6 +35,11 @@ Dream semantics (both paths):
 - the next z is sampled from M's mixture at ``temperature`` τ: per latent dimension a component is
   drawn from ``softmax(logit_pi / τ)`` (inverse CDF of a uniform) and ``z = μ_k + σ_k·√τ·ε``, the same
   convention as :meth:`MDNRNN.sample_next_z`;
+- ``dropout`` p > 0 (Dropout's Dream Land): each dream draws one mask over M's hidden units (kept with
+  probability 1 − p, scaled by 1/(1 − p)) and keeps it for the whole dream, applied to h before M's heads
+  (the z, reward and done predictions), as :func:`car_racing.train_memory` trains M with
+  ``--dropout``; C still sees the unmasked h, as in the real env. Masks are drawn per trial and shared
+  by the candidates (common random numbers), after the z noise, so p = 0 leaves the noise unchanged;
 - fitness = sum over steps of M's predicted reward ``r_t`` (in real reward units: the prediction is
   multiplied by ``reward_scale``, the memory checkpoint's convention), ended by M's done head: a
   trial is done after the first step with ``sigmoid(done_logit) > 0.5`` (deterministic threshold, not
@@ -51,6 +56,7 @@ import numpy as np
 import torch
 
 from car_racing.models.ffn import population_actions, squash_actions
+from car_racing.models.mdn_rnn import head_dropout_mask
 
 DONE_THRESHOLD = 0.5
 
@@ -163,21 +169,27 @@ class DreamNoise:
     """The random numbers of one dream batch, shared by every candidate (common random numbers).
 
     ``mixture`` (steps, N, L) uniforms choosing each latent dimension's mixture component;
-    ``gaussian`` (steps, N, L) standard normals for the chosen component.
+    ``gaussian`` (steps, N, L) standard normals for the chosen component;
+    ``head_mask`` (N, H) or None: the dropout mask of each dream on h before M's heads (0 or 1/(1 − p)),
+    fixed for the whole dream.
     """
 
     mixture: torch.Tensor
     gaussian: torch.Tensor
+    head_mask: torch.Tensor | None = None
 
     @classmethod
-    def draw(cls, steps: int, trials: int, latent_size: int, generator: torch.Generator | None) -> "DreamNoise":
+    def draw(cls, steps: int, trials: int, latent_size: int, generator: torch.Generator | None,
+             dropout: float = 0.0, hidden_size: int = 0) -> "DreamNoise":
         """Draw on the CPU from ``generator`` (results do not depend on the device the dream runs on)."""
         mixture = torch.rand((steps, trials, latent_size), generator=generator)
         gaussian = torch.randn((steps, trials, latent_size), generator=generator)
-        return cls(mixture, gaussian)
+        return cls(mixture, gaussian, head_dropout_mask(trials, hidden_size, dropout, generator))
 
     def to(self, device: torch.device | str) -> "DreamNoise":
-        return DreamNoise(self.mixture.to(device), self.gaussian.to(device))
+        mask = None if self.head_mask is None else self.head_mask.to(device)
+        return DreamNoise(self.mixture.to(device), self.gaussian.to(device), mask)
+
 
 
 def sample_with_noise(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, temperature: float,
@@ -211,10 +223,11 @@ def _rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: 
     state = (start_state[0].repeat(population, 1), start_state[1].repeat(population, 1))
     fitness = torch.zeros(rows, device=start_z.device)
     alive = torch.ones(rows, dtype=torch.bool, device=start_z.device)
+    head_mask = None if noise.head_mask is None else noise.head_mask.repeat(population, 1)
     for t in range(noise.mixture.shape[0]):
         actions = population_actions(weights, biases, z.view(population, trials, latent),
                                      state[0].view(population, trials, hidden))
-        out, state = mdnrnn.step(z, actions.reshape(rows, -1), state)
+        out, state = mdnrnn.step(z, actions.reshape(rows, -1), state, head_mask=head_mask)
         fitness += torch.where(alive, out.reward * reward_scale, torch.zeros_like(fitness))
         alive &= torch.sigmoid(out.done_logit) <= DONE_THRESHOLD
         if t + 1 == noise.mixture.shape[0] or not bool(alive.any()):
@@ -288,10 +301,14 @@ class FusedDreamWeights:
             return x @ self.lstm.t()
         return (x.to(self.dtype) @ self.lstm.t()).float()
 
-    def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reward (R,), done_logit (R,), mixture (R, 3, K, L)) float32 from the dream state ``x``."""
+    def head_outputs(self, x: torch.Tensor, head_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reward (R,), done_logit (R,), mixture (R, 3, K, L)) float32 from the dream state ``x``; with
+        ``head_mask`` (R, H) the heads read ``h · mask`` (dropout fixed per dream)."""
         L, H, K = self.latent, self.hidden, self.mixtures
         h1 = x[:, L:L + H + 2]  # [h, 1, 1]
+        if head_mask is not None:
+            h1 = torch.cat([h1[:, :H] * head_mask, h1[:, H:]], dim=1)
         if self.dtype == torch.float32:
             out = h1 @ self.heads.t()
             reward_done, mixture = out[:, :2], out[:, 2:]
@@ -333,6 +350,7 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
     # (P, A, L+H+1) on [z, h, 1]: bmm(controller, x^T) is ~7× faster than bmm(x, W) with A = 3 columns
     controller = torch.cat([weights, biases.unsqueeze(1)], dim=1).float().transpose(1, 2).contiguous()
     z_view = x[:, :L].view(population, trials, L)
+    head_mask = None if noise.head_mask is None else noise.head_mask.repeat(population, 1)
     gaussian = noise.gaussian * temperature ** 0.5 if temperature > 0 else None
     fitness = torch.zeros(rows, device=device)
     alive = torch.ones(rows, dtype=torch.bool, device=device)
@@ -346,7 +364,7 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
         c.mul_(f).addcmul_(i, g2, value=2.0).sub_(i)
         tanh_c = torch.mul(c, 2.0).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c) = 2·sigmoid(2c) − 1
         torch.mul(o, tanh_c, out=x[:, L:L + H])  # h' written into the state
-        reward, done_logit, mixture = fused.head_outputs(x)
+        reward, done_logit, mixture = fused.head_outputs(x, head_mask)
         fitness += torch.where(alive, reward * reward_scale, torch.zeros_like(fitness))
         alive &= torch.sigmoid(done_logit) <= DONE_THRESHOLD
         if t + 1 == steps or not bool(alive.any()):
@@ -371,7 +389,7 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
 def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                   start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
                   generator: torch.Generator | None, *, reward_scale: float = 1.0,
-                  dtype: torch.dtype | str = torch.float32, fused: bool = True) -> torch.Tensor:
+                  dtype: torch.dtype | str = torch.float32, fused: bool = True, dropout: float = 0.0) -> torch.Tensor:
     """Batched dream: fitness (P, N) of P candidates (``weights`` (P, L+H, A), ``biases`` (P, A)) over N trials
     starting at ``start_z`` (N, L), ``start_state`` = (h, c) each (N, H), ``steps`` steps long.
 
@@ -379,9 +397,10 @@ def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, star
     from ``generator`` (:class:`DreamNoise`), so the same generator state gives the same fitness as
     :func:`dream_rollout_per_candidate` (up to float rounding with ``fused``; bfloat16 ``dtype``
     approximates it: see the module docstring). ``fused=False`` runs the reference step on the
-    whole batch (float32 only).
+    whole batch (float32 only). ``dropout`` p: one mask per dream on h before M's heads (module docstring).
     """
-    noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator).to(start_z.device)
+    noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator, dropout,
+                            start_state[0].shape[1]).to(start_z.device)
     if fused:
         return _fused_rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale,
                               dtype)
@@ -393,11 +412,12 @@ def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, star
 def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                                 start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
                                 generator: torch.Generator | None, *, reward_scale: float = 1.0,
-                                batch_trials: bool = True) -> torch.Tensor:
+                                batch_trials: bool = True, dropout: float = 0.0) -> torch.Tensor:
     """Reference: the same dream as :func:`dream_rollout`, one candidate at a time (a Python loop over
     candidates, each stepping its N trials as a batch of N rows; with ``batch_trials=False`` one
     rollout at a time, batch 1). Same random numbers, same fitness (P, N)."""
-    noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator).to(start_z.device)
+    noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator, dropout,
+                            start_state[0].shape[1]).to(start_z.device)
     results = []
     for p in range(weights.shape[0]):
         if batch_trials:
@@ -406,7 +426,8 @@ def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torc
             continue
         row = []
         for n in range(start_z.shape[0]):
-            trial_noise = DreamNoise(noise.mixture[:, n:n + 1], noise.gaussian[:, n:n + 1])
+            trial_noise = DreamNoise(noise.mixture[:, n:n + 1], noise.gaussian[:, n:n + 1],
+                                     None if noise.head_mask is None else noise.head_mask[n:n + 1])
             row.append(_rollout(mdnrnn, weights[p:p + 1], biases[p:p + 1], start_z[n:n + 1],
                                 (start_state[0][n:n + 1], start_state[1][n:n + 1]), trial_noise,
                                 temperature, reward_scale))

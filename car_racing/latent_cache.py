@@ -3,7 +3,9 @@
 The cache ``data_dir/car_racing_latents.npz`` holds μ and log σ² (float32, (N, L)) for all N recorded
 frames, in the order of ``car_racing_recorded_frames.npy``, and a key: the sha256 of V's checkpoint
 file and a fingerprint of the recording (its meta file and frame count). When either changes (V
-retrained, episodes recorded or appended) the cache is rebuilt; it is written atomically, so an
+retrained, episodes recorded or appended) the cache is rebuilt — only the new frames are encoded when
+episodes were appended (same V, the cached episodes still the first ones, as ``--append`` and the dream
+loop's recordings keep them); it is written atomically, so an
 interrupted build never leaves a half file. M's training samples z ~ N(μ, σ²) from it every epoch and
 the controller stages reuse it.
 
@@ -62,18 +64,32 @@ def encode_frames(vae: VAE, frames: np.ndarray, device: torch.device | str, batc
     return mu, logvar
 
 
-def _read_cache(path: Path, key: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached arrays when the file exists, is readable and its key equals ``key``; else None."""
+def _episode_list(data) -> list[list[int]]:
+    """[seed, start, length] of every recorded episode: what an appended recording keeps as its prefix."""
+    return [[int(e["seed"]), int(e["start"]), int(e["length"])] for e in data.episodes]
+
+
+def _read_cache(path: Path, key: dict, episodes: list[list[int]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays when the file exists, is readable and its key equals ``key``; when only the
+    recording grew by appended episodes (same V, the cached episodes a prefix of ``episodes``) the cached
+    prefix (shorter than ``key["num_frames"]``); else None."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if json.loads(str(npz["key"])) != key:
+            cached_key = json.loads(str(npz["key"]))
+            cached_episodes = json.loads(str(npz["episodes"])) if "episodes" in npz.files else None
+            same = cached_key == key
+            prefix = (not same and cached_episodes is not None and 0 < len(cached_episodes) <= len(episodes)
+                      and episodes[:len(cached_episodes)] == cached_episodes
+                      and all(cached_key.get(k) == key[k] for k in ("version", "vision_sha256")))
+            if not (same or prefix):
                 return None
             mu, logvar = npz["mu"], npz["logvar"]
     except Exception:  # unreadable / truncated / old layout: rebuild
         return None
-    if mu.shape != logvar.shape or mu.ndim != 2 or len(mu) != key["num_frames"]:
+    expected = key["num_frames"] if same else cached_key.get("num_frames")
+    if mu.shape != logvar.shape or mu.ndim != 2 or len(mu) != expected:
         return None
     return mu.astype(np.float32, copy=False), logvar.astype(np.float32, copy=False)
 
@@ -94,14 +110,19 @@ def load_or_build_latents(data_dir: str | os.PathLike, vision_checkpoint_path: s
     key = {"version": CACHE_VERSION, "vision_sha256": file_sha256(vision_checkpoint_path),
            "data_fingerprint": data_fingerprint(data_dir, len(data)), "num_frames": len(data)}
     cache_path = data_dir / LATENTS_FILE
-    cached = _read_cache(cache_path, key)
-    if cached is not None:
+    episodes = _episode_list(data)
+    cached = _read_cache(cache_path, key, episodes)
+    if cached is not None and len(cached[0]) == len(data):
         return cached
     vae, _ = load_model(vision_checkpoint_path, "vision", device)
-    mu, logvar = build_latents(vae, data.frames, device, batch_size, progress)
+    done = 0 if cached is None else len(cached[0])
+    mu, logvar = build_latents(vae, data.frames[done:], device, batch_size, progress)
+    if cached is not None:  # appended episodes: only their frames were encoded
+        mu, logvar = np.concatenate([cached[0], mu]), np.concatenate([cached[1], logvar])
     with atomic_path(cache_path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, mu=mu, logvar=logvar, key=np.array(json.dumps(key)))
+            np.savez(handle, mu=mu, logvar=logvar, key=np.array(json.dumps(key)),
+                     episodes=np.array(json.dumps(episodes)))
     return mu, logvar
 
 

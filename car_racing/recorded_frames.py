@@ -46,17 +46,18 @@ from car_racing.recorded_data import (DEFAULT_SEQ_LEN, FRAME_SHAPE, EpisodeStore
 from car_racing.rollout import EpisodeResult, default_workers, run_episodes
 from car_racing.runtime import seed_everything
 
-DRIVERS = ("human", "autopilot", "random")
+DRIVERS = ("human", "autopilot", "random", "agent")
 
 
 @dataclass
 class Args:
     """Record CarRacing-v3 episodes (64×64 frames, actions, rewards, dones) into --data-dir."""
 
-    driver: Literal["human", "autopilot", "random"] = "human"
+    driver: Literal["human", "autopilot", "random", "agent"] = "human"
     """who drives: human (arrow keys in a window; Esc or closing it ends the session, keeping what was
     recorded), autopilot (scripted expert reading the track, with per-episode noise), random (smoothly
-    varying random actions)"""
+    varying random actions), agent (the World Models agent in --checkpoint-dir with exploration noise:
+    the dream loop records C's own episodes this way)"""
     episodes: int = 20
     """number of episodes to record"""
     steps: int = 500
@@ -71,8 +72,11 @@ class Args:
     append: bool = False
     """add the new episodes after the existing data instead of replacing it"""
     noise: float = 1.0
-    """autopilot only: maximum noise level; each episode draws its steering-noise and random-burst
-    levels up to it (0 = clean, deterministic expert)"""
+    """autopilot: maximum noise level; each episode draws its steering-noise and random-burst levels up to
+    it (0 = clean, deterministic expert). agent: maximum std of the exploration noise on steer (half on gas),
+    drawn per episode"""
+    checkpoint_dir: str = "checkpoints"
+    """agent only: the V, M and C that drive"""
     seq_len: int = DEFAULT_SEQ_LEN
     """steps per memory-model training sequence (windows never cross an episode boundary)"""
 
@@ -92,8 +96,13 @@ def validate_args(args: Args) -> None:
         raise UsageError(f"--noise {args.noise}: expected a number >= 0 (0 = clean autopilot)")
 
 
-def make_headless_driver(name: str, noise: float) -> Callable[[], Any]:
+def make_headless_driver(name: str, noise: float, checkpoint_dir: str = "checkpoints") -> Callable[[], Any]:
     """A picklable factory for a headless driver (sent to the worker processes)."""
+    if name == "agent":
+        from car_racing.agent import load_agent_models, make_exploring_agent
+
+        load_agent_models(checkpoint_dir)  # one-line error for missing or unfit checkpoints, before any worker starts
+        return functools.partial(make_exploring_agent, str(checkpoint_dir), noise)
     if name == "autopilot":
         from car_racing.autopilot import AutopilotDriver
 
@@ -147,7 +156,7 @@ def choose_seeds(args: Args, store: EpisodeStore) -> list[int]:
 def episode_line(number: int, total: int, driver: str, result: EpisodeResult) -> str:
     line = (f"episode {number}/{total}  seed {result.seed}  steps {result.steps}  "
             f"reward {result.total_reward:7.1f}  lap {'finished' if result.lap_finished else 'not finished'}")
-    if driver == "autopilot" and result.info:
+    if driver in ("autopilot", "agent") and result.info:
         line += "  noise " + " ".join(f"{k}={v:.3g}" for k, v in result.info.items())
     if result.ended_by_driver:
         line += "  (ended by the driver)"
@@ -168,7 +177,7 @@ def main(args: Args) -> None:
     workers = 1 if human else (args.workers or default_workers())
     if human and args.workers is not None and args.workers > 1:
         print("note: the human driver runs in this process; --workers is ignored", file=sys.stderr)
-    make_driver: Callable[[], Any] | None = None if human else make_headless_driver(args.driver, args.noise)
+    make_driver: Callable[[], Any] | None = None if human else make_headless_driver(args.driver, args.noise, args.checkpoint_dir)
     # Checks the folder is writable, and with --append validates the existing data (frame size, .npy files).
     store = EpisodeStore(args.data_dir, append=args.append, seq_len=args.seq_len)
     seeds = choose_seeds(args, store)

@@ -100,6 +100,9 @@ class Args:
     """real mode: real episodes per candidate per generation (same tracks for every candidate)"""
     temperature: float = 1.0
     """τ for sampling M's next z in dreams (logits / τ, σ·√τ; 0 = most likely component's mean)"""
+    dream_dropout: float = 0.0
+    """dropout p on M's h before its heads, one mask per dream (Dropout's Dream Land; M trained with
+    train_memory.py --dropout); 0 = off"""
     dream_dtype: Literal["float32", "bfloat16"] = "float32"
     """precision of the dream's two large products (M's LSTM and MDN head); bfloat16 is ~2× faster on CPUs
     with bf16 instructions and on GPUs, and keeps the cell state, rewards, C and sampling in float32
@@ -178,6 +181,8 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--eval-every {args.eval_every}: expected 0 (never) or a positive integer")
     if args.temperature < 0:
         raise UsageError(f"--temperature {args.temperature}: expected τ ≥ 0")
+    if not 0 <= args.dream_dropout < 1:
+        raise UsageError(f"--dream-dropout {args.dream_dropout}: expected 0 <= p < 1")
     if args.bc_ridge < 0 or not 0 < args.bc_eps < 0.5:
         raise UsageError(f"--bc-ridge {args.bc_ridge} / --bc-eps {args.bc_eps}: expected ridge ≥ 0 and 0 < ε < 0.5")
     if not 0 <= args.smoothing < 1:
@@ -387,18 +392,42 @@ def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
     plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
 
 
-def main(args: Args) -> dict:
-    check_args(args)
+# --- setup: the models this run trains against -------------------------------------------------------
+
+@dataclass
+class Setup:
+    """What every part of a run shares: V/M files, M itself, sizes, and (lazily) the dream start pool."""
+
+    args: Args
+    device: torch.device
+    checkpoint_dir: Path
+    paths: dict[str, Path]
+    mdnrnn: MDNRNN
+    reward_scale: float
+    models_used: dict
+    sizes: tuple[int, int, int]
+    pool: Any = None  # StartStates on ``device`` once loaded (dream fitness, --init bc)
+
+    @property
+    def model_args(self) -> dict:
+        return dict(zip(("latent_size", "hidden_size", "action_size"), self.sizes))
+
+    @property
+    def num_params(self) -> int:
+        return num_controller_params(*self.sizes)
+
+    @property
+    def out_path(self) -> Path:
+        return self.paths["controller"]
+
+
+def load_setup(args: Args) -> Setup:
+    """Load M (and check V beside it) from ``--checkpoint-dir``; one-line errors for missing or unfit files."""
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
     checkpoint_dir = Path(args.checkpoint_dir)
     paths = checkpoint_paths(checkpoint_dir)
-    out_path, plot_path = paths["controller"], checkpoint_dir / PLOT_FILE
-
     memory_checkpoint = load_checkpoint(paths["memory"], "memory")
-    mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).to(device).eval()
+    mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).float().to(device).eval()
     reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
     load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
     models_used = {kind: {"path": str(paths[kind]), "sha256": file_sha256(paths[kind])} for kind in ("vision", "memory")}
@@ -407,68 +436,172 @@ def main(args: Args) -> dict:
         raise UsageError(f"{paths['memory']}: M was trained on a different V than {paths['vision']}; "
                          f"rerun car_racing/train_memory.py")
     sizes = (mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
-    model_args = dict(zip(("latent_size", "hidden_size", "action_size"), sizes))
-    num_params = num_controller_params(*sizes)
+    return Setup(args, device, checkpoint_dir, paths, mdnrnn, reward_scale, models_used, sizes)
 
-    state: dict | None = None
-    dagger_state = load_dagger_state(checkpoint_dir, args, models_used)
-    continue_dagger = dagger_state is not None and (len(dagger_state["rounds"]) < args.dagger_rounds + 1
-                                                    or not out_path.is_file())  # (stopped before generation 0)
-    if args.resume and not continue_dagger:
-        state = load_checkpoint(out_path, "controller")
-        if "es_state" not in state:
-            raise UsageError(f"{out_path}: holds no CMA-ES state to resume; drop --resume to start a new run")
-        for kind in ("vision", "memory"):
-            if state.get("models", {}).get(kind, {}).get("sha256") != models_used[kind]["sha256"]:
-                raise UsageError(f"{out_path}: the run used a different {kind} checkpoint than {paths[kind]}; "
-                                 f"drop --resume to start over")
-        for key in ("population", "mode"):
-            if state["config"].get(key) != getattr(args, key):
-                raise UsageError(f"--{key} {getattr(args, key)}: the resumed run used {state['config'].get(key)}; "
-                                 f"pass the same value or drop --resume")
-        if state["model_args"] != model_args:
-            raise UsageError(f"{out_path}: controller sizes {state['model_args']} do not fit M {model_args}")
 
-    # --- recorded states: dream start pool and the BC warm start ---
-    pool, bc_info, x0 = None, None, np.zeros(num_params)
-    need_bc = args.init == "bc" and state is None
-    if (args.mode == "dream" and args.generations > 0) or need_bc:
-        mu, _ = load_or_build_latents(args.data_dir, paths["vision"], device, args.batch_size, progress=args.progress)
-        if mu.shape[1] != mdnrnn.latent_size:
-            raise UsageError(f"{paths['memory']}: M expects latent size {mdnrnn.latent_size} but V encodes "
-                             f"{mu.shape[1]}; rerun car_racing/train_memory.py")
-        sequences = load_memory_sequences(args.data_dir)
-        if len(sequences.indices) == 0:
-            raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
-        fit = LinearFit(mdnrnn.latent_size + mdnrnn.hidden_size, mdnrnn.action_size) if need_bc else None
-        started = time.time()
-        pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, args.start_states,
-                                    np.random.default_rng([args.seed, 1]), device=device, batch_size=args.batch_size,
-                                    visit=bc_visitor(fit, args.bc_eps) if fit is not None else None)
-        print(f"{len(pool)} dream start states from {sequences.indices.size} recorded steps "
-              f"({time.time() - started:.1f}s)")
-        if fit is not None:
-            weight, bias = fit.solve(args.bc_ridge)
-            x0 = linear_to_flat(weight, bias)
-            bc_info = {"samples": fit.count, "ridge": args.bc_ridge, "eps": args.bc_eps,
-                       "target_mse": fit.residual_mse(weight, bias).tolist(), "target_r2": fit.r2(weight, bias).tolist()}
-            print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
-                  f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in bc_info['target_r2'])}")
-        pool = pool.to(device)
+def load_start_pool(setup: Setup, fit: LinearFit | None = None) -> None:
+    """Fill ``setup.pool`` with ``--start-states`` recorded (z, h) states (M run over the recorded windows);
+    with ``fit``, every recorded (z, h) → action pair is added to it in the same pass (--init bc)."""
+    args, mdnrnn = setup.args, setup.mdnrnn
+    mu, _ = load_or_build_latents(args.data_dir, setup.paths["vision"], setup.device, args.batch_size,
+                                  progress=args.progress)
+    if mu.shape[1] != mdnrnn.latent_size:
+        raise UsageError(f"{setup.paths['memory']}: M expects latent size {mdnrnn.latent_size} but V encodes "
+                         f"{mu.shape[1]}; rerun car_racing/train_memory.py")
+    sequences = load_memory_sequences(args.data_dir)
+    if len(sequences.indices) == 0:
+        raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
+    started = time.time()
+    pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, args.start_states,
+                                np.random.default_rng([args.seed, 1]), device=setup.device,
+                                batch_size=args.batch_size, visit=bc_visitor(fit, args.bc_eps) if fit else None)
+    print(f"{len(pool)} dream start states from {sequences.indices.size} recorded steps "
+          f"({time.time() - started:.1f}s)")
+    setup.pool = pool.to(setup.device)
 
-    if args.init == "dagger" and state is None:
-        x0, bc_info = dagger_warm_start(checkpoint_dir, num_params, args, models_used,
-                                        dagger_state if continue_dagger else None)
-    if args.init == "checkpoint" and state is None:
-        source = Path(args.init_from) if args.init_from else out_path
-        start_controller, start = load_model(source, "controller")
-        if start["model_args"] != model_args:
-            raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {model_args}")
-        x0 = start_controller.get_flat_params()
-        bc_info = {"method": "checkpoint", "from": str(source), "source_model": start.get("model_source"),
-                   "source_real_score": start.get("best_real_score"), "source_warm_start": start.get("bc")}
-        print(f"--init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")
 
+# --- warm starts: CMA's initial mean ---------------------------------------------------------------------
+# Each returns (flat parameters, a record of how they were found: method, source, whether expert labels
+# were used); the record goes into the checkpoint's "bc" (historical name) and "training" entries.
+
+def zero_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """All-zero parameters: steer 0, gas and brake 0.5 (the paper's start; no knowledge at all)."""
+    return np.zeros(setup.num_params), {"method": "zero", "expert_labels": False}
+
+
+def bc_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """C fitted by least squares to the recorded drivers' actions (module docstring)."""
+    args = setup.args
+    fit = LinearFit(setup.mdnrnn.latent_size + setup.mdnrnn.hidden_size, setup.mdnrnn.action_size)
+    load_start_pool(setup, fit)
+    weight, bias = fit.solve(args.bc_ridge)
+    info = {"method": "bc", "expert_labels": True, "samples": fit.count, "ridge": args.bc_ridge, "eps": args.bc_eps,
+            "target_mse": fit.residual_mse(weight, bias).tolist(), "target_r2": fit.r2(weight, bias).tolist()}
+    print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
+          f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in info['target_r2'])}")
+    return linear_to_flat(weight, bias), info
+
+
+def dagger_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """C fitted by DAgger with the autopilot as the expert (:func:`dagger_warm_start`)."""
+    x0, info = dagger_warm_start(setup.checkpoint_dir, setup.num_params, setup.args, setup.models_used, dagger_state)
+    return x0, {**info, "expert_labels": True}
+
+
+def checkpoint_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """The C of an existing controller checkpoint (``--init-from``); its training record is carried along."""
+    source = Path(setup.args.init_from) if setup.args.init_from else setup.out_path
+    start_controller, start = load_model(source, "controller")
+    if start["model_args"] != setup.model_args:
+        raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {setup.model_args}")
+    print(f"--init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")
+    source_training = start.get("training")
+    return start_controller.get_flat_params(), {
+        "method": "checkpoint", "from": str(source), "source_model": start.get("model_source"),
+        "source_real_score": start.get("best_real_score"), "source_warm_start": start.get("bc"),
+        "source_training": source_training,
+        # unknown history (an older checkpoint without a record) counts as possibly expert-labelled
+        "expert_labels": True if source_training is None else bool(source_training.get("expert_labels", True))}
+
+
+WARM_STARTS = {"zero": zero_start, "bc": bc_start, "dagger": dagger_start, "checkpoint": checkpoint_start}
+
+
+# --- fitness sources: what a generation's candidates are scored by --------------------------------------
+
+class DreamFitness:
+    """Mean fitness of each candidate over ``--dream-trials`` dreams in M (see the module docstring); the
+    CMA mean drives the same dreams, for the curve."""
+
+    name = "dream"
+
+    def __init__(self, setup: Setup):
+        if setup.pool is None:
+            load_start_pool(setup)
+        self.setup = setup
+
+    def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+        setup, args = self.setup, self.setup.args
+        generator = generation_generator(args.seed, generation)
+        start_z, start_state = setup.pool.pick(args.dream_trials, generator)
+        flat = torch.as_tensor(np.stack(candidates + [mean]), dtype=torch.float32, device=setup.device)
+        weights, biases = flat_to_population(flat, *setup.sizes)
+        fitness = dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
+                                args.temperature, generator, reward_scale=1.0 / setup.reward_scale,
+                                dtype=args.dream_dtype, dropout=args.dream_dropout)
+        fitness = fitness.mean(dim=1).double().cpu().numpy()
+        return fitness[:-1], float(fitness[-1])
+
+    def close(self) -> None:
+        pass
+
+
+class RealEnvFitness:
+    """Mean real-env return of each candidate over ``--real-trials`` tracks drawn per generation (all
+    candidates drive the same tracks), in a worker pool kept for the whole run."""
+
+    name = "real"
+
+    def __init__(self, setup: Setup):
+        self.args = setup.args
+        self.episodes = RealFitness(str(setup.checkpoint_dir), setup.num_params, setup.args.workers)
+
+    def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+        args = self.args
+        rng = np.random.default_rng([args.seed, generation])
+        seeds = args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + rng.choice(REAL_TRAIN_SEED_RANGE, args.real_trials,
+                                                                          replace=False)
+        return self.episodes(candidates, seeds.tolist(), args.rollout_steps, args.smoothing), math.nan
+
+    def close(self) -> None:
+        self.episodes.close()
+
+
+FITNESS_SOURCES = {"dream": DreamFitness, "real": RealEnvFitness}
+
+
+def training_record(args: Args, warm_start: dict | None, generation: int) -> dict:
+    """How this C was made, for a reader to check from the file: fitness source, warm start (and its own
+    record, recursively), generations, whether any expert label or real-env return shaped it, and the
+    dream's settings. ``dream_trained`` is the issue's rule: no expert labels anywhere in the lineage and
+    no real-env return ever used as fitness (real-env checks only choose what to keep)."""
+    warm_start = warm_start or {"method": args.init}
+    source = warm_start.get("source_training") or {}
+    expert = bool(warm_start.get("expert_labels", args.init != "zero"))
+    real_fitness = args.mode == "real" and generation > 0 or bool(source.get("real_returns_as_fitness", False))
+    record = {"fitness_source": args.mode, "warm_start": args.init, "generations": generation,
+              "expert_labels": expert, "real_returns_as_fitness": real_fitness,
+              "dream_trained": not expert and not real_fitness,
+              "real_checks": {"every": args.eval_every, "episodes": args.eval_episodes, "seed_base": args.eval_seed_base,
+                              "role": "choose which parameters to keep, never fitness"},
+              "total_generations": generation + int(source.get("total_generations", 0))}
+    if args.mode == "dream":
+        record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
+                           "temperature": args.temperature, "dropout": args.dream_dropout,
+                           "start_states": args.start_states, "data_dir": args.data_dir}
+    if source:
+        record["warm_start_training"] = source
+    return record
+
+
+def validate_resume(state: dict, setup: Setup) -> None:
+    """One-line errors when a saved run cannot continue with these flags and models."""
+    args, out_path = setup.args, setup.out_path
+    if "es_state" not in state:
+        raise UsageError(f"{out_path}: holds no CMA-ES state to resume; drop --resume to start a new run")
+    for kind in ("vision", "memory"):
+        if state.get("models", {}).get(kind, {}).get("sha256") != setup.models_used[kind]["sha256"]:
+            raise UsageError(f"{out_path}: the run used a different {kind} checkpoint than {setup.paths[kind]}; "
+                             f"drop --resume to start over")
+    for key in ("population", "mode"):
+        if state["config"].get(key) != getattr(args, key):
+            raise UsageError(f"--{key} {getattr(args, key)}: the resumed run used {state['config'].get(key)}; "
+                             f"pass the same value or drop --resume")
+    if state["model_args"] != setup.model_args:
+        raise UsageError(f"{out_path}: controller sizes {state['model_args']} do not fit M {setup.model_args}")
+
+
+def warn_check_seed_overlap(args: Args) -> None:
     if has_recorded_data(args.data_dir):
         recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes}
         overlap = recorded_seeds & set(range(args.eval_seed_base, args.eval_seed_base + args.eval_episodes))
@@ -476,107 +609,140 @@ def main(args: Args) -> dict:
             print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
                   f"recording seeds", file=sys.stderr)
 
-    # --- CMA-ES: new or resumed ---
-    history: dict[str, list] = {"generation": [], "fitness_best": [], "fitness_mean": [], "fitness_cma_mean": [],
-                                "sigma": [], "eval_generation": [], "real_best_candidate": [], "real_cma_mean": [],
-                                "real_best_candidate_std": [], "real_cma_mean_std": []}
-    best_real_score, best_params, model_source = None, None, "cma_mean (no real-env check yet)"
-    start_generation = 0
-    if state is not None:
-        es = pickle.loads(state["es_state"])
+
+HISTORY_KEYS = ("generation", "fitness_best", "fitness_mean", "fitness_cma_mean", "sigma", "eval_generation",
+                "real_best_candidate", "real_cma_mean", "real_best_candidate_std", "real_cma_mean_std")
+
+
+class Run:
+    """One CMA-ES run's state: the ES, the history, the best real-checked parameters; saved every generation."""
+
+    def __init__(self, setup: Setup, es: Any, warm_start: dict | None, generation: int = 0,
+                 history: dict | None = None, best_real_score: float | None = None,
+                 best_params: np.ndarray | None = None, model_source: str = "cma_mean (no real-env check yet)"):
+        self.setup, self.es, self.warm_start, self.generation = setup, es, warm_start, generation
+        self.history = {key: list((history or {}).get(key, [])) for key in HISTORY_KEYS}
+        self.best_real_score, self.best_params, self.model_source = best_real_score, best_params, model_source
+
+    @classmethod
+    def resume(cls, setup: Setup) -> "Run":
+        state = load_checkpoint(setup.out_path, "controller")
+        validate_resume(state, setup)
         restore_rng_states(state["rng_state"])
-        start_generation = int(state["generation"])
-        history = {key: list(state["history"].get(key, [])) for key in history}
-        best_real_score = state.get("best_real_score")
-        best_params = state.get("best_params")
-        model_source = state.get("model_source", model_source)
-        bc_info = state.get("bc")
-        print(f"resuming {out_path} after generation {start_generation}")
-    else:
-        es = make_es(x0, args)
+        print(f"resuming {setup.out_path} after generation {int(state['generation'])}")
+        return cls(setup, pickle.loads(state["es_state"]), state.get("bc"), int(state["generation"]),
+                   state["history"], state.get("best_real_score"), state.get("best_params"),
+                   state.get("model_source", "cma_mean (no real-env check yet)"))
+
+    @classmethod
+    def start(cls, setup: Setup, x0: np.ndarray, warm_start: dict | None) -> "Run":
+        """A new run from ``x0``; with checks on, the warm start is real-checked first (generation 0)."""
+        args = setup.args
+        run = cls(setup, make_es(x0, args), warm_start)
         if args.eval_every:  # the warm start is a candidate for the best real score too
-            best_real_score, spread = real_score(checkpoint_dir, x0, args)
-            best_params = np.array(x0, dtype=np.float64)
-            model_source = f"initial mean ({args.init}) of generation 0 (real score {best_real_score:.1f})"
-            print(f"generation 0: real score of CMA's initial mean ({args.init}) {best_real_score:.1f} ± {spread:.1f} "
+            score, spread = real_score(setup.checkpoint_dir, x0, args)
+            run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})")
+            print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
                   f"over {args.eval_episodes} episodes")
+        run.save()
+        return run
 
-    def checkpoint(generation: int) -> dict:
-        controller = Controller(*sizes)
-        controller.set_flat_params(best_params if best_params is not None else es.mean)
-        return {"kind": "controller", "model_args": model_args, "model_state": controller.state_dict(),
-                "model_source": model_source, "best_params": best_params, "best_real_score": best_real_score,
-                "es_state": es.pickle_dumps(), "generation": generation, "history": history,
-                "rng_state": rng_states(), "config": dataclasses.asdict(args), "models": models_used,
-                "bc": bc_info, "reward_scale": reward_scale}
+    def keep_if_best(self, score: float, params: np.ndarray, source: str) -> None:
+        if self.best_real_score is None or score >= self.best_real_score:  # a tie goes to the later check
+            self.best_real_score, self.best_params = score, np.array(params, dtype=np.float64)
+            self.model_source = source
 
-    if state is None:  # the warm start (and its real score) is saved before the first generation
-        save_run_checkpoint(checkpoint(0), out_path)
-    real_fitness = (RealFitness(str(checkpoint_dir), num_params, args.workers)
-                    if args.mode == "real" and start_generation < args.generations else None)
-    bar = tqdm(range(start_generation, args.generations), desc=f"CMA-ES ({args.mode})", unit="gen",
-               initial=start_generation, total=args.generations, disable=not args.progress)
-    last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
-    try:
-        for generation in bar:
-            candidates = [np.asarray(x) for x in es.ask()]
-            if args.mode == "dream":
-                generator = generation_generator(args.seed, generation)
-                start_z, start_state = pool.pick(args.dream_trials, generator)
-                flat = torch.as_tensor(np.stack(candidates + [es.mean]), dtype=torch.float32, device=device)
-                weights, biases = flat_to_population(flat, *sizes)
-                fitness = dream_rollout(mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
-                                        args.temperature, generator, reward_scale=1.0 / reward_scale,
-                                        dtype=args.dream_dtype)
-                fitness = fitness.mean(dim=1).double().cpu().numpy()
-                fitness, mean_fitness = fitness[:-1], float(fitness[-1])
-            else:
-                rng = np.random.default_rng([args.seed, generation])
-                seeds = (args.eval_seed_base + REAL_TRAIN_SEED_OFFSET +
-                         rng.choice(REAL_TRAIN_SEED_RANGE, args.real_trials, replace=False))
-                fitness = real_fitness(candidates, seeds.tolist(), args.rollout_steps, args.smoothing)
-                mean_fitness = math.nan
-            es.tell(candidates, (-fitness).tolist())  # pycma minimises
-            best = int(np.argmax(fitness))
-            history["generation"].append(generation + 1)
-            history["fitness_best"].append(float(fitness[best]))
-            history["fitness_mean"].append(float(fitness.mean()))
-            history["fitness_cma_mean"].append(mean_fitness)
-            history["sigma"].append(float(es.sigma))
+    def checkpoint(self) -> dict:
+        setup, args = self.setup, self.setup.args
+        controller = Controller(*setup.sizes)
+        controller.set_flat_params(self.best_params if self.best_params is not None else self.es.mean)
+        return {"kind": "controller", "model_args": setup.model_args, "model_state": controller.state_dict(),
+                "model_source": self.model_source, "best_params": self.best_params,
+                "best_real_score": self.best_real_score, "es_state": self.es.pickle_dumps(),
+                "generation": self.generation, "history": self.history, "rng_state": rng_states(),
+                "config": dataclasses.asdict(args), "models": setup.models_used, "bc": self.warm_start,
+                "training": training_record(args, self.warm_start, self.generation),
+                "reward_scale": setup.reward_scale}
 
-            checked = bool(args.eval_every) and (generation + 1) % args.eval_every == 0
-            if checked:
-                scores = {}
-                for name, params in (("best_candidate", candidates[best]), ("cma_mean", np.array(es.mean))):
-                    scores[name] = real_score(checkpoint_dir, params, args)
-                    if best_real_score is None or scores[name][0] >= best_real_score:
-                        best_real_score, best_params = scores[name][0], np.array(params, dtype=np.float64)
-                        model_source = f"{name} of generation {generation + 1} (real score {scores[name][0]:.1f})"
-                history["eval_generation"].append(generation + 1)
-                for name, (mean, std) in scores.items():
-                    history[f"real_{name}"].append(mean)
-                    history[f"real_{name}_std"].append(std)
-                last_real = scores["best_candidate"][0]
-                (tqdm.write if args.progress else print)(
-                    f"generation {generation + 1}: real score best candidate {scores['best_candidate'][0]:.1f} "
-                    f"± {scores['best_candidate'][1]:.1f}, CMA mean {scores['cma_mean'][0]:.1f} "
-                    f"± {scores['cma_mean'][1]:.1f} over {args.eval_episodes} episodes; "
-                    f"best so far {best_real_score:.1f}")
-            save_run_checkpoint(checkpoint(generation + 1), out_path)
-            if checked or (generation + 1) % PLOT_EVERY == 0 or generation + 1 == args.generations:
-                plot_history(history, plot_path, args.mode)
-            bar.set_postfix(best=f"{fitness[best]:.2f}", mean=f"{fitness.mean():.2f}",
-                            real="-" if last_real is None else f"{last_real:.1f}")
-    finally:
-        bar.close()
-        if real_fitness is not None:
-            real_fitness.close()
-    if state is not None and start_generation >= args.generations:
-        print(f"{out_path} is already at generation {start_generation} (--generations {args.generations})")
-        plot_history(history, plot_path, args.mode)
-    final = load_checkpoint(out_path, "controller")
+    def save(self) -> None:
+        save_run_checkpoint(self.checkpoint(), self.setup.out_path)
+
+    def check(self, best_candidate: np.ndarray) -> float:
+        """Real-env check of the generation's best candidate and CMA's mean; keeps the best; returns the
+        best candidate's score."""
+        args, generation = self.setup.args, self.generation
+        scores = {}
+        for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
+            scores[name] = real_score(self.setup.checkpoint_dir, params, args)
+            self.keep_if_best(scores[name][0], params, f"{name} of generation {generation} (real score {scores[name][0]:.1f})")
+        self.history["eval_generation"].append(generation)
+        for name, (mean, std) in scores.items():
+            self.history[f"real_{name}"].append(mean)
+            self.history[f"real_{name}_std"].append(std)
+        (tqdm.write if args.progress else print)(
+            f"generation {generation}: real score best candidate {scores['best_candidate'][0]:.1f} "
+            f"± {scores['best_candidate'][1]:.1f}, CMA mean {scores['cma_mean'][0]:.1f} "
+            f"± {scores['cma_mean'][1]:.1f} over {args.eval_episodes} episodes; best so far {self.best_real_score:.1f}")
+        return scores["best_candidate"][0]
+
+    def evolve(self, fitness_source: Any) -> None:
+        """Generations up to ``--generations``: ask, score, tell, check every ``--eval-every``, save."""
+        args, es, history = self.setup.args, self.es, self.history
+        bar = tqdm(range(self.generation, args.generations), desc=f"CMA-ES ({args.mode})", unit="gen",
+                   initial=self.generation, total=args.generations, disable=not args.progress)
+        last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
+        try:
+            for generation in bar:
+                candidates = [np.asarray(x) for x in es.ask()]
+                fitness, mean_fitness = fitness_source(candidates, np.asarray(es.mean), generation)
+                es.tell(candidates, (-fitness).tolist())  # pycma minimises
+                best = int(np.argmax(fitness))
+                self.generation = generation + 1
+                for key, value in (("generation", generation + 1), ("fitness_best", float(fitness[best])),
+                                   ("fitness_mean", float(fitness.mean())), ("fitness_cma_mean", mean_fitness),
+                                   ("sigma", float(es.sigma))):
+                    history[key].append(value)
+                checked = bool(args.eval_every) and self.generation % args.eval_every == 0
+                if checked:
+                    last_real = self.check(candidates[best])
+                self.save()
+                if checked or self.generation % PLOT_EVERY == 0 or self.generation == args.generations:
+                    plot_history(history, self.setup.checkpoint_dir / PLOT_FILE, args.mode)
+                bar.set_postfix(best=f"{fitness[best]:.2f}", mean=f"{fitness.mean():.2f}",
+                                real="-" if last_real is None else f"{last_real:.1f}")
+        finally:
+            bar.close()
+
+
+def main(args: Args) -> dict:
+    """Evolve C (module docstring); returns the final checkpoint dict (also in CHECKPOINT_DIR)."""
+    check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    setup = load_setup(args)
+    dagger_state = load_dagger_state(setup.checkpoint_dir, args, setup.models_used)
+    continue_dagger = dagger_state is not None and (len(dagger_state["rounds"]) < args.dagger_rounds + 1
+                                                    or not setup.out_path.is_file())  # (stopped before generation 0)
+    if args.resume and not continue_dagger:
+        run = Run.resume(setup)
+    else:
+        x0, warm_start = WARM_STARTS[args.init](setup, dagger_state if continue_dagger else None)
+        warn_check_seed_overlap(args)
+        run = Run.start(setup, x0, warm_start)
+    if run.generation < args.generations:
+        fitness_source = FITNESS_SOURCES[args.mode](setup)
+        try:
+            run.evolve(fitness_source)
+        finally:
+            fitness_source.close()
+    else:
+        if args.resume:
+            print(f"{setup.out_path} is already at generation {run.generation} (--generations {args.generations})")
+        plot_history(run.history, setup.checkpoint_dir / PLOT_FILE, args.mode)
+    final = load_checkpoint(setup.out_path, "controller")
     score = "none yet" if final["best_real_score"] is None else f"{final['best_real_score']:.1f}"
-    print(f"generation {final['generation']}: checkpoint {out_path} holds {final['model_source']}; "
+    print(f"generation {final['generation']}: checkpoint {setup.out_path} holds {final['model_source']}; "
           f"best real score {score}")
     return final
 

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from car_racing.cli import UsageError, run_main
 from car_racing.latent_cache import file_sha256, load_or_build_latents
-from car_racing.models.mdn_rnn import MDNRNN, mdn_loss
+from car_racing.models.mdn_rnn import MDNRNN, head_dropout_mask, mdn_loss
 from car_racing.recorded_data import RecordedData, load_memory_sequences, load_recorded
 from car_racing.runtime import (build_model, checkpoint_paths, load_checkpoint, plot_curves, resolve_device,
                                 save_checkpoint, seed_everything)
@@ -96,6 +96,12 @@ class Args:
     """auto (CUDA when available), cpu or cuda[:N]"""
     resume: bool = False
     """continue from CHECKPOINT_DIR/memory_model_latest.pth"""
+    init_from: Optional[str] = None
+    """start from the weights of this memory checkpoint (fine-tune, e.g. on grown data in the dream loop) instead
+    of a fresh M; sizes come from it. Ignored with --resume"""
+    dropout: float = 0.0
+    """dropout on h before M's heads, one mask per training window (Dropout's Dream Land); dream with
+    train_controller_cmaes.py --dream-dropout"""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)"""
     progress: bool = True
@@ -169,8 +175,11 @@ class SequenceBatches:
 
 
 def compute_losses(model: MDNRNN, batch: dict[str, torch.Tensor], args: Args) -> dict[str, torch.Tensor]:
-    """The three losses (and the weighted total) of one batch of windows."""
-    output, _ = model(batch["z"], batch["actions"])
+    """The three losses (and the weighted total) of one batch of windows (with ``--dropout``, one head mask
+    per window while training)."""
+    mask = (head_dropout_mask(batch["z"].shape[0], model.hidden_size, args.dropout, device=batch["z"].device)
+            if model.training else None)
+    output, _ = model(batch["z"], batch["actions"], head_mask=mask)
     losses = {
         "mdn": mdn_loss(output.logit_pi, output.mu, output.log_sigma, batch["next_z"], mask=batch["z_mask"]),
         "reward": F.mse_loss(output.reward.float(), batch["rewards"]),
@@ -226,6 +235,10 @@ def check_args(args: Args) -> None:
             raise UsageError(f"{flag} {value}: expected a number >= 0")
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: expected 0 (default) or a positive count")
+    if not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout {args.dropout}: expected 0 <= p < 1")
+    if args.init_from is not None and not Path(args.init_from).is_file():
+        raise UsageError(f"--init-from {args.init_from}: no such memory checkpoint")
     if not args.done_pos_weight > 0:
         raise UsageError(f"--done-pos-weight {args.done_pos_weight}: expected a positive number")
 
@@ -289,9 +302,20 @@ def main(args: Args) -> dict:
         start_epoch, best_val_loss = int(state["epoch"]), float(state["best_val_loss"])
         history = {key: list(state["history"].get(key, [])) for key in history}
         print(f"resuming from {latest_path} after epoch {start_epoch}")
+    elif args.init_from is not None:
+        source = load_checkpoint(args.init_from, "memory")
+        if source["model_args"].get("latent_size") != latent_size:
+            raise UsageError(f"--init-from {args.init_from}: M has latent size {source['model_args'].get('latent_size')}, "
+                             f"V encodes {latent_size}")
+        model_args = dict(source["model_args"])
+        model = build_model(MDNRNN, source, args.init_from).float().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        print(f"starting from the weights of {args.init_from}")
     else:
         model = MDNRNN(**model_args).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    warm_start = (state.get("warm_start") if args.resume else
+                  {"from": args.init_from, "sha256": file_sha256(args.init_from)} if args.init_from else None)
 
     print(f"{len(data)} frames, {len(sequences.indices)} sequences of {sequences.indices.shape[1]} steps: "
           f"{len(train_ids)} train / {len(val_ids)} val (episodes {val_episodes}); "
@@ -303,7 +327,10 @@ def main(args: Args) -> dict:
                 "config": dataclasses.asdict(args), "history": history,
                 "vision": {"path": str(vision_path), "sha256": vision_sha},
                 "reward": {"units": "real CarRacing reward per step", "clip": args.reward_clip, "scale": 1.0},
-                "done_target": args.done_target, "val_episodes": val_episodes}
+                "done_target": args.done_target, "val_episodes": val_episodes, "warm_start": warm_start,
+                "dropout": args.dropout,
+                "data": {"data_dir": str(args.data_dir), "num_frames": len(data), "num_episodes": len(data.episodes),
+                         "drivers": sorted({str(e.get("driver")) for e in data.episodes})}}
 
     epoch_bar = tqdm(range(start_epoch, args.epochs), desc="memory epochs", unit="epoch", disable=not args.progress,
                      initial=start_epoch, total=args.epochs)

@@ -11,6 +11,11 @@ At step t the LSTM consumes x_t = [z_t, a_t] and outputs h_{t+1}. Heads on h_{t+
 - done_t as a logit (P(the episode ends at step t) = sigmoid(done_logit)).
 
 The sequence forward (training) and :meth:`MDNRNN.step` (rollouts) run the same ``nn.LSTM`` weights.
+
+Both take an optional ``head_mask`` (B, H): a dropout mask on h before the heads, fixed over the
+sequence (Dropout's Dream Land: train M with a per-sequence mask, dream with a per-dream mask, so each
+dream is one draw of a slightly different M). The recurrence and the h a controller sees are never
+masked. :func:`head_dropout_mask` draws one.
 """
 
 from __future__ import annotations
@@ -74,29 +79,34 @@ class MDNRNN(nn.Module):
         zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.mdn.weight.dtype)
         return zeros, zeros.clone()
 
-    def heads(self, hidden: torch.Tensor) -> MDNOutput:
-        """Apply the heads to LSTM outputs: hidden (..., H) → :class:`MDNOutput` with leading dims ``...``."""
+    def heads(self, hidden: torch.Tensor, head_mask: torch.Tensor | None = None) -> MDNOutput:
+        """Apply the heads to LSTM outputs: hidden (..., H) → :class:`MDNOutput` with leading dims ``...``.
+        ``head_mask`` (broadcastable to hidden) multiplies h before the heads; ``output.hidden`` stays unmasked."""
         lead = hidden.shape[:-1]
-        params = self.mdn(hidden).view(*lead, 3, self.latent_size, self.num_mixtures)
+        seen = hidden if head_mask is None else hidden * head_mask
+        params = self.mdn(seen).view(*lead, 3, self.latent_size, self.num_mixtures)
         logit_pi, mu, log_sigma = params.unbind(dim=-3)
         return MDNOutput(logit_pi=logit_pi, mu=mu, log_sigma=log_sigma,
-                         reward=self.reward_head(hidden).squeeze(-1),
-                         done_logit=self.done_head(hidden).squeeze(-1), hidden=hidden)
+                         reward=self.reward_head(seen).squeeze(-1),
+                         done_logit=self.done_head(seen).squeeze(-1), hidden=hidden)
 
-    def forward(self, z: torch.Tensor, actions: torch.Tensor, state: State | None = None
-                ) -> tuple[MDNOutput, State]:
-        """Sequence forward. z (B, T, L), actions (B, T, A), state (h, c) each (B, H) or None (zeros)
+    def forward(self, z: torch.Tensor, actions: torch.Tensor, state: State | None = None,
+                head_mask: torch.Tensor | None = None) -> tuple[MDNOutput, State]:
+        """Sequence forward. z (B, T, L), actions (B, T, A), state (h, c) each (B, H) or None (zeros),
+        ``head_mask`` (B, H) or None (one mask for the whole sequence)
         → (:class:`MDNOutput` with leading dims (B, T), final state (h, c) each (B, H))."""
         x = torch.cat([z, actions.to(z.dtype)], dim=-1)
         if state is None:
             out, (h, c) = self.lstm(x)
         else:
             out, (h, c) = self.lstm(x, (state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous()))
-        return self.heads(out), (h.squeeze(0), c.squeeze(0))
+        mask = None if head_mask is None else head_mask.unsqueeze(1)
+        return self.heads(out, mask), (h.squeeze(0), c.squeeze(0))
 
-    def step(self, z: torch.Tensor, action: torch.Tensor, state: State | None) -> tuple[MDNOutput, State]:
-        """One step. z (B, L), action (B, A), state (h, c) each (B, H) or None (zeros) → (:class:`MDNOutput`
-        with leading dim (B,), new state (h, c)).
+    def step(self, z: torch.Tensor, action: torch.Tensor, state: State | None,
+             head_mask: torch.Tensor | None = None) -> tuple[MDNOutput, State]:
+        """One step. z (B, L), action (B, A), state (h, c) each (B, H) or None (zeros), ``head_mask`` (B, H)
+        or None → (:class:`MDNOutput` with leading dim (B,), new state (h, c)).
 
         Runs the LSTM cell with the very weights of :meth:`forward`'s ``nn.LSTM`` (``torch.lstm_cell``:
         the same arithmetic, several times faster than a length-1 ``nn.LSTM`` call at small batches, which
@@ -107,7 +117,7 @@ class MDNRNN(nn.Module):
         lstm = self.lstm
         h, c = torch.lstm_cell(x, (state[0], state[1]), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
                                lstm.bias_hh_l0)
-        return self.heads(h), (h, c)
+        return self.heads(h, head_mask), (h, c)
 
     @staticmethod
     def sample_next_z(output: MDNOutput, temperature: float = 1.0, generator: torch.Generator | None = None
@@ -128,6 +138,16 @@ class MDNRNN(nn.Module):
         sigma = log_sigma.gather(-1, k).squeeze(-1).exp() * math.sqrt(temperature)
         eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
         return mean + sigma * eps
+
+
+def head_dropout_mask(batch: int, hidden_size: int, dropout: float, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor | None:
+    """(batch, hidden_size) inverted-dropout mask for ``head_mask``: each unit kept with probability
+    1 − p and scaled by 1/(1 − p); None when p = 0."""
+    if dropout <= 0:
+        return None
+    keep = torch.rand((batch, hidden_size), generator=generator, device=device) >= dropout
+    return keep.float() / (1.0 - dropout)
 
 
 def mdn_log_prob(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, target_z: torch.Tensor
@@ -159,4 +179,4 @@ def mdn_loss(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, 
     return (nll * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-__all__ = ["MDNRNN", "MDNOutput", "State", "mdn_loss", "mdn_log_prob"]
+__all__ = ["MDNRNN", "MDNOutput", "State", "head_dropout_mask", "mdn_loss", "mdn_log_prob"]

@@ -1,0 +1,482 @@
+"""The whole World Models loop in one command: C learns in M's dream, M learns from C's mistakes.
+
+    python car_racing/dream_loop.py                       # settings: Args below (one place)
+    python car_racing/dream_loop.py --iterations 8        # run again (or after Ctrl-C / a crash): it resumes
+
+Iteration 0 starts the data and the models; every iteration then runs four stages, each the stage
+script's own ``main`` (each stays runnable on its own; the exact calls are in the loop state):
+
+0. ``data``   — record ``--init-episodes`` noisy autopilot episodes (plus ``--random-episodes`` of the random
+   driver) into ``--data-dir``, or hard-link an existing recording (``--init-data-dir``); ``vision`` —
+   train V on it, or take an existing V (``--vision-from``; V is trained on frames only).
+1. ``memory`` — train M on all data so far: iteration 0 from scratch (or from ``--memory-from``) for
+   ``--memory-epochs-first`` epochs, later iterations continue from the previous M for ``--memory-epochs``.
+2. ``controller`` — CMA-ES in M's dream only (``train_controller_cmaes.py --mode dream``), warm-started
+   from the previous iteration's kept C (iteration 0: all zeros), real-checked every ``--eval-every``
+   generations: the checks only choose which parameters are kept.
+3. ``fidelity`` — ``evaluate_world_model.py`` on this iteration's V, M and C: the dream-real rank
+   correlation of a panel of controllers (``--fidelity-panel``, 0 = skip).
+4. ``record`` — the kept C drives ``--agent-episodes`` new tracks with exploration noise; the episodes are
+   appended to the data (C's mistakes become M's lessons in the next iteration).
+
+Each iteration lives in ``CHECKPOINT_DIR/iter_NN/`` (V hard-linked, M, C, their PNGs, ``fidelity.png``). The
+loop state ``CHECKPOINT_DIR/dream_loop_state.json`` (written atomically after every stage) lists the
+finished stages with their wall clock and results; a rerun skips them and resumes the interrupted one
+from its own saved state (M's latest epoch, CMA-ES's last generation, the recording's saved episodes).
+``CHECKPOINT_DIR/dream_loop.png`` plots, per iteration, the real checks, the dream fitness and the rank
+correlation. The best iteration by its real check (same check tracks every time) is copied to
+``CHECKPOINT_DIR/best/``; ship it with ``export_checkpoints.py --source-dir CHECKPOINT_DIR/best``.
+
+Rules kept (checkable from the controller checkpoint's ``training`` record): C never sees an expert's
+action and no real-env return is its fitness; the real env is used for the checks and to record data.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from car_racing.cli import UsageError, run_main
+from car_racing.recorded_data import has_recorded_data, load_recorded
+from car_racing.rollout import default_workers
+from car_racing.runtime import CHECKPOINT_FILES, atomic_path, checkpoint_paths, load_checkpoint, plot_curves
+
+STATE_FILE = "dream_loop_state.json"
+PLOT_FILE = "dream_loop.png"
+AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j
+RANDOM_SEED_BASE = 6_000_000
+# Settings that must stay the same when a loop is continued (others, e.g. --iterations, may change).
+FIXED_SETTINGS = ("data_dir", "init_data_dir", "init_episodes", "init_steps", "init_noise", "random_episodes",
+                  "vision_from", "memory_from", "seed")
+
+
+@dataclass
+class Args:
+    """Run the World Models loop: record → V/M → CMA-ES in M's dream → real check → record with C → …"""
+
+    data_dir: str = "data/dream_loop"
+    """the loop's recording (grows every iteration)"""
+    checkpoint_dir: str = "checkpoints/dream_loop"
+    """the loop's models, one folder per iteration, the loop state and its PNG"""
+    iterations: int = 6
+    """iterations (each: train M, evolve C in the dream, measure, record with C); a rerun continues up to this"""
+    seed: int = 0
+    """seeds every stage (each stage derives its own seed from it and the iteration)"""
+    workers: int = field(default_factory=default_workers)
+    """worker processes for real-env episodes (recording, checks, fidelity)"""
+    threads: int = 0
+    """torch CPU threads for V, M and the dreams (0 = torch's default)"""
+    # --- iteration 0: data and V
+    init_data_dir: Optional[str] = None
+    """start from this recording (hard-linked into --data-dir) instead of recording anew"""
+    init_episodes: int = 64
+    """noisy autopilot episodes recorded at the start (the stand-in for a person's driving)"""
+    init_steps: int = 1000
+    """steps per initial episode"""
+    init_noise: float = 1.0
+    """the autopilot's noise level in the initial recording"""
+    random_episodes: int = 0
+    """random-driver episodes added to the initial data"""
+    vision_from: Optional[str] = None
+    """use this V checkpoint instead of training one"""
+    vision_epochs: int = 6
+    """V's epochs when trained here (β reaches 1 after --vision-kl-anneal-epochs)"""
+    vision_kl_anneal_epochs: float = 3.0
+    """epochs over which V's β rises to 1"""
+    # --- M
+    memory_from: Optional[str] = None
+    """iteration 0's M starts from this memory checkpoint instead of from scratch"""
+    memory_epochs_first: int = 60
+    """M's epochs in iteration 0"""
+    memory_epochs: int = 10
+    """M's epochs in every later iteration (continuing from the previous M on the grown data)"""
+    memory_dropout: float = 0.0
+    """dropout on h before M's heads while training M (Dropout's Dream Land: 0.05)"""
+    # --- C in the dream
+    generations: int = 40
+    """CMA-ES generations per iteration"""
+    population: int = 32
+    """CMA-ES population"""
+    sigma0: float = 0.1
+    """CMA-ES initial step size (iteration 0; later iterations start from the previous C with --sigma0-later)"""
+    sigma0_later: float = 0.05
+    """CMA-ES initial step size when warm-starting from the previous iteration's C"""
+    rollout_steps: int = 200
+    """steps per dream"""
+    dream_trials: int = 16
+    """dreams per candidate per generation"""
+    temperature: float = 1.0
+    """τ of the dreams"""
+    dream_dropout: float = 0.0
+    """dropout p on M's h before its heads, one mask per dream (Dropout's Dream Land: 0.1)"""
+    start_states: int = 8192
+    """dream start states drawn from the recorded data"""
+    eval_every: int = 10
+    """real-env checks every this many generations (they choose what to keep; never fitness)"""
+    eval_episodes: int = 4
+    """real episodes per check"""
+    eval_seed_base: int = 1_000_000
+    """check tracks: seeds BASE … BASE+eval_episodes−1, the same in every iteration"""
+    eval_max_steps: int = 1000
+    """step limit of the check episodes"""
+    # --- recording with C, measuring the dream
+    agent_episodes: int = 16
+    """episodes C drives (with exploration noise) per iteration, appended to the data"""
+    agent_noise: float = 0.3
+    """maximum exploration noise (OU std on steer, half on gas), drawn per episode"""
+    agent_steps: int = 1000
+    """steps per recorded C episode"""
+    fidelity_panel: int = 8
+    """controllers in each iteration's dream-real measurement (0 = skip the measurement)"""
+    fidelity_episodes: int = 2
+    """real tracks per controller in the measurement"""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda[:N] for V, M and the dreams"""
+    progress: bool = True
+    """show tqdm progress bars"""
+
+
+def check_args(args: Args) -> None:
+    for flag in ("iterations", "init_episodes", "init_steps", "eval_max_steps", "vision_epochs", "memory_epochs_first", "generations",
+                 "population", "rollout_steps", "dream_trials", "start_states", "eval_episodes", "agent_steps",
+                 "workers", "fidelity_episodes"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
+    for flag in ("random_episodes", "memory_epochs", "agent_episodes", "fidelity_panel", "eval_every", "threads"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
+    if 0 < args.fidelity_panel < 3:
+        raise UsageError(f"--fidelity-panel {args.fidelity_panel}: expected 0 (skip) or at least 3")
+    for flag in ("memory_dropout", "dream_dropout"):
+        if not 0 <= getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 <= p < 1")
+    for flag in ("init_data_dir", "vision_from", "memory_from"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
+    if args.init_data_dir is not None and not has_recorded_data(args.init_data_dir):
+        raise UsageError(f"--init-data-dir {args.init_data_dir}: holds no recording (car_racing/recorded_frames.py)")
+
+
+# --- the loop state -----------------------------------------------------------------------------------
+
+class LoopState:
+    """Finished stages and their results, in ``CHECKPOINT_DIR/dream_loop_state.json`` (atomic writes)."""
+
+    def __init__(self, path: Path, args: Args):
+        self.path = path
+        if path.is_file():
+            try:
+                self.data = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise UsageError(f"{path}: unreadable loop state ({err}); delete it to start over") from None
+            for key in FIXED_SETTINGS:
+                if self.data["config"].get(key) != getattr(args, key):
+                    raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)}: this loop ({path}) was started with "
+                                     f"{self.data['config'].get(key)}; pass the same or use another --checkpoint-dir")
+        else:
+            self.data = {"config": dataclasses.asdict(args), "stages": {}, "started": time.time()}
+        self.data["config"] = dataclasses.asdict(args)
+
+    def done(self, key: str) -> bool:
+        return key in self.data["stages"]
+
+    def result(self, key: str) -> dict:
+        return self.data["stages"][key]
+
+    def finish(self, key: str, seconds: float, result: dict) -> None:
+        self.data["stages"][key] = {"seconds": seconds, **result}
+        self.save()
+
+    def save(self) -> None:
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=1))
+
+    def total_seconds(self) -> float:
+        return float(sum(stage["seconds"] for stage in self.data["stages"].values()))
+
+
+def iteration_dir(args: Args, iteration: int) -> Path:
+    return Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes a hard link to ``source`` (a copy where links are impossible), atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+
+
+# --- the stages: each returns a dict of results for the loop state -----------------------------------------
+
+def stage_data(args: Args, iteration: int) -> dict:
+    """The initial data: a linked recording, or noisy autopilot (+ random) episodes recorded now."""
+    from car_racing import recorded_frames
+    from car_racing.recorded_data import ARRAY_FILES, META_FILE, SEQ_ACTIONS_FILE, SEQ_DONES_FILE, SEQ_INDICES_FILE, SEQ_REWARDS_FILE
+    from car_racing.latent_cache import LATENTS_FILE
+
+    data_dir = Path(args.data_dir)
+    if args.init_data_dir is not None:
+        source = Path(args.init_data_dir)
+        names = [f for f, *_ in ARRAY_FILES.values()] + [SEQ_INDICES_FILE, SEQ_ACTIONS_FILE, SEQ_REWARDS_FILE,
+                                                          SEQ_DONES_FILE, LATENTS_FILE, META_FILE]  # meta last
+        for name in names:
+            if (source / name).is_file():
+                link_or_copy(source / name, data_dir / name)
+    recorded = {int(e["seed"]) for e in load_recorded(data_dir, mmap=True).episodes} if has_recorded_data(data_dir) else set()
+    drivers = [(range(RANDOM_SEED_BASE, RANDOM_SEED_BASE + args.random_episodes), "random", 0.0)]
+    if args.init_data_dir is None:
+        drivers.insert(0, (range(args.seed, args.seed + args.init_episodes), "autopilot", args.init_noise))
+    for seeds, driver, noise in drivers:
+        record_missing(args, [s for s in seeds if s not in recorded], driver, noise, args.init_steps)
+    data = load_recorded(data_dir, mmap=True)
+    return {"episodes": len(data.episodes), "frames": len(data)}
+
+
+def record_missing(args: Args, seeds: list[int], driver: str, noise: float, steps: int,
+                   checkpoint_dir: Optional[Path] = None) -> None:
+    """Record the given seeds (contiguous runs, appended), so a rerun records only what is missing."""
+    from car_racing import recorded_frames
+
+    runs: list[list[int]] = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    seq_len = recorded_frames.DEFAULT_SEQ_LEN
+    if has_recorded_data(args.data_dir):  # appended episodes keep the recording's window length
+        from car_racing.recorded_data import load_memory_sequences
+
+        indices = load_memory_sequences(args.data_dir).indices
+        seq_len = int(indices.shape[1]) if indices.ndim == 2 and indices.shape[1] else seq_len
+    for run in runs:
+        recorded_frames.main(recorded_frames.Args(seq_len=seq_len,
+            driver=driver, episodes=len(run), steps=steps, seed=run[0], data_dir=args.data_dir, workers=args.workers,
+            append=has_recorded_data(args.data_dir), noise=noise,
+            checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else "checkpoints"))
+
+
+def stage_vision(args: Args, iteration: int) -> dict:
+    """V: linked from --vision-from, or trained on the initial data."""
+    from car_racing import train_vision
+
+    target = checkpoint_paths(args.checkpoint_dir)["vision"]
+    if args.vision_from is not None:
+        load_checkpoint(args.vision_from, "vision")
+        link_or_copy(Path(args.vision_from), target)
+        return {"from": args.vision_from}
+    latest = train_vision.main(train_vision.Args(
+        data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir, epochs=args.vision_epochs,
+        kl_anneal_epochs=args.vision_kl_anneal_epochs, free_bits=0.5, seed=args.seed, device=args.device,
+        threads=args.threads, resume=(Path(args.checkpoint_dir) / "vision_model_latest.pth").is_file(),
+        progress=args.progress))
+    return {"best_val_loss": float(latest["best_val_loss"])}
+
+
+def stage_memory(args: Args, iteration: int) -> dict:
+    """M on all data so far; continues from the previous iteration's M after iteration 0."""
+    from car_racing import train_memory
+
+    folder = iteration_dir(args, iteration)
+    link_or_copy(checkpoint_paths(args.checkpoint_dir)["vision"], checkpoint_paths(folder)["vision"])
+    if iteration == 0:
+        init_from, epochs = args.memory_from, args.memory_epochs_first
+    else:
+        init_from, epochs = str(checkpoint_paths(iteration_dir(args, iteration - 1))["memory"]), args.memory_epochs
+    best = train_memory.main(train_memory.Args(
+        data_dir=args.data_dir, checkpoint_dir=str(folder), epochs=max(epochs, 1), init_from=init_from,
+        dropout=args.memory_dropout, seed=args.seed + iteration, device=args.device, threads=args.threads,
+        resume=(folder / train_memory.MEMORY_LATEST_FILE).is_file(), progress=args.progress))
+    history, epoch = best["history"], int(best["epoch"])
+    return {"epochs": epochs, "best_epoch": epoch, "val_mdn": history["val_mdn"][epoch - 1],
+            "val_reward": history["val_reward"][epoch - 1], "val_done": history["val_done"][epoch - 1],
+            "frames": best.get("data", {}).get("num_frames")}
+
+
+def stage_controller(args: Args, iteration: int) -> dict:
+    """C by CMA-ES in this iteration's dream, from the previous iteration's kept C."""
+    from car_racing import train_controller_cmaes as cmaes
+
+    folder = iteration_dir(args, iteration)
+    previous = checkpoint_paths(iteration_dir(args, iteration - 1))["controller"] if iteration else None
+    out = checkpoint_paths(folder)["controller"]
+    resume = out.is_file() and "es_state" in load_checkpoint(out, "controller")
+    final = cmaes.main(cmaes.Args(
+        mode="dream", population=args.population, sigma0=args.sigma0 if previous is None else args.sigma0_later,
+        generations=args.generations, rollout_steps=args.rollout_steps, dream_trials=args.dream_trials,
+        temperature=args.temperature, dream_dropout=args.dream_dropout, start_states=args.start_states,
+        init="zero" if previous is None else "checkpoint", init_from=str(previous) if previous else None,
+        cma_diagonal=True, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+        eval_max_steps=args.eval_max_steps,
+        eval_seed_base=args.eval_seed_base, workers=args.workers, data_dir=args.data_dir,
+        checkpoint_dir=str(folder), seed=args.seed + 1000 * iteration, device=args.device, threads=args.threads,
+        resume=resume, progress=args.progress))
+    history = final["history"]
+    return {"best_real_score": final["best_real_score"], "model_source": final["model_source"],
+            "dream_fitness_best": history["fitness_best"][-1] if history["fitness_best"] else None,
+            "dream_fitness_cma_mean": history["fitness_cma_mean"][-1] if history["fitness_cma_mean"] else None,
+            "real_checks": list(zip(history["eval_generation"], history["real_best_candidate"], history["real_cma_mean"])),
+            "dream_trained": final["training"]["dream_trained"]}
+
+
+def stage_fidelity(args: Args, iteration: int) -> dict:
+    """The dream-real rank correlation of this iteration's V and M (panel incl. this and earlier Cs)."""
+    from car_racing import evaluate_world_model
+
+    if args.fidelity_panel == 0:
+        return {"skipped": True}
+    folder = iteration_dir(args, iteration)
+    earlier = [str(checkpoint_paths(iteration_dir(args, i))["controller"]) for i in range(iteration)]
+    summary = evaluate_world_model.main(evaluate_world_model.Args(
+        checkpoint_dir=str(folder), data_dir=args.data_dir, panel=args.fidelity_panel, episodes=args.fidelity_episodes,
+        controllers=earlier[-2:], out=str(folder / "fidelity.png"), json_out=str(folder / "fidelity.json"),
+        max_steps=args.eval_max_steps,
+        seed=args.seed, workers=args.workers, device=args.device, progress=args.progress))
+    return {"rank_correlation": summary["rank_correlation"], "controllers": summary["controllers"],
+            "errors": summary["errors"]}
+
+
+def stage_record(args: Args, iteration: int) -> dict:
+    """C (with exploration noise) drives new tracks; the episodes join the data."""
+    if args.agent_episodes == 0:
+        return {"episodes": 0}
+    first = AGENT_SEED_BASE + 1000 * iteration
+    seeds = set(range(first, first + args.agent_episodes))
+    recorded = {int(e["seed"]): e for e in load_recorded(args.data_dir, mmap=True).episodes}
+    record_missing(args, sorted(seeds - set(recorded)), "agent", args.agent_noise, args.agent_steps,
+                   checkpoint_dir=iteration_dir(args, iteration))
+    episodes = [e for e in load_recorded(args.data_dir, mmap=True).episodes if int(e["seed"]) in seeds]
+    returns = [float(e["total_reward"]) for e in episodes]
+    return {"episodes": len(episodes), "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns))}
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[Args, int], dict]
+    first_only: bool = False
+
+
+STAGES = [Stage("data", stage_data, True), Stage("vision", stage_vision, True), Stage("memory", stage_memory),
+          Stage("controller", stage_controller), Stage("fidelity", stage_fidelity), Stage("record", stage_record)]
+
+
+def stage_keys(args: Args) -> list[tuple[int, Stage]]:
+    """(iteration, stage) of the whole loop in order; the last iteration records nothing (no next M)."""
+    keys = []
+    for iteration in range(args.iterations):
+        for stage in STAGES:
+            if stage.first_only and iteration > 0:
+                continue
+            if stage.name == "record" and iteration == args.iterations - 1:
+                continue
+            keys.append((iteration, stage))
+    return keys
+
+
+def report_iteration(state: LoopState, iteration: int) -> str:
+    key = f"{iteration}:"
+    controller = state.data["stages"].get(key + "controller", {})
+    fidelity = state.data["stages"].get(key + "fidelity", {})
+    checks = controller.get("real_checks", [])
+    rho = fidelity.get("rank_correlation")
+    return (f"iteration {iteration}: dream fitness (best candidate, last gen) {controller.get('dream_fitness_best', float('nan')):.1f}; "
+            f"real checks {', '.join(f'g{g}: {b:.0f}/{m:.0f}' for g, b, m in checks) or '-'} (best candidate / CMA mean); "
+            f"kept {controller.get('best_real_score', float('nan')):.1f}; "
+            f"dream-real rank correlation {'-' if rho is None else f'{rho:.2f}'}")
+
+
+def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
+    stages = state.data["stages"]
+    its = [i for i in range(iterations) if f"{i}:controller" in stages]
+    if not its:
+        return
+    kept = [stages[f"{i}:controller"]["best_real_score"] for i in its]
+    dream = [stages[f"{i}:controller"]["dream_fitness_best"] for i in its]
+    last_check = [(stages[f"{i}:controller"]["real_checks"] or [[0, np.nan, np.nan]])[-1][1] for i in its]
+    rho_its = [i for i in its if stages.get(f"{i}:fidelity", {}).get("rank_correlation") is not None]
+    curves = {"kept C: real check score": kept, "last check, best candidate": last_check,
+              "dream fitness, best candidate (last gen)": dream,
+              "dream-real rank correlation × 1000": [1000 * stages[f"{i}:fidelity"]["rank_correlation"] for i in rho_its]}
+    x = {name: its for name in curves}
+    x["dream-real rank correlation × 1000"] = rho_its
+    plot_curves(curves, path, title="dream loop: real checks, dream fitness, dream-real ρ", xlabel="iteration",
+                ylabel="return (ρ × 1000)", x=x)
+
+
+def choose_best(args: Args, state: LoopState) -> Optional[int]:
+    """The iteration whose kept C scored best on the (same) check tracks; its V, M, C linked into best/."""
+    scored = [(state.result(f"{i}:controller")["best_real_score"], i) for i in range(args.iterations)
+              if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None]
+    if not scored:
+        return None
+    _, best = max(scored)
+    for name in CHECKPOINT_FILES.values():
+        link_or_copy(iteration_dir(args, best) / name, Path(args.checkpoint_dir) / "best" / name)
+    return best
+
+
+def main(args: Args) -> dict:
+    """Run (or continue) the loop; returns the loop state."""
+    check_args(args)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    state = LoopState(Path(args.checkpoint_dir) / STATE_FILE, args)
+    state.save()
+    keys = stage_keys(args)
+    bar = tqdm(keys, desc="dream loop", unit="stage", disable=not args.progress,
+               initial=sum(state.done(f"{i}:{s.name}") for i, s in keys), total=len(keys))
+    for iteration, stage in keys:
+        key = f"{iteration}:{stage.name}"
+        if state.done(key):
+            continue
+        bar.set_description(f"dream loop: iteration {iteration}, {stage.name}")
+        (tqdm.write if args.progress else print)(f"\n=== dream loop: iteration {iteration}/{args.iterations - 1}, "
+                                                 f"{stage.name} ===")
+        torch.set_num_threads(threads)  # a stage's thread choice must not leak into the next
+        started = time.time()
+        result = stage.run(args, iteration)
+        state.finish(key, time.time() - started, result)
+        bar.update(1)
+        if stage.name in ("fidelity",) or (stage.name == "controller" and args.fidelity_panel == 0):
+            (tqdm.write if args.progress else print)(report_iteration(state, iteration))
+            plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
+    bar.close()
+    plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
+    best = choose_best(args, state)
+    state.data["best_iteration"] = best
+    state.save()
+    print(f"\ndream loop: {args.iterations} iterations in {state.total_seconds() / 60:.1f} min of stage time")
+    for iteration in range(args.iterations):
+        print(report_iteration(state, iteration))
+    if best is not None:
+        print(f"best iteration by the real checks: {best} (kept C {state.result(f'{best}:controller')['best_real_score']:.1f}); "
+              f"V, M, C linked into {Path(args.checkpoint_dir) / 'best'}")
+    return state.data
+
+
+if __name__ == "__main__":
+    run_main(main, Args)

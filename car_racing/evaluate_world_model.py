@@ -1,0 +1,369 @@
+"""Measure the dream: does M's dream rank controllers the way the real env does?
+
+A panel of ``--panel`` controllers of widely varied quality — the zero C, bias-only drivers (straight
+at several throttles, circling), random linear Cs, the C in ``--checkpoint-dir`` (and any ``--controllers``
+checkpoints, e.g. earlier CMA-ES runs) and copies of those perturbed at growing scales — each
+
+- drives the same ``--episodes`` real tracks (seeds ``--eval-seed-base`` …, away from every training,
+  check and recording seed) → its real return;
+- drives the same dreams, with *the very fitness training uses* (:func:`car_racing.dream.dream_rollout`:
+  start states from the recorded data, ``--rollout-steps``, ``--dream-trials``, τ, dream dropout; by default
+  the settings saved in the controller checkpoint, else the training script's defaults) → its dream fitness.
+
+It prints each controller's real return and dream fitness, then M's errors on the panel's real episodes
+(z = V's μ of each frame, M fed the real actions):
+
+- one-step: MDN negative log-likelihood per latent dimension, and the squared error of the most likely
+  component's mean against the next μ (per latent dimension);
+- multi-step: M dreams open-loop with the real actions and τ = 0 for ``--horizon`` steps from every
+  ``--horizon``-th step; squared error of the dreamed z against the real μ at the horizon;
+- reward head: per-step MSE against the real reward (clipped as in training), and per episode the sum
+  of M's predicted rewards against the real return (what a dream's fitness is built from);
+- done head: its largest probability on steps that did not end the episode, and on steps that did.
+
+It writes a scatter PNG (dream fitness against real return, one point per controller) and ends with
+
+    dream-real rank correlation: R over N controllers
+
+(Spearman's ρ over the panel, two decimals). A dream worth training in ranks controllers like the real env.
+
+    python car_racing/evaluate_world_model.py --panel 12 --episodes 4
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from car_racing.agent import evaluate_agent
+from car_racing.cli import UsageError, run_main
+from car_racing.dream import collect_start_states, dream_rollout
+from car_racing.latent_cache import load_or_build_latents
+from car_racing.models.ffn import flat_to_population, num_controller_params
+from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
+from car_racing.models.vae import frames_to_tensor
+from car_racing.recorded_data import load_memory_sequences
+from car_racing.rollout import default_workers
+from car_racing.runtime import atomic_path, checkpoint_paths, load_checkpoint, load_model, resolve_device, seed_everything
+
+DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states")
+
+
+@dataclass
+class Args:
+    """Rank a panel of controllers in the real env and in M's dream; print the rank correlation and M's errors."""
+
+    checkpoint_dir: str = "checkpoints"
+    """V and M to measure (vision_model.pth, memory_model.pth); its control_model_cmaes.pth, if any, joins the
+    panel with perturbed copies and gives the dream settings"""
+    data_dir: str = "data"
+    """recorded data: the dream start states, as in training"""
+    panel: int = 12
+    """number of controllers in the panel (at least 3)"""
+    episodes: int = 4
+    """real tracks per controller (the same tracks for every controller)"""
+    controllers: list[str] = field(default_factory=list)
+    """more controller checkpoints for the panel (e.g. earlier runs)"""
+    out: str = "checkpoints/world_model_fidelity.png"
+    """scatter PNG of dream fitness against real return"""
+    json_out: Optional[str] = None
+    """also write every figure to this JSON file"""
+    rollout_steps: Optional[int] = None
+    """dream length (default: the controller checkpoint's training setting, else the training default)"""
+    dream_trials: Optional[int] = None
+    """dreams per controller (default: as in training, at least 32)"""
+    temperature: Optional[float] = None
+    """τ of the dreams (default: as in training)"""
+    dream_dropout: Optional[float] = None
+    """dropout p of the dreams (default: as in training)"""
+    start_states: Optional[int] = None
+    """size of the start-state pool (default: as in training)"""
+    horizon: int = 20
+    """steps of the open-loop multi-step prediction"""
+    max_steps: int = 1000
+    """step limit of each real episode"""
+    eval_seed_base: int = 4_000_000
+    """real tracks use seeds BASE … BASE+episodes−1 (away from recording, training and check seeds)"""
+    seed: int = 0
+    """seeds the panel's random and perturbed controllers and the dreams' start states and noise"""
+    workers: int = field(default_factory=default_workers)
+    """worker processes for the real episodes"""
+    device: str = "auto"
+    """device of the dreams and of M's error measurement (real episodes run on the CPU)"""
+    progress: bool = True
+    """show tqdm progress bars"""
+
+
+def check_args(args: Args) -> None:
+    if args.panel < 3:
+        raise UsageError(f"--panel {args.panel}: expected at least 3 controllers (a rank correlation needs them)")
+    for flag, value in (("--episodes", args.episodes), ("--horizon", args.horizon), ("--max-steps", args.max_steps),
+                        ("--workers", args.workers)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: expected a positive integer")
+    for flag in ("rollout_steps", "dream_trials", "start_states"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {value}: expected a positive integer")
+    if args.temperature is not None and args.temperature < 0:
+        raise UsageError(f"--temperature {args.temperature}: expected τ ≥ 0")
+    if args.dream_dropout is not None and not 0 <= args.dream_dropout < 1:
+        raise UsageError(f"--dream-dropout {args.dream_dropout}: expected 0 <= p < 1")
+    for path in args.controllers:
+        if not Path(path).is_file():
+            raise UsageError(f"--controllers {path}: no such controller checkpoint")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
+    def ranks(values: np.ndarray) -> np.ndarray:
+        order = np.argsort(values, kind="mergesort")
+        r = np.empty(len(values))
+        r[order] = np.arange(len(values), dtype=np.float64)
+        for value in np.unique(values):  # ties share their average rank
+            tied = values == value
+            r[tied] = r[tied].mean()
+        return r
+
+    rx, ry = ranks(np.asarray(x, dtype=np.float64)), ranks(np.asarray(y, dtype=np.float64))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def dream_settings(args: Args, controller_checkpoint: dict | None) -> dict[str, Any]:
+    """The dream the controller was (or would be) trained in: explicit flags, else its saved config, else defaults."""
+    from car_racing.train_controller_cmaes import Args as TrainArgs
+
+    saved = (controller_checkpoint or {}).get("config", {})
+    if saved.get("mode") != "dream":  # a real-mode C's rollout_steps is its episode limit, not a dream's
+        saved = {}
+    defaults = TrainArgs()
+    settings = {}
+    for name in DREAM_SETTINGS:
+        value = getattr(args, name)
+        settings[name] = value if value is not None else saved.get(name, getattr(defaults, name))
+    if args.dream_trials is None:
+        settings["dream_trials"] = max(32, int(settings["dream_trials"]))  # a steadier estimate than one generation's
+    return settings
+
+
+def bias_only(num_params: int, steer: float, gas: float, brake: float) -> np.ndarray:
+    """A controller that ignores z and h: constant pre-squash outputs (steer via atanh, gas/brake via logit)."""
+    def logit(p: float) -> float:
+        return float(np.log(p / (1 - p)))
+
+    params = np.zeros(num_params)
+    params[-3:] = [np.arctanh(steer), logit(gas), logit(brake)]
+    return params
+
+
+def build_panel(args: Args, num_params: int, trained: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """``--panel`` named flat parameter vectors of widely varied quality (module docstring), deterministic in --seed."""
+    rng = np.random.default_rng([args.seed, 17])
+    panel: list[tuple[str, np.ndarray]] = [("zero", np.zeros(num_params))]
+    panel += list(trained)
+    panel += [("straight, gas 0.9", bias_only(num_params, 0.0, 0.9, 0.01)),
+              ("straight, gas 0.3", bias_only(num_params, 0.0, 0.3, 0.01)),
+              ("circling left", bias_only(num_params, -0.6, 0.5, 0.01))]
+    # perturbed copies of each trained C at growing scales, then random linear Cs of growing size
+    scales = [0.1, 0.3, 1.0, 3.0]
+    extras: list[tuple[str, np.ndarray]] = []
+    for scale in scales:
+        for name, params in trained:
+            spread = float(np.std(params)) or 1.0
+            extras.append((f"{name} + noise ×{scale:g}", params + scale * spread * rng.standard_normal(num_params)))
+    for sigma in (0.03, 0.1, 0.3, 0.05, 0.2, 0.01):
+        extras.append((f"random σ={sigma:g}", sigma * rng.standard_normal(num_params)))
+    order = rng.permutation(len(extras)) if not trained else np.arange(len(extras))
+    panel += [extras[i] for i in order]
+    while len(panel) < args.panel:
+        sigma = float(rng.choice([0.02, 0.05, 0.1, 0.2]))
+        panel.append((f"random σ={sigma:g} #{len(panel)}", sigma * rng.standard_normal(num_params)))
+    return panel[:args.panel]
+
+
+@torch.no_grad()
+def memory_errors(vae: Any, mdnrnn: MDNRNN, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                  horizon: int, reward_clip: float, device: torch.device) -> dict[str, float]:
+    """M's errors on one real episode (module docstring): one-step NLL and mean error, multi-step error at
+    ``horizon``, reward MSE and the episode's predicted vs real return, done probabilities."""
+    mu = torch.cat([vae.encode(frames_to_tensor(frames[i:i + 256], device=device))[0].float()
+                    for i in range(0, len(frames), 256)])  # (T, L)
+    a = torch.as_tensor(actions, dtype=torch.float32, device=device)
+    out, _ = mdnrnn(mu[None], a[None])
+    steps = len(mu)
+    r = np.clip(rewards, -reward_clip, reward_clip) if reward_clip > 0 else rewards
+    predicted_reward = out.reward[0].float().cpu().numpy()
+    result = {"steps": steps, "real_return": float(np.sum(rewards)), "predicted_return": float(predicted_reward.sum()),
+              "reward_mse": float(np.mean((predicted_reward - r) ** 2))}
+    done = torch.sigmoid(out.done_logit[0]).cpu().numpy()
+    result["done_prob_max_not_end"] = float(done[:-1].max()) if steps > 1 else 0.0
+    result["done_prob_last"] = float(done[-1])
+    if steps > 1:
+        nll = -mdn_log_prob(out.logit_pi[0, :-1], out.mu[0, :-1], out.log_sigma[0, :-1], mu[1:])
+        top = out.logit_pi[0, :-1].argmax(-1, keepdim=True)
+        mean = out.mu[0, :-1].gather(-1, top).squeeze(-1)
+        result["one_step_nll"] = float(nll.mean())
+        result["one_step_mse"] = float(((mean - mu[1:]) ** 2).mean())
+    starts = list(range(0, steps - horizon, horizon))
+    if starts:  # open-loop dreams with the real actions, τ = 0, from each start, batched
+        index = torch.as_tensor(starts, device=device)
+        hs, cs = [], []
+        state = mdnrnn.initial_state(1, device=device)
+        for t in range(starts[-1] + 1):  # M's state before consuming step t, kept at every start
+            if t % horizon == 0:
+                hs.append(state[0])
+                cs.append(state[1])
+            _, state = mdnrnn.step(mu[t:t + 1], a[t:t + 1], state)
+        state = (torch.cat(hs), torch.cat(cs))
+        z = mu[index]
+        for k in range(horizon):
+            step_out, state = mdnrnn.step(z, a[index + k], state)
+            z = MDNRNN.sample_next_z(step_out, temperature=0.0)
+        result["multi_step_mse"] = float(((z - mu[index + horizon]) ** 2).mean())
+    return result
+
+
+def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn: MDNRNN, reward_clip: float,
+               device: torch.device) -> list[dict[str, Any]]:
+    """Every controller's real episodes (same seeds for all) and M's errors on them."""
+    seeds = [args.eval_seed_base + i for i in range(args.episodes)]
+    rows = []
+    for name, params in tqdm(panel, desc="real episodes (panel)", unit="C", disable=not args.progress):
+        results = evaluate_agent(args.checkpoint_dir, seeds, controller_params=params, max_steps=args.max_steps,
+                                 workers=args.workers, device="cpu", record_frames=True)
+        errors = [memory_errors(vae, mdnrnn, r.frames, r.actions, r.rewards, args.horizon, reward_clip, device)
+                  for r in results]
+        returns = np.array([r.total_reward for r in results])
+        rows.append({"name": name, "real_return": float(returns.mean()), "real_std": float(returns.std()),
+                     "laps": int(sum(r.lap_finished for r in results)), "episodes": errors})
+    return rows
+
+
+def dream_panel(args: Args, panel: list[tuple[str, np.ndarray]], mdnrnn: MDNRNN, reward_scale: float,
+                settings: dict[str, Any], device: torch.device) -> np.ndarray:
+    """Dream fitness (P,) of every controller: the training fitness, same start states and noise for all."""
+    mu, _ = load_or_build_latents(args.data_dir, checkpoint_paths(args.checkpoint_dir)["vision"], device,
+                                  progress=args.progress)
+    sequences = load_memory_sequences(args.data_dir)
+    if len(sequences.indices) == 0:
+        raise UsageError(f"--data-dir {args.data_dir}: no memory sequences to start dreams from; record more data")
+    pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, settings["start_states"],
+                                np.random.default_rng([args.seed, 1]), device=device).to(device)
+    generator = torch.Generator().manual_seed(args.seed)
+    start_z, start_state = pool.pick(settings["dream_trials"], generator)
+    flat = torch.as_tensor(np.stack([p for _, p in panel]), dtype=torch.float32, device=device)
+    weights, biases = flat_to_population(flat, mdnrnn.latent_size, mdnrnn.hidden_size)
+    fitness = dream_rollout(mdnrnn, weights, biases, start_z, start_state, settings["rollout_steps"],
+                            settings["temperature"], generator, reward_scale=1.0 / reward_scale,
+                            dropout=settings["dream_dropout"])
+    return fitness.mean(dim=1).double().cpu().numpy()
+
+
+def plot_scatter(rows: list[dict[str, Any]], rho: float, path: Path, settings: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    real = [r["real_return"] for r in rows]
+    dream = [r["dream_fitness"] for r in rows]
+    ax.errorbar(dream, real, yerr=[r["real_std"] for r in rows], fmt="o", capsize=3)
+    for r in rows:
+        ax.annotate(r["name"], (r["dream_fitness"], r["real_return"]), fontsize=6, alpha=0.8)
+    ax.set_xlabel(f"dream fitness ({settings['rollout_steps']} steps, τ={settings['temperature']:g}, "
+                  f"dropout {settings['dream_dropout']:g}, {settings['dream_trials']} dreams)")
+    ax.set_ylabel("real return (mean ± std over the panel's tracks)")
+    ax.set_title(f"dream vs real: Spearman ρ = {rho:.2f} over {len(rows)} controllers")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def summarise_errors(rows: list[dict[str, Any]]) -> dict[str, float]:
+    episodes = [e for r in rows for e in r["episodes"]]
+    keys = ("one_step_nll", "one_step_mse", "multi_step_mse", "reward_mse")
+    summary = {k: float(np.mean([e[k] for e in episodes if k in e])) for k in keys if any(k in e for e in episodes)}
+    gaps = np.array([e["predicted_return"] - e["real_return"] for e in episodes])
+    summary["return_error_mean"] = float(gaps.mean())
+    summary["return_error_abs_mean"] = float(np.abs(gaps).mean())
+    return summary
+
+
+def main(args: Args) -> dict[str, Any]:
+    """Run the measurement; returns every figure (also printed, and in --json-out)."""
+    check_args(args)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    paths = checkpoint_paths(args.checkpoint_dir)
+    vae, _ = load_model(paths["vision"], "vision", device)
+    memory_checkpoint = load_checkpoint(paths["memory"], "memory")
+    mdnrnn, _ = load_model(paths["memory"], "memory", device)
+    mdnrnn = mdnrnn.float()
+    vae = vae.float()
+    reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))
+    reward_clip = float(memory_checkpoint.get("reward", {}).get("clip", 0.0) or 0.0)
+    num_params = num_controller_params(mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
+
+    trained, own = [], None
+    for path in ([paths["controller"]] if paths["controller"].is_file() else []) + [Path(p) for p in args.controllers]:
+        controller, checkpoint = load_model(path, "controller")
+        if controller.hidden_size != mdnrnn.hidden_size or controller.latent_size != mdnrnn.latent_size:
+            raise UsageError(f"{path}: controller sizes do not fit M in {args.checkpoint_dir}")
+        trained.append((f"C {path.parent.name}/{path.stem}" if path != paths["controller"] else "C (checkpoint)",
+                        controller.get_flat_params()))
+        own = own or checkpoint
+    settings = dream_settings(args, own)
+    panel = build_panel(args, num_params, trained)
+
+    started = time.time()
+    fitness = dream_panel(args, panel, mdnrnn, reward_scale, settings, device)
+    dream_seconds = time.time() - started
+    rows = real_panel(args, panel, vae, mdnrnn, reward_clip, device)
+    for row, value in zip(rows, fitness):
+        row["dream_fitness"] = float(value)
+    rho = spearman(np.array([r["dream_fitness"] for r in rows]), np.array([r["real_return"] for r in rows]))
+
+    print(f"\ndream: {settings['dream_trials']} dreams × {settings['rollout_steps']} steps, τ = {settings['temperature']:g}, "
+          f"dropout {settings['dream_dropout']:g} ({dream_seconds:.1f}s); real: {args.episodes} tracks from seed "
+          f"{args.eval_seed_base}")
+    print(f"{'controller':<34} {'real return':>17} {'laps':>5} {'dream fitness':>14} {'Σ r̂ − Σ r':>11}")
+    for row in rows:
+        gap = np.mean([e["predicted_return"] - e["real_return"] for e in row["episodes"]])
+        print(f"{row['name'][:34]:<34} {row['real_return']:8.1f} ± {row['real_std']:6.1f} {row['laps']:>5d} "
+              f"{row['dream_fitness']:14.1f} {gap:11.1f}")
+    errors = summarise_errors(rows)
+    print(f"M on the panel's {sum(len(r['episodes']) for r in rows)} real episodes: one-step NLL "
+          f"{errors.get('one_step_nll', float('nan')):.3f} per latent dim, one-step MSE "
+          f"{errors.get('one_step_mse', float('nan')):.4f}, {args.horizon}-step open-loop MSE "
+          f"{errors.get('multi_step_mse', float('nan')):.4f}; reward MSE {errors['reward_mse']:.3f} per step, "
+          f"episode return predicted − real {errors['return_error_mean']:+.1f} (|·| {errors['return_error_abs_mean']:.1f})")
+    plot_scatter(rows, rho, Path(args.out), settings)
+    summary = {"rank_correlation": rho, "controllers": len(rows), "settings": settings, "errors": errors, "rows": rows,
+               "checkpoint_dir": str(args.checkpoint_dir), "episodes": args.episodes, "eval_seed_base": args.eval_seed_base}
+    if args.json_out:
+        with atomic_path(args.json_out) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}")
+    print(f"dream-real rank correlation: {rho:.2f} over {len(rows)} controllers")
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(main, Args)
