@@ -7,9 +7,10 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 1. record autopilot driving with noise        → data/
 2. train V (ConvVAE)                           → checkpoints/vision_model.pth (+ loss PNG)
 3. train M (MDN-RNN)                           → checkpoints/memory_model.pth (+ loss PNG)
-4. C: DAgger with the autopilot as the expert, then CMA-ES in M's dream, checked in the real env
-                                               → checkpoints/control_model_cmaes.pth (+ PNG)
-5. the simulator: the agent drives real tracks → prints its score line, agent_driving.mp4
+4. the dream loop: C evolves in M's dream only (real-env checks choose what to keep), C's own episodes
+   are recorded, M learns from them, C evolves in the new dream, …
+                                               → loop/iter_NN/, loop/best/{V,M,C}, loop/dream_loop.png
+5. the simulator: the dream-trained agent drives real tracks → prints its score line, agent_driving.mp4
 6. V's reconstructions of held-out frames      → vision_reconstructions.png
 7. V's video of a held-out episode             → vision_episode.mp4
 8. M dreaming beside a recorded episode        → memory_dream.mp4, memory_dream_reward.png
@@ -53,14 +54,14 @@ PRESET: dict[str, Any] = {
     # for M and C: their small batches gain little from a second one, and lose many times over when
     # another process shares the 2 cores.
     "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "threads": 1},
-    # C by DAgger: the noisy autopilot drives round 0, then C drives 6 rounds while the clean autopilot
-    # labels its states (4 real episodes per round), C refitted on all of it after each round. Then two
-    # narrow CMA-ES generations in M's dream, real-checked (best candidate and CMA mean, 2 episodes each)
-    # against the DAgger fit's own check at generation 0: the checkpoint keeps whichever drove best.
-    "controller": {"init": "dagger", "dagger_rounds": 6, "dagger_episodes": 4, "bc_ridge": 1.0,
-                   "sigma0": 0.002, "mode": "dream", "population": 16, "generations": 2, "dream_trials": 16,
-                   "rollout_steps": 50, "start_states": 4096, "eval_every": 2, "eval_episodes": 2,
-                   "eval_max_steps": 1000, "workers": None,  # None = CPUs
+    # C trained only in M's dream (car_racing/dream_loop.py): from the M above, 3 iterations of CMA-ES in
+    # the dream (real checks every 10 generations only choose what is kept), then C drives new tracks with
+    # exploration noise and M continues training on them. No expert label reaches C.
+    "dream_loop": {"iterations": 3, "memory_epochs_first": 0, "memory_epochs": 5, "random_episodes": 4,
+                   "init_steps": 500, "generations": 20, "population": 16, "sigma0": 0.1, "sigma0_later": 0.05,
+                   "rollout_steps": 100, "dream_trials": 16, "start_states": 4096, "eval_every": 10,
+                   "eval_episodes": 2, "agent_episodes": 6, "agent_steps": 500, "agent_noise": 0.3,
+                   "fidelity_panel": 6, "fidelity_episodes": 1, "workers": None,  # None = CPUs
                    "threads": 1},
     # Held-out tracks (seeds 10000..) with a video of every episode.
     "simulator": {"episodes": 3, "max_steps": 1000, "workers": None, "video_scale": 3},
@@ -146,27 +147,35 @@ def memory(run_dir: Path, preset: Mapping[str, Any]) -> str:
             f"{history['val_reward'][epoch - 1]:.3f}, done BCE {history['val_done'][epoch - 1]:.4f}")
 
 
-def controller(run_dir: Path, preset: Mapping[str, Any]) -> str:
-    """Stage 4: C by CMA-ES in M's dream → run_dir/checkpoints/control_model_cmaes.pth."""
-    from car_racing import train_controller_cmaes
+def loop_dir(run_dir: Path) -> Path:
+    """Where the dream loop keeps its models; ``best/`` holds the V, M and C the simulator drives."""
+    return run_dir / "loop"
 
-    final = train_controller_cmaes.main(train_controller_cmaes.Args(
-        data_dir=str(run_dir / "data"), checkpoint_dir=str(run_dir / "checkpoints"), seed=preset["seed"],
-        **_settings(preset, "controller")))
-    score = final.get("best_real_score")
-    fitness = final["history"]["fitness_best"]
-    return (f"{final['generation']} generations, dream fitness of the best candidate {fitness[0]:.1f} → "
-            f"{fitness[-1]:.1f}; best real score {'none' if score is None else f'{score:.1f}'} "
-            f"({final['model_source']})")
+
+def dream_loop(run_dir: Path, preset: Mapping[str, Any]) -> str:
+    """Stage 4: C in M's dream, C's episodes into M, … → run_dir/loop/best/ (V, M, C)."""
+    from car_racing import dream_loop as loop
+
+    checkpoints = run_dir / "checkpoints"
+    state = loop.main(loop.Args(
+        data_dir=str(run_dir / "loop_data"), checkpoint_dir=str(loop_dir(run_dir)), init_data_dir=str(run_dir / "data"),
+        vision_from=str(checkpoints / "vision_model.pth"), memory_from=str(checkpoints / "memory_model.pth"),
+        seed=preset["seed"], **_settings(preset, "dream_loop")))
+    best = state["best_iteration"]
+    stages = state["stages"]
+    rho = [stages.get(f"{i}:fidelity", {}).get("rank_correlation") for i in range(preset["dream_loop"]["iterations"])]
+    return (f"{len(rho)} iterations, dream-real rank correlation per iteration "
+            f"{', '.join('-' if r is None else f'{r:.2f}' for r in rho)}; kept iteration {best} "
+            f"(real check {stages[f'{best}:controller']['best_real_score']:.1f})")
 
 
 def simulator(run_dir: Path, preset: Mapping[str, Any]) -> str:
-    """Stage 5: the agent drives held-out tracks; its score line, and a video → run_dir/agent_driving.mp4."""
+    """Stage 5: the dream-trained agent drives held-out tracks; its score line, and a video → agent_driving.mp4."""
     from car_racing import car_racing_gameplay_simulator as sim
 
     tee = _Tee(sys.stdout, "score:")
     with contextlib.redirect_stdout(tee):
-        mean = sim.main(sim.Args(checkpoint_dir=str(run_dir / "checkpoints"), video=str(run_dir / "agent_driving.mp4"),
+        mean = sim.main(sim.Args(checkpoint_dir=str(loop_dir(run_dir) / "best"), video=str(run_dir / "agent_driving.mp4"),
                                  **_settings(preset, "simulator")))
     return tee.found or f"score: mean {mean:.1f}"
 
@@ -216,7 +225,7 @@ STAGES: list[Stage] = [
     Stage("record autopilot driving (stage 1)", "record", record),
     Stage("train the vision model V (stage 2)", "vision", vision),
     Stage("train the memory model M (stage 3)", "memory", memory),
-    Stage("train the controller C: DAgger, then CMA-ES in the dream (stage 4)", "controller", controller),
+    Stage("train the controller C in M's dream: the dream loop (stage 4)", "dream_loop", dream_loop),
     Stage("the agent drives: simulator (stage 5)", "simulator", simulator),
     Stage("V reconstructions PNG", "vision_png", vision_png),
     Stage("V video", "vision_video", vision_video),

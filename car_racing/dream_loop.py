@@ -101,7 +101,7 @@ class Args:
     memory_from: Optional[str] = None
     """iteration 0's M starts from this memory checkpoint instead of from scratch"""
     memory_epochs_first: int = 60
-    """M's epochs in iteration 0"""
+    """M's epochs in iteration 0 (0 with --memory-from: take that M as it is)"""
     memory_epochs: int = 10
     """M's epochs in every later iteration (continuing from the previous M on the grown data)"""
     memory_dropout: float = 0.0
@@ -151,7 +151,10 @@ class Args:
 
 
 def check_args(args: Args) -> None:
-    for flag in ("iterations", "init_episodes", "init_steps", "eval_max_steps", "vision_epochs", "memory_epochs_first", "generations",
+    if args.memory_epochs_first < 0 or (args.memory_epochs_first == 0 and args.memory_from is None):
+        raise UsageError(f"--memory-epochs-first {args.memory_epochs_first}: expected a positive integer "
+                         f"(or 0 with --memory-from)")
+    for flag in ("iterations", "init_episodes", "init_steps", "eval_max_steps", "vision_epochs", "generations",
                  "population", "rollout_steps", "dream_trials", "start_states", "eval_episodes", "agent_steps",
                  "workers", "fidelity_episodes"):
         if getattr(args, flag) < 1:
@@ -298,6 +301,13 @@ def stage_memory(args: Args, iteration: int) -> dict:
 
     folder = iteration_dir(args, iteration)
     link_or_copy(checkpoint_paths(args.checkpoint_dir)["vision"], checkpoint_paths(folder)["vision"])
+    if iteration == 0 and args.memory_epochs_first == 0:  # take --memory-from as it is
+        source = load_checkpoint(args.memory_from, "memory")
+        link_or_copy(Path(args.memory_from), checkpoint_paths(folder)["memory"])
+        history, epoch = source.get("history", {}), int(source.get("epoch", 0))
+        return {"epochs": 0, "from": args.memory_from,
+                **{f"val_{k}": history[f"val_{k}"][epoch - 1] for k in ("mdn", "reward", "done")
+                   if epoch and f"val_{k}" in history}}
     if iteration == 0:
         init_from, epochs = args.memory_from, args.memory_epochs_first
     else:

@@ -25,11 +25,23 @@ while M still predicts the recorded rewards) and the checkpoint then keeps the b
 The checkpoint's ``model_state`` holds the parameters with the best mean real score so far (a tie
 goes to the later check); with no check it holds CMA's current mean (``model_source`` says which).
 
-**Warm start.** ``--init bc`` fits C to the recorded actions before evolving and uses the fit as CMA's
-initial mean: least squares of the linear layer's pre-squash outputs on ``[z_t, h_t]`` (z = μ, h from
-running M over the recorded windows with the recorded actions), with targets ``atanh(clip(steer,
--1+ε, 1-ε))`` for steer and ``logit(clip(a, ε, 1-ε))`` for gas and brake (ε = ``--bc-eps``) and a
-ridge (``--bc-ridge`` λ on standardised inputs; the bias is not penalised).
+**Warm starts** (``--init``, :data:`WARM_STARTS`; each a function returning CMA's initial mean and a
+record of how it was found): ``zero``; ``bc`` fits C to the recorded actions (least squares of the
+linear layer's pre-squash outputs on ``[z_t, h_t]`` (z = μ, h from running M over the recorded windows
+with the recorded actions), with targets ``atanh(clip(steer, -1+ε, 1-ε))`` for steer and
+``logit(clip(a, ε, 1-ε))`` for gas and brake (ε = ``--bc-eps``) and a ridge (``--bc-ridge`` λ on
+standardised inputs; the bias is not penalised)); ``dagger`` (:mod:`car_racing.imitation`); ``checkpoint``
+(the C of ``--init-from``, its own training record carried along).
+
+**Fitness sources** (``--mode``, :data:`FITNESS_SOURCES`): :class:`DreamFitness` and
+:class:`RealEnvFitness`; :class:`Run` composes a warm start and a fitness source (ask, score, tell,
+check, save).
+
+**How C was made** is recorded in the checkpoint's ``training`` dict (:func:`training_record`): fitness
+source, warm start, generations, whether expert labels (BC, DAgger) or real-env returns as fitness
+entered anywhere in its lineage, the dream's settings, and ``dream_trained`` — true only for a C whose
+every ancestor was evolved in M's dream from a label-free start, with the real env used only by the
+checks that choose what to keep.
 
 **Resume.** ``checkpoints/control_model_cmaes.pth`` is written atomically after every generation with
 the CMA-ES state (``es.pickle_dumps()``), the generation, the RNG states, the history and the best

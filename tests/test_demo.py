@@ -16,9 +16,10 @@ TINY = {
     "vision": {"epochs": 1, "kl_anneal_epochs": 1, "batch_size": 40, "latent_size": 8, "threads": 1},
     "memory": {"epochs": 1, "batch_size": 4, "hidden_size": 16, "num_mixtures": 2, "threads": 1,
                "progress": False},
-    "controller": {"init": "dagger", "dagger_rounds": 1, "dagger_episodes": 1, "population": 4, "generations": 2, "dream_trials": 2, "rollout_steps": 5,
-                   "start_states": 16, "eval_every": 2, "eval_episodes": 1, "eval_max_steps": 10, "workers": 1,
-                   "progress": False},
+    "dream_loop": {"iterations": 2, "memory_epochs_first": 0, "memory_epochs": 1, "population": 4, "generations": 2,
+                   "dream_trials": 2, "rollout_steps": 5, "start_states": 16, "eval_every": 2, "eval_episodes": 1,
+                   "eval_max_steps": 10, "agent_episodes": 1, "agent_steps": 12, "fidelity_panel": 3,
+                   "fidelity_episodes": 1, "workers": 1, "progress": False},
     "simulator": {"episodes": 1, "max_steps": 10, "workers": 1, "video_scale": 1},
     "vision_png": {"columns": 2, "scale": 1},
     "vision_video": {"max_steps": 10, "scale": 1},
@@ -31,8 +32,8 @@ def test_preset_has_settings_for_every_stage_and_they_are_valid_args():
     assert {stage.key for stage in demo.STAGES} == set(TINY) - {"seed"}
     vision = demo.PRESET["vision"]
     assert vision["kl_anneal_epochs"] <= vision["epochs"], "β must reach 1 within the quick run"
-    controller = demo.PRESET["controller"]
-    assert controller["init"] == "dagger" and 1 <= controller["generations"] // controller["eval_every"] <= 2
+    loop = demo.PRESET["dream_loop"]
+    assert loop["iterations"] >= 2 and 1 <= loop["generations"] // loop["eval_every"] <= 2
 
 
 def test_missing_preset_section_is_one_line_error(tmp_path):
@@ -48,12 +49,16 @@ def test_tiny_demo_writes_only_into_its_run_folder(tmp_path, monkeypatch, capsys
     assert os.listdir(tmp_path / "runs") == [run_dir.name]
     files = {str(p) for p in demo.written_files(run_dir)}
     for name in ("checkpoints/vision_model.pth", "checkpoints/memory_model.pth",
-                 "checkpoints/control_model_cmaes.pth", "agent_driving.mp4", "vision_reconstructions.png",
+                 "loop/best/control_model_cmaes.pth", "loop/dream_loop.png", "agent_driving.mp4", "vision_reconstructions.png",
                  "vision_episode.mp4", "memory_dream.mp4", "memory_dream_reward.png",
                  "data/car_racing_recorded_frames.npy"):
         assert name in files
     out = capsys.readouterr().out
     assert "score: " in out and f"everything is in {run_dir}" in out
+    from car_racing.runtime import load_checkpoint
+
+    training = load_checkpoint(run_dir / "loop/best/control_model_cmaes.pth", "controller")["training"]
+    assert training["dream_trained"]  # the demo's agent never saw an expert label
 
 
 def test_failing_stage_names_itself(tmp_path):

@@ -1,0 +1,235 @@
+"""The dream issue: measuring the dream, dropout fixed per dream, the dream-trained record, the whole loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from car_racing import dream, dream_loop, evaluate_world_model
+from car_racing.cli import UsageError
+from car_racing.dream import DreamNoise, dream_rollout, dream_rollout_per_candidate
+from car_racing.latent_cache import load_or_build_latents
+from car_racing.models.ffn import flat_to_population
+from car_racing.models.mdn_rnn import MDNRNN, head_dropout_mask
+from car_racing.recorded_data import load_recorded
+from car_racing.runtime import load_checkpoint
+from car_racing.train_controller_cmaes import Args as ControllerArgs
+from car_racing.train_controller_cmaes import main as train_controller
+from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --- dropout: one mask per dream -----------------------------------------------------------------------
+
+def test_dropout_mask_is_fixed_within_a_dream_and_differs_between_dreams(monkeypatch):
+    mdn = tiny_memory(done_bias=-5.0)
+    population, trials, steps = 3, 4, 7
+    flat = torch.randn(population, 3 * (LATENT + HIDDEN) + 3, generator=torch.Generator().manual_seed(0))
+    weights, biases = flat_to_population(flat, LATENT, HIDDEN)
+    start_z = torch.randn(trials, LATENT)
+    start_state = (torch.zeros(trials, HIDDEN), torch.zeros(trials, HIDDEN))
+    seen = []
+    original = dream.FusedDreamWeights.head_outputs
+
+    def spy(self, x, head_mask=None):
+        seen.append(None if head_mask is None else head_mask.clone())
+        return original(self, x, head_mask)
+
+    monkeypatch.setattr(dream.FusedDreamWeights, "head_outputs", spy)
+    fitness = dream_rollout(mdn, weights, biases, start_z, start_state, steps, 1.0,
+                            torch.Generator().manual_seed(3), dropout=0.5)
+    assert len(seen) == steps and all(mask is not None for mask in seen)
+    for mask in seen[1:]:  # the same mask at every step of the dream
+        torch.testing.assert_close(mask, seen[0], rtol=0, atol=0)
+    rows = seen[0].view(population, trials, HIDDEN)
+    assert set(rows.unique().tolist()) == {0.0, 2.0}  # kept units scaled by 1/(1 − p)
+    torch.testing.assert_close(rows[0], rows[1], rtol=0, atol=0)  # candidates share each dream's mask (CRN)
+    assert not torch.equal(rows[0, 0], rows[0, 1])  # each dream draws its own
+    again = []
+    monkeypatch.setattr(dream.FusedDreamWeights, "head_outputs",
+                        lambda self, x, head_mask=None: (again.append(head_mask.clone()), original(self, x, head_mask))[1])
+    dream_rollout(mdn, weights, biases, start_z, start_state, steps, 1.0, torch.Generator().manual_seed(4), dropout=0.5)
+    assert not torch.equal(again[0], seen[0])  # the next generation's dreams draw new masks
+    # the reference loop gives the same fitness with the same masks; p = 0 leaves the noise as before
+    monkeypatch.setattr(dream.FusedDreamWeights, "head_outputs", original)
+    reference = dream_rollout_per_candidate(mdn, weights, biases, start_z, start_state, steps, 1.0,
+                                            torch.Generator().manual_seed(3), dropout=0.5)
+    torch.testing.assert_close(fitness, reference, rtol=1e-4, atol=1e-4)
+    plain = DreamNoise.draw(steps, trials, LATENT, torch.Generator().manual_seed(3))
+    masked = DreamNoise.draw(steps, trials, LATENT, torch.Generator().manual_seed(3), 0.5, HIDDEN)
+    assert plain.head_mask is None and masked.head_mask.shape == (trials, HIDDEN)
+    torch.testing.assert_close(plain.gaussian, masked.gaussian, rtol=0, atol=0)
+
+
+def test_memory_head_mask_is_one_mask_for_the_whole_sequence():
+    torch.manual_seed(0)
+    mdn = MDNRNN(latent_size=LATENT, action_size=3, hidden_size=HIDDEN, num_mixtures=2).eval()
+    z, a = torch.randn(2, 5, LATENT), torch.rand(2, 5, 3)
+    mask = head_dropout_mask(2, HIDDEN, 0.5, torch.Generator().manual_seed(1))
+    out, _ = mdn(z, a, head_mask=mask)
+    plain, _ = mdn(z, a)
+    torch.testing.assert_close(out.hidden, plain.hidden)  # the recurrence (and what C sees) is unmasked
+    for t in range(5):
+        expected = mdn.heads(plain.hidden[:, t] * mask)
+        torch.testing.assert_close(out.reward[:, t], expected.reward)
+        torch.testing.assert_close(out.mu[:, t], expected.mu)
+    assert head_dropout_mask(2, HIDDEN, 0.0) is None
+
+
+# --- the dream-trained record -------------------------------------------------------------------------
+
+def controller_args(tmp_path, data_dir, **overrides) -> ControllerArgs:
+    options = dict(population=4, generations=1, rollout_steps=4, dream_trials=2, start_states=32, eval_every=1,
+                   eval_episodes=1, eval_max_steps=8, workers=1, data_dir=str(data_dir), batch_size=8,
+                   checkpoint_dir=str(tmp_path), device="cpu", progress=False, cma_diagonal=True)
+    options.update(overrides)
+    return ControllerArgs(**options)
+
+
+def test_checkpoint_records_whether_c_was_trained_only_in_the_dream(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path)
+    dreamt = train_controller(controller_args(tmp_path, tiny_data_dir, init="zero", dream_dropout=0.1))
+    record = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")["training"]
+    assert dreamt["training"] == record
+    assert record["dream_trained"] and record["fitness_source"] == "dream" and record["warm_start"] == "zero"
+    assert not record["expert_labels"] and not record["real_returns_as_fitness"]
+    assert record["generations"] == 1 and record["dream"]["dropout"] == 0.1
+    # warm-started from that C, in a new dream: still dream-trained, and the lineage is in the file
+    first = tmp_path / "first.pth"
+    (tmp_path / "control_model_cmaes.pth").rename(first)
+    chained = train_controller(controller_args(tmp_path, tiny_data_dir, init="checkpoint", init_from=str(first)))
+    assert chained["training"]["dream_trained"] and chained["training"]["total_generations"] == 2
+    assert chained["training"]["warm_start_training"]["warm_start"] == "zero"
+    # behaviour cloning on the recorded drivers' actions: expert labels, not dream-trained
+    bc = train_controller(controller_args(tmp_path, tiny_data_dir, init="bc"))
+    assert bc["training"]["expert_labels"] and not bc["training"]["dream_trained"]
+    # from a dream-trained C, fine-tuned on real returns: no longer dream-trained
+    real = train_controller(controller_args(tmp_path, tiny_data_dir, init="checkpoint", init_from=str(first),
+                                            mode="real", real_trials=1, population=2, eval_every=0))
+    assert real["training"]["real_returns_as_fitness"] and not real["training"]["dream_trained"]
+    assert not real["training"]["expert_labels"]
+
+
+# --- measuring the dream --------------------------------------------------------------------------------
+
+def test_fidelity_script_prints_its_line_and_writes_the_png(tmp_path, tiny_data_dir, capsys):
+    write_tiny_checkpoints(tmp_path)
+    out, json_out = tmp_path / "fidelity.png", tmp_path / "fidelity.json"
+    summary = evaluate_world_model.main(evaluate_world_model.Args(
+        checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), panel=5, episodes=1, max_steps=12, horizon=4,
+        rollout_steps=6, dream_trials=3, start_states=32, out=str(out), json_out=str(json_out), workers=1,
+        device="cpu", progress=False))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("dream-real rank correlation: ") and lines[-1].endswith(" over 5 controllers")
+    assert out.stat().st_size > 0 and json.loads(json_out.read_text())["controllers"] == 5
+    rows = summary["rows"]
+    assert len(rows) == 5 and len({r["name"] for r in rows}) == 5
+    assert all(len(r["episodes"]) == 1 and np.isfinite(r["dream_fitness"]) for r in rows)
+    assert {"one_step_nll", "one_step_mse", "multi_step_mse", "reward_mse"} <= set(summary["errors"])
+    # controllers of different quality really drive differently in the real env
+    assert len({round(r["real_return"], 3) for r in rows}) > 1
+    with pytest.raises(UsageError, match="--panel 2"):
+        evaluate_world_model.main(evaluate_world_model.Args(checkpoint_dir=str(tmp_path), panel=2))
+
+
+def test_spearman_rank_correlation():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert evaluate_world_model.spearman(x, x ** 3) == pytest.approx(1.0)
+    assert evaluate_world_model.spearman(x, -x) == pytest.approx(-1.0)
+    assert evaluate_world_model.spearman(np.array([1.0, 1.0, 2.0]), np.array([3.0, 3.0, 5.0])) == pytest.approx(1.0)
+    assert np.isnan(evaluate_world_model.spearman(x, np.ones(4)))
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+def loop_args(tmp_path: Path, init_dir: Path, paths: dict, **overrides) -> dream_loop.Args:
+    options = dict(data_dir=str(tmp_path / "data"), checkpoint_dir=str(tmp_path / "loop"), iterations=2,
+                   init_data_dir=str(init_dir), vision_from=str(paths["vision"]), memory_from=str(paths["memory"]),
+                   memory_epochs_first=1, memory_epochs=1, generations=2, population=4, rollout_steps=4,
+                   dream_trials=2, start_states=32, eval_every=2, eval_episodes=1, eval_max_steps=10,
+                   agent_episodes=2, agent_steps=12, fidelity_panel=3, fidelity_episodes=1, workers=1, device="cpu",
+                   progress=False)
+    options.update(overrides)
+    return dream_loop.Args(**options)
+
+
+class Interrupted(Exception):
+    """Stands in for Ctrl-C (pytest itself stops on a real KeyboardInterrupt)."""
+
+
+def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny_data_dir, monkeypatch):
+    paths = write_tiny_checkpoints(tmp_path / "tiny")
+    args = loop_args(tmp_path, tiny_data_dir, paths)
+    calls: list[str] = []
+    interrupted: list[bool] = []
+    original = {stage.name: stage.run for stage in dream_loop.STAGES}
+
+    def counting(name):
+        def run(args, iteration):
+            calls.append(f"{iteration}:{name}")
+            if f"{iteration}:{name}" == "1:controller" and not interrupted:
+                interrupted.append(True)
+                raise Interrupted  # a crash (or Ctrl-C) between M and C of the second iteration
+            return original[name](args, iteration)
+        return run
+
+    monkeypatch.setattr(dream_loop, "STAGES", [dream_loop.Stage(s.name, counting(s.name), s.first_only)
+                                               for s in dream_loop.STAGES])
+    with pytest.raises(Interrupted):
+        dream_loop.main(args)
+    state_path = Path(args.checkpoint_dir) / dream_loop.STATE_FILE
+    saved = json.loads(state_path.read_text())
+    assert list(saved["stages"]) == ["0:data", "0:vision", "0:memory", "0:controller", "0:fidelity", "0:record",
+                                     "1:memory"]
+    data = load_recorded(args.data_dir, mmap=True)
+    assert [e["driver"] for e in data.episodes].count("agent") == 2  # C's own episodes joined the data
+
+    calls.clear()
+    final = dream_loop.main(args)  # the rerun resumes: only the interrupted and later stages run
+    assert calls == ["1:controller", "1:fidelity"]
+    assert set(final["stages"]) >= {"1:controller", "1:fidelity"} and "1:record" not in final["stages"]
+    for iteration in (0, 1):
+        folder = Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
+        controller = load_checkpoint(folder / "control_model_cmaes.pth", "controller")
+        assert controller["training"]["dream_trained"] and controller["training"]["fitness_source"] == "dream"
+        assert (folder / "fidelity.png").is_file()
+    memory = load_checkpoint(Path(args.checkpoint_dir) / "iter_01" / "memory_model.pth", "memory")
+    assert memory["warm_start"]["from"].endswith("iter_00/memory_model.pth")
+    assert memory["data"]["num_frames"] == len(data)
+    assert final["best_iteration"] in (0, 1)
+    assert (Path(args.checkpoint_dir) / "best" / "control_model_cmaes.pth").is_file()
+    assert (Path(args.checkpoint_dir) / dream_loop.PLOT_FILE).stat().st_size > 0
+    with pytest.raises(UsageError, match="--seed 5"):  # a different loop cannot continue this one
+        dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, seed=5))
+
+
+def test_appended_episodes_encode_only_the_new_frames(tmp_path, monkeypatch):
+    from car_racing import latent_cache
+    from conftest import write_synthetic_recording
+    from car_racing.recorded_data import EpisodeStore, RecordedEpisode
+
+    paths = write_tiny_checkpoints(tmp_path / "tiny")
+    data_dir = tmp_path / "data"
+    write_synthetic_recording(data_dir)
+    first, _ = load_or_build_latents(data_dir, paths["vision"])
+    encoded = []
+    original = latent_cache.encode_frames
+    monkeypatch.setattr(latent_cache, "encode_frames",
+                        lambda vae, frames, *a, **k: (encoded.append(len(frames)), original(vae, frames, *a, **k))[1])
+    store = EpisodeStore(data_dir, append=True, seq_len=10)
+    rng = np.random.default_rng(0)
+    store.add(RecordedEpisode(seed=999, driver="agent", frames=rng.integers(0, 255, (12, 64, 64, 3), dtype=np.uint8),
+                              actions=np.zeros((12, 3), np.float32), rewards=np.zeros(12, np.float32),
+                              lap_finished=False))
+    store.commit()
+    grown, _ = load_or_build_latents(data_dir, paths["vision"])
+    assert encoded == [12] and len(grown) == len(first) + 12
+    np.testing.assert_array_equal(grown[:len(first)], first)
+    (data_dir / latent_cache.LATENTS_FILE).unlink()
+    rebuilt, _ = load_or_build_latents(data_dir, paths["vision"])
+    np.testing.assert_allclose(rebuilt, grown, rtol=1e-5, atol=1e-5)
