@@ -126,6 +126,16 @@ class StartStates:
         return StartStates(self.z.to(device), self.h.to(device), self.c.to(device))
 
 
+def episode_start_states(mu: np.ndarray | torch.Tensor, episode_starts: np.ndarray | list[int], hidden_size: int
+                         ) -> StartStates:
+    """Dreams from the start line: z = μ of each recorded episode's first frame, M's zero state (as the
+    agent at a real reset), so a dream of 1000 steps is a whole episode (Dropout's Dream Land's dreams)."""
+    mu = torch.as_tensor(np.asarray(mu) if not isinstance(mu, torch.Tensor) else mu, dtype=torch.float32)
+    z = mu[torch.as_tensor(np.asarray(episode_starts, dtype=np.int64))]
+    zeros = torch.zeros(len(z), hidden_size)
+    return StartStates(z, zeros, zeros.clone())
+
+
 def collect_start_states(mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np.ndarray, actions: np.ndarray,
                          count: int, rng: np.random.Generator, *, device: torch.device | str = "cpu",
                          batch_size: int = 256,

@@ -45,7 +45,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -125,6 +125,8 @@ class Args:
     """dropout p on M's h before its heads, one mask per dream (Dropout's Dream Land: 0.1)"""
     start_states: int = 8192
     """dream start states drawn from the recorded data"""
+    dream_start: Literal["recorded", "episode-start"] = "recorded"
+    """recorded (states anywhere in the data) or episode-start (whole episodes from the start line)"""
     eval_every: int = 10
     """real-env checks every this many generations (they choose what to keep; never fitness)"""
     eval_episodes: int = 4
@@ -162,6 +164,8 @@ def check_args(args: Args) -> None:
     for flag in ("random_episodes", "memory_epochs", "agent_episodes", "fidelity_panel", "eval_every", "threads"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
+    if args.dream_start not in ("recorded", "episode-start"):
+        raise UsageError(f"--dream-start {args.dream_start}: expected recorded or episode-start")
     if 0 < args.fidelity_panel < 3:
         raise UsageError(f"--fidelity-panel {args.fidelity_panel}: expected 0 (skip) or at least 3")
     for flag in ("memory_dropout", "dream_dropout"):
@@ -334,6 +338,7 @@ def stage_controller(args: Args, iteration: int) -> dict:
         mode="dream", population=args.population, sigma0=args.sigma0 if previous is None else args.sigma0_later,
         generations=args.generations, rollout_steps=args.rollout_steps, dream_trials=args.dream_trials,
         temperature=args.temperature, dream_dropout=args.dream_dropout, start_states=args.start_states,
+        dream_start=args.dream_start,
         init="zero" if previous is None else "checkpoint", init_from=str(previous) if previous else None,
         cma_diagonal=True, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         eval_max_steps=args.eval_max_steps,

@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -49,16 +49,16 @@ from tqdm.auto import tqdm
 
 from car_racing.agent import evaluate_agent
 from car_racing.cli import UsageError, run_main
-from car_racing.dream import collect_start_states, dream_rollout
+from car_racing.dream import collect_start_states, dream_rollout, episode_start_states
 from car_racing.latent_cache import load_or_build_latents
 from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
 from car_racing.models.vae import frames_to_tensor
-from car_racing.recorded_data import load_memory_sequences
+from car_racing.recorded_data import load_memory_sequences, load_recorded
 from car_racing.rollout import default_workers
 from car_racing.runtime import atomic_path, checkpoint_paths, load_checkpoint, load_model, resolve_device, seed_everything
 
-DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states")
+DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start")
 
 
 @dataclass
@@ -90,6 +90,8 @@ class Args:
     """dropout p of the dreams (default: as in training)"""
     start_states: Optional[int] = None
     """size of the start-state pool (default: as in training)"""
+    dream_start: Optional[Literal["recorded", "episode-start"]] = None
+    """recorded or episode-start (default: as in training; see train_controller_cmaes.py --dream-start)"""
     horizon: int = 20
     """steps of the open-loop multi-step prediction"""
     max_steps: int = 1000
@@ -119,6 +121,8 @@ def check_args(args: Args) -> None:
             raise UsageError(f"--{flag.replace('_', '-')} {value}: expected a positive integer")
     if args.temperature is not None and args.temperature < 0:
         raise UsageError(f"--temperature {args.temperature}: expected τ ≥ 0")
+    if args.dream_start not in (None, "recorded", "episode-start"):
+        raise UsageError(f"--dream-start {args.dream_start}: expected recorded or episode-start")
     if args.dream_dropout is not None and not 0 <= args.dream_dropout < 1:
         raise UsageError(f"--dream-dropout {args.dream_dropout}: expected 0 <= p < 1")
     for path in args.controllers:
@@ -187,11 +191,17 @@ def build_panel(args: Args, num_params: int, trained: list[tuple[str, np.ndarray
             extras.append((f"{name} + noise ×{scale:g}", params + scale * spread * rng.standard_normal(num_params)))
     for sigma in (0.03, 0.1, 0.3, 0.05, 0.2, 0.01):
         extras.append((f"random σ={sigma:g}", sigma * rng.standard_normal(num_params)))
-    order = rng.permutation(len(extras)) if not trained else np.arange(len(extras))
-    panel += [extras[i] for i in order]
+    panel += extras
+    near = [0.05, 0.1, 0.2, 0.3, 0.5]  # a larger panel adds copies close to the trained Cs: where CMA-ES searches
     while len(panel) < args.panel:
-        sigma = float(rng.choice([0.02, 0.05, 0.1, 0.2]))
-        panel.append((f"random σ={sigma:g} #{len(panel)}", sigma * rng.standard_normal(num_params)))
+        if trained:
+            scale = near[(len(panel) // max(len(trained), 1)) % len(near)]
+            name, params = trained[len(panel) % len(trained)]
+            spread = float(np.std(params)) or 1.0
+            panel.append((f"{name} + noise ×{scale:g} #{len(panel)}", params + scale * spread * rng.standard_normal(num_params)))
+        else:
+            sigma = float(rng.choice([0.02, 0.05, 0.1, 0.2]))
+            panel.append((f"random σ={sigma:g} #{len(panel)}", sigma * rng.standard_normal(num_params)))
     return panel[:args.panel]
 
 
@@ -261,8 +271,12 @@ def dream_panel(args: Args, panel: list[tuple[str, np.ndarray]], mdnrnn: MDNRNN,
     sequences = load_memory_sequences(args.data_dir)
     if len(sequences.indices) == 0:
         raise UsageError(f"--data-dir {args.data_dir}: no memory sequences to start dreams from; record more data")
-    pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, settings["start_states"],
-                                np.random.default_rng([args.seed, 1]), device=device).to(device)
+    if settings["dream_start"] == "episode-start":
+        starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
+        pool = episode_start_states(mu, starts, mdnrnn.hidden_size).to(device)
+    else:
+        pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, settings["start_states"],
+                                    np.random.default_rng([args.seed, 1]), device=device).to(device)
     generator = torch.Generator().manual_seed(args.seed)
     start_z, start_state = pool.pick(settings["dream_trials"], generator)
     flat = torch.as_tensor(np.stack([p for _, p in panel]), dtype=torch.float32, device=device)
@@ -285,7 +299,7 @@ def plot_scatter(rows: list[dict[str, Any]], rho: float, path: Path, settings: d
     ax.errorbar(dream, real, yerr=[r["real_std"] for r in rows], fmt="o", capsize=3)
     for r in rows:
         ax.annotate(r["name"], (r["dream_fitness"], r["real_return"]), fontsize=6, alpha=0.8)
-    ax.set_xlabel(f"dream fitness ({settings['rollout_steps']} steps, τ={settings['temperature']:g}, "
+    ax.set_xlabel(f"dream fitness ({settings['dream_start']}, {settings['rollout_steps']} steps, τ={settings['temperature']:g}, "
                   f"dropout {settings['dream_dropout']:g}, {settings['dream_trials']} dreams)")
     ax.set_ylabel("real return (mean ± std over the panel's tracks)")
     ax.set_title(f"dream vs real: Spearman ρ = {rho:.2f} over {len(rows)} controllers")

@@ -75,7 +75,7 @@ from tqdm.auto import tqdm
 
 from car_racing.agent import checkpoint_paths, evaluate_agent, make_agent_driver
 from car_racing.cli import UsageError, run_main
-from car_racing.dream import RecordedStates, collect_start_states, dream_rollout
+from car_racing.dream import RecordedStates, collect_start_states, dream_rollout, episode_start_states
 from car_racing.imitation import LinearFit, bc_targets, linear_to_flat, run_dagger
 from car_racing.latent_cache import file_sha256, load_or_build_latents
 from car_racing.models.ffn import Controller, flat_to_population, num_controller_params
@@ -121,6 +121,9 @@ class Args:
     (see car_racing/dream.py)"""
     start_states: int = 8192
     """size of the pool of recorded (z, h) states the dreams start from"""
+    dream_start: Literal["recorded", "episode-start"] = "recorded"
+    """where dreams start: recorded (z, h) states anywhere in the recorded episodes, or episode-start (the first
+    frame of each recorded episode with M's zero state: with --rollout-steps 1000, whole episodes from the start line)"""
     init: Literal["zero", "bc", "dagger", "checkpoint"] = "zero"
     """CMA's initial mean: all-zero parameters, C fitted to the recorded actions (bc: behaviour cloning),
     C fitted by DAgger with the autopilot as the expert in the real env (see car_racing/imitation.py), or
@@ -464,11 +467,16 @@ def load_start_pool(setup: Setup, fit: LinearFit | None = None) -> None:
     if len(sequences.indices) == 0:
         raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
     started = time.time()
-    pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, args.start_states,
-                                np.random.default_rng([args.seed, 1]), device=setup.device,
-                                batch_size=args.batch_size, visit=bc_visitor(fit, args.bc_eps) if fit else None)
-    print(f"{len(pool)} dream start states from {sequences.indices.size} recorded steps "
-          f"({time.time() - started:.1f}s)")
+    if fit is not None or args.dream_start == "recorded":
+        pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, args.start_states,
+                                    np.random.default_rng([args.seed, 1]), device=setup.device,
+                                    batch_size=args.batch_size, visit=bc_visitor(fit, args.bc_eps) if fit else None)
+        print(f"{len(pool)} dream start states from {sequences.indices.size} recorded steps "
+              f"({time.time() - started:.1f}s)")
+    if args.dream_start == "episode-start":
+        starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
+        pool = episode_start_states(mu, starts, mdnrnn.hidden_size)
+        print(f"{len(pool)} dream start states: the first frame of every recorded episode")
     setup.pool = pool.to(setup.device)
 
 
@@ -590,7 +598,7 @@ def training_record(args: Args, warm_start: dict | None, generation: int) -> dic
     if args.mode == "dream":
         record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
                            "temperature": args.temperature, "dropout": args.dream_dropout,
-                           "start_states": args.start_states, "data_dir": args.data_dir}
+                           "start_states": args.start_states, "start": args.dream_start, "data_dir": args.data_dir}
     if source:
         record["warm_start_training"] = source
     return record

@@ -234,3 +234,22 @@ def test_bad_flags_are_usage_errors(tiny_data_dir, tmp_path):
         train_memory.main(tiny_args(tiny_data_dir, tmp_path, epochs=0))
     with pytest.raises(UsageError, match="vision"):
         train_memory.main(tiny_args(tiny_data_dir, tmp_path / "empty"))
+
+
+def test_warm_start_and_head_dropout(tiny_data_dir, tmp_path):
+    checkpoints = tmp_path / "ck"
+    save_tiny_vision(checkpoints / "vision_model.pth")
+    first = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    # --init-from: the new run starts from those weights (sizes from the checkpoint), with dropout on the heads
+    tuned_dir = tmp_path / "tuned"
+    save_tiny_vision(tuned_dir / "vision_model.pth")
+    tuned = train_memory.main(tiny_args(tiny_data_dir, tuned_dir, hidden_size=512, num_mixtures=5, dropout=0.3,
+                                        init_from=str(checkpoints / "memory_model.pth")))
+    assert tuned["model_args"] == first["model_args"]  # not the flags' 512 / 5: M is rebuilt from its checkpoint
+    assert tuned["warm_start"]["from"] == str(checkpoints / "memory_model.pth") and tuned["dropout"] == 0.3
+    assert tuned["history"]["train_mdn"][0] < first["history"]["train_mdn"][0]  # it continued, not restarted
+    assert tuned["data"]["num_frames"] == 95 and tuned["data"]["drivers"] == ["synthetic"]
+    with pytest.raises(UsageError, match="--dropout 1.0"):
+        train_memory.main(tiny_args(tiny_data_dir, tuned_dir, dropout=1.0))
+    with pytest.raises(UsageError, match="--init-from"):
+        train_memory.main(tiny_args(tiny_data_dir, tuned_dir, init_from=str(tmp_path / "none.pth")))
