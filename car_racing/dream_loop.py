@@ -16,8 +16,10 @@ script's own ``main`` (each stays runnable on its own; the exact calls are in th
    generations: the checks only choose which parameters are kept.
 3. ``fidelity`` — ``evaluate_world_model.py`` on this iteration's V, M and C: the dream-real rank
    correlation of a panel of controllers (``--fidelity-panel``, 0 = skip).
-4. ``record`` — the kept C drives ``--agent-episodes`` new tracks with exploration noise; the episodes are
-   appended to the data (C's mistakes become M's lessons in the next iteration).
+4. ``record`` — C drives ``--agent-episodes`` new tracks with exploration noise, appended to the data (C's
+   mistakes become M's lessons in the next iteration): a ``--record-dream-choice`` share of them by CMA's
+   final mean (``iter_NN/dream_choice/``: the C the dream prefers — when the dream is exploited, the very
+   C that shows M its error), the rest by the kept, real-checked C.
 
 Each iteration lives in ``CHECKPOINT_DIR/iter_NN/`` (V hard-linked, M, C, their PNGs, ``fidelity.png``). The
 loop state ``CHECKPOINT_DIR/dream_loop_state.json`` (written atomically after every stage) lists the
@@ -142,6 +144,9 @@ class Args:
     """maximum exploration noise (OU std on steer, half on gas), drawn per episode"""
     agent_steps: int = 1000
     """steps per recorded C episode"""
+    record_dream_choice: float = 0.5
+    """fraction of those episodes driven by CMA's final mean (the dream's choice, which may exploit M: its
+    episodes show M where it is wrong) instead of the kept, real-checked C"""
     fidelity_panel: int = 8
     """controllers in each iteration's dream-real measurement (0 = skip the measurement)"""
     fidelity_episodes: int = 2
@@ -168,6 +173,8 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--dream-start {args.dream_start}: expected recorded or episode-start")
     if 0 < args.fidelity_panel < 3:
         raise UsageError(f"--fidelity-panel {args.fidelity_panel}: expected 0 (skip) or at least 3")
+    if not 0 <= args.record_dream_choice <= 1:
+        raise UsageError(f"--record-dream-choice {args.record_dream_choice}: expected a fraction in [0, 1]")
     for flag in ("memory_dropout", "dream_dropout"):
         if not 0 <= getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 <= p < 1")
@@ -248,21 +255,38 @@ def stage_data(args: Args, iteration: int) -> dict:
         for name in names:
             if (source / name).is_file():
                 link_or_copy(source / name, data_dir / name)
-    recorded = {int(e["seed"]) for e in load_recorded(data_dir, mmap=True).episodes} if has_recorded_data(data_dir) else set()
     drivers = [(range(RANDOM_SEED_BASE, RANDOM_SEED_BASE + args.random_episodes), "random", 0.0)]
     if args.init_data_dir is None:
         drivers.insert(0, (range(args.seed, args.seed + args.init_episodes), "autopilot", args.init_noise))
     for seeds, driver, noise in drivers:
-        record_missing(args, [s for s in seeds if s not in recorded], driver, noise, args.init_steps)
+        record_missing(args, list(seeds), driver, noise, args.init_steps)
     data = load_recorded(data_dir, mmap=True)
     return {"episodes": len(data.episodes), "frames": len(data)}
 
 
+def recorded_seeds(data_dir: str) -> set[int]:
+    """Seeds in the recording, including episodes an interrupted recorder saved but did not merge yet."""
+    from car_racing import recorded_frames
+    from car_racing.recorded_data import PENDING_DIR
+
+    seeds = {int(e["seed"]) for e in load_recorded(data_dir, mmap=True).episodes} if has_recorded_data(data_dir) else set()
+
+    class Pending:  # what recorded_frames.pending_seeds reads (it also checks each file)
+        def pending_files(self) -> list[Path]:
+            return sorted((Path(data_dir) / PENDING_DIR).glob("episode_*.npz"))
+
+    return seeds | set(recorded_frames.pending_seeds(Pending()))
+
+
 def record_missing(args: Args, seeds: list[int], driver: str, noise: float, steps: int,
                    checkpoint_dir: Optional[Path] = None) -> None:
-    """Record the given seeds (contiguous runs, appended), so a rerun records only what is missing."""
+    """Record the given seeds that are not recorded yet (contiguous runs, appended), and merge whatever an
+    interrupted run left pending: a rerun records only what is missing and never twice."""
     from car_racing import recorded_frames
+    from car_racing.recorded_data import EpisodeStore
 
+    done = recorded_seeds(args.data_dir)
+    seeds = [seed for seed in seeds if seed not in done]
     runs: list[list[int]] = []
     for seed in sorted(seeds):
         if runs and seed == runs[-1][-1] + 1:
@@ -280,6 +304,10 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
             driver=driver, episodes=len(run), steps=steps, seed=run[0], data_dir=args.data_dir, workers=args.workers,
             append=has_recorded_data(args.data_dir), noise=noise,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else "checkpoints"))
+    from car_racing.recorded_data import PENDING_DIR
+
+    if has_recorded_data(args.data_dir) and any((Path(args.data_dir) / PENDING_DIR).glob("episode_*.npz")):
+        EpisodeStore(args.data_dir, append=True, seq_len=seq_len).commit()  # all were pending: merge them now
 
 
 def stage_vision(args: Args, iteration: int) -> dict:
@@ -345,12 +373,35 @@ def stage_controller(args: Args, iteration: int) -> dict:
         eval_seed_base=args.eval_seed_base, workers=args.workers, data_dir=args.data_dir,
         checkpoint_dir=str(folder), seed=args.seed + 1000 * iteration, device=args.device, threads=args.threads,
         resume=resume, progress=args.progress))
+    save_dream_choice(final, folder)
     history = final["history"]
     return {"best_real_score": final["best_real_score"], "model_source": final["model_source"],
             "dream_fitness_best": history["fitness_best"][-1] if history["fitness_best"] else None,
             "dream_fitness_cma_mean": history["fitness_cma_mean"][-1] if history["fitness_cma_mean"] else None,
             "real_checks": list(zip(history["eval_generation"], history["real_best_candidate"], history["real_cma_mean"])),
             "dream_trained": final["training"]["dream_trained"]}
+
+
+DREAM_CHOICE_DIR = "dream_choice"
+
+
+def save_dream_choice(final: dict, folder: Path) -> None:
+    """CMA's final mean — the C the dream prefers, real-checked or not — as ``folder/dream_choice/`` (V and M
+    linked): when the dream is exploited this is the C whose episodes show M its mistake."""
+    import pickle
+
+    from car_racing.models.ffn import Controller
+    from car_racing.runtime import save_checkpoint
+
+    controller = Controller(**final["model_args"])
+    controller.set_flat_params(pickle.loads(final["es_state"]).mean)
+    choice = {key: value for key, value in final.items() if key not in ("es_state", "rng_state", "best_params")}
+    choice.update(model_state=controller.state_dict(),
+                  model_source=f"CMA mean of generation {final['generation']} (the dream's choice; not chosen by a check)")
+    target = folder / DREAM_CHOICE_DIR
+    for kind in ("vision", "memory"):
+        link_or_copy(checkpoint_paths(folder)[kind], checkpoint_paths(target)[kind])
+    save_checkpoint(choice, checkpoint_paths(target)["controller"])
 
 
 def stage_fidelity(args: Args, iteration: int) -> dict:
@@ -375,13 +426,18 @@ def stage_record(args: Args, iteration: int) -> dict:
     if args.agent_episodes == 0:
         return {"episodes": 0}
     first = AGENT_SEED_BASE + 1000 * iteration
+    choice = int(round(args.record_dream_choice * args.agent_episodes))  # seeds first … first+choice−1
+    folder = iteration_dir(args, iteration)
+    for seeds, source in ((range(first, first + choice), folder / DREAM_CHOICE_DIR),
+                          (range(first + choice, first + args.agent_episodes), folder)):
+        record_missing(args, list(seeds), "agent", args.agent_noise, args.agent_steps, checkpoint_dir=source)
     seeds = set(range(first, first + args.agent_episodes))
-    recorded = {int(e["seed"]): e for e in load_recorded(args.data_dir, mmap=True).episodes}
-    record_missing(args, sorted(seeds - set(recorded)), "agent", args.agent_noise, args.agent_steps,
-                   checkpoint_dir=iteration_dir(args, iteration))
-    episodes = [e for e in load_recorded(args.data_dir, mmap=True).episodes if int(e["seed"]) in seeds]
-    returns = [float(e["total_reward"]) for e in episodes]
-    return {"episodes": len(episodes), "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns))}
+    episodes = {int(e["seed"]): e for e in load_recorded(args.data_dir, mmap=True).episodes if int(e["seed"]) in seeds}
+    returns = [float(episodes[s]["total_reward"]) for s in sorted(episodes)]
+    result = {"episodes": len(episodes), "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns))}
+    if choice:
+        result["return_mean_dream_choice"] = float(np.mean(returns[:choice]))
+    return result
 
 
 @dataclass

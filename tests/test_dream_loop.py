@@ -198,6 +198,8 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
         controller = load_checkpoint(folder / "control_model_cmaes.pth", "controller")
         assert controller["training"]["dream_trained"] and controller["training"]["fitness_source"] == "dream"
         assert (folder / "fidelity.png").is_file()
+        choice = load_checkpoint(folder / "dream_choice" / "control_model_cmaes.pth", "controller")
+        assert choice["training"]["dream_trained"] and "the dream's choice" in choice["model_source"]
     memory = load_checkpoint(Path(args.checkpoint_dir) / "iter_01" / "memory_model.pth", "memory")
     assert memory["warm_start"]["from"].endswith("iter_00/memory_model.pth")
     assert memory["data"]["num_frames"] == len(data)
