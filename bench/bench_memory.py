@@ -98,11 +98,11 @@ def measure(args: Args) -> dict:
         optimizer.step()
 
     class Stepped(torch.nn.Module):  # the same losses through a Python loop of one-step calls
-        def forward(self, z, actions, state=None):
+        def forward(self, z, actions, state=None, head_mask=None):
             state = model.initial_state(z.shape[0])
             outs = []
             for i in range(z.shape[1]):
-                out, state = model.step(z[:, i], actions[:, i], state)
+                out, state = model.step(z[:, i], actions[:, i], state, head_mask=head_mask)
                 outs.append(out)
             return MDNOutput(*(torch.stack(parts, dim=1) for parts in zip(*outs))), state
 

@@ -178,7 +178,7 @@ def compute_losses(model: MDNRNN, batch: dict[str, torch.Tensor], args: Args) ->
     """The three losses (and the weighted total) of one batch of windows (with ``--dropout``, one head mask
     per window while training)."""
     mask = (head_dropout_mask(batch["z"].shape[0], model.hidden_size, args.dropout, device=batch["z"].device)
-            if model.training else None)
+            if model.training and args.dropout > 0 else None)
     output, _ = model(batch["z"], batch["actions"], head_mask=mask)
     losses = {
         "mdn": mdn_loss(output.logit_pi, output.mu, output.log_sigma, batch["next_z"], mask=batch["z_mask"]),

@@ -162,7 +162,7 @@ class FailingDriver(drivers.RandomDriver):
 
 def test_an_error_commits_the_finished_episodes(tmp_path, monkeypatch):
     monkeypatch.setattr(recorded_frames, "make_headless_driver",
-                        lambda name, noise: functools.partial(FailingDriver, fail_episode=1))
+                        lambda name, noise, checkpoint_dir: functools.partial(FailingDriver, fail_episode=1))
     with pytest.raises(RuntimeError, match="driver crashed"):
         record(tmp_path / "data", driver="random", episodes=3, steps=20)
     data = load_recorded(tmp_path / "data")
@@ -172,7 +172,7 @@ def test_an_error_commits_the_finished_episodes(tmp_path, monkeypatch):
 def test_an_error_before_any_episode_finishes_leaves_old_data_intact(recorded_copy, monkeypatch):
     before = snapshot(recorded_copy)
     monkeypatch.setattr(recorded_frames, "make_headless_driver",
-                        lambda name, noise: functools.partial(FailingDriver, fail_episode=0))
+                        lambda name, noise, checkpoint_dir: functools.partial(FailingDriver, fail_episode=0))
     with pytest.raises(RuntimeError, match="driver crashed"):
         record(recorded_copy, driver="random", episodes=1, steps=20)  # replace mode: must not wipe the data
     after = snapshot(recorded_copy)
@@ -341,3 +341,30 @@ def test_append_with_a_corrupt_pending_episode_is_a_usage_error(recorded_copy):
     with pytest.raises(UsageError, match="unreadable pending episode"):
         record(recorded_copy, append=True)
     assert snapshot(recorded_copy) == before
+
+
+def test_the_agent_records_its_own_episodes_with_exploration_noise(tmp_path):
+    from test_agent_simulator import write_tiny_checkpoints
+
+    from car_racing.agent import ExploringAgent, make_agent_driver
+    from car_racing.envs import make_env
+    from car_racing.rollout import run_episode
+
+    checkpoints = tmp_path / "ck"
+    write_tiny_checkpoints(checkpoints)
+    record(tmp_path / "data", driver="agent", episodes=2, steps=15, noise=0.5, checkpoint_dir=str(checkpoints),
+           workers=1)
+    data = load_recorded(tmp_path / "data")
+    assert [e["driver"] for e in data.episodes] == ["agent", "agent"] and len(data) == 30
+    assert all(0 <= e["noise"]["agent_noise_sigma"] <= 0.5 for e in data.episodes)
+    # the noise really changes the actions, and M is stepped with the action the env received
+    env = make_env()
+    plain = run_episode(env, ExploringAgent(make_agent_driver(checkpoints), 0.0), 7, 15)
+    noisy_agent = ExploringAgent(make_agent_driver(checkpoints), 1.0)
+    noisy = run_episode(env, noisy_agent, 7, 15)
+    assert not np.allclose(plain.actions, noisy.actions)
+    assert np.all(noisy.actions[:, 0] >= -1) and np.all(noisy.actions[:, 1:] >= 0) and np.all(noisy.actions <= 1)
+    again = run_episode(env, ExploringAgent(make_agent_driver(checkpoints), 1.0), 7, 15)
+    np.testing.assert_array_equal(again.actions, noisy.actions)  # the noise is seeded by the episode seed
+    with pytest.raises(UsageError, match="none/vision_model.pth: no vision checkpoint"):
+        record(tmp_path / "other", driver="agent", episodes=1, steps=5, checkpoint_dir=str(tmp_path / "none"))
