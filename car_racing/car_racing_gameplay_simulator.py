@@ -136,6 +136,7 @@ def main(args: Args) -> float:
     print(f"agent: {paths['vision']}, {paths['memory']}, {paths['controller']}; "
           f"seeds {seeds[0]}..{seeds[-1]}, smoothing {smoothing}, workers {min(workers, len(seeds))}")
     rewards: list[float] = []
+    laps = 0
     with contextlib.ExitStack() as stack:
         # The video is written under a temporary name and appears only when every episode is in it.
         video = None if args.video is None else stack.enter_context(VideoWriter(args.video, fps=VIDEO_FPS))
@@ -145,6 +146,7 @@ def main(args: Args) -> float:
         bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None, file=sys.stderr))
         for index, result in enumerate(episodes):
             rewards.append(result.total_reward)
+            laps += int(result.lap_finished)
             lap = "  lap finished" if result.lap_finished else ""
             tqdm.write(f"episode {index + 1}/{len(seeds)}  seed {result.seed}  reward {result.total_reward:.1f}"
                        f"  steps {result.steps}{lap}", file=sys.stdout)
@@ -156,6 +158,9 @@ def main(args: Args) -> float:
             result.raw_frames = None  # keep memory flat over many episodes
             bar.update(1)
             bar.set_postfix(mean=f"{np.mean(rewards):.1f}")
+    values = np.asarray(rewards)
+    print(f"min {values.min():.1f}, median {np.median(values):.1f}, max {values.max():.1f}; laps finished "
+          f"{laps} of {len(values)}")
     if args.video is not None:
         print(f"video: {args.video}")
     if args.strip is not None:

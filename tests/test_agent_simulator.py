@@ -189,6 +189,7 @@ def test_simulator_runs_one_short_episode_and_prints_the_score(tiny_checkpoints,
     reward = float(re.search(r"reward (-?\d+\.\d)", episode_line).group(1))
     assert lines[-1].startswith(f"score: {reward:.1f} ± 0.0")
     assert lines[-2] == f"video: {video}"
+    assert lines[-3] == f"min {reward:.1f}, median {reward:.1f}, max {reward:.1f}; laps finished 0 of 1"
     assert video_info(video)[:3] == (30, 192, 192)  # 30 frames, 96×96 upscaled ×2
     assert [p.name for p in video.parent.iterdir()] == ["agent.mp4"]  # the temporary file was renamed
 
