@@ -63,7 +63,7 @@ AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 
 RANDOM_SEED_BASE = 6_000_000
 # Settings that must stay the same when a loop is continued (others, e.g. --iterations, may change).
 FIXED_SETTINGS = ("data_dir", "init_data_dir", "init_episodes", "init_steps", "init_noise", "random_episodes",
-                  "vision_from", "memory_from", "seed")
+                  "vision_from", "memory_from", "controller_from", "seed")
 
 
 @dataclass
@@ -106,9 +106,14 @@ class Args:
     """M's epochs in iteration 0 (0 with --memory-from: take that M as it is)"""
     memory_epochs: int = 10
     """M's epochs in every later iteration (continuing from the previous M on the grown data)"""
+    memory_heads_only: bool = False
+    """after iteration 0 train only M's heads (train_memory.py --freeze-lstm): h stays the same, so each kept C
+    drives exactly as before in the next iteration and improvements compound"""
     memory_dropout: float = 0.0
     """dropout on h before M's heads while training M (Dropout's Dream Land: 0.05)"""
     # --- C in the dream
+    controller_from: Optional[str] = None
+    """iteration 0's C starts from this (dream-trained) controller checkpoint instead of all zeros"""
     generations: int = 40
     """CMA-ES generations per iteration"""
     population: int = 32
@@ -178,7 +183,7 @@ def check_args(args: Args) -> None:
     for flag in ("memory_dropout", "dream_dropout"):
         if not 0 <= getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 <= p < 1")
-    for flag in ("init_data_dir", "vision_from", "memory_from"):
+    for flag in ("init_data_dir", "vision_from", "memory_from", "controller_from"):
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
             raise UsageError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
@@ -346,7 +351,8 @@ def stage_memory(args: Args, iteration: int) -> dict:
         init_from, epochs = str(checkpoint_paths(iteration_dir(args, iteration - 1))["memory"]), args.memory_epochs
     best = train_memory.main(train_memory.Args(
         data_dir=args.data_dir, checkpoint_dir=str(folder), epochs=max(epochs, 1), init_from=init_from,
-        dropout=args.memory_dropout, seed=args.seed + iteration, device=args.device, threads=args.threads,
+        dropout=args.memory_dropout, freeze_lstm=args.memory_heads_only and iteration > 0,
+        seed=args.seed + iteration, device=args.device, threads=args.threads,
         resume=(folder / train_memory.MEMORY_LATEST_FILE).is_file(), progress=args.progress))
     history, epoch = best["history"], int(best["epoch"])
     return {"epochs": epochs, "best_epoch": epoch, "val_mdn": history["val_mdn"][epoch - 1],
@@ -359,7 +365,8 @@ def stage_controller(args: Args, iteration: int) -> dict:
     from car_racing import train_controller_cmaes as cmaes
 
     folder = iteration_dir(args, iteration)
-    previous = checkpoint_paths(iteration_dir(args, iteration - 1))["controller"] if iteration else None
+    previous = (checkpoint_paths(iteration_dir(args, iteration - 1))["controller"] if iteration else
+                Path(args.controller_from) if args.controller_from else None)
     out = checkpoint_paths(folder)["controller"]
     resume = out.is_file() and "es_state" in load_checkpoint(out, "controller")
     final = cmaes.main(cmaes.Args(

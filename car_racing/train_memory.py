@@ -102,6 +102,9 @@ class Args:
     dropout: float = 0.0
     """dropout on h before M's heads, one mask per training window (Dropout's Dream Land); dream with
     train_controller_cmaes.py --dream-dropout"""
+    freeze_lstm: bool = False
+    """train only M's heads (MDN, reward, done) and keep the LSTM as it is (from --init-from or --resume): the h a
+    controller sees stays the same, so a C trained on this M's earlier version drives exactly as before"""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)"""
     progress: bool = True
@@ -235,6 +238,8 @@ def check_args(args: Args) -> None:
             raise UsageError(f"{flag} {value}: expected a number >= 0")
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: expected 0 (default) or a positive count")
+    if args.freeze_lstm and args.init_from is None and not args.resume:
+        raise UsageError("--freeze-lstm: expected --init-from (or --resume): a fresh LSTM cannot stay frozen")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout {args.dropout}: expected 0 <= p < 1")
     if args.init_from is not None and not Path(args.init_from).is_file():
@@ -314,6 +319,12 @@ def main(args: Args) -> dict:
     else:
         model = MDNRNN(**model_args).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if args.freeze_lstm:
+        for parameter in model.lstm.parameters():
+            parameter.requires_grad_(False)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+        if args.resume:
+            optimizer.load_state_dict(state["optimizer_state"])
     warm_start = (state.get("warm_start") if args.resume else
                   {"from": args.init_from, "sha256": file_sha256(args.init_from)} if args.init_from else None)
 
@@ -328,7 +339,7 @@ def main(args: Args) -> dict:
                 "vision": {"path": str(vision_path), "sha256": vision_sha},
                 "reward": {"units": "real CarRacing reward per step", "clip": args.reward_clip, "scale": 1.0},
                 "done_target": args.done_target, "val_episodes": val_episodes, "warm_start": warm_start,
-                "dropout": args.dropout,
+                "dropout": args.dropout, "freeze_lstm": args.freeze_lstm,
                 "data": {"data_dir": str(args.data_dir), "num_frames": len(data), "num_episodes": len(data.episodes),
                          "drivers": sorted({str(e.get("driver")) for e in data.episodes})}}
 

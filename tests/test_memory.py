@@ -253,3 +253,21 @@ def test_warm_start_and_head_dropout(tiny_data_dir, tmp_path):
         train_memory.main(tiny_args(tiny_data_dir, tuned_dir, dropout=1.0))
     with pytest.raises(UsageError, match="--init-from"):
         train_memory.main(tiny_args(tiny_data_dir, tuned_dir, init_from=str(tmp_path / "none.pth")))
+
+
+def test_freeze_lstm_trains_only_the_heads(tiny_data_dir, tmp_path):
+    checkpoints = tmp_path / "ck"
+    save_tiny_vision(checkpoints / "vision_model.pth")
+    first = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    tuned_dir = tmp_path / "tuned"
+    save_tiny_vision(tuned_dir / "vision_model.pth")
+    tuned = train_memory.main(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=True, epochs=2,
+                                        init_from=str(checkpoints / "memory_model.pth")))
+    for name, value in first["model_state"].items():
+        if name.startswith("lstm."):  # h is unchanged: a C trained on the first M drives the same
+            torch.testing.assert_close(tuned["model_state"][name], value, rtol=0, atol=0)
+        else:
+            assert not torch.equal(tuned["model_state"][name], value), name
+    assert tuned["freeze_lstm"]
+    with pytest.raises(UsageError, match="--freeze-lstm"):
+        train_memory.main(tiny_args(tiny_data_dir, tmp_path / "fresh", freeze_lstm=True))
