@@ -59,7 +59,7 @@ from car_racing.runtime import CHECKPOINT_FILES, atomic_path, checkpoint_paths, 
 
 STATE_FILE = "dream_loop_state.json"
 PLOT_FILE = "dream_loop.png"
-AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j
+AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j (see agent_seed_base)
 RANDOM_SEED_BASE = 6_000_000
 # Settings that must stay the same when a loop is continued (others, e.g. --iterations, may change).
 FIXED_SETTINGS = ("data_dir", "init_data_dir", "init_episodes", "init_steps", "init_noise", "random_episodes",
@@ -266,7 +266,23 @@ def stage_data(args: Args, iteration: int) -> dict:
     for seeds, driver, noise in drivers:
         record_missing(args, list(seeds), driver, noise, args.init_steps)
     data = load_recorded(data_dir, mmap=True)
-    return {"episodes": len(data.episodes), "frames": len(data)}
+    return {"episodes": len(data.episodes), "frames": len(data), "agent_seed_base": agent_seed_base(args)}
+
+
+def agent_seed_base(args: Args) -> int:
+    """First seed of C's recorded episodes: AGENT_SEED_BASE, or past every seed of the initial data (a loop
+    started from another loop's recording must not take that loop's episodes for its own). Fixed when the loop
+    starts (kept in its state), so a recording that grows later does not move it."""
+    state_path = Path(args.checkpoint_dir) / STATE_FILE
+    if state_path.is_file():
+        saved = json.loads(state_path.read_text())["stages"].get("0:data", {}).get("agent_seed_base")
+        if saved is not None:
+            return int(saved)
+    base = AGENT_SEED_BASE
+    if args.init_data_dir is not None:
+        seeds = [int(e["seed"]) for e in load_recorded(args.init_data_dir, mmap=True).episodes]
+        base = max(base, 1000 * (max(seeds) // 1000 + 1))
+    return base
 
 
 def recorded_seeds(data_dir: str) -> set[int]:
@@ -432,7 +448,7 @@ def stage_record(args: Args, iteration: int) -> dict:
     """C (with exploration noise) drives new tracks; the episodes join the data."""
     if args.agent_episodes == 0:
         return {"episodes": 0}
-    first = AGENT_SEED_BASE + 1000 * iteration
+    first = agent_seed_base(args) + 1000 * iteration
     choice = int(round(args.record_dream_choice * args.agent_episodes))  # seeds first … first+choice−1
     folder = iteration_dir(args, iteration)
     for seeds, source in ((range(first, first + choice), folder / DREAM_CHOICE_DIR),
