@@ -13,25 +13,39 @@ from car_racing.latent_cache import file_sha256
 from car_racing.runtime import checkpoint_paths, load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
-PATHS = checkpoint_paths(SHIPPED)
-pytestmark = pytest.mark.skipif(not all(p.is_file() for p in PATHS.values()), reason="no shipped checkpoints")
+DREAM = SHIPPED / "dream"  # the agent whose C was trained only in M's dream
+AGENTS = [folder for folder in (SHIPPED, DREAM) if all(p.is_file() for p in checkpoint_paths(folder).values())]
+pytestmark = pytest.mark.skipif(not AGENTS, reason="no shipped checkpoints")
 
 
-def test_shipped_checkpoints_are_small_float16_and_chain():
-    assert sum(p.stat().st_size for p in PATHS.values()) <= 25 * 2**20
-    for kind, path in PATHS.items():
+@pytest.mark.parametrize("folder", AGENTS, ids=lambda folder: folder.name)
+def test_shipped_checkpoints_are_small_float16_and_chain(folder):
+    paths = checkpoint_paths(folder)
+    assert sum(p.stat().st_size for p in paths.values()) <= 25 * 2**20
+    for kind, path in paths.items():
         checkpoint = load_checkpoint(path, kind)
         assert "optimizer_state" not in checkpoint and "es_state" not in checkpoint
         if kind != "controller":
             assert all(t.dtype == torch.float16 for t in checkpoint["model_state"].values() if t.is_floating_point())
     # M names the shipped V, so training C on top of them is accepted
-    assert load_checkpoint(PATHS["memory"], "memory")["vision"]["sha256"] == file_sha256(PATHS["vision"])
-    vae, mdnrnn, controller = load_agent_models(SHIPPED)
+    assert load_checkpoint(paths["memory"], "memory")["vision"]["sha256"] == file_sha256(paths["vision"])
+    vae, mdnrnn, controller = load_agent_models(folder)
     assert (vae.latent_size, mdnrnn.hidden_size, controller.num_params) == (32, 512, 1635)
 
 
-def test_shipped_agent_drives_forward():
-    result = evaluate_agent(SHIPPED, [20_000], max_steps=120)[0]
+def test_the_dream_agent_was_trained_only_in_the_dream():
+    if DREAM not in AGENTS:
+        pytest.skip("no checkpoints/dream")
+    training = load_checkpoint(checkpoint_paths(DREAM)["controller"], "controller")["training"]
+    assert training["dream_trained"] and training["fitness_source"] == "dream"
+    assert not training["expert_labels"] and not training["real_returns_as_fitness"]
+    # the same V file as the main agent: git stores it once
+    assert file_sha256(checkpoint_paths(DREAM)["vision"]) == file_sha256(checkpoint_paths(SHIPPED)["vision"])
+
+
+@pytest.mark.parametrize("folder", AGENTS, ids=lambda folder: folder.name)
+def test_shipped_agent_drives_forward(folder):
+    result = evaluate_agent(folder, [20_000], max_steps=120)[0]
     assert result.steps == 120
     assert result.total_reward > 50  # new tiles are being visited: ~+3 per tile, -0.1 per step
     assert np.all(np.isfinite(result.actions))
