@@ -53,19 +53,20 @@ PRESET: dict[str, Any] = {
     # ~90 training windows: small batches so that M gets a few hundred gradient steps. One torch thread
     # for M and C: their small batches gain little from a second one, and lose many times over when
     # another process shares the 2 cores.
-    "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "threads": 1, "dropout": 0.05},
-    # C trained only in M's dream (car_racing/dream_loop.py), with the settings that worked best in the
-    # README's experiments at this scale: M trained with dropout 0.05 on h before its heads (above), dreams
-    # of whole episodes from the start line with one dropout mask (0.1) per dream; 3 iterations of CMA-ES in
-    # the dream (real checks every 10 generations only choose what is kept), then C and the dream's own
-    # choice drive new tracks with exploration noise and M continues training on them. No expert label
-    # reaches C.
-    "dream_loop": {"iterations": 3, "memory_epochs_first": 0, "memory_epochs": 5, "memory_dropout": 0.05,
-                   "random_episodes": 4, "init_steps": 500, "generations": 20, "population": 16, "sigma0": 0.1,
-                   "sigma0_later": 0.05, "dream_start": "episode-start", "rollout_steps": 1000, "dream_trials": 8,
-                   "dream_dropout": 0.1, "eval_every": 10, "eval_episodes": 2, "agent_episodes": 6,
-                   "agent_steps": 1000, "agent_noise": 0.3, "record_dream_choice": 0.5, "fidelity_panel": 6,
-                   "fidelity_episodes": 1, "workers": None,  # None = CPUs
+    "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "threads": 1},
+    # C trained only in M's dream (car_racing/dream_loop.py). M first continues 5 epochs on the data plus 4
+    # random-driver episodes (it must see a car on the grass and standing still, or the dream pays for
+    # both); then 3 iterations: CMA-ES in 200-step dreams from recorded states (real checks every 10
+    # generations only choose what is kept; at this scale whole-episode dreams were exploited at once, see
+    # the README), then C and the dream's own choice drive new tracks with exploration noise and M
+    # continues training on them. No expert label reaches C.
+    "dream_loop": {"iterations": 3, "memory_epochs_first": 5, "memory_epochs": 5, "memory_batch_size": 8,
+                   "random_episodes": 4,
+                   "init_steps": 500, "generations": 20, "population": 16, "sigma0": 0.1, "sigma0_later": 0.05,
+                   "dream_start": "recorded", "rollout_steps": 200, "dream_trials": 16, "start_states": 4096,
+                   "eval_every": 10, "eval_episodes": 2, "agent_episodes": 6, "agent_steps": 1000,
+                   "agent_noise": 0.3, "record_dream_choice": 0.5, "fidelity_panel": 6, "fidelity_episodes": 1,
+                   "workers": None,  # None = CPUs
                    "threads": 1},
     # Held-out tracks (seeds 10000..) with a video of every episode.
     "simulator": {"episodes": 3, "max_steps": 1000, "workers": None, "video_scale": 3},

@@ -47,7 +47,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -106,6 +106,8 @@ class Args:
     """M's epochs in iteration 0 (0 with --memory-from: take that M as it is)"""
     memory_epochs: int = 10
     """M's epochs in every later iteration (continuing from the previous M on the grown data)"""
+    memory_batch_size: int = 32
+    """M's windows per gradient step"""
     memory_heads_only: bool = False
     """after iteration 0 train only M's heads (train_memory.py --freeze-lstm): h stays the same, so each kept C
     drives exactly as before in the next iteration and improvements compound"""
@@ -166,7 +168,7 @@ def check_args(args: Args) -> None:
     if args.memory_epochs_first < 0 or (args.memory_epochs_first == 0 and args.memory_from is None):
         raise UsageError(f"--memory-epochs-first {args.memory_epochs_first}: expected a positive integer "
                          f"(or 0 with --memory-from)")
-    for flag in ("iterations", "init_episodes", "init_steps", "eval_max_steps", "vision_epochs", "generations",
+    for flag in ("iterations", "init_episodes", "init_steps", "eval_max_steps", "memory_batch_size", "vision_epochs", "generations",
                  "population", "rollout_steps", "dream_trials", "start_states", "eval_episodes", "agent_steps",
                  "workers", "fidelity_episodes"):
         if getattr(args, flag) < 1:
@@ -248,7 +250,6 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 def stage_data(args: Args, iteration: int) -> dict:
     """The initial data: a linked recording, or noisy autopilot (+ random) episodes recorded now."""
-    from car_racing import recorded_frames
     from car_racing.recorded_data import ARRAY_FILES, META_FILE, SEQ_ACTIONS_FILE, SEQ_DONES_FILE, SEQ_INDICES_FILE, SEQ_REWARDS_FILE
     from car_racing.latent_cache import LATENTS_FILE
 
@@ -367,6 +368,7 @@ def stage_memory(args: Args, iteration: int) -> dict:
         init_from, epochs = str(checkpoint_paths(iteration_dir(args, iteration - 1))["memory"]), args.memory_epochs
     best = train_memory.main(train_memory.Args(
         data_dir=args.data_dir, checkpoint_dir=str(folder), epochs=max(epochs, 1), init_from=init_from,
+        batch_size=args.memory_batch_size,
         dropout=args.memory_dropout, freeze_lstm=args.memory_heads_only and iteration > 0,
         seed=args.seed + iteration, device=args.device, threads=args.threads,
         resume=(folder / train_memory.MEMORY_LATEST_FILE).is_file(), progress=args.progress))
