@@ -8,8 +8,8 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 2. train V (ConvVAE)                           → checkpoints/vision_model.pth (+ loss PNG)
 3. train M (MDN-RNN)                           → checkpoints/memory_model.pth (+ loss PNG)
 4. the dream loop: C evolves in M's dream only (real-env checks choose what to keep), C's own episodes
-   are recorded, M learns from them, C evolves in the new dream, … (from the shipped V and M: at the
-   demo's scale the dream is exploited at once; see PRESET)
+   are recorded, M learns from them, C evolves in the new dream, … (C from zero, in the world model of
+   checkpoints/dream: at the demo's own scale the dream is exploited at once; see PRESET)
                                                → loop/iter_NN/, loop/best/{V,M,C}, loop/dream_loop.png
 5. the simulator: the dream-trained agent drives real tracks → prints its score line, agent_driving.mp4
 6. V's reconstructions of held-out frames      → vision_reconstructions.png
@@ -17,7 +17,7 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 8. M dreaming beside a recorded episode        → memory_dream.mp4, memory_dream_reward.png
 
 Every stage writes only inside the run folder (``data/`` and ``checkpoints/`` of the repo are never
-written; the dream loop reads the shipped V and M from ``checkpoints/``), so a demo never disturbs a real recording or trained models. The quick settings are
+written; the dream loop reads V and M from ``checkpoints/dream/``), so a demo never disturbs a real recording or trained models. The quick settings are
 all in :data:`PRESET` (one section of ``Args`` keyword arguments per stage script). A failing stage
 stops the demo with one line naming it (the traceback, if any, goes to ``error.log`` in the run folder).
 """
@@ -55,19 +55,19 @@ PRESET: dict[str, Any] = {
     # for M and C: their small batches gain little from a second one, and lose many times over when
     # another process shares the 2 cores.
     "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "threads": 1},
-    # C trained only in M's dream (car_racing/dream_loop.py), starting from the shipped V and M (trained on 64
-    # noisy autopilot episodes, checkpoints/): at the demo's 10,000 frames the dream was exploited from the
-    # first generation (measured: dream-real rank correlation −0.77 … −1.00, score −35; README). M continues
-    # 5 epochs with dropout 0.05 on the demo's data plus 4 random-driver episodes (a car on the grass, a car
-    # standing still), then 3 iterations: CMA-ES in dreams of whole episodes with one dropout mask (0.1) per
-    # dream — the README's best setting — real checks every 10 generations only choose what is kept; then C
-    # and the dream's own choice drive new tracks with exploration noise and M continues on them. No expert
-    # label reaches C.
-    "dream_loop": {"start_from": "shipped", "iterations": 3, "memory_epochs_first": 5, "memory_epochs": 5,
+    # C trained only in M's dream (car_racing/dream_loop.py), from all-zero parameters, in the world model of
+    # the shipped dream agent (checkpoints/dream: V, and M trained with dropout on 64 noisy autopilot + 16
+    # random-driver episodes, never on a C's driving). At the demo's own 10,000 frames the dream was exploited
+    # from the first generation (measured: dream-real rank correlation −0.77 … −1.00, score −35; with the
+    # shipped M fine-tuned on them: the kept C −38; README). 3 iterations: CMA-ES in dreams of whole episodes
+    # with one dropout mask (0.1) per dream (real checks on 4 tracks every 10 generations only choose what is
+    # kept), then C and the dream's own choice drive new tracks with exploration noise and M continues on
+    # them. No expert label reaches C.
+    "dream_loop": {"start_from": "dream", "iterations": 3, "memory_epochs_first": 0, "memory_epochs": 5,
                    "memory_batch_size": 8, "memory_dropout": 0.05, "random_episodes": 4, "init_steps": 500,
                    "generations": 20, "population": 16, "sigma0": 0.1, "sigma0_later": 0.05,
                    "dream_start": "episode-start", "rollout_steps": 1000, "dream_trials": 8, "dream_dropout": 0.1,
-                   "eval_every": 10, "eval_episodes": 2, "agent_episodes": 6, "agent_steps": 1000,
+                   "eval_every": 10, "eval_episodes": 4, "agent_episodes": 6, "agent_steps": 1000,
                    "agent_noise": 0.3, "record_dream_choice": 0.5, "fidelity_panel": 6, "fidelity_episodes": 1,
                    "workers": None,  # None = CPUs
                    "threads": 1},
@@ -168,8 +168,8 @@ def dream_loop(run_dir: Path, preset: Mapping[str, Any]) -> str:
     from car_racing import dream_loop as loop
 
     settings = _settings(preset, "dream_loop")
-    start_from = settings.pop("start_from", "run")  # "shipped": the repo's checkpoints/ V and M; "run": this run's
-    checkpoints = SHIPPED_CHECKPOINTS if start_from == "shipped" else run_dir / "checkpoints"
+    start_from = settings.pop("start_from", "run")  # "dream": checkpoints/dream's V and M; "run": this run's
+    checkpoints = SHIPPED_CHECKPOINTS / "dream" if start_from == "dream" else run_dir / "checkpoints"
     for name in ("vision_model.pth", "memory_model.pth"):
         if not (checkpoints / name).is_file():
             raise UsageError(f"{checkpoints / name}: missing; the dream loop starts from it (preset start_from "
