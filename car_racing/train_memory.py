@@ -294,16 +294,12 @@ def main(args: Args) -> dict:
             if state["model_args"].get(key) != value:
                 raise UsageError(f"{latest_path}: has {key}={state['model_args'].get(key)}, but this run asks "
                                  f"for {value}; drop --resume or pass the same sizes")
-        for key in ("reward_clip", "done_target"):
+        for key in ("reward_clip", "done_target", "freeze_lstm"):
             before = state.get("config", {}).get(key, getattr(args, key))
             if before != getattr(args, key):
                 raise UsageError(f"{latest_path}: was trained with --{key.replace('_', '-')} {before}, this run "
                                  f"asks for {getattr(args, key)}; drop --resume or pass the same value")
         model = build_model(MDNRNN, state, latest_path).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        optimizer.load_state_dict(state["optimizer_state"])
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr
         start_epoch, best_val_loss = int(state["epoch"]), float(state["best_val_loss"])
         history = {key: list(state["history"].get(key, [])) for key in history}
         print(f"resuming from {latest_path} after epoch {start_epoch}")
@@ -314,17 +310,17 @@ def main(args: Args) -> dict:
                              f"V encodes {latent_size}")
         model_args = dict(source["model_args"])
         model = build_model(MDNRNN, source, args.init_from).float().to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         print(f"starting from the weights of {args.init_from}")
     else:
         model = MDNRNN(**model_args).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    if args.freeze_lstm:
+    if args.freeze_lstm:  # only the heads train: the LSTM, and so the h a controller sees, stays as loaded
         for parameter in model.lstm.parameters():
             parameter.requires_grad_(False)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-        if args.resume:
-            optimizer.load_state_dict(state["optimizer_state"])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    if args.resume:
+        optimizer.load_state_dict(state["optimizer_state"])
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr
     warm_start = (state.get("warm_start") if args.resume else
                   {"from": args.init_from, "sha256": file_sha256(args.init_from)} if args.init_from else None)
 

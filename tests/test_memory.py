@@ -269,5 +269,14 @@ def test_freeze_lstm_trains_only_the_heads(tiny_data_dir, tmp_path):
         else:
             assert not torch.equal(tuned["model_state"][name], value), name
     assert tuned["freeze_lstm"]
+    # a frozen run resumes (the optimizer holds only the heads), and still leaves the LSTM alone
+    train_memory.main(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=True, epochs=3, resume=True))
+    latest = load_checkpoint(tuned_dir / "memory_model_latest.pth", "memory")
+    assert latest["epoch"] == 3
+    for name, value in first["model_state"].items():
+        if name.startswith("lstm."):
+            torch.testing.assert_close(latest["model_state"][name], value, rtol=0, atol=0)
+    with pytest.raises(UsageError, match="--freeze-lstm"):
+        train_memory.main(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=False, epochs=4, resume=True))
     with pytest.raises(UsageError, match="--freeze-lstm"):
         train_memory.main(tiny_args(tiny_data_dir, tmp_path / "fresh", freeze_lstm=True))
