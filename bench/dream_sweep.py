@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from car_racing.cli import run_main
-from car_racing.dream import collect_start_states, dream_rollout, episode_start_states
+from car_racing.dream import dream_rollout, start_pool
 from car_racing.evaluate_world_model import Args as FidelityArgs
 from car_racing.evaluate_world_model import build_panel, real_panel, spearman
 from car_racing.latent_cache import load_or_build_latents
@@ -103,10 +103,9 @@ def main(args: Args) -> None:
 
     mu, _ = load_or_build_latents(args.data_dir, paths["vision"], "cpu", progress=False)
     sequences = load_memory_sequences(args.data_dir)
-    pools = {"recorded": collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, 8192,
-                                              np.random.default_rng([args.seed, 1])),
-             "episode-start": episode_start_states(
-                 mu, [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes], mdnrnn.hidden_size)}
+    episode_starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
+    pools = {kind: start_pool(kind, mdnrnn, mu, sequences.indices, sequences.actions, episode_starts, 8192,
+                              np.random.default_rng([args.seed, 1])) for kind in args.starts}
     flat = torch.as_tensor(np.stack([p for _, p in panel]), dtype=torch.float32)
     weights, biases = flat_to_population(flat, mdnrnn.latent_size, mdnrnn.hidden_size)
     near = np.array([name.startswith("C ") and (any(f"×{s}" in name for s in ("0.05", "0.1", "0.2", "0.3"))

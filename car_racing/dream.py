@@ -172,6 +172,26 @@ def collect_start_states(mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np
     return StartStates(torch.cat(z_parts), torch.cat(h_parts), torch.cat(c_parts))
 
 
+DREAM_STARTS = ("recorded", "episode-start")
+
+
+def start_pool(kind: str, mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np.ndarray, actions: np.ndarray,
+               episode_starts: np.ndarray | list[int], count: int, rng: np.random.Generator, *,
+               device: torch.device | str = "cpu", batch_size: int = 256,
+               visit: Callable[[RecordedStates], None] | None = None) -> StartStates:
+    """The dream start states of ``kind`` (CPU): ``recorded`` — ``count`` states anywhere in the recorded
+    windows (:func:`collect_start_states`); ``episode-start`` — the first frame of every episode with M's
+    zero state (:func:`episode_start_states`). With ``visit``, M runs over every window whatever the kind."""
+    if kind not in DREAM_STARTS:
+        raise ValueError(f"dream start {kind!r}: expected one of {', '.join(DREAM_STARTS)}")
+    if kind == "recorded" or visit is not None:
+        pool = collect_start_states(mdnrnn, mu, indices, actions, count, rng, device=device, batch_size=batch_size,
+                                    visit=visit)
+    if kind == "episode-start":
+        pool = episode_start_states(mu, episode_starts, mdnrnn.hidden_size)
+    return pool
+
+
 # --- sampling with pre-drawn noise ---------------------------------------------------------------------
 
 @dataclass
@@ -199,7 +219,6 @@ class DreamNoise:
     def to(self, device: torch.device | str) -> "DreamNoise":
         mask = None if self.head_mask is None else self.head_mask.to(device)
         return DreamNoise(self.mixture.to(device), self.gaussian.to(device), mask)
-
 
 
 def sample_with_noise(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, temperature: float,

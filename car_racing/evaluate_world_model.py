@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from car_racing.agent import evaluate_agent
 from car_racing.cli import UsageError, run_main
-from car_racing.dream import collect_start_states, dream_rollout, episode_start_states
+from car_racing.dream import dream_rollout, start_pool
 from car_racing.latent_cache import load_or_build_latents
 from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
@@ -271,12 +271,9 @@ def dream_panel(args: Args, panel: list[tuple[str, np.ndarray]], mdnrnn: MDNRNN,
     sequences = load_memory_sequences(args.data_dir)
     if len(sequences.indices) == 0:
         raise UsageError(f"--data-dir {args.data_dir}: no memory sequences to start dreams from; record more data")
-    if settings["dream_start"] == "episode-start":
-        starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
-        pool = episode_start_states(mu, starts, mdnrnn.hidden_size).to(device)
-    else:
-        pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, settings["start_states"],
-                                    np.random.default_rng([args.seed, 1]), device=device).to(device)
+    episode_starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
+    pool = start_pool(settings["dream_start"], mdnrnn, mu, sequences.indices, sequences.actions, episode_starts,
+                      settings["start_states"], np.random.default_rng([args.seed, 1]), device=device).to(device)
     generator = torch.Generator().manual_seed(args.seed)
     start_z, start_state = pool.pick(settings["dream_trials"], generator)
     flat = torch.as_tensor(np.stack([p for _, p in panel]), dtype=torch.float32, device=device)

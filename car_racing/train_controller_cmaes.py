@@ -75,7 +75,7 @@ from tqdm.auto import tqdm
 
 from car_racing.agent import checkpoint_paths, evaluate_agent, make_agent_driver
 from car_racing.cli import UsageError, run_main
-from car_racing.dream import RecordedStates, collect_start_states, dream_rollout, episode_start_states
+from car_racing.dream import RecordedStates, dream_rollout, start_pool
 from car_racing.imitation import LinearFit, bc_targets, linear_to_flat, run_dagger
 from car_racing.latent_cache import file_sha256, load_or_build_latents
 from car_racing.models.ffn import Controller, flat_to_population, num_controller_params
@@ -467,16 +467,12 @@ def load_start_pool(setup: Setup, fit: LinearFit | None = None) -> None:
     if len(sequences.indices) == 0:
         raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
     started = time.time()
-    if fit is not None or args.dream_start == "recorded":
-        pool = collect_start_states(mdnrnn, mu, sequences.indices, sequences.actions, args.start_states,
-                                    np.random.default_rng([args.seed, 1]), device=setup.device,
-                                    batch_size=args.batch_size, visit=bc_visitor(fit, args.bc_eps) if fit else None)
-        print(f"{len(pool)} dream start states from {sequences.indices.size} recorded steps "
-              f"({time.time() - started:.1f}s)")
-    if args.dream_start == "episode-start":
-        starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
-        pool = episode_start_states(mu, starts, mdnrnn.hidden_size)
-        print(f"{len(pool)} dream start states: the first frame of every recorded episode")
+    episode_starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
+    pool = start_pool(args.dream_start, mdnrnn, mu, sequences.indices, sequences.actions, episode_starts,
+                      args.start_states, np.random.default_rng([args.seed, 1]), device=setup.device,
+                      batch_size=args.batch_size, visit=bc_visitor(fit, args.bc_eps) if fit else None)
+    print(f"{len(pool)} dream start states ({args.dream_start}) from {sequences.indices.size} recorded steps "
+          f"({time.time() - started:.1f}s)")
     setup.pool = pool.to(setup.device)
 
 

@@ -99,6 +99,9 @@ def test_checkpoint_records_whether_c_was_trained_only_in_the_dream(tmp_path, ti
     assert record["dream_trained"] and record["fitness_source"] == "dream" and record["warm_start"] == "zero"
     assert not record["expert_labels"] and not record["real_returns_as_fitness"]
     assert record["generations"] == 1 and record["dream"]["dropout"] == 0.1
+    whole = train_controller(controller_args(tmp_path, tiny_data_dir, init="zero", dream_start="episode-start",
+                                             eval_every=0))
+    assert whole["training"]["dream"]["start"] == "episode-start" and whole["training"]["dream_trained"]
     # warm-started from that C, in a new dream: still dream-trained, and the lineage is in the file
     first = tmp_path / "first.pth"
     (tmp_path / "control_model_cmaes.pth").rename(first)
