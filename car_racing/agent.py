@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from car_racing.cli import UsageError
+from car_racing.drivers import ACTION_HIGH, ACTION_LOW
 from car_racing.models.ffn import Controller
 from car_racing.recorded_data import preprocess_frame
 from car_racing.rollout import EpisodeResult, run_episodes
@@ -214,7 +215,7 @@ class ExploringAgent:
             action = action.copy()
             action[0] += self._ou[0]
             action[1] += 0.5 * self._ou[1]
-            action = np.clip(action, [-1.0, 0.0, 0.0], [1.0, 1.0, 1.0]).astype(np.float32)
+            action = np.clip(action, ACTION_LOW, ACTION_HIGH).astype(np.float32)
         return action
 
     def applied(self, action: np.ndarray) -> None:

@@ -289,15 +289,10 @@ def agent_seed_base(args: Args) -> int:
 def recorded_seeds(data_dir: str) -> set[int]:
     """Seeds in the recording, including episodes an interrupted recorder saved but did not merge yet."""
     from car_racing import recorded_frames
-    from car_racing.recorded_data import PENDING_DIR
+    from car_racing.recorded_data import pending_files
 
     seeds = {int(e["seed"]) for e in load_recorded(data_dir, mmap=True).episodes} if has_recorded_data(data_dir) else set()
-
-    class Pending:  # what recorded_frames.pending_seeds reads (it also checks each file)
-        def pending_files(self) -> list[Path]:
-            return sorted((Path(data_dir) / PENDING_DIR).glob("episode_*.npz"))
-
-    return seeds | set(recorded_frames.pending_seeds(Pending()))
+    return seeds | set(recorded_frames.pending_seeds(pending_files(data_dir)))  # (it also checks each file)
 
 
 def record_missing(args: Args, seeds: list[int], driver: str, noise: float, steps: int,
@@ -326,9 +321,9 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
             driver=driver, episodes=len(run), steps=steps, seed=run[0], data_dir=args.data_dir, workers=args.workers,
             append=has_recorded_data(args.data_dir), noise=noise,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else "checkpoints"))
-    from car_racing.recorded_data import PENDING_DIR
+    from car_racing.recorded_data import pending_files
 
-    if has_recorded_data(args.data_dir) and any((Path(args.data_dir) / PENDING_DIR).glob("episode_*.npz")):
+    if has_recorded_data(args.data_dir) and pending_files(args.data_dir):
         EpisodeStore(args.data_dir, append=True, seq_len=seq_len).commit()  # all were pending: merge them now
 
 

@@ -56,7 +56,7 @@ from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
 from car_racing.models.vae import frames_to_tensor
 from car_racing.recorded_data import load_memory_sequences, load_recorded
 from car_racing.rollout import default_workers
-from car_racing.runtime import atomic_path, checkpoint_paths, load_checkpoint, load_model, resolve_device, seed_everything
+from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
 
 DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start")
 
@@ -324,8 +324,7 @@ def main(args: Args) -> dict[str, Any]:
     device = resolve_device(args.device)
     paths = checkpoint_paths(args.checkpoint_dir)
     vae, _ = load_model(paths["vision"], "vision", device)
-    memory_checkpoint = load_checkpoint(paths["memory"], "memory")
-    mdnrnn, _ = load_model(paths["memory"], "memory", device)
+    mdnrnn, memory_checkpoint = load_model(paths["memory"], "memory", device)
     mdnrnn = mdnrnn.float()
     vae = vae.float()
     reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))

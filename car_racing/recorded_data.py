@@ -261,6 +261,11 @@ def load_memory_sequences(data_dir: str | os.PathLike) -> MemorySequences:
     return sequences
 
 
+def pending_files(data_dir: str | os.PathLike) -> list[Path]:
+    """Episodes a recorder saved under ``data_dir/.pending_episodes`` and has not merged into the arrays yet."""
+    return sorted((Path(data_dir) / PENDING_DIR).glob("episode_*.npz"))
+
+
 class EpisodeStore:
     """Saves finished episodes one file each under ``data_dir/.pending_episodes`` (atomic), and
     :meth:`commit` merges them into the data folder's arrays.
@@ -297,7 +302,7 @@ class EpisodeStore:
                          meta=np.array(json.dumps(episode.meta(0))))
 
     def pending_files(self) -> list[Path]:
-        return sorted(self.pending_dir.glob("episode_*.npz"))
+        return pending_files(self.data_dir)
 
     def commit(self) -> RecordedData:
         """Merge base data (when appending) and all pending episodes into the data folder."""

@@ -112,13 +112,13 @@ def make_headless_driver(name: str, noise: float, checkpoint_dir: str = "checkpo
     return RandomDriver
 
 
-def pending_seeds(store: EpisodeStore) -> list[int]:
+def pending_seeds(paths: list[Path]) -> list[int]:
     """Seeds of episodes left in ``.pending_episodes`` by an interrupted run (merged by this --append run).
 
     Also checks that each file is readable, so a bad leftover stops the run before any driving.
     """
     seeds = []
-    for path in store.pending_files():
+    for path in paths:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta"]))
@@ -138,7 +138,7 @@ def choose_seeds(args: Args, store: EpisodeStore) -> list[int]:
     """``seed + i`` per episode; the default seed continues after the recorded ones when appending."""
     recorded = [int(e["seed"]) for e in store.base.episodes] if store.base is not None else []
     if args.append:
-        recorded += pending_seeds(store)
+        recorded += pending_seeds(store.pending_files())
     if args.seed is not None:
         first = args.seed
     else:
