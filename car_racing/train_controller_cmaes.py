@@ -579,18 +579,29 @@ FITNESS_SOURCES = {"dream": DreamFitness, "real": RealEnvFitness}
 def training_record(args: Args, warm_start: dict | None, generation: int) -> dict:
     """How this C was made, for a reader to check from the file: fitness source, warm start (and its own
     record, recursively), generations, whether any expert label or real-env return shaped it, and the
-    dream's settings. ``dream_trained`` is the issue's rule: no expert labels anywhere in the lineage and
-    no real-env return ever used as fitness (real-env checks only choose what to keep)."""
+    dream's settings. ``dream_trained``: no expert labels anywhere in the lineage and no real-env return ever
+    used as fitness (real-env checks only choose what to keep). ``reward_only``: no expert labels anywhere —
+    C learnt from rewards alone, dreamt or real (the paper's setting); ``real_fitness_episodes`` counts the
+    real episodes whose returns were fitness, over the lineage."""
     warm_start = warm_start or {"method": args.init}
     source = warm_start.get("source_training") or {}
     expert = bool(warm_start.get("expert_labels", args.init != "zero"))
     real_fitness = args.mode == "real" and generation > 0 or bool(source.get("real_returns_as_fitness", False))
+    real_episodes = generation * args.population * args.real_trials if args.mode == "real" else 0
     record = {"fitness_source": args.mode, "warm_start": args.init, "generations": generation,
               "expert_labels": expert, "real_returns_as_fitness": real_fitness,
               "dream_trained": not expert and not real_fitness,
+              # the paper's rule: C learnt from rewards alone (real or dreamt), no expert label anywhere in the lineage
+              "reward_only": not expert,
+              "real_fitness_episodes": real_episodes + int(source.get("real_fitness_episodes", 0)),
               "real_checks": {"every": args.eval_every, "episodes": args.eval_episodes, "seed_base": args.eval_seed_base,
                               "role": "choose which parameters to keep, never fitness"},
               "total_generations": generation + int(source.get("total_generations", 0))}
+    if args.mode == "real":
+        record["real"] = {"trials": args.real_trials, "rollout_steps": args.rollout_steps, "population": args.population,
+                          "sigma0": args.sigma0, "diagonal": args.cma_diagonal, "smoothing": args.smoothing,
+                          "seed_range": [args.eval_seed_base + REAL_TRAIN_SEED_OFFSET,
+                                         args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + REAL_TRAIN_SEED_RANGE]}
     if args.mode == "dream":
         record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
                            "temperature": args.temperature, "dropout": args.dream_dropout,

@@ -1,0 +1,51 @@
+"""The reward-only issue: a dream-trained C fine-tuned by real-env CMA-ES, from reward alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from car_racing.runtime import load_checkpoint
+from car_racing.train_controller_cmaes import main as train_controller
+from test_dream_loop import controller_args
+from test_controller_training import write_tiny_checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_real_env_fine_tune_of_a_dream_trained_c_resumes_and_is_reward_only(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path)
+    dreamt = train_controller(controller_args(tmp_path, tiny_data_dir, init="zero", eval_every=0))
+    assert dreamt["training"]["dream_trained"] and dreamt["training"]["reward_only"]
+    start = tmp_path / "dream_trained.pth"
+    (tmp_path / "control_model_cmaes.pth").rename(start)
+
+    def fine_tune(generations: int, resume: bool) -> dict:
+        return train_controller(controller_args(
+            tmp_path, tiny_data_dir, mode="real", init="checkpoint", init_from=str(start), population=3,
+            real_trials=1, rollout_steps=6, generations=generations, eval_every=1, eval_max_steps=6,
+            resume=resume))
+
+    first = fine_tune(1, resume=False)
+    assert first["generation"] == 1
+    resumed = fine_tune(2, resume=True)
+    assert resumed["generation"] == 2
+    assert resumed["history"]["generation"] == [1, 2]  # continued, not restarted
+    assert resumed["history"]["eval_generation"] == [1, 2]
+    record = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")["training"]
+    assert record == resumed["training"]
+    assert record["reward_only"] and not record["expert_labels"]
+    assert record["fitness_source"] == "real" and record["real_returns_as_fitness"] and not record["dream_trained"]
+    assert record["real_fitness_episodes"] == 2 * 3 * 1 and record["real"]["rollout_steps"] == 6
+    assert record["total_generations"] == 3  # one in the dream, two in the real env
+    assert record["warm_start_training"]["dream_trained"]  # the lineage: a C trained only in the dream
+
+
+def test_an_expert_labelled_lineage_is_not_reward_only(tmp_path, tiny_data_dir):
+    write_tiny_checkpoints(tmp_path)
+    bc = train_controller(controller_args(tmp_path, tiny_data_dir, init="bc", eval_every=0))
+    start = tmp_path / "bc.pth"
+    (tmp_path / "control_model_cmaes.pth").rename(start)
+    real = train_controller(controller_args(tmp_path, tiny_data_dir, mode="real", init="checkpoint",
+                                            init_from=str(start), population=2, real_trials=1, rollout_steps=4,
+                                            eval_every=0))
+    assert not bc["training"]["reward_only"] and not real["training"]["reward_only"]
