@@ -31,7 +31,7 @@ from car_racing.latent_cache import file_sha256
 from car_racing.runtime import CHECKPOINT_FILES, checkpoint_paths, load_checkpoint, load_model, save_checkpoint
 
 # resume-only state: never needed to drive or to look at the models
-DROPPED_KEYS = ("optimizer_state", "es_state", "rng", "rng_state", "best_params")
+DROPPED_KEYS = ("optimizer_state", "es_state", "rng", "rng_state", "best_params", "checked")
 
 
 @dataclass

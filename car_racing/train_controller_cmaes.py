@@ -646,10 +646,13 @@ class Run:
 
     def __init__(self, setup: Setup, es: Any, warm_start: dict | None, generation: int = 0,
                  history: dict | None = None, best_real_score: float | None = None,
-                 best_params: np.ndarray | None = None, model_source: str = "cma_mean (no real-env check yet)"):
+                 best_params: np.ndarray | None = None, model_source: str = "cma_mean (no real-env check yet)",
+                 checked: list[dict] | None = None):
         self.setup, self.es, self.warm_start, self.generation = setup, es, warm_start, generation
         self.history = {key: list((history or {}).get(key, [])) for key in HISTORY_KEYS}
         self.best_real_score, self.best_params, self.model_source = best_real_score, best_params, model_source
+        # every real-checked parameter set with its check score: select_controller.py re-ranks them on more tracks
+        self.checked = list(checked or [])
 
     @classmethod
     def resume(cls, setup: Setup) -> "Run":
@@ -659,7 +662,7 @@ class Run:
         print(f"resuming {setup.out_path} after generation {int(state['generation'])}")
         return cls(setup, pickle.loads(state["es_state"]), state.get("bc"), int(state["generation"]),
                    state["history"], state.get("best_real_score"), state.get("best_params"),
-                   state.get("model_source", "cma_mean (no real-env check yet)"))
+                   state.get("model_source", "cma_mean (no real-env check yet)"), state.get("checked"))
 
     @classmethod
     def start(cls, setup: Setup, x0: np.ndarray, warm_start: dict | None) -> "Run":
@@ -668,13 +671,15 @@ class Run:
         run = cls(setup, make_es(x0, args), warm_start)
         if args.eval_every:  # the warm start is a candidate for the best real score too
             score, spread = real_score(setup.checkpoint_dir, x0, args)
-            run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})")
+            run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})", spread)
             print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
                   f"over {args.eval_episodes} episodes")
         run.save()
         return run
 
-    def keep_if_best(self, score: float, params: np.ndarray, source: str) -> None:
+    def keep_if_best(self, score: float, params: np.ndarray, source: str, spread: float = math.nan) -> None:
+        self.checked.append({"generation": self.generation, "source": source, "score": float(score),
+                             "std": float(spread), "params": np.asarray(params, dtype=np.float32)})
         if self.best_real_score is None or score >= self.best_real_score:  # a tie goes to the later check
             self.best_real_score, self.best_params = score, np.array(params, dtype=np.float64)
             self.model_source = source
@@ -685,7 +690,7 @@ class Run:
         controller.set_flat_params(self.best_params if self.best_params is not None else self.es.mean)
         return {"kind": "controller", "model_args": setup.model_args, "model_state": controller.state_dict(),
                 "model_source": self.model_source, "best_params": self.best_params,
-                "best_real_score": self.best_real_score, "es_state": self.es.pickle_dumps(),
+                "best_real_score": self.best_real_score, "checked": self.checked, "es_state": self.es.pickle_dumps(),
                 "generation": self.generation, "history": self.history, "rng_state": rng_states(),
                 "config": dataclasses.asdict(args), "models": setup.models_used, "bc": self.warm_start,
                 "training": training_record(args, self.warm_start, self.generation),
@@ -701,7 +706,8 @@ class Run:
         scores = {}
         for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
             scores[name] = real_score(self.setup.checkpoint_dir, params, args)
-            self.keep_if_best(scores[name][0], params, f"{name} of generation {generation} (real score {scores[name][0]:.1f})")
+            self.keep_if_best(scores[name][0], params, f"{name} of generation {generation} (real score {scores[name][0]:.1f})",
+                              scores[name][1])
         self.history["eval_generation"].append(generation)
         for name, (mean, std) in scores.items():
             self.history[f"real_{name}"].append(mean)

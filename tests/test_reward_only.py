@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from car_racing.runtime import load_checkpoint
 from car_racing.train_controller_cmaes import main as train_controller
@@ -49,3 +50,30 @@ def test_an_expert_labelled_lineage_is_not_reward_only(tmp_path, tiny_data_dir):
                                             init_from=str(start), population=2, real_trials=1, rollout_steps=4,
                                             eval_every=0))
     assert not bc["training"]["reward_only"] and not real["training"]["reward_only"]
+
+
+def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path, tiny_data_dir, monkeypatch):
+    from car_racing import select_controller
+    from car_racing.cli import UsageError
+
+    write_tiny_checkpoints(tmp_path)
+    run = train_controller(controller_args(tmp_path, tiny_data_dir, init="zero", generations=2, eval_every=1))
+    assert len(run["checked"]) == 5  # the initial mean, then the best candidate and CMA's mean of each check
+    args = select_controller.Args(checkpoint_dir=str(tmp_path), top=3, episodes=2, max_steps=6, workers=1)
+    record = select_controller.main(args)
+    saved = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")
+    assert len(record["table"]) == 3 and saved["selection"]["kept"] == record["kept"]
+    assert saved["training"]["selection"]["keep_by"] == "mean-minus-std"
+    best = max(record["table"], key=lambda row: row["mean"] - row["std"])
+    assert record["kept"] == best["source"] and saved["model_source"].startswith(best["source"])
+    kept = next(entry for entry in run["checked"] if entry["source"] == best["source"])
+    torch.testing.assert_close(saved["best_params"], kept["params"].astype("float64"))
+
+    # a rerun reuses the saved returns (an interrupted selection continues, it does not drive again)
+    monkeypatch.setattr(select_controller, "evaluate_agent", lambda *a, **k: pytest.fail("drove again"))
+    assert select_controller.main(args)["kept"] == record["kept"]
+
+    saved.pop("checked")
+    torch.save(saved, tmp_path / "control_model_cmaes.pth")
+    with pytest.raises(UsageError, match="no real-checked controllers"):
+        select_controller.main(args)
