@@ -66,17 +66,21 @@ def smooth_action(action: np.ndarray, previous: np.ndarray, smoothing: float) ->
 
 
 def run_episode(env: Any, driver: Driver, seed: int, max_steps: int, *, smoothing: float = 0.0,
-                record_frames: bool = False, capture_raw: bool = False,
+                record_frames: bool = False, capture_raw: bool = False, stall_steps: int = 0,
                 on_step: Callable[[int, np.ndarray, float], None] | None = None) -> EpisodeResult:
     """Drive one seeded episode for at most ``max_steps`` steps (the env's own 1000-step limit also ends it).
 
     ``on_step(step, observation, episode_reward)`` is called with every observation the driver sees.
+    ``stall_steps`` > 0 ends the episode once that many steps in a row earned no new track tile (reward
+    ≤ 0: the car is off the road, stuck or lost); ``info["stalled"]`` says so. Only training fitness uses
+    it, to stop paying for episodes already lost; scores and checks drive whole episodes.
     """
     observation, _ = env.reset(seed=seed)
     driver.reset(env, seed)
     actions, rewards, frames, raw_frames = [], [], [], []
     previous = np.zeros(3, dtype=np.float32)
     episode_reward, lap_finished, terminated, ended_by_driver = 0.0, False, False, False
+    steps_without_tile, stalled = 0, False
     for step in range(max_steps):
         if on_step is not None:
             on_step(step, observation, episode_reward)
@@ -100,6 +104,10 @@ def run_episode(env: Any, driver: Driver, seed: int, max_steps: int, *, smoothin
         if terminated or truncated:
             lap_finished = bool(info.get("lap_finished", False))
             break
+        steps_without_tile = 0 if reward > 0 else steps_without_tile + 1
+        if stall_steps and steps_without_tile >= stall_steps:
+            stalled = True
+            break
     return EpisodeResult(
         seed=seed,
         actions=np.asarray(actions, dtype=np.float32).reshape(-1, 3),
@@ -109,7 +117,7 @@ def run_episode(env: Any, driver: Driver, seed: int, max_steps: int, *, smoothin
         ended_by_driver=ended_by_driver,
         frames=np.asarray(frames, dtype=np.uint8).reshape(-1, 64, 64, 3) if record_frames else None,
         raw_frames=np.asarray(raw_frames, dtype=np.uint8).reshape(-1, 96, 96, 3) if capture_raw else None,
-        info=dict(getattr(driver, "episode_info", {}) or {}),
+        info={**(getattr(driver, "episode_info", {}) or {}), **({"stalled": True} if stalled else {})},
     )
 
 

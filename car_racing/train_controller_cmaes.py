@@ -110,6 +110,9 @@ class Args:
     """dreams per candidate per generation (shared start states and noise across candidates)"""
     real_trials: int = 2
     """real mode: real episodes per candidate per generation (same tracks for every candidate)"""
+    stall_steps: int = 0
+    """real mode: a training episode ends after this many steps in a row without a new track tile (the car is
+    off the road or lost; its return so far is its fitness), 0 = never; checks always drive whole episodes"""
     temperature: float = 1.0
     """τ for sampling M's next z in dreams (logits / τ, σ·√τ; 0 = most likely component's mean)"""
     dream_dropout: float = 0.0
@@ -207,6 +210,8 @@ def check_args(args: Args) -> None:
                          f"--dagger-noise {args.dagger_noise}: expected rounds ≥ 0, episodes ≥ 1, 0 ≤ noise ≤ 10")
     if args.dagger_episodes > 1000:
         raise UsageError(f"--dagger-episodes {args.dagger_episodes}: expected at most 1000 (seeds per round)")
+    if args.stall_steps < 0:
+        raise UsageError(f"--stall-steps {args.stall_steps}: expected 0 (never) or a positive number of steps")
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: expected 0 (torch's default) or a positive integer")
     if args.eval_episodes >= REAL_TRAIN_SEED_OFFSET:
@@ -243,11 +248,12 @@ def _real_pool_init(checkpoint_dir: str, num_params: int) -> None:
     _real_init(checkpoint_dir, num_params)
 
 
-def _real_episode(job: tuple[int, np.ndarray, int, int, float]) -> tuple[int, float]:
-    index, params, seed, max_steps, smoothing = job
+def _real_episode(job: tuple[int, np.ndarray, int, int, float, int]) -> tuple[int, float]:
+    index, params, seed, max_steps, smoothing, stall_steps = job
     agent = _real_worker["agent"]
     agent.controller.set_flat_params(params)
-    return index, run_episode(_real_worker["env"], agent, seed, max_steps, smoothing=smoothing).total_reward
+    return index, run_episode(_real_worker["env"], agent, seed, max_steps, smoothing=smoothing,
+                              stall_steps=stall_steps).total_reward
 
 
 class RealFitness:
@@ -266,8 +272,8 @@ class RealFitness:
             torch.set_num_threads(self._threads)
 
     def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
-                 smoothing: float = 0.0) -> np.ndarray:
-        jobs = [(i, np.asarray(params), int(seed), max_steps, smoothing)
+                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+        jobs = [(i, np.asarray(params), int(seed), max_steps, smoothing, stall_steps)
                 for i, params in enumerate(candidates) for seed in seeds]
         returns = np.zeros(len(candidates))
         if self.pool is not None:
@@ -567,7 +573,7 @@ class RealEnvFitness:
         rng = np.random.default_rng([args.seed, generation])
         seeds = args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + rng.choice(REAL_TRAIN_SEED_RANGE, args.real_trials,
                                                                           replace=False)
-        return self.episodes(candidates, seeds.tolist(), args.rollout_steps, args.smoothing), math.nan
+        return self.episodes(candidates, seeds.tolist(), args.rollout_steps, args.smoothing, args.stall_steps), math.nan
 
     def close(self) -> None:
         self.episodes.close()
@@ -600,6 +606,7 @@ def training_record(args: Args, warm_start: dict | None, generation: int) -> dic
     if args.mode == "real":
         record["real"] = {"trials": args.real_trials, "rollout_steps": args.rollout_steps, "population": args.population,
                           "sigma0": args.sigma0, "diagonal": args.cma_diagonal, "smoothing": args.smoothing,
+                          "stall_steps": args.stall_steps,
                           "seed_range": [args.eval_seed_base + REAL_TRAIN_SEED_OFFSET,
                                          args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + REAL_TRAIN_SEED_RANGE]}
     if args.mode == "dream":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,30 @@ def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path
     torch.save(saved, tmp_path / "control_model_cmaes.pth")
     with pytest.raises(UsageError, match="no real-checked controllers"):
         select_controller.main(args)
+
+
+class _Standing:
+    """A driver that brakes in place: it never reaches a new tile."""
+
+    def reset(self, env, seed):
+        pass
+
+    def act(self, observation, env, step, episode_reward):
+        return np.array([0.0, 0.0, 1.0], dtype=np.float32)
+
+
+def test_a_stalled_training_episode_ends_early_and_says_so():
+    from car_racing.envs import make_env
+    from car_racing.rollout import run_episode
+
+    env = make_env()
+    try:
+        stalled = run_episode(env, _Standing(), seed=3, max_steps=200, stall_steps=25)
+        whole = run_episode(env, _Standing(), seed=3, max_steps=60)
+    finally:
+        env.close()
+    assert stalled.info["stalled"] and stalled.steps < 30  # (the env's first step may still pay)
+    assert np.all(stalled.rewards[-25:] <= 0)  # 25 steps in a row without a new tile ended it
+    assert stalled.steps == 25 or stalled.rewards[-26] > 0  # and not one step later
+    assert whole.steps == 60 and "stalled" not in whole.info
+    np.testing.assert_allclose(stalled.rewards, whole.rewards[:stalled.steps])  # the same steps, just fewer
