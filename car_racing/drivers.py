@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from car_racing.cli import UsageError
-from car_racing.rollout import EndSession
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
@@ -47,15 +46,15 @@ class RandomDriver:
         return action.copy()
 
 
-def check_display() -> None:
-    """Raise a one-line :class:`UsageError` when no window can be opened (a headless Linux machine)."""
+def check_display(flag: str = "--driver human", instead: str = "use --driver autopilot") -> None:
+    """Raise a one-line :class:`UsageError` naming ``flag`` when no window can be opened (a headless Linux
+    machine); ``instead`` says what to do there."""
     if not sys.platform.startswith("linux"):
         return  # macOS and Windows always have a window system
     if os.environ.get("SDL_VIDEODRIVER", "").lower() in ("dummy", "offscreen"):
         return
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise UsageError("--driver human needs a display (DISPLAY/WAYLAND_DISPLAY unset); "
-                         "on a headless machine use --driver autopilot")
+        raise UsageError(f"{flag} needs a display (DISPLAY/WAYLAND_DISPLAY unset); on a headless machine {instead}")
 
 
 class HumanDriver:
@@ -68,7 +67,7 @@ class HumanDriver:
     against the 800 target).
 
     ``P`` (or the gamepad's Start) pauses: time stops and nothing is recorded until it is pressed again.
-    Esc or closing the window raises :class:`EndSession`, which ends the session keeping every step so
+    Esc or closing the window raises :class:`car_racing.rollout.EndSession`, which ends the session keeping every step so
     far. :meth:`show_summary` shows an episode's result and waits for Enter/Space (gamepad: A or Start).
     ``event_source`` returns the pending events (default ``pygame.event.get``; tests inject lists).
     ``fps`` paces the session (the env's 50; 0 = as fast as possible, for tests).
@@ -83,13 +82,12 @@ class HumanDriver:
         import pygame
 
         from car_racing.human_input import GamepadInput, open_input
-        from car_racing.viewer import DrivingView
+        from car_racing.viewer import DrivingView, SessionKeys
 
         self._pygame = pygame
         self.fps = int(fps)
         self.event_source = event_source if event_source is not None else pygame.event.get
         self.episode_info: dict[str, float] = {}
-        self.paused = False
         self._seed = 0
         self._previous_reward = 0.0
         try:
@@ -102,7 +100,8 @@ class HumanDriver:
         except ValueError as err:
             self.view.close()
             raise UsageError(f"--input {input_kind}: {err}; connect one or use --input keyboard") from None
-        self._gamepad = self.input if isinstance(self.input, GamepadInput) else None
+        gamepad = self.input if isinstance(self.input, GamepadInput) else None
+        self.keys = SessionKeys(gamepad.is_pause if gamepad is not None else None)  # Esc, closing, P / Start
         self._continue_keys = {getattr(pygame, name) for name in self.CONTINUE_KEYS}
         self._clock = pygame.time.Clock()
 
@@ -110,20 +109,6 @@ class HumanDriver:
         self._seed = int(seed)
         self._previous_reward = 0.0
         self.input.reset()  # wheel centred, no gas; keys still held keep acting
-
-    def _session_events(self) -> list[Any]:
-        """This frame's events; raises EndSession for Esc or a closed window, toggles pause for P/Start."""
-        pygame = self._pygame
-        events = list(self.event_source())
-        for event in events:
-            if event.type == pygame.QUIT:
-                raise EndSession("window closed")
-            if event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE:
-                raise EndSession("Esc pressed")
-            if (event.type == pygame.KEYDOWN and event.key == pygame.K_p) or \
-                    (self._gamepad is not None and self._gamepad.is_pause(event)):
-                self.paused = not self.paused
-        return events
 
     def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray:
         """Read the input until the game is not paused; the action for this step."""
@@ -133,15 +118,15 @@ class HumanDriver:
         inset = preprocess_frame(observation)
         step_reward = episode_reward - self._previous_reward if step > 0 else 0.0
         while True:
-            events = self._session_events()
-            action = self.input.update(events, advance=not self.paused)
+            events = self.keys.read(self.event_source())
+            action = self.input.update(events, advance=not self.keys.paused)
             status = status_text(self._seed, step, step_reward, episode_reward,
                                  extra=f"{self.input.name}   P pause   Esc end")
-            message = ("PAUSED", "P (gamepad: Start) continues, Esc ends the session") if self.paused else ()
+            message = ("PAUSED", "P (gamepad: Start) continues, Esc ends the session") if self.keys.paused else ()
             self.view.show(env, observation, status, action_bars(action), inset=inset, message=message)
             if self.fps > 0:
                 self._clock.tick(self.fps)
-            if not self.paused:
+            if not self.keys.paused:
                 self._previous_reward = episode_reward
                 return action
 

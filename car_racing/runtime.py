@@ -22,11 +22,14 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from car_racing.cli import UsageError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 # Which script writes each kind of checkpoint: named in errors so a user knows what to run.
 STAGE_SCRIPTS = {

@@ -13,15 +13,21 @@ It costs one extra draw, about 4 ms per step with :mod:`car_racing.fast_render`.
 - an inset of the 64×64 frame V sees (top right),
 - bars (top left): the action's steer (centred), gas and brake, and for the agent M's predicted reward,
 - an optional centred message box (paused, the episode summary).
+
+:class:`SessionKeys` reads the keys every window shares (Esc and closing end the session, P pauses) and
+:class:`WatchedDriver` shows any driver (the agent in ``car_racing_gameplay_simulator.py --render``) in the
+view, paced at the env's 50 steps per second.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from car_racing.rollout import EndSession
 
 FULL_SIZE = (1000, 800)  # CarRacing's WINDOW_W × WINDOW_H
 STATUS_HEIGHT = 34
@@ -29,6 +35,8 @@ INSET_SCALE = 2  # the 64×64 frame is shown at 128×128
 INSET_MARGIN = 12
 BAR_WIDTH, BAR_HEIGHT, BAR_GAP = 180, 14, 8
 REWARD_TARGET = 800.0  # the seed project's aim per episode
+ENV_FPS = 50  # CarRacing-v3's steps per second
+PAUSED_MESSAGE = ("PAUSED", "P continues, Esc ends the session")
 
 
 def full_resolution_frame(env: Any) -> Any:
@@ -187,3 +195,85 @@ class DrivingView:
 
     def close(self) -> None:
         self._pygame.display.quit()
+
+
+class SessionKeys:
+    """The window's own keys: Esc or closing the window raise :class:`EndSession`; P (or ``is_pause(event)``,
+    e.g. a gamepad's Start) toggles :attr:`paused`. Other events pass through for the driving input."""
+
+    def __init__(self, is_pause: Callable[[Any], bool] | None = None) -> None:
+        import pygame
+
+        self._pygame = pygame
+        self._is_pause = is_pause
+        self.paused = False
+
+    def read(self, events: Iterable[Any]) -> list[Any]:
+        pygame = self._pygame
+        events = list(events)
+        for event in events:
+            if event.type == pygame.QUIT:
+                raise EndSession("window closed")
+            if event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE:
+                raise EndSession("Esc pressed")
+            if (event.type == pygame.KEYDOWN and event.key == pygame.K_p) or \
+                    (self._is_pause is not None and self._is_pause(event)):
+                self.paused = not self.paused
+        return events
+
+
+class WatchedDriver:
+    """Any driver shown in a :class:`DrivingView` as it drives: the full-resolution frame, the 64×64 inset,
+    bars of its action and, when the driver has a ``predicted_reward`` (the agent: M's prediction of the
+    last step's reward), a bar of that beside the real reward in the status line. Paced at ``fps``
+    (0 = as fast as possible); P pauses, Esc or closing the window end the run (:class:`EndSession`).
+    A rollout driver itself (``applied`` and ``episode_info`` pass through)."""
+
+    def __init__(self, driver: Any, view: DrivingView, fps: int = ENV_FPS,
+                 event_source: Callable[[], Iterable[Any]] | None = None, label: str = "C ") -> None:
+        import pygame
+
+        self.driver, self.view, self.fps, self.label = driver, view, int(fps), label
+        self.event_source = event_source if event_source is not None else pygame.event.get
+        self.keys = SessionKeys()
+        self._clock = pygame.time.Clock()
+        self._seed = 0
+        self._previous_reward = 0.0
+
+    @property
+    def episode_info(self) -> dict[str, Any]:
+        return getattr(self.driver, "episode_info", {})
+
+    def reset(self, env: Any, seed: int) -> None:
+        self._seed, self._previous_reward = int(seed), 0.0
+        self.driver.reset(env, seed)
+
+    def applied(self, action: np.ndarray) -> None:
+        if hasattr(self.driver, "applied"):
+            self.driver.applied(action)
+
+    def _show(self, env: Any, observation: np.ndarray, inset: np.ndarray, step: int, episode_reward: float,
+              action: np.ndarray, message: Sequence[str] = ()) -> None:
+        step_reward = episode_reward - self._previous_reward if step > 0 else 0.0
+        bars = action_bars(action, self.label)
+        predicted = getattr(self.driver, "predicted_reward", None)
+        if hasattr(self.driver, "predicted_reward"):
+            value = 0.0 if predicted is None else float(predicted)
+            bars.append(Bar(f"M reward {value:+.2f}", value, -1.0, 4.0, (250, 200, 60)))
+        status = status_text(self._seed, step, step_reward, episode_reward, extra="P pause   Esc end")
+        self.view.show(env, observation, status, bars, inset=inset, message=message)
+        if self.fps > 0:
+            self._clock.tick(self.fps)
+
+    def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray:
+        from car_racing.recorded_data import preprocess_frame
+
+        inset = preprocess_frame(observation)
+        self.keys.read(self.event_source())
+        while self.keys.paused:  # time stops: the driver is not asked, the env not stepped
+            self._show(env, observation, inset, step, episode_reward, np.zeros(3), PAUSED_MESSAGE)
+            self.keys.read(self.event_source())
+        action = np.asarray(self.driver.act(observation, env, step, episode_reward), dtype=np.float32)
+        self._show(env, observation, inset, step, episode_reward, action)
+        self._previous_reward = episode_reward
+        return action
