@@ -152,6 +152,40 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     return video.frames_written
 
 
+def write_gif(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25, colors: int | None = None
+              ) -> int:
+    """Write RGB uint8 frames as a looping animated GIF (Pillow; atomic); returns the number of frames.
+
+    ``colors=None``: one adaptive palette per frame. ``colors=N``: one palette of N colours for the whole
+    animation, taken from up to ~32 frames spread over it, without dithering: no palette flicker, and much smaller for
+    blurry images (V's decodings) that would otherwise use all 256 colours per frame. For short README
+    animations only: an MP4 is far smaller for anything long."""
+    from PIL import Image
+
+    arrays = [np.asarray(frame, dtype=np.uint8) for frame in frames]
+    if not arrays:
+        raise ValueError(f"{path}: no frames to write")
+    images = [Image.fromarray(array) for array in arrays]
+    if colors is not None:
+        palette = Image.fromarray(np.concatenate(arrays[::max(1, len(arrays) // 32)], axis=0)).quantize(
+            colors=colors, method=Image.Quantize.MEDIANCUT)
+        images = [image.quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                       duration=int(round(1000 / fps)), optimize=True)
+    return len(images)
+
+
+def read_video(path: str | os.PathLike) -> Iterable[np.ndarray]:
+    """The RGB uint8 (H, W, 3) frames of a video's first video stream, decoded one by one with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write an RGB uint8 (H, W, 3) image as PNG (atomically)."""
     path = Path(path)

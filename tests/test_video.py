@@ -33,3 +33,17 @@ def test_video_writer_scales_and_refuses_a_size_change(tmp_path):
         for i in range(4):
             video.write(np.full((7, 9, 3), 60 * i, np.uint8))
     assert video_info(tmp_path / "ok.mp4")[:3] == (4, 28, 22)  # 27×21 padded to even
+
+
+def test_write_gif_with_one_shared_palette(tmp_path):
+    from PIL import Image
+
+    from car_racing.video import write_gif
+
+    frames = [np.full((20, 30, 3), (10 * i, 200 - 10 * i, 90), np.uint8) for i in range(8)]
+    assert write_gif(tmp_path / "a.gif", frames, fps=25, colors=16) == 8
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert (gif.size, gif.n_frames, gif.info["duration"]) == ((30, 20), 8, 40)
+    with pytest.raises(ValueError):
+        write_gif(tmp_path / "b.gif", [])
+    assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]

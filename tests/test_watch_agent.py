@@ -60,3 +60,15 @@ def test_agent_exposes_ms_predicted_reward(tiny_checkpoints):  # noqa: F811
     assert isinstance(agent.predicted_reward, float) and np.isfinite(agent.predicted_reward)
     agent.reset(None, 1)
     assert agent.predicted_reward is None
+
+
+def test_readme_animations_on_tiny_checkpoints(tiny_checkpoints, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from car_racing import readme_animations
+
+    out = readme_animations.main(readme_animations.Args(checkpoint_dir=str(tiny_checkpoints), out_dir=str(tmp_path),
+                                                        agent_steps=6, dream_steps=8, stride=2, width=100))
+    with Image.open(out["agent"]) as agent, Image.open(out["dream"]) as dream:
+        assert agent.size == (100, 80) and agent.n_frames == 3
+        assert dream.n_frames == 4
