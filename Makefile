@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test clean-venv
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade --quiet pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ class Agent:
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pending_z: torch.Tensor | None = None  # z_t and a_t until M has been stepped with â_t
         self._pending_action: torch.Tensor | None = None
+        self._predicted_reward: torch.Tensor | None = None
         self.episode_info: dict[str, Any] = {}
         self.reset(None, 0)
 
@@ -72,6 +73,7 @@ class Agent:
         """New episode: h_0 = c_0 = 0."""
         self.state = self.mdnrnn.initial_state(1, device=self.device)
         self._pending_z = self._pending_action = None
+        self._predicted_reward = None
 
     @torch.no_grad()
     def act(self, observation: np.ndarray, env: Any = None, step: int = 0, episode_reward: float = 0.0
@@ -90,6 +92,11 @@ class Agent:
         self._pending_z, self._pending_action = z, action
         return action[0].float().cpu().numpy()
 
+    @property
+    def predicted_reward(self) -> float | None:
+        """M's predicted reward r_t for the last step it was fed (:meth:`applied`); None before the first."""
+        return None if self._predicted_reward is None else float(self._predicted_reward[0])
+
     def features(self) -> np.ndarray:
         """``[z_t, h_t]`` float32 (1, L+H): what C saw at the last :meth:`act` (for imitation labels)."""
         assert self._pending_z is not None and self.state is not None, "call act() first"
@@ -101,7 +108,8 @@ class Agent:
         if self._pending_z is None:
             return
         applied = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self.device)[None]
-        _, self.state = self.mdnrnn.step(self._pending_z, applied, self.state)
+        output, self.state = self.mdnrnn.step(self._pending_z, applied, self.state)
+        self._predicted_reward = output.reward
         self._pending_z = self._pending_action = None
 
 
@@ -140,19 +148,22 @@ def make_agent_driver(checkpoint_dir: str | os.PathLike, controller_params: np.n
 def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
                         controller_params: np.ndarray | None = None, max_steps: int = 1000, workers: int = 1,
                         smoothing: float = 0.0, device: str | torch.device = "cpu", capture_raw: bool = False,
-                        record_frames: bool = False, env_kwargs: dict[str, Any] | None = None
-                        ) -> Iterator[EpisodeResult]:
+                        record_frames: bool = False, env_kwargs: dict[str, Any] | None = None,
+                        wrap: Callable[[Agent], Any] | None = None) -> Iterator[EpisodeResult]:
     """Like :func:`evaluate_agent`, but yields each result (in seed order) as soon as it is ready.
 
     The checkpoints are loaded and checked before the first env or worker starts (one UsageError if a
     file is missing or unfit). In-process (``workers == 1``) the agent runs with 1 torch thread (batch-1
     inference is fastest that way on CPU; the previous setting is restored after); with ``workers > 1``
     each spawned worker loads its own agent once and uses 1 thread (see :mod:`car_racing.rollout`).
+    ``wrap`` (in-process only) turns the agent into the driver that runs, e.g. one that shows it in a window.
     """
     seeds = list(seeds)
     agent = make_agent_driver(checkpoint_dir, controller_params, device)
     options = dict(smoothing=smoothing, capture_raw=capture_raw, record_frames=record_frames)
     if max(1, min(workers, len(seeds))) > 1:
+        if wrap is not None:
+            raise ValueError("wrap needs workers=1 (the wrapped agent runs in this process)")
         del agent
         make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), controller_params, str(device))
         yield from run_episodes(make_driver, seeds, max_steps, workers=workers, env_kwargs=env_kwargs,
@@ -161,7 +172,8 @@ def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int],
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield from run_episodes(lambda: agent, seeds, max_steps, workers=1, env_kwargs=env_kwargs, **options)
+        driver = agent if wrap is None else wrap(agent)
+        yield from run_episodes(lambda: driver, seeds, max_steps, workers=1, env_kwargs=env_kwargs, **options)
     finally:
         torch.set_num_threads(threads)
 

@@ -1,7 +1,7 @@
 """Stage 5: the trained agent (V + M + C) drives the real CarRacing-v3.
 
     python car_racing/car_racing_gameplay_simulator.py --episodes 100          # the score over 100 tracks
-    python car_racing/car_racing_gameplay_simulator.py --episodes 3 --render   # watch it drive (pygame window)
+    python car_racing/car_racing_gameplay_simulator.py --episodes 3 --render   # watch it drive (a window)
     python car_racing/car_racing_gameplay_simulator.py --episodes 3 --video runs/agent.mp4
     python car_racing/car_racing_gameplay_simulator.py --episodes 1 --strip runs/agent_strip.png  # README film strip
 
@@ -15,6 +15,12 @@ with, stored in its checkpoint). The memory model M is fed the action the env re
 
 Prints one line per episode (reward, steps) in seed order, and as its last line
 ``score: MEAN ± STD over N episodes`` (population standard deviation over the episodes' total rewards).
+
+``--render`` shows the drive in a window (:class:`car_racing.viewer.WatchedDriver`): the env's own
+full-resolution view rotating with the car, the 64×64 frame V sees, bars of C's steer/gas/brake and of
+M's predicted reward for the last step (beside the real reward in the status line), at the env's 50
+steps per second. P pauses; Esc or closing the window stops, and the score covers the episodes driven.
+Videos (``--video``) are H.264 MP4s that play in browsers (:mod:`car_racing.video`).
 
 ``--strip PATH`` writes a PNG film strip of the first episode (seed ``--seed``): ``--strip-frames`` raw
 frames evenly spaced from its first to its last step, upscaled ×``--strip-scale``, side by side, each
@@ -30,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -60,7 +67,8 @@ class Args:
     checkpoint_dir: str = "checkpoints"
     """folder with vision_model.pth, memory_model.pth and control_model_cmaes.pth"""
     render: bool = False
-    """open a pygame window to watch the agent drive (one process: --workers is forced to 1)"""
+    """watch the agent drive in a window: the full-resolution view, V's 64x64 input, bars of C's action and
+    M's predicted reward; P pauses, Esc stops (one process: --workers is forced to 1)"""
     video: str | None = None
     """write an MP4 of the episodes here (e.g. runs/agent.mp4), with reward and step drawn on each frame"""
     video_scale: int = 4
@@ -131,7 +139,10 @@ def main(args: Args) -> float:
         smoothing = float(load_checkpoint(paths["controller"], "controller").get("config", {}).get("smoothing", 0.0))
 
     workers = 1 if args.render else args.workers
-    env_kwargs = {"render_mode": "human"} if args.render else None
+    if args.render:
+        from car_racing.drivers import check_display
+
+        check_display("--render", "leave it out (--video writes an MP4 instead)")
     seeds = [args.seed + i for i in range(args.episodes)]
     print(f"agent: {paths['vision']}, {paths['memory']}, {paths['controller']}; "
           f"seeds {seeds[0]}..{seeds[-1]}, smoothing {smoothing}, workers {min(workers, len(seeds))}")
@@ -140,9 +151,16 @@ def main(args: Args) -> float:
     with contextlib.ExitStack() as stack:
         # The video is written under a temporary name and appears only when every episode is in it.
         video = None if args.video is None else stack.enter_context(VideoWriter(args.video, fps=VIDEO_FPS))
+        wrap = None
+        if args.render:
+            from car_racing.viewer import DrivingView, WatchedDriver
+
+            view = DrivingView("CarRacing-v3: the World Models agent (P pauses, Esc stops)")
+            stack.callback(view.close)
+            wrap = functools.partial(WatchedDriver, view=view)
         episodes = stack.enter_context(contextlib.closing(iter_agent_episodes(
             args.checkpoint_dir, seeds, max_steps=args.max_steps, workers=workers, smoothing=smoothing,
-            device=device, capture_raw=video is not None or args.strip is not None, env_kwargs=env_kwargs)))
+            device=device, capture_raw=video is not None or args.strip is not None, wrap=wrap)))
         bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None, file=sys.stderr))
         for index, result in enumerate(episodes):
             rewards.append(result.total_reward)
@@ -158,6 +176,10 @@ def main(args: Args) -> float:
             result.raw_frames = None  # keep memory flat over many episodes
             bar.update(1)
             bar.set_postfix(mean=f"{np.mean(rewards):.1f}")
+            if result.ended_by_driver:
+                tqdm.write("stopped in the window (Esc or closed); the score covers the episodes driven",
+                           file=sys.stdout)
+                break
     values = np.asarray(rewards)
     print(f"min {values.min():.1f}, median {np.median(values):.1f}, max {values.max():.1f}; laps finished "
           f"{laps} of {len(values)}")

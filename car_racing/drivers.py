@@ -1,4 +1,4 @@
-"""Drivers for recording: random actions and a human at the keyboard.
+"""Drivers for recording: random actions and a person at the keyboard or a gamepad.
 
 Both follow the :class:`car_racing.rollout.Driver` protocol (``reset(env, seed)``,
 ``act(observation, env, step, episode_reward)`` → float32 ``[steer, gas, brake]``, attribute
@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from car_racing.cli import UsageError
-from car_racing.rollout import EndSession
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
@@ -47,93 +46,106 @@ class RandomDriver:
         return action.copy()
 
 
-def check_display() -> None:
-    """Raise a one-line :class:`UsageError` when no window can be opened (a headless Linux machine)."""
+def check_display(flag: str = "--driver human", instead: str = "use --driver autopilot") -> None:
+    """Raise a one-line :class:`UsageError` naming ``flag`` when no window can be opened (a headless Linux
+    machine); ``instead`` says what to do there."""
     if not sys.platform.startswith("linux"):
         return  # macOS and Windows always have a window system
     if os.environ.get("SDL_VIDEODRIVER", "").lower() in ("dummy", "offscreen"):
         return
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise UsageError("--driver human needs a display (DISPLAY/WAYLAND_DISPLAY unset); "
-                         "on a headless machine use --driver autopilot")
+        raise UsageError(f"{flag} needs a display (DISPLAY/WAYLAND_DISPLAY unset); on a headless machine {instead}")
 
 
 class HumanDriver:
-    """A person drives with the arrow keys in a pygame window showing the observation the driver sees.
+    """A person drives, with the keyboard or a gamepad, watching the env's full-resolution view.
 
-    ←/→ steer (full lock), ↑ gas (1.0), ↓ brake (0.8, the gymnasium default: 0.9 and above locks the
-    wheels); a key held is an action held. Esc or closing the window raises :class:`EndSession`, which
-    ends the session keeping every step so far. Held keys are tracked from KEYDOWN/KEYUP events (so
-    injected events work: ``pygame.key.get_pressed`` does not see them); ``event_source`` returns the
-    pending events (default ``pygame.event.get``). ``fps`` paces the session (the env's 50; 0 = as fast
-    as possible, for tests). The window is the 96×96 observation scaled ×``scale`` plus a status line.
+    Input (:mod:`car_racing.human_input`): ``input_kind`` is ``auto`` (a connected gamepad, else the
+    keyboard), ``keyboard`` (arrows or WASD, steering and gas ramp while held) or ``gamepad``. The window
+    (:class:`car_racing.viewer.DrivingView`) shows the env's own 1000×800 view rotating with the car, the
+    64×64 frame V will see, the action's bars and a status line (seed, step, reward, the episode's reward
+    against the 800 target).
+
+    ``P`` (or the gamepad's Start) pauses: time stops and nothing is recorded until it is pressed again.
+    Esc or closing the window raises :class:`car_racing.rollout.EndSession`, which ends the session keeping every step so
+    far. :meth:`show_summary` shows an episode's result and waits for Enter/Space (gamepad: A or Start).
+    ``event_source`` returns the pending events (default ``pygame.event.get``; tests inject lists).
+    ``fps`` paces the session (the env's 50; 0 = as fast as possible, for tests).
     """
 
-    STATUS_HEIGHT = 36
+    CONTINUE_KEYS = ("K_RETURN", "K_KP_ENTER", "K_SPACE")
 
-    def __init__(self, scale: int = 6, fps: int = ENV_FPS,
+    def __init__(self, input_kind: str = "auto", fps: int = ENV_FPS,
                  event_source: Callable[[], Iterable[Any]] | None = None) -> None:
         check_display()
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import pygame
 
+        from car_racing.human_input import GamepadInput, open_input
+        from car_racing.viewer import DrivingView, SessionKeys
+
         self._pygame = pygame
-        self.scale = int(scale)
         self.fps = int(fps)
         self.event_source = event_source if event_source is not None else pygame.event.get
         self.episode_info: dict[str, float] = {}
-        self.held: set[int] = set()
         self._seed = 0
+        self._previous_reward = 0.0
         try:
-            pygame.display.init()
-            pygame.font.init()
-            size = 96 * self.scale
-            self._screen = pygame.display.set_mode((size, size + self.STATUS_HEIGHT))
+            self.view = DrivingView("CarRacing-v3 recording: arrows/WASD or a gamepad drive, P pauses, "
+                                    "Esc ends the session")
         except pygame.error as err:
             raise UsageError(f"--driver human: cannot open a window ({err}); use --driver autopilot") from None
-        pygame.display.set_caption("CarRacing-v3 recording: arrows drive, Esc ends the session")
-        self._font = pygame.font.Font(None, 26)
+        try:
+            self.input = open_input(input_kind)
+        except ValueError as err:
+            self.view.close()
+            raise UsageError(f"--input {input_kind}: {err}; connect one or use --input keyboard") from None
+        gamepad = self.input if isinstance(self.input, GamepadInput) else None
+        self.keys = SessionKeys(gamepad.is_pause if gamepad is not None else None)  # Esc, closing, P / Start
+        self._continue_keys = {getattr(pygame, name) for name in self.CONTINUE_KEYS}
         self._clock = pygame.time.Clock()
 
     def reset(self, env: Any, seed: int) -> None:
-        self._seed = int(seed)  # held keys carry over: a key still held keeps acting in the next episode
-
-    def _read_events(self) -> None:
-        pygame = self._pygame
-        for event in self.event_source():
-            if event.type == pygame.QUIT:
-                raise EndSession("window closed")
-            if event.type == pygame.KEYDOWN:
-                if event.key == pygame.K_ESCAPE:
-                    raise EndSession("Esc pressed")
-                self.held.add(event.key)
-            elif event.type == pygame.KEYUP:
-                self.held.discard(event.key)
-
-    def action(self) -> np.ndarray:
-        """The action for the keys held now."""
-        pygame = self._pygame
-        steer = float(pygame.K_RIGHT in self.held) - float(pygame.K_LEFT in self.held)
-        gas = 1.0 if pygame.K_UP in self.held else 0.0
-        brake = 0.8 if pygame.K_DOWN in self.held else 0.0
-        return np.array([steer, gas, brake], dtype=np.float32)
-
-    def _draw(self, observation: np.ndarray, step: int, episode_reward: float) -> None:
-        pygame = self._pygame
-        surface = pygame.surfarray.make_surface(np.ascontiguousarray(observation.swapaxes(0, 1)))
-        size = 96 * self.scale
-        self._screen.blit(pygame.transform.scale(surface, (size, size)), (0, 0))
-        self._screen.fill((0, 0, 0), pygame.Rect(0, size, size, self.STATUS_HEIGHT))
-        text = f"seed {self._seed}   step {step}   reward {episode_reward:7.1f}   Esc: end session"
-        self._screen.blit(self._font.render(text, True, (255, 255, 255)), (8, size + 9))
-        pygame.display.flip()
+        self._seed = int(seed)
+        self._previous_reward = 0.0
+        self.input.reset()  # wheel centred, no gas; keys still held keep acting
 
     def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray:
-        self._read_events()
-        self._draw(observation, step, episode_reward)
-        if self.fps > 0:
-            self._clock.tick(self.fps)
-        return self.action()
+        """Read the input until the game is not paused; the action for this step."""
+        from car_racing.recorded_data import preprocess_frame
+        from car_racing.viewer import action_bars, status_text
+
+        inset = preprocess_frame(observation)
+        step_reward = episode_reward - self._previous_reward if step > 0 else 0.0
+        while True:
+            events = self.keys.read(self.event_source())
+            action = self.input.update(events, advance=not self.keys.paused)
+            status = status_text(self._seed, step, step_reward, episode_reward,
+                                 extra=f"{self.input.name}   P pause   Esc end")
+            message = ("PAUSED", "P (gamepad: Start) continues, Esc ends the session") if self.keys.paused else ()
+            self.view.show(env, observation, status, action_bars(action), inset=inset, message=message)
+            if self.fps > 0:
+                self._clock.tick(self.fps)
+            if not self.keys.paused:
+                self._previous_reward = episode_reward
+                return action
+
+    def show_summary(self, lines: Sequence[str]) -> bool:
+        """Show an episode's summary over the last frame until Enter/Space (gamepad: A or Start): True, or
+        Esc / a closed window: False (the session ends)."""
+        pygame = self._pygame
+        prompt = "Enter or Space (gamepad: A or Start) continues, Esc ends the session"
+        while True:
+            self.view.message([*lines, prompt])
+            for event in self.event_source():
+                if event.type == pygame.QUIT or (event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE):
+                    return False
+                if event.type == pygame.KEYDOWN and event.key in self._continue_keys:
+                    return True
+                if event.type == pygame.JOYBUTTONDOWN and event.button in (0, 7):
+                    return True
+            if self.fps > 0:
+                self._clock.tick(self.fps)
 
     def close(self) -> None:
-        self._pygame.display.quit()
+        self.view.close()

@@ -1,7 +1,8 @@
 """Stage 1: record driving episodes of CarRacing-v3 (frames, actions, rewards, dones) for the world model.
 
     python car_racing/recorded_frames.py --driver autopilot --episodes 20 --steps 500   # headless expert
-    python car_racing/recorded_frames.py                                                # you drive (arrows, Esc)
+    python car_racing/recorded_frames.py                                                # you drive (keys or gamepad)
+    python car_racing/recorded_frames.py --input keyboard --episodes 5 --append        # five more tracks by hand
 
 Writes the data folder described in :mod:`car_racing.recorded_data` (``car_racing_recorded_*.npy``, the
 meta file and the memory sequences ``car_racing_memory_dataset_*.npy``). Each finished episode is saved
@@ -18,6 +19,16 @@ new tracks; an explicit ``--seed`` is used as given (a note says when it repeats
 Headless drivers (autopilot, random) run in ``--workers`` processes; with several workers the episodes
 are stored in the order they finish (each is identified by its seed). The human driver runs in this
 process, paced at the env's 50 steps per second.
+
+Driving by hand (:class:`car_racing.drivers.HumanDriver`): the window shows the env's own full-resolution
+view rotating with the car, the 64×64 frame V will see (top right), the action's bars and a status line
+(seed, step, reward, the episode's reward against the 800 target). Keyboard: ←/→ (or A/D) steer, ramping
+towards full lock while held and back to centre on release, so a tap is a small correction; ↑ (W) gas,
+ramped the same way; ↓ (S) brake. A gamepad (picked automatically when connected, ``--input``): left stick
+steers, right trigger or A is gas, left trigger or B/X brakes. ``P`` (Start) pauses: nothing is recorded
+while paused. After each episode a summary (reward, lap finished) waits for Enter/Space (A). Esc or closing
+the window ends the session, keeping every step. What is recorded is exactly what the headless drivers
+record: the 64×64 frames of the 96×96 observation, replayable from seed and actions.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from car_racing.rollout import EpisodeResult, default_workers, run_episodes
 from car_racing.runtime import seed_everything
 
 DRIVERS = ("human", "autopilot", "random", "agent")
+INPUTS = ("auto", "keyboard", "gamepad")
 
 
 @dataclass
@@ -54,8 +66,8 @@ class Args:
     """Record CarRacing-v3 episodes (64×64 frames, actions, rewards, dones) into --data-dir."""
 
     driver: Literal["human", "autopilot", "random", "agent"] = "human"
-    """who drives: human (arrow keys in a window; Esc or closing it ends the session, keeping what was
-    recorded), autopilot (scripted expert reading the track, with per-episode noise), random (smoothly
+    """who drives: human (keyboard or gamepad in a window; P pauses, Esc or closing it ends the session,
+    keeping what was recorded), autopilot (scripted expert reading the track, with per-episode noise), random (smoothly
     varying random actions), agent (the World Models agent in --checkpoint-dir with exploration noise:
     the dream loop records C's own episodes this way)"""
     episodes: int = 20
@@ -79,12 +91,17 @@ class Args:
     """agent only: the V, M and C that drive"""
     seq_len: int = DEFAULT_SEQ_LEN
     """steps per memory-model training sequence (windows never cross an episode boundary)"""
+    input: Literal["auto", "keyboard", "gamepad"] = "auto"
+    """human only: what the person drives with: auto (a connected gamepad, else the keyboard), keyboard
+    (arrows/WASD, steering and gas ramp while held) or gamepad (left stick, triggers or A/B buttons)"""
 
 
 def validate_args(args: Args) -> None:
     """One-line :class:`UsageError` for bad flag values, before anything is touched."""
     if args.driver not in DRIVERS:
         raise UsageError(f"--driver {args.driver!r}: expected one of {', '.join(DRIVERS)}")
+    if args.input not in INPUTS:
+        raise UsageError(f"--input {args.input!r}: expected one of {', '.join(INPUTS)}")
     for flag, value in (("--episodes", args.episodes), ("--steps", args.steps), ("--seq-len", args.seq_len)):
         if value < 1:
             raise UsageError(f"{flag} {value}: expected a positive number")
@@ -163,6 +180,21 @@ def episode_line(number: int, total: int, driver: str, result: EpisodeResult) ->
     return line
 
 
+def episode_summary(number: int, total: int, result: EpisodeResult, target: float = 800.0) -> list[str]:
+    """The lines the human driver sees after an episode: reward against the target, how it ended."""
+    reward = result.total_reward
+    if result.lap_finished:
+        ending = "lap finished"
+    elif result.terminated:
+        ending = "lap not finished: the car left the playfield"
+    else:
+        ending = f"lap not finished in {result.steps} steps"
+    verdict = "reaches" if reward >= target else "is below"
+    return [f"Episode {number}/{total} (seed {result.seed}): reward {reward:.1f}",
+            f"{ending}; the reward {verdict} the {target:.0f} target",
+            "the next episode starts when you continue" if number < total else "that was the last episode"]
+
+
 def _same_driver(driver: Any) -> Any:
     return driver
 
@@ -177,11 +209,13 @@ def main(args: Args) -> None:
     workers = 1 if human else (args.workers or default_workers())
     if human and args.workers is not None and args.workers > 1:
         print("note: the human driver runs in this process; --workers is ignored", file=sys.stderr)
+    if not human and args.input != "auto":
+        print(f"note: --input is for --driver human; ignored with --driver {args.driver}", file=sys.stderr)
     make_driver: Callable[[], Any] | None = None if human else make_headless_driver(args.driver, args.noise, args.checkpoint_dir)
     # Checks the folder is writable, and with --append validates the existing data (frame size, .npy files).
     store = EpisodeStore(args.data_dir, append=args.append, seq_len=args.seq_len)
     seeds = choose_seeds(args, store)
-    seed_everything(seeds[0])
+    seed_everything(seeds[0], torch=args.driver == "agent")  # only the agent driver loads torch
     # The env's own 1000-step limit would cut longer episodes: lift it when more steps are asked for.
     env_kwargs = {"max_episode_steps": args.steps} if args.steps > MAX_EPISODE_STEPS else {}
 
@@ -189,7 +223,7 @@ def main(args: Args) -> None:
     if human:  # opened last, after every check: the window appears only when recording can start
         from car_racing import drivers
 
-        human_driver = drivers.HumanDriver()
+        human_driver = drivers.HumanDriver(input_kind=args.input)
         make_driver = functools.partial(_same_driver, human_driver)  # in-process (workers == 1)
     recorded_episodes = recorded_steps = 0
     progress = tqdm(total=args.episodes, unit="ep", desc=f"recording ({args.driver})", dynamic_ncols=True)
@@ -211,6 +245,10 @@ def main(args: Args) -> None:
                 tqdm.write(episode_line(number, args.episodes, args.driver, result))
                 if result.ended_by_driver:
                     tqdm.write("session ended by the driver; keeping every step recorded so far")
+                    break
+                if human_driver is not None and not human_driver.show_summary(
+                        episode_summary(number, args.episodes, result)):
+                    tqdm.write("session ended by the driver after the episode summary; keeping every step")
                     break
     finally:
         progress.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -130,10 +131,9 @@ def _worker_init(make_driver: Callable[[], Driver], env_kwargs: dict[str, Any]) 
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it saves, then ends the pool
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker process
     _worker_state["driver"] = make_driver()
+    if "torch" in sys.modules:  # a model-driven driver: one core per worker process (others never load torch)
+        sys.modules["torch"].set_num_threads(1)
     _worker_state["env"] = make_env(**env_kwargs)
 
 

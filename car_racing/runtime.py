@@ -10,6 +10,9 @@ A checkpoint is one dict (nanoGPT style)::
 
 Files are written to a temporary name in the same folder and renamed, so an interrupted write
 never replaces the last good file.
+
+torch is imported inside the functions that need it, so scripts that never touch a model (the recorder,
+``--help`` of every script) start without loading it (~1 s).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from car_racing.cli import UsageError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 # Which script writes each kind of checkpoint: named in errors so a user knows what to run.
 STAGE_SCRIPTS = {
@@ -48,6 +53,8 @@ def checkpoint_paths(checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
 def resolve_device(name: str | torch.device) -> torch.device:
     """``"auto"`` → CUDA when present, else CPU; otherwise any name torch accepts (``cpu``, ``cuda:1``).
     A ``torch.device`` is returned as it is."""
+    import torch
+
     if isinstance(name, torch.device):
         return name
     if name == "auto":
@@ -61,11 +68,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    """One seed for Python's ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+def seed_everything(seed: int, torch: bool = True) -> None:
+    """One seed for Python's ``random``, numpy's global RNG and (unless ``torch=False``, for scripts that
+    never load torch) torch's CPU and CUDA generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if torch:
+        import torch as torch_module
+
+        torch_module.manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -89,6 +100,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write one checkpoint dict atomically."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(dict(checkpoint), tmp)
 
@@ -96,6 +109,8 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> N
 def load_checkpoint(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint of the given kind, or raise a one-line :class:`UsageError` naming the file
     and the stage that makes it."""
+    import torch
+
     path = Path(path)
     maker = STAGE_SCRIPTS.get(kind, "the stage that writes it")
     if not path.is_file():

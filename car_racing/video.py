@@ -1,24 +1,30 @@
 """Writing MP4 videos and image grids people can look at (shared by the visualisation scripts).
 
-Frames are RGB uint8 (H, W, 3) numpy arrays, as everywhere else in the project; conversion to
-OpenCV's BGR happens here. Videos use the ``mp4v`` codec (MPEG-4 Part 2 in an .mp4 container): the
-pip OpenCV wheels cannot encode H.264, and mp4v plays in VLC, mpv, QuickTime and most desktop players
-(not in every browser). Files are written under a temporary name and renamed when complete.
+Every MP4 the project writes goes through :class:`VideoWriter`: H.264 (libx264, ``yuv420p``, CRF 18, in an
+.mp4 with ``+faststart``), encoded with PyAV (``av``, whose wheels bundle FFmpeg with libx264). That is the
+one format that plays everywhere: web browsers, GitHub, VS Code's and Jupyter's previews, phones and
+desktop players. (OpenCV's pip wheels can only write MPEG-4 Part 2, ``mp4v``, which browsers do not play.)
+yuv420p stores colour at half resolution, so frames are padded to even width and height.
+
+Frames are RGB uint8 (H, W, 3) numpy arrays, as everywhere else in the project. Files are written under
+a temporary name and renamed when complete.
 
     with VideoWriter("runs/episode.mp4", fps=50, scale=4) as video:
         for frame in frames:
             video.write(label(frame, "step 3"))
 
     write_video("runs/episode.mp4", frames, fps=50, scale=4)   # the same in one call
-    count, width, height, fps = video_info("runs/episode.mp4")  # read back with OpenCV
+    count, width, height, fps = video_info("runs/episode.mp4")  # read back (frames counted by decoding)
+    video_codec("runs/episode.mp4")                             # "h264"
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -26,7 +32,9 @@ import numpy as np
 from car_racing.cli import UsageError
 from car_racing.runtime import atomic_path
 
-DEFAULT_CODEC = "mp4v"
+CODEC = "libx264"  # H.264
+PIXEL_FORMAT = "yuv420p"  # the chroma layout every H.264 decoder (browsers included) plays
+DEFAULT_CRF = 18
 
 
 def upscale(frame: np.ndarray, scale: int) -> np.ndarray:
@@ -63,32 +71,42 @@ def side_by_side(frames: Sequence[np.ndarray], gap: int = 0, gap_value: int = 25
 
 
 class VideoWriter:
-    """An MP4 file written frame by frame (atomic: the file appears when the writer closes without error).
+    """An H.264 MP4 written frame by frame (atomic: the file appears when the writer closes without error).
 
     Args:
         path: output .mp4 path (parent folders are created).
         fps: frames per second (CarRacing runs at 50).
         scale: integer nearest-neighbour upscaling applied to every frame.
-        codec: FourCC; ``mp4v`` works with the pip OpenCV wheels.
+        crf: x264 constant rate factor (0 lossless … 51 worst; 18 looks lossless for these frames).
 
-    The first frame fixes the size; frames are RGB uint8 (H, W, 3). Odd sizes are padded to even
-    (many players need even dimensions).
+    The first frame fixes the size; frames are RGB uint8 (H, W, 3). Odd sizes are padded to even with
+    black (yuv420p needs even dimensions).
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float = 50, scale: int = 1, codec: str = DEFAULT_CODEC):
+    def __init__(self, path: str | os.PathLike, fps: float = 50, scale: int = 1, crf: int = DEFAULT_CRF):
         self.path = Path(path)
         self.fps = float(fps)
         self.scale = int(scale)
-        self.codec = codec
+        self.crf = int(crf)
         self.frames_written = 0
         self._stack = contextlib.ExitStack()
         self._tmp: Path | None = None
-        self._writer: cv2.VideoWriter | None = None
+        self._container: Any = None
+        self._stream: Any = None
         self._size: tuple[int, int] | None = None
 
     def __enter__(self) -> "VideoWriter":
         self._tmp = self._stack.enter_context(atomic_path(self.path))
         return self
+
+    def _open(self, size: tuple[int, int]) -> None:
+        import av  # imported here: only scripts that write videos need it
+
+        self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._stream = self._container.add_stream(CODEC, rate=Fraction(self.fps).limit_denominator(1001))
+        self._stream.width, self._stream.height = size
+        self._stream.pix_fmt = PIXEL_FORMAT
+        self._stream.options = {"crf": str(self.crf)}
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 (H, W, 3) frame."""
@@ -97,21 +115,28 @@ class VideoWriter:
         frame = upscale(np.asarray(frame, dtype=np.uint8), self.scale)
         height, width = frame.shape[:2]
         padded = (width + width % 2, height + height % 2)
-        if self._writer is None:
+        if self._container is None:
             self._size = padded
-            self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, padded)
-            if not self._writer.isOpened():
-                raise RuntimeError(f"{self.path}: OpenCV cannot write {self.codec!r} video here")
+            self._open(padded)
         if padded != self._size:
             raise ValueError(f"{self.path}: frame of {width}×{height} after {self._size[0]}×{self._size[1]} frames")
         if padded != (width, height):
             frame = np.pad(frame, ((0, padded[1] - height), (0, padded[0] - width), (0, 0)))
-        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        import av
+
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        for packet in self._stream.encode(video_frame):  # converted to yuv420p by the stream
+            self._container.mux(packet)
         self.frames_written += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._writer is not None:
-            self._writer.release()
+        if self._container is not None:
+            try:
+                if exc_type is None:
+                    for packet in self._stream.encode():  # flush the encoder's delayed frames
+                        self._container.mux(packet)
+            finally:
+                self._container.close()
         if exc_type is None and self.frames_written == 0:
             self._stack.__exit__(ValueError, ValueError("no frames"), None)  # drop the empty temporary file
             raise ValueError(f"{self.path}: no frames to write")
@@ -119,12 +144,46 @@ class VideoWriter:
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 50, scale: int = 1,
-                codec: str = DEFAULT_CODEC) -> int:
-    """Write RGB uint8 frames to an MP4 (atomically); returns the number of frames written."""
-    with VideoWriter(path, fps=fps, scale=scale, codec=codec) as video:
+                crf: int = DEFAULT_CRF) -> int:
+    """Write RGB uint8 frames to an H.264 MP4 (atomically); returns the number of frames written."""
+    with VideoWriter(path, fps=fps, scale=scale, crf=crf) as video:
         for frame in frames:
             video.write(frame)
     return video.frames_written
+
+
+def write_gif(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25, colors: int | None = None
+              ) -> int:
+    """Write RGB uint8 frames as a looping animated GIF (Pillow; atomic); returns the number of frames.
+
+    ``colors=None``: one adaptive palette per frame. ``colors=N``: one palette of N colours for the whole
+    animation, taken from up to ~32 frames spread over it, without dithering: no palette flicker, and much smaller for
+    blurry images (V's decodings) that would otherwise use all 256 colours per frame. For short README
+    animations only: an MP4 is far smaller for anything long."""
+    from PIL import Image
+
+    arrays = [np.asarray(frame, dtype=np.uint8) for frame in frames]
+    if not arrays:
+        raise ValueError(f"{path}: no frames to write")
+    images = [Image.fromarray(array) for array in arrays]
+    if colors is not None:
+        palette = Image.fromarray(np.concatenate(arrays[::max(1, len(arrays) // 32)], axis=0)).quantize(
+            colors=colors, method=Image.Quantize.MEDIANCUT)
+        images = [image.quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                       duration=int(round(1000 / fps)), optimize=True)
+    return len(images)
+
+
+def read_video(path: str | os.PathLike) -> Iterable[np.ndarray]:
+    """The RGB uint8 (H, W, 3) frames of a video's first video stream, decoded one by one with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -136,20 +195,26 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def video_info(path: str | os.PathLike) -> tuple[int, int, int, float]:
-    """(frames decoded, width, height, fps) of a video, read back with OpenCV (frames counted by decoding)."""
-    capture = cv2.VideoCapture(str(path))
+    """(frames decoded, width, height, fps) of a video's first video stream, read back with PyAV."""
+    import av
+
     try:
-        if not capture.isOpened():
-            raise ValueError(f"{path}: OpenCV cannot open this video")
-        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        fps = float(capture.get(cv2.CAP_PROP_FPS))
-        count = 0
-        while capture.grab():
-            count += 1
-    finally:
-        capture.release()
-    return count, width, height, fps
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise ValueError(f"{path}: cannot open this video ({err})") from None
+    with container:
+        stream = container.streams.video[0]
+        count = sum(1 for _ in container.decode(stream))
+        return count, stream.codec_context.width, stream.codec_context.height, float(stream.average_rate or 0)
+
+
+def video_codec(path: str | os.PathLike) -> tuple[str, str]:
+    """(codec name, pixel format) of a video's first video stream, e.g. ``("h264", "yuv420p")``."""
+    import av
+
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        return context.name, context.pix_fmt
 
 
 def check_strip_args(strip: str | os.PathLike | None, frames: int, scale: int) -> None:

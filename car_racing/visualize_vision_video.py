@@ -3,7 +3,7 @@
 Reads ``<checkpoint-dir>/vision_model.pth`` and, with ``--source recorded`` (default), one episode of
 ``<data-dir>`` (``--episode``; default the first held-out episode of the checkpoint). With ``--source
 autopilot`` it drives a fresh episode with the autopilot instead (seed ``--seed``). Writes ``--out``
-(default ``runs/vision_episode.mp4``, mp4v codec, 50 fps).
+(default ``runs/vision_episode.mp4``, H.264, 50 fps).
 
     python car_racing/visualize_vision_video.py
     python car_racing/visualize_vision_video.py --source autopilot --seed 7 --max-steps 500

@@ -20,7 +20,7 @@ from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE, frames_to_tensor
 from car_racing.recorded_data import preprocess_frame
 from car_racing.runtime import CHECKPOINT_FILES, checkpoint_paths, save_checkpoint
-from car_racing.video import video_info
+from car_racing.video import video_codec, video_info
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "car_racing" / "car_racing_gameplay_simulator.py"
@@ -191,6 +191,7 @@ def test_simulator_runs_one_short_episode_and_prints_the_score(tiny_checkpoints,
     assert lines[-2] == f"video: {video}"
     assert lines[-3] == f"min {reward:.1f}, median {reward:.1f}, max {reward:.1f}; laps finished 0 of 1"
     assert video_info(video)[:3] == (30, 192, 192)  # 30 frames, 96×96 upscaled ×2
+    assert video_codec(video) == ("h264", "yuv420p")  # plays in browsers
     assert [p.name for p in video.parent.iterdir()] == ["agent.mp4"]  # the temporary file was renamed
 
 

@@ -203,37 +203,39 @@ def test_human_driver_records_the_keys_held_and_esc_keeps_what_was_recorded(tmp_
                              10: [key(down, pygame.K_LEFT)],
                              20: [key(up, pygame.K_LEFT), key(down, pygame.K_RIGHT)],
                              30: [key(up, pygame.K_UP), key(down, pygame.K_DOWN)],
-                             45: [key(down, pygame.K_ESCAPE)]})  # step 5 of the second episode
+                             40: [key(down, pygame.K_RETURN)],  # the summary of episode 1: continue
+                             46: [key(down, pygame.K_ESCAPE)]})  # step 5 of the second episode
     monkeypatch.setattr(drivers, "HumanDriver", functools.partial(drivers.HumanDriver, event_source=script, fps=0))
-    record(tmp_path / "data", driver="human", episodes=3, steps=40)
+    record(tmp_path / "data", driver="human", episodes=3, steps=40, input="keyboard")
 
     data = load_recorded(tmp_path / "data")
     assert [(e["seed"], e["length"], e["driver"]) for e in data.episodes] == [(0, 40, "human"), (1, 5, "human")]
-    expected = np.array([[0, 1, 0]] * 10 + [[-1, 1, 0]] * 10 + [[1, 1, 0]] * 10 + [[1, 0, 0.8]] * 10
-                        + [[1, 0, 0.8]] * 5, dtype=np.float32)  # keys still held carry into episode 2
-    np.testing.assert_array_equal(data.actions, expected)
+    steer, gas, brake = data.actions.T
+    assert np.all(steer[:10] == 0) and np.all(steer[10:20] < 0) and steer[29] > 0  # ramped, see test_human_input
+    assert gas[9] > gas[0] > 0 and np.all(brake[:30] == 0) and np.all(brake[30:] == np.float32(0.8))
+    assert np.all(gas[40:] == 0) and steer[40] == pytest.approx(0.07)  # a new episode starts centred; → still held
     assert data.frames.shape == (45, 64, 64, 3)
 
 
 def test_closing_the_human_window_ends_the_session_keeping_the_steps(tmp_path, monkeypatch):
     script = ScriptedEvents({0: [key(pygame.KEYDOWN, pygame.K_UP)], 3: [pygame.event.Event(pygame.QUIT)]})
     monkeypatch.setattr(drivers, "HumanDriver", functools.partial(drivers.HumanDriver, event_source=script, fps=0))
-    record(tmp_path / "data", driver="human", episodes=2, steps=40)
+    record(tmp_path / "data", driver="human", episodes=2, steps=40, input="keyboard")
     data = load_recorded(tmp_path / "data")
     assert [e["length"] for e in data.episodes] == [3]
-    np.testing.assert_array_equal(data.actions, [[0, 1, 0]] * 3)
+    np.testing.assert_allclose(data.actions, [[0, 0.08, 0], [0, 0.16, 0], [0, 0.24, 0]], rtol=1e-6)  # gas ramps
 
 
 def test_human_driver_reads_events_posted_to_pygames_queue():
-    driver = drivers.HumanDriver(fps=0)  # default event source: pygame.event.get
+    driver = drivers.HumanDriver(input_kind="keyboard", fps=0)  # default event source: pygame.event.get
     try:
         driver.reset(None, seed=7)
         observation = np.zeros((96, 96, 3), dtype=np.uint8)
         pygame.event.post(key(pygame.KEYDOWN, pygame.K_RIGHT))
         pygame.event.post(key(pygame.KEYDOWN, pygame.K_UP))
-        np.testing.assert_array_equal(driver.act(observation, None, 0, 0.0), [1, 1, 0])
+        np.testing.assert_allclose(driver.act(observation, None, 0, 0.0), [0.07, 0.08, 0], rtol=1e-6)
         pygame.event.post(key(pygame.KEYUP, pygame.K_RIGHT))
-        np.testing.assert_array_equal(driver.act(observation, None, 1, 0.0), [0, 1, 0])
+        np.testing.assert_allclose(driver.act(observation, None, 1, 0.0), [0, 0.16, 0], rtol=1e-6)
         pygame.event.post(key(pygame.KEYDOWN, pygame.K_ESCAPE))
         with pytest.raises(EndSession):
             driver.act(observation, None, 2, 0.0)
