@@ -644,7 +644,7 @@ def warn_check_seed_overlap(args: Args) -> None:
                   f"recording seeds", file=sys.stderr)
 
 
-HISTORY_KEYS = ("generation", "fitness_best", "fitness_mean", "fitness_cma_mean", "sigma", "eval_generation",
+HISTORY_KEYS = ("generation", "fitness_best", "fitness_mean", "fitness_cma_mean", "sigma", "seconds", "eval_generation",
                 "real_best_candidate", "real_cma_mean", "real_best_candidate_std", "real_cma_mean_std")
 
 
@@ -660,6 +660,8 @@ class Run:
         self.best_real_score, self.best_params, self.model_source = best_real_score, best_params, model_source
         # every real-checked parameter set with its check score: select_controller.py re-ranks them on more tracks
         self.checked = list(checked or [])
+        # wall clock of the run so far (history["seconds"], per generation, across resumes): the compute it took
+        self._clock_base, self._clock_start = (self.history["seconds"] or [0.0])[-1], time.time()
 
     @classmethod
     def resume(cls, setup: Setup) -> "Run":
@@ -740,7 +742,8 @@ class Run:
                 self.generation = generation + 1
                 for key, value in (("generation", generation + 1), ("fitness_best", float(fitness[best])),
                                    ("fitness_mean", float(fitness.mean())), ("fitness_cma_mean", mean_fitness),
-                                   ("sigma", float(es.sigma))):
+                                   ("sigma", float(es.sigma)),
+                                   ("seconds", self._clock_base + time.time() - self._clock_start)):
                     history[key].append(value)
                 checked = bool(args.eval_every) and self.generation % args.eval_every == 0
                 if checked:

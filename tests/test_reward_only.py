@@ -33,6 +33,8 @@ def test_real_env_fine_tune_of_a_dream_trained_c_resumes_and_is_reward_only(tmp_
     assert resumed["generation"] == 2
     assert resumed["history"]["generation"] == [1, 2]  # continued, not restarted
     assert resumed["history"]["eval_generation"] == [1, 2]
+    first_seconds, resumed_seconds = resumed["history"]["seconds"]  # the run's wall clock carries over a resume
+    assert 0 < first_seconds < resumed_seconds and first_seconds == first["history"]["seconds"][0]
     record = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")["training"]
     assert record == resumed["training"]
     assert record["reward_only"] and not record["expert_labels"]
