@@ -148,19 +148,19 @@ def connect_ray(address: str = "", num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    options: dict[str, Any] = dict(logging_level=logging.WARNING,
-                                   job_config=ray.job_config.JobConfig(code_search_path=[str(REPO_ROOT)]))
+    options: dict[str, Any] = dict(job_config=ray.job_config.JobConfig(code_search_path=[str(REPO_ROOT)]))
     if address:
         check_ray_address(address)
         try:
-            ray.init(address=address, **options)
+            ray.init(address=address, logging_level=logging.WARNING, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UsageError(f"--ray-address {address}: could not join the Ray cluster ({_first_line(err)})") from None
         resources = ray.cluster_resources()
         print(f"ray: joined the cluster at {address}: {int(resources.get('CPU', 0))} CPUs on "
               f"{len([n for n in ray.nodes() if n.get('Alive')])} nodes", file=sys.stderr)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+        # ERROR: a local Ray's start-up warnings (e.g. its token authentication notice) are not the user's concern
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, **options)
     return True
 
 
