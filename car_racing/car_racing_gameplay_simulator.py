@@ -4,6 +4,7 @@
     python car_racing/car_racing_gameplay_simulator.py --episodes 3 --render   # watch it drive (pygame window)
     python car_racing/car_racing_gameplay_simulator.py --episodes 3 --video runs/agent.mp4
     python car_racing/car_racing_gameplay_simulator.py --episodes 1 --strip runs/agent_strip.png  # README film strip
+    python car_racing/car_racing_gameplay_simulator.py --episodes 1024 --backend ray --ray-address auto --workers 256
 
 Episode i uses track seed ``--seed + i``. The default 10000 is far from the seeds the recorder and the
 controller's real-env checks use (small numbers counting up from 0), so the score is measured on
