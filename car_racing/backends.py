@@ -437,13 +437,14 @@ class _RayPool:
         load = [0] * self.workers
         deaths_without_progress = 0
 
-        def submit() -> None:
-            for slot in range(self.workers):
-                while load[slot] < RAY_JOBS_IN_FLIGHT and queue:
-                    index = queue.popleft()
-                    ref = self.actors[slot].run.remote(jobs[index], shared_ref)
-                    in_flight[ref] = (index, slot, self.incarnation[slot])
-                    load[slot] += 1
+        def submit() -> None:  # one job per actor first, then a second: no actor idles while another queues two
+            for depth in range(1, RAY_JOBS_IN_FLIGHT + 1):
+                for slot in range(self.workers):
+                    if load[slot] < depth and queue:
+                        index = queue.popleft()
+                        ref = self.actors[slot].run.remote(jobs[index], shared_ref)
+                        in_flight[ref] = (index, slot, self.incarnation[slot])
+                        load[slot] += 1
 
         try:
             submit()
