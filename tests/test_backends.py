@@ -19,7 +19,7 @@ from car_racing.backends import Backend, backend_session, connect_ray
 from car_racing.cli import UsageError
 from car_racing.models.ffn import num_controller_params
 from car_racing.rollout import EpisodeWorkers
-from tests.test_agent_simulator import HIDDEN, LATENT, tiny_checkpoints, write_tiny_checkpoints  # noqa: F401 (fixture)
+from tests.test_agent_simulator import HIDDEN, LATENT, tiny_checkpoints  # noqa: F401 (fixture)
 
 ray = pytest.importorskip("ray")
 
