@@ -11,7 +11,9 @@
    of the whole call, loading the agent and starting the env / worker processes included. It uses the
    checkpoints in ``--checkpoint-dir`` when all three exist, else random-initialised paper-size ones
    (the speed does not depend on the weights; an agent that finishes a lap early ends its episode early,
-   hence steps/s beside episodes/min).
+   hence steps/s beside episodes/min);
+6. the simulator's episodes on both backends, worker processes vs Ray actors on this machine, Ray's start
+   and shutdown included (:mod:`bench.bench_backends`; the target is Ray's overhead ≤ 10%).
 
 Each section prints its own benchmark's output as it goes; the table at the end has one line per
 measurement (value, unit, and the ratio to its baseline where it has one) and the machine.
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import bench_dream, bench_env, bench_memory, bench_vision
+from bench import bench_backends, bench_dream, bench_env, bench_memory, bench_vision
 from car_racing.agent import evaluate_agent
 from car_racing.cli import UsageError, run_main
 from car_racing.models.ffn import Controller
@@ -94,6 +96,8 @@ def sub_args(args: Args, threads: int) -> dict:
         "dream": bench_dream.Args(population=4 if q else 32, dream_trials=2 if q else 16,
                                   hidden_size=64 if q else 512, steps=3 if q else 10, threads=threads,
                                   device=args.device, seed=args.seed, paths_only=True),
+        "backends": bench_backends.Args(episodes=2 if q else 20, workers=args.workers,
+                                        max_steps=30 if q else 1000, checkpoint_dir=args.checkpoint_dir),
     }
 
 
@@ -193,6 +197,15 @@ def summary_rows(results: dict, settings: dict, workers: int) -> list[dict]:
                         "episodes/min", None if count == 1 else "1 worker", None if count == 1 else one,
                         f"{measured['steps_per_s']:.0f} steps/s, <= {settings['evaluation']['max_steps']} "
                         f"steps/episode" + ("" if count == 1 else ", worker start-up included")))
+    backends = results.get("backends")
+    if backends is not None:
+        name = f"simulator, {backends['workers']} workers"
+        processes = backends["processes_episodes_per_s"]
+        rows.append(row(f"{name}, processes backend", processes, "episodes/s",
+                        note=f"{backends['episodes_per_core_second']:.4f} episodes/core-s"))
+        rows.append(row(f"{name}, ray backend", backends["ray_episodes_per_s"], "episodes/s", "processes", processes,
+                        f"Ray start/shutdown included; {backends['ray_overhead_without_start']:+.1%} without; "
+                        f"same results: {'yes' if backends['identical'] else 'NO'}"))
     return rows
 
 
@@ -232,14 +245,14 @@ def main(args: Args) -> dict:
                  lambda result: bench_memory.print_report(subs["memory"], result)),
                 ("dream", "dream steps/s: batched vs per-candidate loop", bench_dream.measure, None)]
     for index, (key, title, measure, show) in enumerate(sections, 1):
-        print(f"\n== {index}/5 {title} ==", flush=True)
+        print(f"\n== {index}/6 {title} ==", flush=True)
         torch.set_num_threads(threads)  # the benchmarks before may have changed it
         section_start = time.perf_counter()
         results[key] = measure(subs[key])
         seconds[key] = time.perf_counter() - section_start
         if show:
             show(results[key])
-    print("\n== 5/5 agent evaluation episodes/min (evaluate_agent) ==", flush=True)
+    print("\n== 5/6 agent evaluation episodes/min (evaluate_agent) ==", flush=True)
     torch.set_num_threads(threads)
     section_start = time.perf_counter()
     paths = checkpoint_paths(args.checkpoint_dir)
@@ -256,6 +269,10 @@ def main(args: Args) -> dict:
                                                    evaluation_settings["max_steps"], args.seed)
     evaluation_settings["agent"] = source
     seconds["evaluation"] = time.perf_counter() - section_start
+    print("\n== 6/6 simulator episodes/s: worker processes vs Ray actors ==", flush=True)
+    section_start = time.perf_counter()
+    results["backends"] = bench_backends.measure(subs["backends"])
+    seconds["backends"] = time.perf_counter() - section_start
     total = time.perf_counter() - started
 
     info = machine()
@@ -265,8 +282,9 @@ def main(args: Args) -> dict:
     print(format_table(rows, info, threads), flush=True)
     report = {"rows": rows, "machine": info, "threads": threads, "args": dataclasses.asdict(args),
               "settings": settings, "seconds": seconds | {"total": total},
-              "details": {key: value for key, value in results.items() if key != "evaluation"}
-              | {"evaluation": {str(count): value for count, value in results["evaluation"].items()}}}
+              "details": {key: value for key, value in results.items() if key not in ("evaluation", "backends")}
+              | {"evaluation": {str(count): value for count, value in results["evaluation"].items()},
+                 "backends": {key: value for key, value in results["backends"].items() if key != "runs"}}}
     if args.json:
         with atomic_path(args.json) as tmp_path:
             tmp_path.write_text(json.dumps(report, indent=2) + "\n")

@@ -26,7 +26,7 @@ from car_racing.cli import UsageError
 from car_racing.drivers import ACTION_HIGH, ACTION_LOW
 from car_racing.models.ffn import Controller
 from car_racing.recorded_data import preprocess_frame
-from car_racing.rollout import EpisodeResult, run_episodes
+from car_racing.rollout import Backend, EpisodeResult, run_episodes
 from car_racing.runtime import STAGE_SCRIPTS, checkpoint_paths, load_model, resolve_device
 
 def check_compatible(vae: torch.nn.Module, mdnrnn: torch.nn.Module, controller: Controller,
@@ -68,6 +68,10 @@ class Agent:
         """h_t (1, H): the LSTM output the controller sees at the next step."""
         assert self.state is not None
         return self.state[0]
+
+    def set_params(self, params: np.ndarray) -> None:
+        """Drive with C's flat parameters ``params`` (a CMA-ES candidate; layout in :mod:`car_racing.models.ffn`)."""
+        self.controller.set_flat_params(params)
 
     def reset(self, env: Any, seed: int) -> None:
         """New episode: h_0 = c_0 = 0."""
@@ -149,25 +153,27 @@ def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int],
                         controller_params: np.ndarray | None = None, max_steps: int = 1000, workers: int = 1,
                         smoothing: float = 0.0, device: str | torch.device = "cpu", capture_raw: bool = False,
                         record_frames: bool = False, env_kwargs: dict[str, Any] | None = None,
-                        wrap: Callable[[Agent], Any] | None = None) -> Iterator[EpisodeResult]:
+                        wrap: Callable[[Agent], Any] | None = None,
+                        backend: Backend | None = None) -> Iterator[EpisodeResult]:
     """Like :func:`evaluate_agent`, but yields each result (in seed order) as soon as it is ready.
 
     The checkpoints are loaded and checked before the first env or worker starts (one UsageError if a
     file is missing or unfit). In-process (``workers == 1``) the agent runs with 1 torch thread (batch-1
     inference is fastest that way on CPU; the previous setting is restored after); with ``workers > 1``
-    each spawned worker loads its own agent once and uses 1 thread (see :mod:`car_racing.rollout`).
-    ``wrap`` (in-process only) turns the agent into the driver that runs, e.g. one that shows it in a window.
+    each spawned worker loads its own agent once and uses 1 thread (see :mod:`car_racing.rollout`); so
+    does each Ray actor with the ray ``backend``. ``wrap`` (in-process only) turns the agent into the
+    driver that runs, e.g. one that shows it in a window.
     """
     seeds = list(seeds)
     agent = make_agent_driver(checkpoint_dir, controller_params, device)
     options = dict(smoothing=smoothing, capture_raw=capture_raw, record_frames=record_frames)
-    if max(1, min(workers, len(seeds))) > 1:
+    if max(1, min(workers, len(seeds))) > 1 or (backend is not None and backend.is_ray):
         if wrap is not None:
-            raise ValueError("wrap needs workers=1 (the wrapped agent runs in this process)")
+            raise ValueError("wrap needs workers=1 on the processes backend (the wrapped agent runs in this process)")
         del agent
         make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), controller_params, str(device))
         yield from run_episodes(make_driver, seeds, max_steps, workers=workers, env_kwargs=env_kwargs,
-                                ordered=True, **options)
+                                ordered=True, backend=backend, **options)
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -181,16 +187,19 @@ def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int],
 def evaluate_agent(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
                    controller_params: np.ndarray | None = None, max_steps: int = 1000, workers: int = 1,
                    smoothing: float = 0.0, device: str | torch.device = "cpu", capture_raw: bool = False,
-                   record_frames: bool = False, env_kwargs: dict[str, Any] | None = None) -> list[EpisodeResult]:
+                   record_frames: bool = False, env_kwargs: dict[str, Any] | None = None,
+                   backend: Backend | None = None) -> list[EpisodeResult]:
     """One real episode per seed with the agent (V + M + C from ``checkpoint_dir``, or C from
     ``controller_params``), results in seed order; ``smoothing`` as in :func:`car_racing.rollout.smooth_action`.
 
     Checkpoints are checked before any env work. With ``workers > 1`` each spawned worker loads its own
     agent once (1 torch thread each); use ``device="cpu"`` there. ``env_kwargs`` go to ``make_env``.
+    ``backend`` (default: processes) chooses where the workers run (:mod:`car_racing.backends`).
     """
     return list(iter_agent_episodes(checkpoint_dir, seeds, controller_params=controller_params,
                                     max_steps=max_steps, workers=workers, smoothing=smoothing, device=device,
-                                    capture_raw=capture_raw, record_frames=record_frames, env_kwargs=env_kwargs))
+                                    capture_raw=capture_raw, record_frames=record_frames, env_kwargs=env_kwargs,
+                                    backend=backend))
 
 
 class ExploringAgent:

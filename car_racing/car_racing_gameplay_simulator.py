@@ -4,6 +4,7 @@
     python car_racing/car_racing_gameplay_simulator.py --episodes 3 --render   # watch it drive (a window)
     python car_racing/car_racing_gameplay_simulator.py --episodes 3 --video runs/agent.mp4
     python car_racing/car_racing_gameplay_simulator.py --episodes 1 --strip runs/agent_strip.png  # README film strip
+    python car_racing/car_racing_gameplay_simulator.py --episodes 1024 --backend ray --ray-address auto --workers 256
 
 Episode i uses track seed ``--seed + i``. The default 10000 is far from the seeds the recorder and the
 controller's real-env checks use (small numbers counting up from 0), so the score is measured on
@@ -38,14 +39,14 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import contextlib
 import functools
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from car_racing.agent import iter_agent_episodes, make_agent_driver
 from car_racing.cli import UsageError, run_main
-from car_racing.rollout import EpisodeResult, default_workers
+from car_racing.rollout import Backend, EpisodeResult, default_workers, uses_backend
 from car_racing.runtime import checkpoint_paths, load_checkpoint, resolve_device, seed_everything
 from car_racing.video import VideoWriter, check_strip_args, label, side_by_side, upscale, write_image
 
@@ -80,7 +81,13 @@ class Args:
     strip_scale: int = 2
     """the 96x96 frames are upscaled by this factor in the film strip"""
     workers: int = field(default_factory=default_workers)
-    """worker processes running episodes in parallel (defaults to the number of CPUs)"""
+    """workers running episodes in parallel: processes, or Ray actors with --backend ray (defaults to the number
+    of CPUs)"""
+    backend: Literal["processes", "ray"] = "processes"
+    """where the episodes run (--render always drives in this process): processes on this machine, or ray (actors on a local Ray or a cluster; same
+    results; see the README's "Past one machine: Ray")"""
+    ray_address: str = ""
+    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     max_steps: int = 1000
     """step limit per episode (the env's own limit is 1000)"""
     device: str = "cpu"
@@ -115,6 +122,7 @@ def film_strip(result: EpisodeResult, frames: int, scale: int) -> np.ndarray:
                          for t in steps], gap=STRIP_GAP)
 
 
+@uses_backend
 def main(args: Args) -> float:
     if args.episodes < 1:
         raise UsageError(f"--episodes {args.episodes}: expected at least 1")
@@ -139,13 +147,15 @@ def main(args: Args) -> float:
         smoothing = float(load_checkpoint(paths["controller"], "controller").get("config", {}).get("smoothing", 0.0))
 
     workers = 1 if args.render else args.workers
+    backend = Backend() if args.render else Backend.from_args(args)  # the window opens here, not on an actor
     if args.render:
         from car_racing.drivers import check_display
 
         check_display("--render", "leave it out (--video writes an MP4 instead)")
     seeds = [args.seed + i for i in range(args.episodes)]
     print(f"agent: {paths['vision']}, {paths['memory']}, {paths['controller']}; "
-          f"seeds {seeds[0]}..{seeds[-1]}, smoothing {smoothing}, workers {min(workers, len(seeds))}")
+          f"seeds {seeds[0]}..{seeds[-1]}, smoothing {smoothing}, workers {min(workers, len(seeds))}"
+          + (" (ray)" if backend.is_ray else ""))
     rewards: list[float] = []
     laps = 0
     with contextlib.ExitStack() as stack:
@@ -160,7 +170,7 @@ def main(args: Args) -> float:
             wrap = functools.partial(WatchedDriver, view=view)
         episodes = stack.enter_context(contextlib.closing(iter_agent_episodes(
             args.checkpoint_dir, seeds, max_steps=args.max_steps, workers=workers, smoothing=smoothing,
-            device=device, capture_raw=video is not None or args.strip is not None, wrap=wrap)))
+            device=device, capture_raw=video is not None or args.strip is not None, wrap=wrap, backend=backend)))
         bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None, file=sys.stderr))
         for index, result in enumerate(episodes):
             rewards.append(result.total_reward)

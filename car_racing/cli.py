@@ -97,14 +97,32 @@ def build_parser(args_cls: type, description: str | None = None) -> argparse.Arg
 
 
 def parse_args(args_cls: Callable[..., ArgsT], argv: list[str] | None = None) -> ArgsT:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) into an instance of the dataclass ``args_cls``."""
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into an instance of the dataclass ``args_cls``.
+
+    Presets: when ``args_cls`` has a ``preset`` field and a ``PRESETS`` class attribute (name → field
+    values), ``--preset NAME`` replaces those fields' defaults, so flags given on the command line still win.
+    """
     parser = build_parser(args_cls)  # type: ignore[arg-type]
-    values = vars(parser.parse_args(argv))
+    namespace = parser.parse_args(argv)
+    preset = getattr(namespace, "preset", None)
+    if preset is not None and preset in getattr(args_cls, "PRESETS", {}):
+        parser.set_defaults(**args_cls.PRESETS[preset])  # type: ignore[attr-defined]
+        namespace = parser.parse_args(argv)
+    values = vars(namespace)
     hints = typing.get_type_hints(args_cls)
     for name, value in values.items():
         if isinstance(value, list) and get_origin(_unwrap_optional(hints[name])[0]) is tuple:
             values[name] = tuple(value)
     return args_cls(**values)
+
+
+def preset_args(args_cls: Callable[..., ArgsT], preset: str, **overrides: Any) -> ArgsT:
+    """``args_cls`` with the values of its preset ``preset`` (``args_cls.PRESETS``) and then ``overrides``:
+    what ``--preset PRESET`` with those flags gives on the command line."""
+    presets = getattr(args_cls, "PRESETS", {})
+    if preset not in presets:
+        raise UsageError(f"--preset {preset}: expected one of {', '.join(presets) or '(none defined)'}")
+    return args_cls(**{**presets[preset], "preset": preset, **overrides})
 
 
 def run_main(main: Callable[[ArgsT], Any], args_cls: Callable[..., ArgsT], argv: list[str] | None = None) -> None:

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from car_racing.cli import UsageError, run_main
 from car_racing.recorded_data import has_recorded_data, load_recorded
-from car_racing.rollout import default_workers
+from car_racing.rollout import default_workers, uses_backend
 from car_racing.runtime import CHECKPOINT_FILES, atomic_path, checkpoint_paths, load_checkpoint, plot_curves
 
 STATE_FILE = "dream_loop_state.json"
@@ -79,7 +79,12 @@ class Args:
     seed: int = 0
     """seeds every stage (each stage derives its own seed from it and the iteration)"""
     workers: int = field(default_factory=default_workers)
-    """worker processes for real-env episodes (recording, checks, fidelity)"""
+    """workers for real-env episodes (recording, checks, fidelity): processes, or Ray actors with --backend ray"""
+    backend: Literal["processes", "ray"] = "processes"
+    """where every stage's real episodes run: processes on this machine, or ray (actors on a local Ray or a cluster,
+    one Ray connection for the whole loop; same results; see the README's "Past one machine: Ray")"""
+    ray_address: str = ""
+    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     threads: int = 0
     """torch CPU threads for V, M and the dreams (0 = torch's default)"""
     # --- iteration 0: data and V
@@ -319,7 +324,7 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
     for run in runs:
         recorded_frames.main(recorded_frames.Args(seq_len=seq_len,
             driver=driver, episodes=len(run), steps=steps, seed=run[0], data_dir=args.data_dir, workers=args.workers,
-            append=has_recorded_data(args.data_dir), noise=noise,
+            backend=args.backend, ray_address=args.ray_address, append=has_recorded_data(args.data_dir), noise=noise,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else "checkpoints"))
     from car_racing.recorded_data import pending_files
 
@@ -390,7 +395,8 @@ def stage_controller(args: Args, iteration: int) -> dict:
         init="zero" if previous is None else "checkpoint", init_from=str(previous) if previous else None,
         cma_diagonal=True, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         eval_max_steps=args.eval_max_steps,
-        eval_seed_base=args.eval_seed_base, workers=args.workers, data_dir=args.data_dir,
+        eval_seed_base=args.eval_seed_base, workers=args.workers, backend=args.backend, ray_address=args.ray_address,
+        data_dir=args.data_dir,
         checkpoint_dir=str(folder), seed=args.seed + 1000 * iteration, device=args.device, threads=args.threads,
         resume=resume, progress=args.progress))
     save_dream_choice(final, folder)
@@ -436,7 +442,8 @@ def stage_fidelity(args: Args, iteration: int) -> dict:
         checkpoint_dir=str(folder), data_dir=args.data_dir, panel=args.fidelity_panel, episodes=args.fidelity_episodes,
         controllers=earlier[-2:], out=str(folder / "fidelity.png"), json_out=str(folder / "fidelity.json"),
         max_steps=args.eval_max_steps,
-        seed=args.seed, workers=args.workers, device=args.device, progress=args.progress))
+        seed=args.seed, workers=args.workers, backend=args.backend, ray_address=args.ray_address, device=args.device,
+        progress=args.progress))
     return {"rank_correlation": summary["rank_correlation"], "controllers": summary["controllers"],
             "errors": summary["errors"]}
 
@@ -526,8 +533,9 @@ def choose_best(args: Args, state: LoopState) -> Optional[int]:
     return best
 
 
+@uses_backend
 def main(args: Args) -> dict:
-    """Run (or continue) the loop; returns the loop state."""
+    """Run (or continue) the loop; returns the loop state (one Ray connection for every stage with --backend ray)."""
     check_args(args)
     import torch
 

@@ -55,7 +55,7 @@ from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
 from car_racing.models.vae import frames_to_tensor
 from car_racing.recorded_data import load_memory_sequences, load_recorded
-from car_racing.rollout import default_workers
+from car_racing.rollout import Backend, default_workers, uses_backend
 from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
 
 DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start")
@@ -101,7 +101,12 @@ class Args:
     seed: int = 0
     """seeds the panel's random and perturbed controllers and the dreams' start states and noise"""
     workers: int = field(default_factory=default_workers)
-    """worker processes for the real episodes"""
+    """workers for the real episodes: processes, or Ray actors with --backend ray"""
+    backend: Literal["processes", "ray"] = "processes"
+    """where the real episodes run: processes on this machine, or ray (actors on a local Ray or a cluster; same
+    results; see the README's "Past one machine: Ray")"""
+    ray_address: str = ""
+    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     device: str = "auto"
     """device of the dreams and of M's error measurement (real episodes run on the CPU)"""
     progress: bool = True
@@ -254,7 +259,8 @@ def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn
     rows = []
     for name, params in tqdm(panel, desc="real episodes (panel)", unit="C", disable=not args.progress):
         results = evaluate_agent(args.checkpoint_dir, seeds, controller_params=params, max_steps=args.max_steps,
-                                 workers=args.workers, device="cpu", record_frames=True)
+                                 workers=args.workers, device="cpu", record_frames=True,
+                                 backend=Backend.from_args(args))
         errors = [memory_errors(vae, mdnrnn, r.frames, r.actions, r.rewards, args.horizon, reward_clip, device)
                   for r in results]
         returns = np.array([r.total_reward for r in results])
@@ -317,6 +323,7 @@ def summarise_errors(rows: list[dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
+@uses_backend
 def main(args: Args) -> dict[str, Any]:
     """Run the measurement; returns every figure (also printed, and in --json-out)."""
     check_args(args)

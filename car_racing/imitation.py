@@ -31,7 +31,7 @@ import torch
 
 from car_racing.agent import Agent, load_agent_models
 from car_racing.autopilot import AutopilotDriver
-from car_racing.rollout import run_episodes
+from car_racing.rollout import Backend, run_episodes
 from car_racing.runtime import resolve_device
 
 
@@ -171,7 +171,7 @@ class DaggerRound:
 def run_dagger(checkpoint_dir: str | os.PathLike, num_params: int, rounds: int, episodes: int,
                seeds: Callable[[int], Sequence[int]], *, ridge: float, eps: float = 0.02,
                expert_noise: float = 1.0, max_steps: int = 1000, smoothing: float = 0.0, workers: int = 1,
-               resume: dict[str, Any] | None = None,
+               backend: Backend | None = None, resume: dict[str, Any] | None = None,
                on_round: Callable[[DaggerRound, dict[str, Any]], None] | None = None) -> list[DaggerRound]:
     """Round 0 (the noisy expert drives) plus ``rounds`` rounds where C drives, each of ``episodes``
     real episodes on ``seeds(round)``; C is refitted on the aggregate after every round.
@@ -193,7 +193,7 @@ def run_dagger(checkpoint_dir: str | os.PathLike, num_params: int, rounds: int, 
         make_driver = functools.partial(make_dagger_driver, str(checkpoint_dir), params, noise, "cpu")
         returns = []
         for result in run_episodes(make_driver, round_seeds, max_steps, workers=workers, ordered=True,
-                                   smoothing=smoothing):
+                                   backend=backend, smoothing=smoothing):
             features = torch.from_numpy(result.info["features"])
             if fit is None:
                 fit = LinearFit(features.shape[1], 3)

@@ -16,8 +16,9 @@ actions) with it too, so it re-simulates exactly from its seed and recorded acti
 to 0, or with ``--append`` to one past the largest seed already recorded, so appended episodes drive
 new tracks; an explicit ``--seed`` is used as given (a note says when it repeats recorded seeds).
 
-Headless drivers (autopilot, random) run in ``--workers`` processes; with several workers the episodes
-are stored in the order they finish (each is identified by its seed). The human driver runs in this
+Headless drivers (autopilot, random, agent) run in ``--workers`` processes, or Ray actors with
+``--backend ray``; with several workers the episodes are stored in the order they finish (each is
+identified by its seed). The human driver runs in this
 process, paced at the env's 50 steps per second.
 
 Driving by hand (:class:`car_racing.drivers.HumanDriver`): the window shows the env's own full-resolution
@@ -54,7 +55,7 @@ from car_racing.cli import UsageError, run_main
 from car_racing.envs import MAX_EPISODE_STEPS
 from car_racing.recorded_data import (DEFAULT_SEQ_LEN, FRAME_SHAPE, EpisodeStore, RecordedEpisode,
                                       load_memory_sequences)
-from car_racing.rollout import EpisodeResult, default_workers, run_episodes
+from car_racing.rollout import Backend, EpisodeResult, default_workers, run_episodes, uses_backend
 from car_racing.runtime import seed_everything
 
 DRIVERS = ("human", "autopilot", "random", "agent")
@@ -80,7 +81,12 @@ class Args:
     data_dir: str = "data"
     """folder of the recorded data (created if needed)"""
     workers: int | None = None
-    """parallel processes for the headless drivers (default: number of CPUs); the human driver runs in-process"""
+    """parallel workers for the headless drivers (default: number of CPUs); the human driver runs in-process"""
+    backend: Literal["processes", "ray"] = "processes"
+    """where the headless drivers' episodes run: processes on this machine, or ray (actors on a local Ray or a cluster; same
+    results; see the README's "Past one machine: Ray")"""
+    ray_address: str = ""
+    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     append: bool = False
     """add the new episodes after the existing data instead of replacing it"""
     noise: float = 1.0
@@ -199,6 +205,7 @@ def _same_driver(driver: Any) -> Any:
     return driver
 
 
+@uses_backend
 def main(args: Args) -> None:
     validate_args(args)
     human = args.driver == "human"
@@ -230,7 +237,7 @@ def main(args: Args) -> None:
     started = time.perf_counter()
     try:
         results = run_episodes(make_driver, seeds, args.steps, workers=workers, env_kwargs=env_kwargs,
-                               record_frames=True)
+                               backend=Backend() if human else Backend.from_args(args), record_frames=True)
         with contextlib.closing(results):
             for number, result in enumerate(results, start=1):
                 if result.steps > 0:

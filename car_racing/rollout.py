@@ -9,19 +9,25 @@ A *driver* is anything with::
 The observation is the env's raw 96×96×3 uint8 frame. A driver may raise :class:`EndSession`
 (a human pressing Esc) to end the episode early; the steps so far are kept. A driver with a memory
 (the World Models agent) may define ``applied(action)``: it is called with the action the env really
-received (after smoothing), so the memory sees what happened rather than what was asked.
+received (after smoothing), so the memory sees what happened rather than what was asked. A driver with
+parameters (the agent's controller) may define ``set_params(flat)`` to drive as another candidate
+(:meth:`EpisodeWorkers.run` with ``candidates``).
+
+**Where episodes run** is chosen here, for every script: a :class:`~car_racing.backends.Backend`
+(``--backend processes|ray``, ``--ray-address``) passed to :func:`run_episodes` or
+:class:`EpisodeWorkers` (see :mod:`car_racing.backends`: worker processes on this machine, or Ray
+actors on a cluster; identical results either way; a dead worker is replaced and its episodes run again).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from car_racing.backends import Backend, WorkerPool, backend_session, uses_backend  # noqa: F401 (the scripts' entry)
 from car_racing.envs import make_env
 from car_racing.recorded_data import preprocess_frame
 
@@ -122,42 +128,80 @@ def run_episode(env: Any, driver: Driver, seed: int, max_steps: int, *, smoothin
     )
 
 
-# --- worker processes -------------------------------------------------------------------------------
+# --- workers: processes or Ray actors (car_racing.backends) ---------------------------------------------
 
-_worker_state: dict[str, Any] = {}
-
-
-def _worker_init(make_driver: Callable[[], Driver], env_kwargs: dict[str, Any]) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it saves, then ends the pool
-    _worker_state["driver"] = make_driver()
-    if "torch" in sys.modules:  # a model-driven driver: one core per worker process (others never load torch)
-        sys.modules["torch"].set_num_threads(1)
-    _worker_state["env"] = make_env(**env_kwargs)
+def _episode_worker(make_driver: Callable[[], Driver], env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"driver": make_driver(), "env": make_env(**env_kwargs)}
 
 
-def _worker_run(job: tuple[int, int, dict[str, Any]]) -> EpisodeResult:
-    seed, max_steps, options = job
-    return run_episode(_worker_state["env"], _worker_state["driver"], seed, max_steps, **options)
+def _episode_job(state: dict[str, Any], job: tuple[int, int | None, int, dict[str, Any]],
+                 candidates: np.ndarray | None) -> EpisodeResult:
+    seed, candidate, max_steps, options = job
+    driver = state["driver"]
+    if candidate is not None:
+        driver.set_params(candidates[candidate])
+    return run_episode(state["env"], driver, seed, max_steps, **options)
 
 
 def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+class EpisodeWorkers:
+    """``workers`` workers (processes or Ray actors, see ``backend``) that each build their driver (with
+    ``make_driver``: V and M load once) and their env once, and drive episodes for as long as this object
+    is open (e.g. a whole CMA-ES run). Use as a context manager, or call :meth:`close`.
+
+    ``make_driver`` must be picklable (a top-level function or ``functools.partial``) unless it runs in
+    this process (``workers == 1`` on the processes backend).
+    """
+
+    def __init__(self, make_driver: Callable[[], Driver], workers: int, *, backend: Backend | None = None,
+                 env_kwargs: dict[str, Any] | None = None):
+        self.pool = WorkerPool(_episode_worker, (make_driver, dict(env_kwargs or {})), _episode_job, workers, backend)
+
+    def run(self, seeds: Sequence[int], max_steps: int, *, candidates: np.ndarray | None = None,
+            ordered: bool = False, **options: Any) -> Iterator[tuple[int, EpisodeResult]]:
+        """One episode per seed, or with ``candidates`` (P, D) one per candidate and seed (the driver's
+        ``set_params`` swaps them in; they reach the workers once per call, not once per episode).
+
+        Yields ``(k, result)`` as episodes finish (in ``k`` order with ``ordered``); episode ``k`` is
+        candidate ``k // len(seeds)`` on ``seeds[k % len(seeds)]``. ``options`` go to :func:`run_episode`.
+        """
+        seeds = [int(seed) for seed in seeds]
+        rows = [None] if candidates is None else range(len(candidates))
+        jobs = [(seed, row, max_steps, options) for row in rows for seed in seeds]
+        return self.pool.map(jobs, shared=None if candidates is None else np.asarray(candidates), ordered=ordered)
+
+    @property
+    def replacements(self) -> int:
+        """Workers replaced after one died (their episodes ran again)."""
+        return self.pool.replacements
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "EpisodeWorkers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def run_episodes(make_driver: Callable[[], Driver], seeds: Sequence[int], max_steps: int, *, workers: int = 1,
-                 env_kwargs: dict[str, Any] | None = None, ordered: bool = False,
+                 env_kwargs: dict[str, Any] | None = None, ordered: bool = False, backend: Backend | None = None,
                  **options: Any) -> Iterator[EpisodeResult]:
     """Run one episode per seed, yielding results as they finish (or in seed order with ``ordered``).
 
-    ``make_driver`` must be picklable (a top-level function or ``functools.partial``) when
-    ``workers > 1``: each worker process builds its own driver and env once. ``options`` go to
-    :func:`run_episode`. Separate processes measured faster than gymnasium's AsyncVectorEnv here.
+    ``make_driver`` must be picklable (a top-level function or ``functools.partial``) when the episodes
+    run in workers (``workers > 1``, or the ray ``backend``): each worker builds its own driver and env
+    once. ``options`` go to :func:`run_episode`. Separate processes measured faster than gymnasium's
+    AsyncVectorEnv here.
     """
     env_kwargs = dict(env_kwargs or {})
+    backend = backend or Backend()
     workers = max(1, min(workers, len(seeds)))
-    if workers == 1:
+    if workers == 1 and not backend.is_ray:
         env = make_env(**env_kwargs)
         driver = make_driver()
         try:
@@ -166,9 +210,6 @@ def run_episodes(make_driver: Callable[[], Driver], seeds: Sequence[int], max_st
         finally:
             env.close()
         return
-    # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock.
-    context = mp.get_context("spawn")
-    jobs = [(seed, max_steps, options) for seed in seeds]
-    with context.Pool(workers, initializer=_worker_init, initargs=(make_driver, env_kwargs)) as pool:
-        results = pool.imap(_worker_run, jobs) if ordered else pool.imap_unordered(_worker_run, jobs)
-        yield from results
+    with EpisodeWorkers(make_driver, workers, backend=backend, env_kwargs=env_kwargs) as pool:
+        for _, result in pool.run(seeds, max_steps, ordered=ordered, **options):
+            yield result

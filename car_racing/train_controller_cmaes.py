@@ -11,9 +11,13 @@ from ``--seed`` and the generation), and the population × trials step through M
 
 **Real mode** (``--mode real``, the paper's way). Fitness = mean return of ``--real-trials`` real
 CarRacing-v3 episodes of at most ``--rollout-steps`` steps (use ``--rollout-steps 1000`` for full
-episodes), run by ``--workers`` worker processes that each load V and M once. All candidates of a
+episodes), run by ``--workers`` workers that each load V and M once and are kept for the run: worker
+processes on this machine, or with ``--backend ray`` Ray actors on a local Ray or a cluster
+(``--ray-address auto``), with identical results (:mod:`car_racing.backends`). All candidates of a
 generation drive the same tracks (seeds drawn per generation from ``[eval-seed-base + 10000,
-eval-seed-base + 1010000)``).
+eval-seed-base + 1010000)``). ``--preset paper`` sets the paper's protocol (:attr:`Args.PRESETS`:
+population 64, 16 episodes per candidate, checks every 25 generations on 1,024 tracks, 1,800
+generations: ~2 M episodes, a job for a cluster); flags given on the command line still win.
 
 **Real-env checks.** Every ``--eval-every`` generations the generation's best candidate and CMA's
 mean each drive ``--eval-episodes`` real episodes (at most ``--eval-max-steps`` steps) on the fixed
@@ -50,6 +54,7 @@ progress). ``control_model_cmaes.png`` plots dream fitness and real scores per g
 
     python car_racing/train_controller_cmaes.py --generations 200 --init bc
     python car_racing/train_controller_cmaes.py --generations 300 --resume
+    python car_racing/train_controller_cmaes.py --preset paper --backend ray --ray-address auto --workers 256
 """
 
 from __future__ import annotations
@@ -62,12 +67,12 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import dataclasses
 import math
-import multiprocessing as mp
+import functools
 import pickle
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -81,7 +86,7 @@ from car_racing.latent_cache import file_sha256, load_or_build_latents
 from car_racing.models.ffn import Controller, flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
-from car_racing.rollout import default_workers, run_episode
+from car_racing.rollout import Backend, EpisodeWorkers, default_workers, uses_backend
 from car_racing.runtime import atomic_path, build_model, load_checkpoint, load_model, plot_curves, resolve_device, seed_everything
 
 PLOT_FILE = "control_model_cmaes.png"
@@ -162,7 +167,15 @@ class Args:
     """action smoothing in real episodes (checks and --mode real): a_t = (1-s)·C(z_t, h_t) + s·a_{t-1};
     0 = off, as in the dreams (the simulator's default is 0.3)"""
     workers: int = field(default_factory=default_workers)
-    """worker processes for real-env episodes (1 = in this process)"""
+    """workers for real-env episodes: processes (1 = in this process) or, with --backend ray, Ray actors"""
+    backend: Literal["processes", "ray"] = "processes"
+    """where real-env episodes (--mode real, checks, DAgger) run: processes on this machine, or ray (actors on a
+    local Ray or a cluster; same results; see the README's "Past one machine: Ray")"""
+    ray_address: str = ""
+    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
+    preset: Optional[Literal["paper"]] = None
+    """paper: the paper's protocol (PRESETS: --mode real, population 64, 16 episodes per candidate of up to 1000
+    steps, 1800 generations, checks every 25 generations on 1024 tracks); flags given on the command line win"""
     batch_size: int = 256
     """windows per batch when running M over the recorded data (and frames per batch when encoding)"""
     data_dir: str = "data"
@@ -179,6 +192,12 @@ class Args:
     """continue the run saved in CHECKPOINT_DIR/control_model_cmaes.pth"""
     progress: bool = True
     """show tqdm progress bars"""
+
+    # Applied by the command-line parser before the flags (flags given win); from Python: cli.preset_args.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"mode": "real", "population": 64, "real_trials": 16, "rollout_steps": 1000, "generations": 1800,
+                  "eval_every": 25, "eval_episodes": 1024, "eval_max_steps": 1000},
+    }
 
 
 def check_args(args: Args) -> None:
@@ -228,70 +247,37 @@ def bc_visitor(fit: LinearFit, eps: float):
     return visit
 
 
-# --- real-env fitness (worker processes) -------------------------------------------------------------
-
-_real_worker: dict[str, Any] = {}
-
-
-def _real_init(checkpoint_dir: str, num_params: int) -> None:
-    from car_racing.envs import make_env
-
-    torch.set_num_threads(1)
-    _real_worker["agent"] = make_agent_driver(checkpoint_dir, np.zeros(num_params), "cpu")
-    _real_worker["env"] = make_env()
-
-
-def _real_pool_init(checkpoint_dir: str, num_params: int) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps the last save, ends the pool
-    _real_init(checkpoint_dir, num_params)
-
-
-def _real_episode(job: tuple[int, np.ndarray, int, int, float, int]) -> tuple[int, float]:
-    index, params, seed, max_steps, smoothing, stall_steps = job
-    agent = _real_worker["agent"]
-    agent.controller.set_flat_params(params)
-    return index, run_episode(_real_worker["env"], agent, seed, max_steps, smoothing=smoothing,
-                              stall_steps=stall_steps).total_reward
-
+# --- real-env fitness (workers kept for the run) ---------------------------------------------------------
 
 class RealFitness:
-    """Mean real-env return of each candidate over the given seeds, in a pool of worker processes (kept
-    for the whole run; each worker loads V and M once and swaps in each candidate's parameters)."""
+    """Mean real-env return of each candidate over the given seeds, in workers kept for the whole run
+    (:class:`car_racing.rollout.EpisodeWorkers`: processes or Ray actors, each loading V and M once and
+    swapping in each candidate's parameters; a generation's candidates reach them once, not per episode).
+    The run's real-env checks use the same workers (:meth:`score`): a second set would compete for the
+    same cores (and on a Ray cluster wait for CPUs the first set holds)."""
 
-    def __init__(self, checkpoint_dir: str, num_params: int, workers: int):
-        self.workers = workers
-        if workers > 1:
-            self.pool = mp.get_context("spawn").Pool(workers, initializer=_real_pool_init,
-                                                    initargs=(checkpoint_dir, num_params))
-        else:
-            self.pool = None
-            self._threads = torch.get_num_threads()
-            _real_init(checkpoint_dir, num_params)
-            torch.set_num_threads(self._threads)
+    def __init__(self, checkpoint_dir: str, num_params: int, workers: int, backend: Backend | None = None):
+        make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), np.zeros(num_params), "cpu")
+        self.workers = EpisodeWorkers(make_driver, workers, backend=backend)
 
     def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
                  smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
-        jobs = [(i, np.asarray(params), int(seed), max_steps, smoothing, stall_steps)
-                for i, params in enumerate(candidates) for seed in seeds]
-        returns = np.zeros(len(candidates))
-        if self.pool is not None:
-            results = self.pool.imap_unordered(_real_episode, jobs)
-        else:
-            torch.set_num_threads(1)
-            try:
-                results = [_real_episode(job) for job in jobs]
-            finally:
-                torch.set_num_threads(self._threads)
-        for index, total in results:
-            returns[index] += total / len(seeds)
-        return returns
+        returns = np.zeros((len(candidates), len(seeds)))
+        for k, result in self.workers.run(seeds, max_steps, candidates=np.stack([np.asarray(c) for c in candidates]),
+                                          smoothing=smoothing, stall_steps=stall_steps):
+            returns[divmod(k, len(seeds))] = result.total_reward
+        return returns.mean(axis=1)  # summed in a fixed order: the same on every backend and worker count
+
+    def score(self, params: np.ndarray, seeds: Sequence[int], max_steps: int, smoothing: float = 0.0
+              ) -> tuple[float, float]:
+        """Mean and std of C(params)'s returns over ``seeds``."""
+        totals = np.zeros(len(seeds))
+        for k, result in self.workers.run(seeds, max_steps, candidates=np.asarray(params)[None], smoothing=smoothing):
+            totals[k] = result.total_reward
+        return float(totals.mean()), float(totals.std())
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+        self.workers.close()
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -329,11 +315,15 @@ def make_es(x0: np.ndarray, args: Args):
     return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=np.float64), args.sigma0, options)
 
 
-def real_score(checkpoint_dir: Path, params: np.ndarray, args: Args) -> tuple[float, float]:
-    """Mean and std of real-env returns of C(params) on the fixed check seeds."""
+def real_score(checkpoint_dir: Path, params: np.ndarray, args: Args, episodes: RealFitness | None = None
+               ) -> tuple[float, float]:
+    """Mean and std of real-env returns of C(params) on the fixed check seeds (in ``episodes``' workers when
+    given, else in workers started for this call)."""
     seeds = [args.eval_seed_base + i for i in range(args.eval_episodes)]
+    if episodes is not None:
+        return episodes.score(params, seeds, args.eval_max_steps, args.smoothing)
     results = evaluate_agent(checkpoint_dir, seeds, controller_params=np.asarray(params), max_steps=args.eval_max_steps,
-                             workers=args.workers, smoothing=args.smoothing, device="cpu")
+                             workers=args.workers, smoothing=args.smoothing, device="cpu", backend=Backend.from_args(args))
     totals = np.array([r.total_reward for r in results])
     return float(totals.mean()), float(totals.std())
 
@@ -391,7 +381,7 @@ def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Args, models_
     history = run_dagger(checkpoint_dir, num_params, args.dagger_rounds, args.dagger_episodes, seeds,
                          ridge=args.bc_ridge, eps=args.bc_eps, expert_noise=args.dagger_noise,
                          max_steps=args.eval_max_steps, smoothing=args.smoothing, workers=args.workers,
-                         resume=resume, on_round=report)
+                         backend=Backend.from_args(args), resume=resume, on_round=report)
     summary = {"method": "dagger", "ridge": args.bc_ridge, "eps": args.bc_eps, "noise": args.dagger_noise,
                "samples": history[-1].samples, "target_r2": history[-1].target_r2,
                "seconds": seconds + time.time() - started,
@@ -428,6 +418,19 @@ class Setup:
     models_used: dict
     sizes: tuple[int, int, int]
     pool: Any = None  # StartStates on ``device`` once loaded (dream fitness, --init bc)
+    real: RealFitness | None = None  # the run's real-env workers, started at first use (close_real ends them)
+
+    def real_episodes(self) -> RealFitness:
+        """The workers of every real episode of the run after the warm start (--mode real fitness, checks)."""
+        if self.real is None:
+            self.real = RealFitness(str(self.checkpoint_dir), self.num_params, self.args.workers,
+                                    Backend.from_args(self.args))
+        return self.real
+
+    def close_real(self) -> None:
+        if self.real is not None:
+            self.real.close()
+            self.real = None
 
     @property
     def model_args(self) -> dict:
@@ -566,7 +569,7 @@ class RealEnvFitness:
 
     def __init__(self, setup: Setup):
         self.args = setup.args
-        self.episodes = RealFitness(str(setup.checkpoint_dir), setup.num_params, setup.args.workers)
+        self.episodes = setup.real_episodes()
 
     def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
         args = self.args
@@ -576,7 +579,7 @@ class RealEnvFitness:
         return self.episodes(candidates, seeds.tolist(), args.rollout_steps, args.smoothing, args.stall_steps), math.nan
 
     def close(self) -> None:
-        self.episodes.close()
+        pass  # the workers are the run's (Setup.close_real)
 
 
 FITNESS_SOURCES = {"dream": DreamFitness, "real": RealEnvFitness}
@@ -679,7 +682,7 @@ class Run:
         args = setup.args
         run = cls(setup, make_es(x0, args), warm_start)
         if args.eval_every:  # the warm start is a candidate for the best real score too
-            score, spread = real_score(setup.checkpoint_dir, x0, args)
+            score, spread = real_score(setup.checkpoint_dir, x0, args, episodes=setup.real_episodes())
             run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})", spread)
             print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
                   f"over {args.eval_episodes} episodes")
@@ -714,7 +717,7 @@ class Run:
         args, generation = self.setup.args, self.generation
         scores = {}
         for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
-            scores[name] = real_score(self.setup.checkpoint_dir, params, args)
+            scores[name] = real_score(self.setup.checkpoint_dir, params, args, episodes=self.setup.real_episodes())
             self.keep_if_best(scores[name][0], params, f"{name} of generation {generation} (real score {scores[name][0]:.1f})",
                               scores[name][1])
         self.history["eval_generation"].append(generation)
@@ -757,6 +760,7 @@ class Run:
             bar.close()
 
 
+@uses_backend
 def main(args: Args) -> dict:
     """Evolve C (module docstring); returns the final checkpoint dict (also in CHECKPOINT_DIR)."""
     check_args(args)
@@ -764,6 +768,15 @@ def main(args: Args) -> dict:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     setup = load_setup(args)
+    try:
+        return evolve_controller(setup)
+    finally:
+        setup.close_real()
+
+
+def evolve_controller(setup: Setup) -> dict:
+    """The warm start (or the saved run), the generations, the final report: :func:`main` after loading."""
+    args = setup.args
     dagger_state = load_dagger_state(setup.checkpoint_dir, args, setup.models_used)
     continue_dagger = dagger_state is not None and (len(dagger_state["rounds"]) < args.dagger_rounds + 1
                                                     or not setup.out_path.is_file())  # (stopped before generation 0)

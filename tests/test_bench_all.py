@@ -1,4 +1,5 @@
-"""bench/bench_all.py --quick: every measurement is there and positive, and the JSON holds the same numbers."""
+"""bench/bench_all.py --quick: every measurement is there and positive, and the JSON holds the same numbers
+(the backends section starts and stops a local Ray)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def test_quick_run_reports_every_measurement(tmp_path, capsys):
                 "M train, loop of step()": "seq steps/s", "M train, sequence forward": "seq steps/s",
                 "dream, per-candidate loop": "dream steps/s", "dream, batched float32": "dream steps/s",
                 "dream, batched bfloat16": "dream steps/s",
-                "agent eval, 1 worker": "episodes/min", "agent eval, 2 workers": "episodes/min"}
+                "agent eval, 1 worker": "episodes/min", "agent eval, 2 workers": "episodes/min",
+                "simulator, 2 workers, processes backend": "episodes/s",
+                "simulator, 2 workers, ray backend": "episodes/s"}
     assert set(rows) == set(expected)
     for name, unit in expected.items():
         assert rows[name]["unit"] == unit
@@ -31,6 +34,8 @@ def test_quick_run_reports_every_measurement(tmp_path, capsys):
     assert report["details"]["env"]["identical"]
     assert report["settings"]["evaluation"]["agent"].startswith("random")
     assert report["details"]["evaluation"]["2"]["episodes"] == 2
+    assert report["details"]["backends"]["identical"]  # the same episodes on both backends
+    assert rows["simulator, 2 workers, ray backend"]["ratio"] is not None
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
 
     assert json.loads(out.read_text())["rows"] == report["rows"]

@@ -283,7 +283,7 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
 
     checked = []
 
-    def fake_real_score(checkpoint_dir, params, args):
+    def fake_real_score(checkpoint_dir, params, args, episodes=None):
         checked.append(np.array(params))
         norm = float(np.linalg.norm(params))
         return (-norm if initial_wins else norm), 0.0
@@ -301,3 +301,17 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
     else:
         assert "generation 2" in result["model_source"] and result["best_real_score"] > 0
         np.testing.assert_allclose(controller.get_flat_params(), result["best_params"], rtol=1e-6, atol=1e-7)
+
+
+def test_paper_preset_sets_the_protocol_and_flags_given_win():
+    from car_racing.cli import parse_args, preset_args
+
+    paper = parse_args(Args, ["--preset", "paper"])
+    assert (paper.mode, paper.population, paper.real_trials, paper.rollout_steps) == ("real", 64, 16, 1000)
+    assert (paper.eval_every, paper.eval_episodes, paper.generations, paper.preset) == (25, 1024, 1800, "paper")
+    given = parse_args(Args, ["--population", "8", "--preset", "paper", "--eval-every", "10"])  # 10 is the default
+    assert (given.population, given.eval_every, given.real_trials) == (8, 10, 16)
+    assert parse_args(Args, []).population == Args().population == 32  # no preset: the defaults
+    assert preset_args(Args, "paper", population=8, eval_every=10) == given
+    with pytest.raises(SystemExit):
+        parse_args(Args, ["--preset", "nature"])

@@ -1,0 +1,131 @@
+"""Real-env episodes on both backends (worker processes, Ray actors): identical results, dead workers
+replaced, a bad --ray-address refused in one line. One local 2-CPU Ray serves the whole module."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from car_racing import car_racing_gameplay_simulator as simulator
+from car_racing.agent import evaluate_agent, make_agent_driver
+from car_racing.backends import Backend, backend_session, connect_ray
+from car_racing.cli import UsageError
+from car_racing.models.ffn import num_controller_params
+from car_racing.rollout import EpisodeWorkers
+from tests.test_agent_simulator import HIDDEN, LATENT, tiny_checkpoints  # noqa: F401 (fixture)
+
+ray = pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = Backend("ray")
+PROCESSES = Backend("processes")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs for the module (the scripts' own connection: repo on the workers' path)."""
+    assert connect_ray("", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_evaluation_and_simulator_identical_on_both_backends(tiny_checkpoints, local_ray, capsys):
+    seeds = [10007, 10002, 10005]
+    kwargs = dict(max_steps=12, workers=2, smoothing=0.3, device="cpu")
+    on_processes = evaluate_agent(tiny_checkpoints, seeds, backend=PROCESSES, **kwargs)
+    on_ray = evaluate_agent(tiny_checkpoints, seeds, backend=RAY, **kwargs)
+    assert [r.seed for r in on_ray] == seeds
+    for a, b in zip(on_processes, on_ray):  # bit for bit
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+
+    args = dict(checkpoint_dir=str(tiny_checkpoints), episodes=3, max_steps=12, workers=2)
+    mean_processes = simulator.main(simulator.Args(**args))
+    printed_processes = capsys.readouterr().out.splitlines()
+    mean_ray = simulator.main(simulator.Args(**args, backend="ray"))
+    printed_ray = capsys.readouterr().out.splitlines()
+    assert mean_ray == mean_processes
+    assert printed_ray[0].endswith("workers 2 (ray)")
+    assert printed_ray[1:] == printed_processes[1:]  # every episode line and the score
+    assert ray.is_initialized()  # the module's Ray: a session inside it leaves it running
+
+
+def test_real_mode_generation_identical_on_both_backends(tmp_path, tiny_data_dir, local_ray):
+    from car_racing.train_controller_cmaes import main
+    from tests.test_controller_training import run_args
+    from tests.test_controller_training import write_tiny_checkpoints as write_vm
+
+    finals = {}
+    for backend in ("processes", "ray"):
+        folder = tmp_path / backend
+        write_vm(folder / "checkpoints")
+        finals[backend] = main(run_args(folder, tiny_data_dir, mode="real", population=4, generations=1,
+                                        rollout_steps=10, real_trials=2, eval_every=1, eval_episodes=2,
+                                        eval_max_steps=10, workers=2, backend=backend))
+    processes, on_ray = finals["processes"], finals["ray"]
+    for key in ("fitness_best", "fitness_mean", "real_best_candidate", "real_cma_mean"):
+        assert on_ray["history"][key] == processes["history"][key], key
+    assert on_ray["best_real_score"] == processes["best_real_score"]
+    np.testing.assert_array_equal(on_ray["best_params"], processes["best_params"])
+    assert on_ray["config"]["backend"] == "ray"
+
+
+def _agent_workers(checkpoint_dir: Path, backend: Backend) -> EpisodeWorkers:
+    make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), np.zeros(num_controller_params(LATENT, HIDDEN)),
+                                    "cpu")
+    return EpisodeWorkers(make_driver, 2, backend=backend)
+
+
+@pytest.mark.parametrize("backend", [RAY, PROCESSES], ids=["ray", "processes"])
+def test_worker_killed_mid_generation_is_replaced_and_the_generation_completes(tiny_checkpoints, local_ray, backend):
+    candidates = np.random.default_rng(0).normal(0, 0.3, (3, num_controller_params(LATENT, HIDDEN)))
+    candidates[:, -2] = 2.0  # gas: the cars move
+    seeds = [10001, 10004]
+    with _agent_workers(tiny_checkpoints, backend) as workers:
+        reference = dict(workers.run(seeds, 30, candidates=candidates))
+        returned = {}
+        for k, result in workers.run(seeds, 30, candidates=candidates):
+            if not returned:  # one episode done, the others queued or running: kill a worker now
+                if backend.is_ray:
+                    ray.kill(workers.pool._impl.actors[0])
+                else:
+                    os.kill(workers.pool._impl.pids()[0], signal.SIGKILL)
+            returned[k] = result
+        assert workers.replacements >= 1
+        after = dict(workers.run(seeds[:1], 30, candidates=candidates[:1]))  # the replacement keeps working
+    assert sorted(returned) == sorted(reference) == list(range(6))
+    for k in reference:
+        np.testing.assert_array_equal(returned[k].rewards, reference[k].rewards)
+        np.testing.assert_array_equal(returned[k].actions, reference[k].actions)
+    np.testing.assert_array_equal(after[0].rewards, reference[0].rewards)
+
+
+def test_bad_ray_address_is_one_line_and_exit_2(tiny_checkpoints):
+    env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYGAME_HIDE_SUPPORT_PROMPT="1")
+    script = REPO / "car_racing" / "car_racing_gameplay_simulator.py"
+    # Ray itself would retry an unreachable address for minutes: the timeout catches a regression.
+    proc = subprocess.run([sys.executable, str(script), "--checkpoint-dir", str(tiny_checkpoints), "--episodes", "1",
+                           "--backend", "ray", "--ray-address", "nowhere:1"], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--ray-address nowhere:1" in lines[0] and "no Ray cluster answers" in lines[0], proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("backend, message", [
+    (Backend("ray", "not-an-address"), "expected auto or HOST:PORT"),
+    (Backend("processes", "10.0.0.1:6379"), "only used with --backend ray"),
+    (Backend("threads"), "expected one of processes, ray"),
+])
+def test_bad_backend_flags_are_usage_errors(backend, message):
+    with pytest.raises(UsageError, match=message):
+        with backend_session(backend):
+            pass
