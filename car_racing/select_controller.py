@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from car_racing.agent import evaluate_agent
 from car_racing.cli import UsageError, run_main
 from car_racing.models.ffn import Controller
-from car_racing.rollout import default_workers
+from car_racing.rollout import Backend, default_workers, uses_backend
 from car_racing.runtime import atomic_path, checkpoint_paths, load_checkpoint
 
 RESULTS_FILE = "select_controller.json"
@@ -68,7 +68,11 @@ class Args:
     max_steps: int = 1000
     """episode step limit"""
     workers: int = field(default_factory=default_workers)
-    """worker processes for the episodes"""
+    """workers running the episodes: processes, or Ray actors with --backend ray"""
+    backend: Literal["processes", "ray"] = "processes"
+    """where the episodes run: local worker processes or Ray actors (car_racing/backends.py)"""
+    ray_address: str = ""
+    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     dry_run: bool = False
     """print the ranking without changing the checkpoint"""
 
@@ -96,6 +100,7 @@ def load_results(path: Path, settings: dict) -> dict[str, list[float]]:
     return saved.get("returns", {}) if saved.get("settings") == settings else {}
 
 
+@uses_backend
 def main(args: Args) -> dict:
     """Rank the candidates on the selection tracks, write the winner; returns the selection record."""
     if args.top < 1 or args.episodes < 1 or args.workers < 1 or args.max_steps < 1:
@@ -119,7 +124,8 @@ def main(args: Args) -> dict:
         if entry["source"] in returns:
             continue
         results = evaluate_agent(folder, seeds, controller_params=np.asarray(entry["params"], dtype=np.float64),
-                                 max_steps=args.max_steps, workers=args.workers, smoothing=smoothing)
+                                 max_steps=args.max_steps, workers=args.workers, smoothing=smoothing,
+                                 backend=Backend.from_args(args))
         returns[entry["source"]] = [r.total_reward for r in results]
         with atomic_path(results_path) as tmp:
             Path(tmp).write_text(json.dumps({"settings": settings, "returns": returns}, indent=1))
