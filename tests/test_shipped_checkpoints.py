@@ -14,7 +14,9 @@ from car_racing.runtime import checkpoint_paths, load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
 DREAM = SHIPPED / "dream"  # the agent whose C was trained only in M's dream
-AGENTS = [folder for folder in (SHIPPED, DREAM) if all(p.is_file() for p in checkpoint_paths(folder).values())]
+REWARD_ONLY = SHIPPED / "reward-only"  # that C, then real-env CMA-ES: reward alone, no expert label
+AGENTS = [folder for folder in (SHIPPED, DREAM, REWARD_ONLY)
+          if all(p.is_file() for p in checkpoint_paths(folder).values())]
 pytestmark = pytest.mark.skipif(not AGENTS, reason="no shipped checkpoints")
 
 
@@ -41,6 +43,21 @@ def test_the_dream_agent_was_trained_only_in_the_dream():
     assert not training["expert_labels"] and not training["real_returns_as_fitness"]
     # the same V file as the main agent: git stores it once
     assert file_sha256(checkpoint_paths(DREAM)["vision"]) == file_sha256(checkpoint_paths(SHIPPED)["vision"])
+
+
+def test_the_reward_only_agent_never_saw_an_expert_label():
+    if REWARD_ONLY not in AGENTS:
+        pytest.skip("no checkpoints/reward-only")
+    training = load_checkpoint(checkpoint_paths(REWARD_ONLY)["controller"], "controller")["training"]
+    assert training["reward_only"] and not training["expert_labels"] and training["fitness_source"] == "real"
+    assert training["real_fitness_episodes"] > 0 and "selection" in training
+    lineage = training
+    while "warm_start_training" in lineage:  # back to the first C: trained in the dream from zero
+        lineage = lineage["warm_start_training"]
+        assert not lineage["expert_labels"]
+    assert lineage["dream_trained"] and lineage["warm_start"] == "zero"
+    for kind in ("vision", "memory"):  # the dream agent's V and M files: git stores them once
+        assert file_sha256(checkpoint_paths(REWARD_ONLY)[kind]) == file_sha256(checkpoint_paths(DREAM)[kind])
 
 
 @pytest.mark.parametrize("folder", AGENTS, ids=lambda folder: folder.name)
