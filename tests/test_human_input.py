@@ -21,6 +21,7 @@ from car_racing.human_input import (GAS_RAMP, STEER_RAMP, STEER_RETURN, STICK_DE
 from car_racing.recorded_data import load_recorded, preprocess_frame
 from car_racing.rollout import run_episode
 from car_racing.viewer import DrivingView, action_bars
+from test_recording import ScriptedEvents
 
 REPO = Path(__file__).resolve().parent.parent
 DOWN, UP = pygame.KEYDOWN, pygame.KEYUP
@@ -95,17 +96,6 @@ def test_gamepad_steers_proportionally_beyond_the_dead_zone_triggers_and_buttons
 
 
 # --- the human driver in the recorder ---------------------------------------------------------------------
-
-class ScriptedEvents:
-    """An event source: ``script[call_number]`` is the list of events returned by that call."""
-
-    def __init__(self, script: dict[int, list]):
-        self.script, self.calls = script, 0
-
-    def __call__(self):
-        events = self.script.get(self.calls, [])
-        self.calls += 1
-        return events
 
 
 def record_human(data_dir, script, monkeypatch, **overrides):

@@ -12,16 +12,7 @@ from car_racing import viewer
 from car_racing.agent import evaluate_agent, make_agent_driver
 from car_racing.car_racing_gameplay_simulator import Args, main
 from tests.test_agent_simulator import tiny_checkpoints  # noqa: F401  (fixture)
-
-
-class ScriptedEvents:
-    def __init__(self, script: dict[int, list]):
-        self.script, self.calls = script, 0
-
-    def __call__(self):
-        events = self.script.get(self.calls, [])
-        self.calls += 1
-        return events
+from tests.test_recording import ScriptedEvents
 
 
 def test_render_shows_c_and_m_and_changes_nothing_esc_stops(tiny_checkpoints, monkeypatch, capsys):  # noqa: F811
