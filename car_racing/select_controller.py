@@ -37,11 +37,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from car_racing.agent import evaluate_agent
+from car_racing.agent import make_agent_driver
 from car_racing.cli import UsageError, run_main
-from car_racing.models.ffn import Controller
+from car_racing.models.ffn import Controller, num_controller_params
 from car_racing.rollout import Backend, default_workers, uses_backend
 from car_racing.runtime import atomic_path, checkpoint_paths, load_checkpoint
+from car_racing.train_controller_cmaes import RealFitness
 
 RESULTS_FILE = "select_controller.json"
 CRITERIA = {
@@ -120,15 +121,19 @@ def main(args: Args) -> dict:
     returns = load_results(results_path, settings)
     print(f"selection: {len(candidates)} checked controllers of {path} × {len(seeds)} tracks "
           f"(seeds {seeds[0]}..{seeds[-1]}), kept by {args.keep_by}")
-    for entry in tqdm(candidates, desc="candidates", unit="C"):
-        if entry["source"] in returns:
-            continue
-        results = evaluate_agent(folder, seeds, controller_params=np.asarray(entry["params"], dtype=np.float64),
-                                 max_steps=args.max_steps, workers=args.workers, smoothing=smoothing,
-                                 backend=Backend.from_args(args))
-        returns[entry["source"]] = [r.total_reward for r in results]
-        with atomic_path(results_path) as tmp:
-            Path(tmp).write_text(json.dumps({"settings": settings, "returns": returns}, indent=1))
+    pending = [entry for entry in candidates if entry["source"] not in returns]
+    if pending:  # one set of workers (V and M loaded once each) swaps in every candidate, as a CMA-ES run does
+        make_agent_driver(folder)  # V, M and C checked here: a missing or unfit file is one line, not a worker's crash
+        episodes = RealFitness(str(folder), num_controller_params(**run["model_args"]), args.workers,
+                               Backend.from_args(args))
+        try:
+            for entry in tqdm(pending, desc="candidates", unit="C"):
+                row = episodes.returns([np.asarray(entry["params"], dtype=np.float64)], seeds, args.max_steps, smoothing)
+                returns[entry["source"]] = row[0].tolist()
+                with atomic_path(results_path) as tmp:
+                    Path(tmp).write_text(json.dumps({"settings": settings, "returns": returns}, indent=1))
+        finally:
+            episodes.close()
     table = []
     for entry in candidates:
         values = np.asarray(returns[entry["source"]])

@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from car_racing.agent import checkpoint_paths, evaluate_agent, make_agent_driver
+from car_racing.agent import checkpoint_paths, make_agent_driver
 from car_racing.cli import UsageError, run_main
 from car_racing.dream import RecordedStates, dream_rollout, start_pool
 from car_racing.imitation import LinearFit, bc_targets, linear_to_flat, run_dagger
@@ -260,20 +260,24 @@ class RealFitness:
         make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), np.zeros(num_params), "cpu")
         self.workers = EpisodeWorkers(make_driver, workers, backend=backend)
 
-    def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
-                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+    def returns(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
+                smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+        """Every candidate's return on every seed, (P, S), in a fixed order whichever episode finishes first."""
         returns = np.zeros((len(candidates), len(seeds)))
         for k, result in self.workers.run(seeds, max_steps, candidates=np.stack([np.asarray(c) for c in candidates]),
                                           smoothing=smoothing, stall_steps=stall_steps):
             returns[divmod(k, len(seeds))] = result.total_reward
-        return returns.mean(axis=1)  # summed in a fixed order: the same on every backend and worker count
+        return returns
+
+    def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
+                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+        """Each candidate's mean return over ``seeds`` (the same on every backend and worker count)."""
+        return self.returns(candidates, seeds, max_steps, smoothing, stall_steps).mean(axis=1)
 
     def score(self, params: np.ndarray, seeds: Sequence[int], max_steps: int, smoothing: float = 0.0
               ) -> tuple[float, float]:
         """Mean and std of C(params)'s returns over ``seeds``."""
-        totals = np.zeros(len(seeds))
-        for k, result in self.workers.run(seeds, max_steps, candidates=np.asarray(params)[None], smoothing=smoothing):
-            totals[k] = result.total_reward
+        totals = self.returns([params], seeds, max_steps, smoothing)[0]
         return float(totals.mean()), float(totals.std())
 
     def close(self) -> None:
@@ -315,17 +319,10 @@ def make_es(x0: np.ndarray, args: Args):
     return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=np.float64), args.sigma0, options)
 
 
-def real_score(checkpoint_dir: Path, params: np.ndarray, args: Args, episodes: RealFitness | None = None
-               ) -> tuple[float, float]:
-    """Mean and std of real-env returns of C(params) on the fixed check seeds (in ``episodes``' workers when
-    given, else in workers started for this call)."""
+def real_score(params: np.ndarray, args: Args, episodes: RealFitness) -> tuple[float, float]:
+    """Mean and std of real-env returns of C(params) on the fixed check seeds, in the run's workers."""
     seeds = [args.eval_seed_base + i for i in range(args.eval_episodes)]
-    if episodes is not None:
-        return episodes.score(params, seeds, args.eval_max_steps, args.smoothing)
-    results = evaluate_agent(checkpoint_dir, seeds, controller_params=np.asarray(params), max_steps=args.eval_max_steps,
-                             workers=args.workers, smoothing=args.smoothing, device="cpu", backend=Backend.from_args(args))
-    totals = np.array([r.total_reward for r in results])
-    return float(totals.mean()), float(totals.std())
+    return episodes.score(params, seeds, args.eval_max_steps, args.smoothing)
 
 
 DAGGER_SETTINGS = ("dagger_episodes", "dagger_noise", "bc_ridge", "bc_eps", "eval_seed_base", "eval_max_steps",
@@ -682,7 +679,7 @@ class Run:
         args = setup.args
         run = cls(setup, make_es(x0, args), warm_start)
         if args.eval_every:  # the warm start is a candidate for the best real score too
-            score, spread = real_score(setup.checkpoint_dir, x0, args, episodes=setup.real_episodes())
+            score, spread = real_score(x0, args, setup.real_episodes())
             run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})", spread)
             print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
                   f"over {args.eval_episodes} episodes")
@@ -717,7 +714,7 @@ class Run:
         args, generation = self.setup.args, self.generation
         scores = {}
         for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
-            scores[name] = real_score(self.setup.checkpoint_dir, params, args, episodes=self.setup.real_episodes())
+            scores[name] = real_score(params, args, self.setup.real_episodes())
             self.keep_if_best(scores[name][0], params, f"{name} of generation {generation} (real score {scores[name][0]:.1f})",
                               scores[name][1])
         self.history["eval_generation"].append(generation)

@@ -283,7 +283,7 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
 
     checked = []
 
-    def fake_real_score(checkpoint_dir, params, args, episodes=None):
+    def fake_real_score(params, args, episodes):
         checked.append(np.array(params))
         norm = float(np.linalg.norm(params))
         return (-norm if initial_wins else norm), 0.0

@@ -73,7 +73,7 @@ def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path
     torch.testing.assert_close(saved["best_params"], kept["params"].astype("float64"))
 
     # a rerun reuses the saved returns (an interrupted selection continues, it does not drive again)
-    monkeypatch.setattr(select_controller, "evaluate_agent", lambda *a, **k: pytest.fail("drove again"))
+    monkeypatch.setattr(select_controller, "RealFitness", lambda *a, **k: pytest.fail("drove again"))
     assert select_controller.main(args)["kept"] == record["kept"]
 
     saved.pop("checked")
