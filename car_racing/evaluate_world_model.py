@@ -38,6 +38,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from car_racing.agent import evaluate_agent
+from car_racing.agent import make_agent_driver
 from car_racing.cli import UsageError, run_main
 from car_racing.dream import dream_rollout, start_pool
 from car_racing.latent_cache import load_or_build_latents
@@ -55,7 +56,7 @@ from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
 from car_racing.models.vae import frames_to_tensor
 from car_racing.recorded_data import load_memory_sequences, load_recorded
-from car_racing.rollout import Backend, default_workers, uses_backend
+from car_racing.rollout import Backend, EpisodeWorkers, default_workers, uses_backend
 from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
 
 DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start")
@@ -256,16 +257,22 @@ def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn
                device: torch.device) -> list[dict[str, Any]]:
     """Every controller's real episodes (same seeds for all) and M's errors on them."""
     seeds = [args.eval_seed_base + i for i in range(args.episodes)]
+    make_driver = functools.partial(make_agent_driver, str(args.checkpoint_dir), panel[0][1], "cpu")
+    make_driver()  # V, M and C's sizes checked here (one line on a bad file), before any worker starts
     rows = []
-    for name, params in tqdm(panel, desc="real episodes (panel)", unit="C", disable=not args.progress):
-        results = evaluate_agent(args.checkpoint_dir, seeds, controller_params=params, max_steps=args.max_steps,
-                                 workers=args.workers, device="cpu", record_frames=True,
-                                 backend=Backend.from_args(args))
-        errors = [memory_errors(vae, mdnrnn, r.frames, r.actions, r.rewards, args.horizon, reward_clip, device)
-                  for r in results]
-        returns = np.array([r.total_reward for r in results])
-        rows.append({"name": name, "real_return": float(returns.mean()), "real_std": float(returns.std()),
-                     "laps": int(sum(r.lap_finished for r in results)), "episodes": errors})
+    # One set of workers for the whole panel (V and M loaded once each); each controller is swapped in.
+    workers = EpisodeWorkers(make_driver, min(args.workers, len(seeds)), backend=Backend.from_args(args))
+    try:
+        for name, params in tqdm(panel, desc="real episodes (panel)", unit="C", disable=not args.progress):
+            results = [result for _, result in workers.run(seeds, args.max_steps, candidates=np.asarray(params)[None],
+                                                           ordered=True, record_frames=True)]
+            errors = [memory_errors(vae, mdnrnn, r.frames, r.actions, r.rewards, args.horizon, reward_clip, device)
+                      for r in results]
+            returns = np.array([r.total_reward for r in results])
+            rows.append({"name": name, "real_return": float(returns.mean()), "real_std": float(returns.std()),
+                         "laps": int(sum(r.lap_finished for r in results)), "episodes": errors})
+    finally:
+        workers.close()
     return rows
 
 
