@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from car_racing.agent import Agent
-from car_racing.cli import UsageError, run_main
-from car_racing.envs import make_env
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import seed_everything
+from car_racing.episodes.agent import Agent
+from car_racing.episodes.rollout import run_episode
 from car_racing.models.ffn import Controller
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE
-from car_racing.rollout import run_episode
-from car_racing.runtime import seed_everything
+from car_racing.world.envs import make_env
 
 
 @dataclass

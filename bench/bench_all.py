@@ -1,13 +1,13 @@
 """Every throughput figure of the project measured in one run, with a summary table at the end.
 
-1. env steps/s: the stock CarRacing-v3 renderer vs car_racing.fast_render, in one process and with
+1. env steps/s: the stock CarRacing-v3 renderer vs car_racing.world.fast_render, in one process and with
    ``--workers`` processes (:mod:`bench.bench_env`);
 2. V training images/s: the naive fp32 loop vs the step train_vision.py runs (:mod:`bench.bench_vision`);
 3. M training throughput in sequence steps/s (B sequences × T steps per optimizer step): the sequence
    forward train_memory.py runs vs a Python loop of ``MDNRNN.step`` (:mod:`bench.bench_memory`);
 4. dream steps/s: the batched rollout vs the per-candidate loop (:mod:`bench.bench_dream`);
 5. real-env evaluation episodes/min of the World Models agent (V + M + C) through
-   :func:`car_racing.agent.evaluate_agent` with 1 and with ``--workers`` worker processes: the wall clock
+   :func:`car_racing.episodes.agent.evaluate_agent` with 1 and with ``--workers`` worker processes: the wall clock
    of the whole call, loading the agent and starting the env / worker processes included. It uses the
    checkpoints in ``--checkpoint-dir`` when all three exist, else random-initialised paper-size ones
    (the speed does not depend on the weights; an agent that finishes a lap early ends its episode early,
@@ -33,8 +33,6 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import dataclasses
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,13 +40,11 @@ from dataclasses import dataclass
 import torch
 
 from bench import bench_backends, bench_dream, bench_env, bench_memory, bench_vision
-from car_racing.agent import evaluate_agent
-from car_racing.cli import UsageError, run_main
-from car_racing.models.ffn import Controller
-from car_racing.models.mdn_rnn import MDNRNN
-from car_racing.models.vae import VAE
-from car_racing.rollout import default_workers
-from car_racing.runtime import atomic_path, checkpoint_paths, save_checkpoint
+from bench.common import machine, write_random_checkpoints
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import atomic_path, checkpoint_paths
+from car_racing.episodes.agent import evaluate_agent
+from car_racing.episodes.rollout import default_workers
 
 
 @dataclass
@@ -99,39 +95,6 @@ def sub_args(args: Args, threads: int) -> dict:
         "backends": bench_backends.Args(episodes=2 if q else 20, workers=args.workers,
                                         max_steps=30 if q else 1000, checkpoint_dir=args.checkpoint_dir),
     }
-
-
-def machine() -> dict:
-    """CPU model, core count, torch and Python versions, OS."""
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
-    if hasattr(os, "sched_getaffinity"):
-        info["usable_cores"] = len(os.sched_getaffinity(0))
-    if torch.cuda.is_available():
-        info["cuda"] = torch.cuda.get_device_name()
-    return info
-
-
-def write_random_checkpoints(checkpoint_dir: Path, seed: int) -> None:
-    """Paper-size V, M and C with random weights, in the checkpoint format the agent loads."""
-    torch.manual_seed(seed)
-    paths = checkpoint_paths(checkpoint_dir)
-    vision_args = {"latent_size": 32}
-    memory_args = {"latent_size": 32, "action_size": 3, "hidden_size": 512, "num_mixtures": 5}
-    controller_args = {"latent_size": 32, "hidden_size": 512, "action_size": 3}
-    for kind, model_cls, model_args in (("vision", VAE, vision_args), ("memory", MDNRNN, memory_args),
-                                        ("controller", Controller, controller_args)):
-        save_checkpoint({"kind": kind, "model_args": model_args, "model_state": model_cls(**model_args).state_dict()},
-                        paths[kind])
 
 
 def measure_evaluation(checkpoint_dir: Path, workers: int, episodes_per_worker: int, max_steps: int,

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from car_racing.autopilot import AutopilotDriver
-from car_racing.cli import UsageError, run_main
-from car_racing.envs import MAX_EPISODE_STEPS
-from car_racing.rollout import run_episodes
+from car_racing.common.cli import UsageError, run_main
+from car_racing.episodes.rollout import run_episodes
+from car_racing.world.autopilot import AutopilotDriver
+from car_racing.world.envs import MAX_EPISODE_STEPS
 
 
 @dataclass

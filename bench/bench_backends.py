@@ -30,10 +30,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from bench.common import write_random_checkpoints
 from car_racing import car_racing_gameplay_simulator as simulator
-from car_racing.backends import connect_ray
-from car_racing.cli import UsageError, run_main
-from car_racing.runtime import atomic_path, checkpoint_paths
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import atomic_path, checkpoint_paths
+from car_racing.episodes.backends import connect_ray
 
 STEPS_RE = re.compile(r"^episode \d+/\d+ .* steps (\d+)", re.MULTILINE)
 
@@ -97,8 +98,6 @@ def measure(args: Args) -> dict:
         if all(path.is_file() for path in paths.values()):
             checkpoint_dir, agent = Path(args.checkpoint_dir), f"checkpoints in {args.checkpoint_dir}"
         else:
-            from bench.bench_all import write_random_checkpoints
-
             checkpoint_dir, agent = Path(tmp), "random-initialised paper-size V/M/C"
             write_random_checkpoints(checkpoint_dir, 0)
         print(f"agent: {agent}; {args.episodes} episodes (<= {args.max_steps} steps) with {args.workers} workers, "

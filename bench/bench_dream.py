@@ -3,11 +3,11 @@ per-candidate loops, in the same run and on the same random-weight M, and CMA-ES
 
 Prints dream steps/s (one dream step = one candidate-trial advancing one time step) of
 
-- batched float32:   :func:`car_racing.dream.dream_rollout`, P·N rows per M step (fused weights);
+- batched float32:   :func:`car_racing.training.dream.dream_rollout`, P·N rows per M step (fused weights);
 - batched bfloat16:  the same with ``dtype=torch.bfloat16`` (LSTM and MDN-head products in bf16);
 - batched M.step:    the whole batch through the reference step (``fused=False``: ``M.step``,
                      ``population_actions``, ``sample_with_noise``), to show what the fusion adds;
-- per-candidate:     :func:`car_racing.dream.dream_rollout_per_candidate`, a Python loop over the P
+- per-candidate:     :func:`car_racing.training.dream.dream_rollout_per_candidate`, a Python loop over the P
                      candidates, each stepping its N trials as one batch (reference step);
 - per-rollout:       the same loop with one rollout (batch 1) at a time, as the seed's naive
                      implementation does;
@@ -37,23 +37,29 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import tempfile
 import time
 from dataclasses import dataclass
-
 from typing import Literal
 
 import numpy as np
 import torch
 
-from car_racing.agent import checkpoint_paths
-from car_racing.cli import UsageError, run_main
-from car_racing.dream import (FusedDreamWeights, StartStates, collect_start_states, dream_rollout,
-                              dream_rollout_per_candidate)
-from car_racing.latent_cache import load_or_build_latents
+from bench.common import timed
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import build_model, load_checkpoint, resolve_device
+from car_racing.episodes.agent import checkpoint_paths
 from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
-from car_racing.recorded_data import load_memory_sequences
-from car_racing.runtime import build_model, load_checkpoint, resolve_device
+from car_racing.recording.latent_cache import load_or_build_latents
+from car_racing.recording.recorded_data import load_memory_sequences
 from car_racing.train_controller_cmaes import Args as TrainArgs
-from car_racing.train_controller_cmaes import generation_generator, make_es, save_run_checkpoint
+from car_racing.training.cmaes_run import make_es, save_run_checkpoint
+from car_racing.training.dream import (
+    FusedDreamWeights,
+    StartStates,
+    collect_start_states,
+    dream_rollout,
+    dream_rollout_per_candidate,
+)
+from car_racing.training.fitness import generation_generator
 
 
 @dataclass
@@ -93,16 +99,6 @@ class Args:
     """seeds M's random weights, the population and the dreams"""
     paths_only: bool = False
     """only the dream steps/s of the paths (skip the bfloat16 fitness comparison and the timed generations)"""
-
-
-def timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - started
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Benchmark CarRacing-v3 steps/s: the stock renderer vs car_racing.fast_render, in one run.
+"""Benchmark CarRacing-v3 steps/s: the stock renderer vs car_racing.world.fast_render, in one run.
 
 Four measurements with the same scripted driver and seeds: stock and fast in this process, then stock
 and fast with ``--workers`` worker processes stepping at the same time (each worker builds its env and
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from car_racing.cli import UsageError, run_main
-from car_racing.envs import make_env
-from car_racing.fast_render import is_fast_render_installed
-from car_racing.rollout import default_workers, run_episode
+from car_racing.common.cli import UsageError, run_main
+from car_racing.episodes.rollout import default_workers, run_episode
+from car_racing.world.envs import make_env
+from car_racing.world.fast_render import is_fast_render_installed
 
 
 @dataclass

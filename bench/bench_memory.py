@@ -22,15 +22,14 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import statistics
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from car_racing.cli import run_main
-from car_racing.models.mdn_rnn import MDNOutput, MDNRNN
-from car_racing.runtime import resolve_device
+from bench.common import timed
+from car_racing.common.cli import run_main
+from car_racing.common.runtime import resolve_device
+from car_racing.models.mdn_rnn import MDNRNN, MDNOutput
 from car_racing.train_memory import Args as TrainArgs
 from car_racing.train_memory import compute_losses
 
@@ -59,18 +58,6 @@ class Args:
     """auto (CUDA when available), cpu or cuda[:N]"""
     seed: int = 0
     """seed for weights and synthetic data"""
-
-
-def timed(fn: Callable[[], None], device: torch.device, calls: int) -> float:
-    """Seconds per call of ``fn`` (synchronising CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls
 
 
 def measure(args: Args) -> dict:
@@ -139,9 +126,9 @@ def measure(args: Args) -> dict:
         fn()  # warm-up
     for _ in range(args.rounds):
         for name, (fn, items) in variants.items():
-            results[name].append(items / timed(fn, device, args.repeats))
+            results[name].append(items / timed(fn, device, args.repeats)[1])
         for name, (fn, items) in rollouts.items():
-            results[name].append(items / timed(fn, device, args.repeats * 50))
+            results[name].append(items / timed(fn, device, args.repeats * 50)[1])
     medians = {name: statistics.median(values) for name, values in results.items()}
     return {"train": {name: medians[name] for name in variants}, "rollouts": {name: medians[name] for name in rollouts},
             "device": str(device), "threads": torch.get_num_threads(), "batch_size": b, "seq_len": t}

@@ -30,15 +30,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from car_racing.cli import run_main
-from car_racing.dream import dream_rollout, start_pool
+from car_racing.common.cli import run_main
+from car_racing.common.runtime import checkpoint_paths, load_model
+from car_racing.episodes.rollout import default_workers
 from car_racing.evaluate_world_model import Args as FidelityArgs
 from car_racing.evaluate_world_model import build_panel, real_panel, spearman
-from car_racing.latent_cache import load_or_build_latents
 from car_racing.models.ffn import flat_to_population, num_controller_params
-from car_racing.recorded_data import load_memory_sequences, load_recorded
-from car_racing.rollout import default_workers
-from car_racing.runtime import checkpoint_paths, load_model
+from car_racing.recording.latent_cache import load_or_build_latents
+from car_racing.recording.recorded_data import load_memory_sequences, load_recorded
+from car_racing.training.dream import dream_rollout, start_pool
 
 
 @dataclass

@@ -17,11 +17,11 @@ with, stored in its checkpoint). The memory model M is fed the action the env re
 Prints one line per episode (reward, steps) in seed order, and as its last line
 ``score: MEAN ± STD over N episodes`` (population standard deviation over the episodes' total rewards).
 
-``--render`` shows the drive in a window (:class:`car_racing.viewer.WatchedDriver`): the env's own
+``--render`` shows the drive in a window (:class:`car_racing.world.viewer.WatchedDriver`): the env's own
 full-resolution view rotating with the car, the 64×64 frame V sees, bars of C's steer/gas/brake and of
 M's predicted reward for the last step (beside the real reward in the status line), at the env's 50
 steps per second. P pauses; Esc or closing the window stops, and the score covers the episodes driven.
-Videos (``--video``) are H.264 MP4s that play in browsers (:mod:`car_racing.video`).
+Videos (``--video``) are H.264 MP4s that play in browsers (:mod:`car_racing.common.video`).
 
 ``--strip PATH`` writes a PNG film strip of the first episode (seed ``--seed``): ``--strip-frames`` raw
 frames evenly spaced from its first to its last step, upscaled ×``--strip-scale``, side by side, each
@@ -44,11 +44,10 @@ from typing import Iterator, Literal, Optional
 import numpy as np
 from tqdm import tqdm
 
-from car_racing.agent import iter_agent_episodes, make_agent_driver
-from car_racing.cli import UsageError, run_main
-from car_racing.rollout import Backend, EpisodeResult, default_workers, uses_backend
-from car_racing.runtime import checkpoint_paths, load_checkpoint, resolve_device, seed_everything
-from car_racing.video import VideoWriter, check_strip_args, label, side_by_side, upscale, write_image
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import checkpoint_paths, load_checkpoint, resolve_device, seed_everything
+from car_racing.common.video import VideoWriter, check_strip_args, label, side_by_side, upscale, write_image
+from car_racing.episodes.rollout import Backend, EpisodeResult, default_workers, uses_backend
 
 VIDEO_FPS = 50  # CarRacing's simulation rate: the video plays in real time
 STRIP_GAP = 4  # white pixel columns between the film strip's frames
@@ -85,7 +84,7 @@ class Args:
     of CPUs)"""
     backend: Literal["processes", "ray"] = "processes"
     """where the episodes run (--render always drives in this process): processes on this machine, or ray (actors on a local Ray or a cluster; same
-    results; see the README's "Past one machine: Ray")"""
+    results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
     """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     max_steps: int = 1000
@@ -124,6 +123,8 @@ def film_strip(result: EpisodeResult, frames: int, scale: int) -> np.ndarray:
 
 @uses_backend
 def main(args: Args) -> float:
+    from car_racing.episodes.agent import iter_agent_episodes, make_agent_driver
+
     if args.episodes < 1:
         raise UsageError(f"--episodes {args.episodes}: expected at least 1")
     if args.smoothing is not None and not 0.0 <= args.smoothing < 1.0:
@@ -149,7 +150,7 @@ def main(args: Args) -> float:
     workers = 1 if args.render else args.workers
     backend = Backend() if args.render else Backend.from_args(args)  # the window opens here, not on an actor
     if args.render:
-        from car_racing.drivers import check_display
+        from car_racing.world.drivers import check_display
 
         check_display("--render", "leave it out (--video writes an MP4 instead)")
     seeds = [args.seed + i for i in range(args.episodes)]
@@ -163,7 +164,7 @@ def main(args: Args) -> float:
         video = None if args.video is None else stack.enter_context(VideoWriter(args.video, fps=VIDEO_FPS))
         wrap = None
         if args.render:
-            from car_racing.viewer import DrivingView, WatchedDriver
+            from car_racing.world.viewer import DrivingView, WatchedDriver
 
             view = DrivingView("CarRacing-v3: the World Models agent (P pauses, Esc stops)")
             stack.callback(view.close)

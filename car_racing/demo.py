@@ -37,12 +37,12 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from car_racing.cli import UsageError, run_main
-from car_racing.rollout import default_workers
+from car_racing.common.cli import UsageError, run_main
+from car_racing.episodes.rollout import default_workers
 
 # Quick settings for every stage, in one place: each section holds keyword arguments of that stage
 # script's Args (paths and the seed are filled in by the demo). About 5 minutes on 2 CPU cores; a driver
-# that keeps to the road for a while, not a good one (see the README for the full training run).
+# that keeps to the road for a while, not a good one (see docs/full-run.md for the full training run).
 PRESET: dict[str, Any] = {
     "seed": 0,
     # 20 noisy autopilot episodes × 500 steps = 10,000 frames; windows of 100 steps for M.
@@ -120,7 +120,7 @@ class _Tee:
 def record(run_dir: Path, preset: Mapping[str, Any]) -> str:
     """Stage 1: autopilot episodes with noise → run_dir/data."""
     from car_racing import recorded_frames
-    from car_racing.recorded_data import load_recorded
+    from car_racing.recording.recorded_data import load_recorded
 
     recorded_frames.main(recorded_frames.Args(data_dir=str(run_dir / "data"), seed=preset["seed"],
                                               **_settings(preset, "record")))

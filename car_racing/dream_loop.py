@@ -41,24 +41,32 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from car_racing.cli import UsageError, run_main
-from car_racing.recorded_data import has_recorded_data, load_recorded
-from car_racing.rollout import default_workers, uses_backend
-from car_racing.runtime import CHECKPOINT_FILES, atomic_path, checkpoint_paths, load_checkpoint, plot_curves
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import MEMORY_LATEST_FILE, checkpoint_paths, link_or_copy, load_checkpoint
+from car_racing.episodes.rollout import default_workers, uses_backend
+from car_racing.recording.recorded_data import has_recorded_data, load_recorded, recorded_seeds
+from car_racing.training.loop import (
+    DREAM_CHOICE_DIR,
+    PLOT_FILE,
+    STATE_FILE,
+    LoopState,
+    Stage,
+    choose_best,
+    iteration_dir,
+    plot_loop,
+    report_iteration,
+    save_dream_choice,
+    stage_keys,
+)
 
-STATE_FILE = "dream_loop_state.json"
-PLOT_FILE = "dream_loop.png"
 AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j (see agent_seed_base)
 RANDOM_SEED_BASE = 6_000_000
 # Settings that must stay the same when a loop is continued (others, e.g. --iterations, may change).
@@ -82,7 +90,7 @@ class Args:
     """workers for real-env episodes (recording, checks, fidelity): processes, or Ray actors with --backend ray"""
     backend: Literal["processes", "ray"] = "processes"
     """where every stage's real episodes run: processes on this machine, or ray (actors on a local Ray or a cluster,
-    one Ray connection for the whole loop; same results; see the README's "Past one machine: Ray")"""
+    one Ray connection for the whole loop; same results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
     """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     threads: int = 0
@@ -200,63 +208,17 @@ def check_args(args: Args) -> None:
 
 # --- the loop state -----------------------------------------------------------------------------------
 
-class LoopState:
-    """Finished stages and their results, in ``CHECKPOINT_DIR/dream_loop_state.json`` (atomic writes)."""
-
-    def __init__(self, path: Path, args: Args):
-        self.path = path
-        if path.is_file():
-            try:
-                self.data = json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                raise UsageError(f"{path}: unreadable loop state ({err}); delete it to start over") from None
-            for key in FIXED_SETTINGS:
-                if self.data["config"].get(key) != getattr(args, key):
-                    raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)}: this loop ({path}) was started with "
-                                     f"{self.data['config'].get(key)}; pass the same or use another --checkpoint-dir")
-        else:
-            self.data = {"config": dataclasses.asdict(args), "stages": {}, "started": time.time()}
-        self.data["config"] = dataclasses.asdict(args)
-
-    def done(self, key: str) -> bool:
-        return key in self.data["stages"]
-
-    def result(self, key: str) -> dict:
-        return self.data["stages"][key]
-
-    def finish(self, key: str, seconds: float, result: dict) -> None:
-        self.data["stages"][key] = {"seconds": seconds, **result}
-        self.save()
-
-    def save(self) -> None:
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(self.data, indent=1))
-
-    def total_seconds(self) -> float:
-        return float(sum(stage["seconds"] for stage in self.data["stages"].values()))
-
-
-def iteration_dir(args: Args, iteration: int) -> Path:
-    return Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """``target`` becomes a hard link to ``source`` (a copy where links are impossible), atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copy2(source, tmp)
-
-
-# --- the stages: each returns a dict of results for the loop state -----------------------------------------
-
 def stage_data(args: Args, iteration: int) -> dict:
     """The initial data: a linked recording, or noisy autopilot (+ random) episodes recorded now."""
-    from car_racing.recorded_data import ARRAY_FILES, META_FILE, SEQ_ACTIONS_FILE, SEQ_DONES_FILE, SEQ_INDICES_FILE, SEQ_REWARDS_FILE
-    from car_racing.latent_cache import LATENTS_FILE
+    from car_racing.recording.latent_cache import LATENTS_FILE
+    from car_racing.recording.recorded_data import (
+        ARRAY_FILES,
+        META_FILE,
+        SEQ_ACTIONS_FILE,
+        SEQ_DONES_FILE,
+        SEQ_INDICES_FILE,
+        SEQ_REWARDS_FILE,
+    )
 
     data_dir = Path(args.data_dir)
     if args.init_data_dir is not None:
@@ -291,21 +253,12 @@ def agent_seed_base(args: Args) -> int:
     return base
 
 
-def recorded_seeds(data_dir: str) -> set[int]:
-    """Seeds in the recording, including episodes an interrupted recorder saved but did not merge yet."""
-    from car_racing import recorded_frames
-    from car_racing.recorded_data import pending_files
-
-    seeds = {int(e["seed"]) for e in load_recorded(data_dir, mmap=True).episodes} if has_recorded_data(data_dir) else set()
-    return seeds | set(recorded_frames.pending_seeds(pending_files(data_dir)))  # (it also checks each file)
-
-
 def record_missing(args: Args, seeds: list[int], driver: str, noise: float, steps: int,
                    checkpoint_dir: Optional[Path] = None) -> None:
     """Record the given seeds that are not recorded yet (contiguous runs, appended), and merge whatever an
     interrupted run left pending: a rerun records only what is missing and never twice."""
     from car_racing import recorded_frames
-    from car_racing.recorded_data import EpisodeStore
+    from car_racing.recording.recorded_data import DEFAULT_SEQ_LEN, EpisodeStore
 
     done = recorded_seeds(args.data_dir)
     seeds = [seed for seed in seeds if seed not in done]
@@ -315,9 +268,9 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
             runs[-1].append(seed)
         else:
             runs.append([seed])
-    seq_len = recorded_frames.DEFAULT_SEQ_LEN
+    seq_len = DEFAULT_SEQ_LEN
     if has_recorded_data(args.data_dir):  # appended episodes keep the recording's window length
-        from car_racing.recorded_data import load_memory_sequences
+        from car_racing.recording.recorded_data import load_memory_sequences
 
         indices = load_memory_sequences(args.data_dir).indices
         seq_len = int(indices.shape[1]) if indices.ndim == 2 and indices.shape[1] else seq_len
@@ -326,7 +279,7 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
             driver=driver, episodes=len(run), steps=steps, seed=run[0], data_dir=args.data_dir, workers=args.workers,
             backend=args.backend, ray_address=args.ray_address, append=has_recorded_data(args.data_dir), noise=noise,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else "checkpoints"))
-    from car_racing.recorded_data import pending_files
+    from car_racing.recording.recorded_data import pending_files
 
     if has_recorded_data(args.data_dir) and pending_files(args.data_dir):
         EpisodeStore(args.data_dir, append=True, seq_len=seq_len).commit()  # all were pending: merge them now
@@ -353,7 +306,7 @@ def stage_memory(args: Args, iteration: int) -> dict:
     """M on all data so far; continues from the previous iteration's M after iteration 0."""
     from car_racing import train_memory
 
-    folder = iteration_dir(args, iteration)
+    folder = iteration_dir(args.checkpoint_dir, iteration)
     link_or_copy(checkpoint_paths(args.checkpoint_dir)["vision"], checkpoint_paths(folder)["vision"])
     if iteration == 0 and args.memory_epochs_first == 0:  # take --memory-from as it is
         source = load_checkpoint(args.memory_from, "memory")
@@ -365,13 +318,13 @@ def stage_memory(args: Args, iteration: int) -> dict:
     if iteration == 0:
         init_from, epochs = args.memory_from, args.memory_epochs_first
     else:
-        init_from, epochs = str(checkpoint_paths(iteration_dir(args, iteration - 1))["memory"]), args.memory_epochs
+        init_from, epochs = str(checkpoint_paths(iteration_dir(args.checkpoint_dir, iteration - 1))["memory"]), args.memory_epochs
     best = train_memory.main(train_memory.Args(
         data_dir=args.data_dir, checkpoint_dir=str(folder), epochs=max(epochs, 1), init_from=init_from,
         batch_size=args.memory_batch_size,
         dropout=args.memory_dropout, freeze_lstm=args.memory_heads_only and iteration > 0,
         seed=args.seed + iteration, device=args.device, threads=args.threads,
-        resume=(folder / train_memory.MEMORY_LATEST_FILE).is_file(), progress=args.progress))
+        resume=(folder / MEMORY_LATEST_FILE).is_file(), progress=args.progress))
     history, epoch = best["history"], int(best["epoch"])
     return {"epochs": epochs, "best_epoch": epoch, "val_mdn": history["val_mdn"][epoch - 1],
             "val_reward": history["val_reward"][epoch - 1], "val_done": history["val_done"][epoch - 1],
@@ -382,8 +335,8 @@ def stage_controller(args: Args, iteration: int) -> dict:
     """C by CMA-ES in this iteration's dream, from the previous iteration's kept C."""
     from car_racing import train_controller_cmaes as cmaes
 
-    folder = iteration_dir(args, iteration)
-    previous = (checkpoint_paths(iteration_dir(args, iteration - 1))["controller"] if iteration else
+    folder = iteration_dir(args.checkpoint_dir, iteration)
+    previous = (checkpoint_paths(iteration_dir(args.checkpoint_dir, iteration - 1))["controller"] if iteration else
                 Path(args.controller_from) if args.controller_from else None)
     out = checkpoint_paths(folder)["controller"]
     resume = out.is_file() and "es_state" in load_checkpoint(out, "controller")
@@ -408,36 +361,14 @@ def stage_controller(args: Args, iteration: int) -> dict:
             "dream_trained": final["training"]["dream_trained"]}
 
 
-DREAM_CHOICE_DIR = "dream_choice"
-
-
-def save_dream_choice(final: dict, folder: Path) -> None:
-    """CMA's final mean — the C the dream prefers, real-checked or not — as ``folder/dream_choice/`` (V and M
-    linked): when the dream is exploited this is the C whose episodes show M its mistake."""
-    import pickle
-
-    from car_racing.models.ffn import Controller
-    from car_racing.runtime import save_checkpoint
-
-    controller = Controller(**final["model_args"])
-    controller.set_flat_params(pickle.loads(final["es_state"]).mean)
-    choice = {key: value for key, value in final.items() if key not in ("es_state", "rng_state", "best_params")}
-    choice.update(model_state=controller.state_dict(),
-                  model_source=f"CMA mean of generation {final['generation']} (the dream's choice; not chosen by a check)")
-    target = folder / DREAM_CHOICE_DIR
-    for kind in ("vision", "memory"):
-        link_or_copy(checkpoint_paths(folder)[kind], checkpoint_paths(target)[kind])
-    save_checkpoint(choice, checkpoint_paths(target)["controller"])
-
-
 def stage_fidelity(args: Args, iteration: int) -> dict:
     """The dream-real rank correlation of this iteration's V and M (panel incl. this and earlier Cs)."""
     from car_racing import evaluate_world_model
 
     if args.fidelity_panel == 0:
         return {"skipped": True}
-    folder = iteration_dir(args, iteration)
-    earlier = [str(checkpoint_paths(iteration_dir(args, i))["controller"]) for i in range(iteration)]
+    folder = iteration_dir(args.checkpoint_dir, iteration)
+    earlier = [str(checkpoint_paths(iteration_dir(args.checkpoint_dir, i))["controller"]) for i in range(iteration)]
     summary = evaluate_world_model.main(evaluate_world_model.Args(
         checkpoint_dir=str(folder), data_dir=args.data_dir, panel=args.fidelity_panel, episodes=args.fidelity_episodes,
         controllers=earlier[-2:], out=str(folder / "fidelity.png"), json_out=str(folder / "fidelity.json"),
@@ -454,7 +385,7 @@ def stage_record(args: Args, iteration: int) -> dict:
         return {"episodes": 0}
     first = agent_seed_base(args) + 1000 * iteration
     choice = int(round(args.record_dream_choice * args.agent_episodes))  # seeds first … first+choice−1
-    folder = iteration_dir(args, iteration)
+    folder = iteration_dir(args.checkpoint_dir, iteration)
     for seeds, source in ((range(first, first + choice), folder / DREAM_CHOICE_DIR),
                           (range(first + choice, first + args.agent_episodes), folder)):
         record_missing(args, list(seeds), "agent", args.agent_noise, args.agent_steps, checkpoint_dir=source)
@@ -467,70 +398,8 @@ def stage_record(args: Args, iteration: int) -> dict:
     return result
 
 
-@dataclass
-class Stage:
-    name: str
-    run: Callable[[Args, int], dict]
-    first_only: bool = False
-
-
 STAGES = [Stage("data", stage_data, True), Stage("vision", stage_vision, True), Stage("memory", stage_memory),
           Stage("controller", stage_controller), Stage("fidelity", stage_fidelity), Stage("record", stage_record)]
-
-
-def stage_keys(args: Args) -> list[tuple[int, Stage]]:
-    """(iteration, stage) of the whole loop in order; the last iteration records nothing (no next M)."""
-    keys = []
-    for iteration in range(args.iterations):
-        for stage in STAGES:
-            if stage.first_only and iteration > 0:
-                continue
-            if stage.name == "record" and iteration == args.iterations - 1:
-                continue
-            keys.append((iteration, stage))
-    return keys
-
-
-def report_iteration(state: LoopState, iteration: int) -> str:
-    key = f"{iteration}:"
-    controller = state.data["stages"].get(key + "controller", {})
-    fidelity = state.data["stages"].get(key + "fidelity", {})
-    checks = controller.get("real_checks", [])
-    rho = fidelity.get("rank_correlation")
-    return (f"iteration {iteration}: dream fitness (best candidate, last gen) {controller.get('dream_fitness_best', float('nan')):.1f}; "
-            f"real checks {', '.join(f'g{g}: {b:.0f}/{m:.0f}' for g, b, m in checks) or '-'} (best candidate / CMA mean); "
-            f"kept {controller.get('best_real_score', float('nan')):.1f}; "
-            f"dream-real rank correlation {'-' if rho is None else f'{rho:.2f}'}")
-
-
-def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
-    stages = state.data["stages"]
-    its = [i for i in range(iterations) if f"{i}:controller" in stages]
-    if not its:
-        return
-    kept = [stages[f"{i}:controller"]["best_real_score"] for i in its]
-    dream = [stages[f"{i}:controller"]["dream_fitness_best"] for i in its]
-    last_check = [(stages[f"{i}:controller"]["real_checks"] or [[0, np.nan, np.nan]])[-1][1] for i in its]
-    rho_its = [i for i in its if stages.get(f"{i}:fidelity", {}).get("rank_correlation") is not None]
-    curves = {"kept C: real check score": kept, "last check, best candidate": last_check,
-              "dream fitness, best candidate (last gen)": dream,
-              "dream-real rank correlation × 1000": [1000 * stages[f"{i}:fidelity"]["rank_correlation"] for i in rho_its]}
-    x = {name: its for name in curves}
-    x["dream-real rank correlation × 1000"] = rho_its
-    plot_curves(curves, path, title="dream loop: real checks, dream fitness, dream-real ρ", xlabel="iteration",
-                ylabel="return (ρ × 1000)", x=x)
-
-
-def choose_best(args: Args, state: LoopState) -> Optional[int]:
-    """The iteration whose kept C scored best on the (same) check tracks; its V, M, C linked into best/."""
-    scored = [(state.result(f"{i}:controller")["best_real_score"], i) for i in range(args.iterations)
-              if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None]
-    if not scored:
-        return None
-    _, best = max(scored)
-    for name in CHECKPOINT_FILES.values():
-        link_or_copy(iteration_dir(args, best) / name, Path(args.checkpoint_dir) / "best" / name)
-    return best
 
 
 @uses_backend
@@ -543,9 +412,9 @@ def main(args: Args) -> dict:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    state = LoopState(Path(args.checkpoint_dir) / STATE_FILE, args)
+    state = LoopState(Path(args.checkpoint_dir) / STATE_FILE, args, FIXED_SETTINGS)
     state.save()
-    keys = stage_keys(args)
+    keys = stage_keys(STAGES, args.iterations)
     bar = tqdm(keys, desc="dream loop", unit="stage", disable=not args.progress,
                initial=sum(state.done(f"{i}:{s.name}") for i, s in keys), total=len(keys))
     for iteration, stage in keys:
@@ -565,7 +434,7 @@ def main(args: Args) -> dict:
             plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     bar.close()
     plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
-    best = choose_best(args, state)
+    best = choose_best(args.checkpoint_dir, args.iterations, state)
     state.data["best_iteration"] = best
     state.save()
     print(f"\ndream loop: {args.iterations} iterations in {state.total_seconds() / 60:.1f} min of stage time")

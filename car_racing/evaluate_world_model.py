@@ -6,7 +6,7 @@ checkpoints, e.g. earlier CMA-ES runs) and copies of those perturbed at growing 
 
 - drives the same ``--episodes`` real tracks (seeds ``--eval-seed-base`` …, away from every training,
   check and recording seed) → its real return;
-- drives the same dreams, with *the very fitness training uses* (:func:`car_racing.dream.dream_rollout`:
+- drives the same dreams, with *the very fitness training uses* (:func:`car_racing.training.dream.dream_rollout`:
   start states from the recorded data, ``--rollout-steps``, ``--dream-trials``, τ, dream dropout; by default
   the settings saved in the controller checkpoint, else the training script's defaults) → its dream fitness.
 
@@ -42,22 +42,27 @@ import functools
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from car_racing.agent import make_agent_driver
-from car_racing.cli import UsageError, run_main
-from car_racing.dream import dream_rollout, start_pool
-from car_racing.latent_cache import load_or_build_latents
-from car_racing.models.ffn import flat_to_population, num_controller_params
-from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
-from car_racing.models.vae import frames_to_tensor
-from car_racing.recorded_data import load_memory_sequences, load_recorded
-from car_racing.rollout import Backend, EpisodeWorkers, default_workers, uses_backend
-from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import (
+    atomic_path,
+    checkpoint_paths,
+    load_model,
+    no_grad,
+    resolve_device,
+    seed_everything,
+)
+from car_racing.episodes.rollout import Backend, EpisodeWorkers, default_workers, uses_backend
+from car_racing.recording.recorded_data import load_memory_sequences, load_recorded
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so --help stays light
+    import torch
+
+    from car_racing.models.mdn_rnn import MDNRNN
 
 DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start")
 
@@ -105,7 +110,7 @@ class Args:
     """workers for the real episodes: processes, or Ray actors with --backend ray"""
     backend: Literal["processes", "ray"] = "processes"
     """where the real episodes run: processes on this machine, or ray (actors on a local Ray or a cluster; same
-    results; see the README's "Past one machine: Ray")"""
+    results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
     """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     device: str = "auto"
@@ -211,11 +216,16 @@ def build_panel(args: Args, num_params: int, trained: list[tuple[str, np.ndarray
     return panel[:args.panel]
 
 
-@torch.no_grad()
+@no_grad
 def memory_errors(vae: Any, mdnrnn: MDNRNN, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                   horizon: int, reward_clip: float, device: torch.device) -> dict[str, float]:
     """M's errors on one real episode (module docstring): one-step NLL and mean error, multi-step error at
     ``horizon``, reward MSE and the episode's predicted vs real return, done probabilities."""
+    import torch
+
+    from car_racing.models.mdn_rnn import MDNRNN, mdn_log_prob
+    from car_racing.models.vae import frames_to_tensor
+
     mu = torch.cat([vae.encode(frames_to_tensor(frames[i:i + 256], device=device))[0].float()
                     for i in range(0, len(frames), 256)])  # (T, L)
     a = torch.as_tensor(actions, dtype=torch.float32, device=device)
@@ -256,6 +266,8 @@ def memory_errors(vae: Any, mdnrnn: MDNRNN, frames: np.ndarray, actions: np.ndar
 def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn: MDNRNN, reward_clip: float,
                device: torch.device) -> list[dict[str, Any]]:
     """Every controller's real episodes (same seeds for all) and M's errors on them."""
+    from car_racing.episodes.agent import make_agent_driver
+
     seeds = [args.eval_seed_base + i for i in range(args.episodes)]
     make_driver = functools.partial(make_agent_driver, str(args.checkpoint_dir), panel[0][1], "cpu")
     make_driver()  # V, M and C's sizes checked here (one line on a bad file), before any worker starts
@@ -279,6 +291,12 @@ def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn
 def dream_panel(args: Args, panel: list[tuple[str, np.ndarray]], mdnrnn: MDNRNN, reward_scale: float,
                 settings: dict[str, Any], device: torch.device) -> np.ndarray:
     """Dream fitness (P,) of every controller: the training fitness, same start states and noise for all."""
+    import torch
+
+    from car_racing.models.ffn import flat_to_population
+    from car_racing.recording.latent_cache import load_or_build_latents
+    from car_racing.training.dream import dream_rollout, start_pool
+
     mu, _ = load_or_build_latents(args.data_dir, checkpoint_paths(args.checkpoint_dir)["vision"], device,
                                   progress=args.progress)
     sequences = load_memory_sequences(args.data_dir)
@@ -333,6 +351,8 @@ def summarise_errors(rows: list[dict[str, Any]]) -> dict[str, float]:
 @uses_backend
 def main(args: Args) -> dict[str, Any]:
     """Run the measurement; returns every figure (also printed, and in --json-out)."""
+    from car_racing.models.ffn import num_controller_params
+
     check_args(args)
     seed_everything(args.seed)
     device = resolve_device(args.device)

@@ -25,10 +25,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-
-from car_racing.cli import run_main
-from car_racing.latent_cache import file_sha256
-from car_racing.runtime import CHECKPOINT_FILES, checkpoint_paths, load_checkpoint, load_model, save_checkpoint
+from car_racing.common.cli import run_main
+from car_racing.common.runtime import CHECKPOINT_FILES, checkpoint_paths, load_checkpoint, load_model, save_checkpoint
 
 # resume-only state: never needed to drive or to look at the models
 DROPPED_KEYS = ("optimizer_state", "es_state", "rng", "rng_state", "best_params", "checked")
@@ -55,6 +53,8 @@ def strip_checkpoint(checkpoint: dict[str, Any], half: bool) -> dict[str, Any]:
 
 
 def main(args: Args) -> dict[str, Path]:
+    from car_racing.recording.latent_cache import file_sha256
+
     source, out = checkpoint_paths(args.source_dir), checkpoint_paths(args.out_dir)
     kinds = ("vision", "memory", "controller")  # V first: M's reference is rewritten to the exported V
     checkpoints = {kind: load_checkpoint(source[kind], kind) for kind in kinds}  # all checked before writing

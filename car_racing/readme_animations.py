@@ -26,8 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from car_racing.cli import UsageError, run_main
-from car_racing.drivers import ENV_FPS
+from car_racing.common.cli import UsageError, run_main
+from car_racing.world.drivers import ENV_FPS
 
 
 @dataclass
@@ -67,8 +67,8 @@ class FrameGrabber:
     def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray:
         import pygame
 
-        from car_racing.video import label
-        from car_racing.viewer import full_resolution_frame
+        from car_racing.common.video import label
+        from car_racing.world.viewer import full_resolution_frame
 
         if step % self.stride == 0:
             frame = pygame.surfarray.array3d(full_resolution_frame(env)).swapaxes(0, 1)
@@ -84,8 +84,8 @@ def main(args: Args) -> dict[str, Path]:
         if value < 1:
             raise UsageError(f"{flag} {value}: expected a positive number")
     from car_racing import recorded_frames, visualize_memory_prediction
-    from car_racing.agent import iter_agent_episodes
-    from car_racing.video import read_video, write_gif
+    from car_racing.common.video import read_video, write_gif
+    from car_racing.episodes.agent import iter_agent_episodes
 
     out_dir = Path(args.out_dir)
     grabbers: list[FrameGrabber] = []

@@ -4,7 +4,7 @@
     python car_racing/recorded_frames.py                                                # you drive (keys or gamepad)
     python car_racing/recorded_frames.py --input keyboard --episodes 5 --append        # five more tracks by hand
 
-Writes the data folder described in :mod:`car_racing.recorded_data` (``car_racing_recorded_*.npy``, the
+Writes the data folder described in :mod:`car_racing.recording.recorded_data` (``car_racing_recorded_*.npy``, the
 meta file and the memory sequences ``car_racing_memory_dataset_*.npy``). Each finished episode is saved
 at once to its own file under ``<data-dir>/.pending_episodes/``; at the end, and also on Ctrl-C or an
 error, the saved episodes are merged into the arrays (only when at least one was saved: existing data is
@@ -21,7 +21,7 @@ Headless drivers (autopilot, random, agent) run in ``--workers`` processes, or R
 identified by its seed). The human driver runs in this
 process, paced at the env's 50 steps per second.
 
-Driving by hand (:class:`car_racing.drivers.HumanDriver`): the window shows the env's own full-resolution
+Driving by hand (:class:`car_racing.world.drivers.HumanDriver`): the window shows the env's own full-resolution
 view rotating with the car, the 64×64 frame V will see (top right), the action's bars and a status line
 (seed, step, reward, the episode's reward against the 800 target). Keyboard: ←/→ (or A/D) steer, ramping
 towards full lock while held and back to centre on release, so a tap is a small correction; ↑ (W) gas,
@@ -42,21 +42,24 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import contextlib
 import functools
-import json
 import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-import numpy as np
 from tqdm import tqdm
 
-from car_racing.cli import UsageError, run_main
-from car_racing.envs import MAX_EPISODE_STEPS
-from car_racing.recorded_data import (DEFAULT_SEQ_LEN, FRAME_SHAPE, EpisodeStore, RecordedEpisode,
-                                      load_memory_sequences)
-from car_racing.rollout import Backend, EpisodeResult, default_workers, run_episodes, uses_backend
-from car_racing.runtime import seed_everything
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import seed_everything
+from car_racing.episodes.rollout import Backend, EpisodeResult, default_workers, run_episodes, uses_backend
+from car_racing.recording.recorded_data import (
+    DEFAULT_SEQ_LEN,
+    EpisodeStore,
+    RecordedEpisode,
+    load_memory_sequences,
+    pending_seeds,
+)
+from car_racing.world.envs import MAX_EPISODE_STEPS
 
 DRIVERS = ("human", "autopilot", "random", "agent")
 INPUTS = ("auto", "keyboard", "gamepad")
@@ -84,7 +87,7 @@ class Args:
     """parallel workers for the headless drivers (default: number of CPUs); the human driver runs in-process"""
     backend: Literal["processes", "ray"] = "processes"
     """where the headless drivers' episodes run: processes on this machine, or ray (actors on a local Ray or a cluster; same
-    results; see the README's "Past one machine: Ray")"""
+    results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
     """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     append: bool = False
@@ -122,39 +125,18 @@ def validate_args(args: Args) -> None:
 def make_headless_driver(name: str, noise: float, checkpoint_dir: str = "checkpoints") -> Callable[[], Any]:
     """A picklable factory for a headless driver (sent to the worker processes)."""
     if name == "agent":
-        from car_racing.agent import load_agent_models, make_exploring_agent
+        from car_racing.episodes.agent import load_agent_models, make_exploring_agent
 
         load_agent_models(checkpoint_dir)  # one-line error for missing or unfit checkpoints, before any worker starts
         return functools.partial(make_exploring_agent, str(checkpoint_dir), noise)
     if name == "autopilot":
-        from car_racing.autopilot import AutopilotDriver
+        from car_racing.world.autopilot import AutopilotDriver
 
         return functools.partial(AutopilotDriver, noise=noise)
-    from car_racing.drivers import RandomDriver
+    from car_racing.world.drivers import RandomDriver
 
     return RandomDriver
 
-
-def pending_seeds(paths: list[Path]) -> list[int]:
-    """Seeds of episodes left in ``.pending_episodes`` by an interrupted run (merged by this --append run).
-
-    Also checks that each file is readable, so a bad leftover stops the run before any driving.
-    """
-    seeds = []
-    for path in paths:
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                meta = json.loads(str(npz["meta"]))
-                frames_shape = npz["frames"].shape
-                ok = frames_shape[1:] == FRAME_SHAPE and frames_shape[0] == int(meta["length"]) >= 1
-            seeds.append(int(meta["seed"]))
-        except Exception as err:  # zip, json and key errors alike: one message
-            raise UsageError(f"{path}: unreadable pending episode ({type(err).__name__}); delete it or record "
-                             f"without --append") from None
-        if not ok:
-            raise UsageError(f"{path}: pending episode holds frames {frames_shape}, expected (length, "
-                             f"{', '.join(map(str, FRAME_SHAPE))}); delete it or record without --append")
-    return seeds
 
 
 def choose_seeds(args: Args, store: EpisodeStore) -> list[int]:
@@ -210,7 +192,7 @@ def main(args: Args) -> None:
     validate_args(args)
     human = args.driver == "human"
     if human:
-        from car_racing.drivers import check_display
+        from car_racing.world.drivers import check_display
 
         check_display()
     workers = 1 if human else (args.workers or default_workers())
@@ -228,7 +210,7 @@ def main(args: Args) -> None:
 
     human_driver = None
     if human:  # opened last, after every check: the window appears only when recording can start
-        from car_racing import drivers
+        from car_racing.world import drivers
 
         human_driver = drivers.HumanDriver(input_kind=args.input)
         make_driver = functools.partial(_same_driver, human_driver)  # in-process (workers == 1)

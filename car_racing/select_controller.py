@@ -34,15 +34,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from car_racing.agent import make_agent_driver
-from car_racing.cli import UsageError, run_main
-from car_racing.models.ffn import Controller, num_controller_params
-from car_racing.rollout import Backend, default_workers, uses_backend
-from car_racing.runtime import atomic_path, checkpoint_paths, load_checkpoint
-from car_racing.train_controller_cmaes import RealFitness
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import atomic_path, checkpoint_paths, load_checkpoint
+from car_racing.episodes.rollout import Backend, default_workers, uses_backend
 
 RESULTS_FILE = "select_controller.json"
 CRITERIA = {
@@ -71,7 +67,7 @@ class Args:
     workers: int = field(default_factory=default_workers)
     """workers running the episodes: processes, or Ray actors with --backend ray"""
     backend: Literal["processes", "ray"] = "processes"
-    """where the episodes run: local worker processes or Ray actors (car_racing/backends.py)"""
+    """where the episodes run: local worker processes or Ray actors (car_racing/episodes/backends.py)"""
     ray_address: str = ""
     """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     dry_run: bool = False
@@ -104,6 +100,12 @@ def load_results(path: Path, settings: dict) -> dict[str, list[float]]:
 @uses_backend
 def main(args: Args) -> dict:
     """Rank the candidates on the selection tracks, write the winner; returns the selection record."""
+    import torch
+
+    from car_racing.episodes.agent import make_agent_driver
+    from car_racing.models.ffn import Controller, num_controller_params
+    from car_racing.training.fitness import RealFitness
+
     if args.top < 1 or args.episodes < 1 or args.workers < 1 or args.max_steps < 1:
         raise UsageError(f"--top {args.top} / --episodes {args.episodes} / --workers {args.workers} / "
                          f"--max-steps {args.max_steps}: expected positive integers")

@@ -33,21 +33,29 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from car_racing.cli import UsageError, run_main
-from car_racing.latent_cache import file_sha256, load_or_build_latents
-from car_racing.models.mdn_rnn import MDNRNN, head_dropout_mask, mdn_loss
-from car_racing.recorded_data import RecordedData, load_memory_sequences, load_recorded
-from car_racing.runtime import (build_model, checkpoint_paths, load_checkpoint, plot_curves, resolve_device,
-                                save_checkpoint, seed_everything)
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import (
+    MEMORY_LATEST_FILE,
+    build_model,
+    checkpoint_paths,
+    load_checkpoint,
+    plot_curves,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+)
+from car_racing.recording.recorded_data import RecordedData, load_memory_sequences, load_recorded
 
-MEMORY_LATEST_FILE = "memory_model_latest.pth"
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so --help stays light
+    import torch
+
+    from car_racing.models.mdn_rnn import MDNRNN
+
 LOSS_CURVE_FILE = "memory_model_loss.png"
 TERMINAL_REWARD = -50.0  # CarRacing gives −100 on the step the car leaves the playfield (and terminates)
 LOSS_NAMES = ("mdn", "reward", "done", "total")
@@ -143,6 +151,8 @@ def split_by_episode(window_starts: np.ndarray, episode_starts: np.ndarray, val_
 
 def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """z ~ N(μ, σ²) for every frame: (N, L), reproducible from ``seed`` on any device."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     eps = torch.randn(mu.shape, generator=generator).to(mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
@@ -157,6 +167,8 @@ class SequenceBatches:
 
     def __init__(self, indices: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_end: np.ndarray,
                  done_flags: np.ndarray, reward_clip: float, device: torch.device):
+        import torch
+
         num_frames = len(episode_end)
         self.device = device
         self.indices = torch.from_numpy(indices).to(device)
@@ -173,6 +185,7 @@ class SequenceBatches:
         return len(self.indices)
 
     def get(self, ids: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+
         return {"z": z[self.indices[ids]], "actions": self.actions[ids], "next_z": z[self.next_indices[ids]],
                 "z_mask": self.z_mask[ids], "rewards": self.rewards[ids], "dones": self.dones[ids]}
 
@@ -180,6 +193,11 @@ class SequenceBatches:
 def compute_losses(model: MDNRNN, batch: dict[str, torch.Tensor], args: Args) -> dict[str, torch.Tensor]:
     """The three losses (and the weighted total) of one batch of windows (with ``--dropout``, one head mask
     per window while training)."""
+    import torch
+    import torch.nn.functional as F
+
+    from car_racing.models.mdn_rnn import head_dropout_mask, mdn_loss
+
     mask = (head_dropout_mask(batch["z"].shape[0], model.hidden_size, args.dropout, device=batch["z"].device)
             if model.training and args.dropout > 0 else None)
     output, _ = model(batch["z"], batch["actions"], head_mask=mask)
@@ -197,6 +215,9 @@ def compute_losses(model: MDNRNN, batch: dict[str, torch.Tensor], args: Args) ->
 def run_epoch(model: MDNRNN, batches: SequenceBatches, ids: np.ndarray, z: torch.Tensor, args: Args,
               optimizer: torch.optim.Optimizer | None, desc: str) -> dict[str, float]:
     """One pass over the windows ``ids`` (training when ``optimizer`` is given); mean losses per window."""
+    import torch
+
+
     training = optimizer is not None
     model.train(training)
     sums = dict.fromkeys(LOSS_NAMES, 0.0)
@@ -250,6 +271,11 @@ def check_args(args: Args) -> None:
 
 def main(args: Args) -> dict:
     """Train M; returns the final checkpoint dict (also written to CHECKPOINT_DIR/memory_model.pth)."""
+    import torch
+
+    from car_racing.models.mdn_rnn import MDNRNN
+    from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
+
     check_args(args)
     device = resolve_device(args.device)
     if args.threads:

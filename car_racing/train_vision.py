@@ -26,17 +26,28 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from car_racing.cli import UsageError, run_main
-from car_racing.models.vae import VAE, frames_to_tensor, kl_per_image, vae_loss
-from car_racing.recorded_data import load_recorded
-from car_racing.runtime import (build_model, checkpoint_paths, load_checkpoint, plot_curves, resolve_device,
-                                save_checkpoint, seed_everything)
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import (
+    build_model,
+    checkpoint_paths,
+    load_checkpoint,
+    no_grad,
+    plot_curves,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+)
+from car_racing.recording.recorded_data import episode_frame_indices, load_recorded
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so --help stays light
+    import torch
+
+    from car_racing.models.vae import VAE
 
 LATEST_FILE = "vision_model_latest.pth"
 CURVES_FILE = "vision_model_loss.png"
@@ -98,12 +109,6 @@ def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[l
     return sorted(order[num_val:].tolist()), sorted(order[:num_val].tolist())
 
 
-def episode_frame_indices(episodes: list[dict[str, Any]], chosen: list[int]) -> np.ndarray:
-    """int64 indices of all recorded steps of the chosen episodes (meta ``start``/``length``)."""
-    parts = [np.arange(episodes[i]["start"], episodes[i]["start"] + episodes[i]["length"]) for i in chosen]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
-
-
 def kl_beta(epoch: int, batch: int, num_batches: int, anneal_epochs: float) -> float:
     """β for the given batch: linear from 0 (first batch) to 1 after ``anneal_epochs`` epochs."""
     if anneal_epochs <= 0:
@@ -113,6 +118,8 @@ def kl_beta(epoch: int, batch: int, num_batches: int, anneal_epochs: float) -> f
 
 def use_bf16(device: torch.device, requested: bool) -> bool:
     """bf16 autocast only on CPUs with native bf16 support (elsewhere it is emulated and slower)."""
+    import torch
+
     if not requested or device.type != "cpu":
         return False
     try:
@@ -123,6 +130,8 @@ def use_bf16(device: torch.device, requested: bool) -> bool:
 
 def choose_threads(requested: int) -> int:
     """The torch CPU thread count for ``--threads`` (see :class:`Args`); sets it and returns it."""
+    import torch
+
     if requested <= 0:
         requested = torch.get_num_threads()
     torch.set_num_threads(requested)
@@ -133,6 +142,10 @@ def make_train_step(model: VAE, optimizer: torch.optim.Optimizer, *, bf16: bool 
                     free_bits: float = 0.0) -> Callable[[torch.Tensor, float], tuple[float, float]]:
     """One optimiser step on a batch: ``step(x (B, 3, 64, 64) in [0, 1], beta) -> (recon, raw KL)``
     (both per image, averaged over the batch; the KL without the free-bits floor)."""
+    import torch
+
+    from car_racing.models.vae import kl_per_image, vae_loss
+
     forward = torch.compile(model, dynamic=False) if compile else model
     device_type = next(model.parameters()).device.type
 
@@ -150,11 +163,15 @@ def make_train_step(model: VAE, optimizer: torch.optim.Optimizer, *, bf16: bool 
     return step
 
 
-@torch.no_grad()
+@no_grad
 def evaluate(model: VAE, frames: np.ndarray, indices: np.ndarray, device: torch.device, batch_size: int,
              seed: int, channels_last: bool = False) -> tuple[float, float]:
     """Mean reconstruction loss and KL per image over ``frames[indices]`` (fp32, eval mode, z sampled
     with a fixed seed so that successive epochs see the same noise)."""
+    import torch
+
+    from car_racing.models.vae import frames_to_tensor, vae_loss
+
     if len(indices) == 0:
         return math.nan, math.nan
     was_training = model.training
@@ -194,6 +211,10 @@ def _check_args(args: Args) -> None:
 
 def main(args: Args) -> dict[str, Any]:
     """Train V; returns the last saved (latest) checkpoint dict."""
+    import torch
+
+    from car_racing.models.vae import VAE, frames_to_tensor
+
     _check_args(args)
     device = resolve_device(args.device)
     if device.type == "cpu":

@@ -23,19 +23,27 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import cv2
 import numpy as np
-import torch
 
-from car_racing.cli import UsageError, run_main
-from car_racing.latent_cache import file_sha256
-from car_racing.models.mdn_rnn import MDNRNN
-from car_racing.models.vae import frames_to_tensor
-from car_racing.recorded_data import load_recorded
-from car_racing.runtime import atomic_path, checkpoint_paths, load_model, resolve_device, seed_everything
-from car_racing.video import check_strip_args, label, side_by_side, upscale, write_image, write_video
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import (
+    atomic_path,
+    checkpoint_paths,
+    load_model,
+    no_grad,
+    resolve_device,
+    seed_everything,
+)
+from car_racing.common.video import check_strip_args, label, side_by_side, upscale, write_image, write_video
+from car_racing.recording.recorded_data import load_recorded
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so --help stays light
+    import torch
+
+    from car_racing.models.mdn_rnn import MDNRNN
 
 RESYNC_MARK_FRAMES = 6  # how many frames the re-sync marker stays visible
 STRIP_GAP = 4  # white pixels between the film strip's frames and rows
@@ -79,7 +87,7 @@ class Args:
     """auto (CUDA when available), cpu or cuda[:N]"""
 
 
-@torch.no_grad()
+@no_grad
 def dream_episode(memory: MDNRNN, real_mu: torch.Tensor, actions: torch.Tensor, dream_steps: int,
                   temperature: float, generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
     """Dream along a real episode, re-syncing every ``dream_steps`` steps.
@@ -91,6 +99,10 @@ def dream_episode(memory: MDNRNN, real_mu: torch.Tensor, actions: torch.Tensor, 
     steps), ``resync`` bool (T,), ``dream_reward`` (T,) M's r_t in the dream, ``real_reward_pred`` (T,)
     M's r_t reading the real z, ``dream_done`` / ``real_done_prob`` (T,) the done probabilities.
     """
+    import torch
+
+    from car_racing.models.mdn_rnn import MDNRNN
+
     steps = len(real_mu)
     device = real_mu.device
     real_state = memory.initial_state(1, device)
@@ -180,6 +192,11 @@ def plot_rewards(actual: np.ndarray, dreamed: np.ndarray, teacher: np.ndarray, r
 
 def main(args: Args) -> dict:
     """Write the MP4 and the reward PNG; returns {"video", "reward_plot", "steps", "reward_mse_dream", ...}."""
+    import torch
+
+    from car_racing.models.vae import frames_to_tensor
+    from car_racing.recording.latent_cache import file_sha256
+
     if args.dream_steps < 1:
         raise UsageError(f"--dream-steps {args.dream_steps}: expected a positive integer")
     if args.temperature < 0:

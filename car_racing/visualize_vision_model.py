@@ -18,14 +18,11 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from car_racing.cli import UsageError, run_main
-from car_racing.models.vae import frames_to_tensor
-from car_racing.recorded_data import load_recorded
-from car_racing.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
-from car_racing.train_vision import episode_frame_indices
-from car_racing.video import label, upscale, write_image
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
+from car_racing.common.video import label, upscale, write_image
+from car_racing.recording.recorded_data import episode_frame_indices, load_recorded
 
 
 @dataclass
@@ -46,11 +43,6 @@ class Args:
     """picks the frames and the samples"""
     device: str = "auto"
     """auto, cpu or cuda[:N]"""
-
-
-def to_images(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, 64, 64) float in [0, 1] → uint8 (B, 64, 64, 3)."""
-    return (x.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def held_out_indices(checkpoint: dict, data) -> tuple[np.ndarray, str]:
@@ -77,6 +69,10 @@ def make_grid(rows: list[tuple[str, np.ndarray]], scale: int, gap: int = 2) -> n
 
 
 def main(args: Args) -> Path:
+    import torch
+
+    from car_racing.models.vae import frames_to_tensor, to_images
+
     if args.columns < 1 or args.scale < 1:
         raise UsageError("--columns and --scale must be at least 1")
     device = resolve_device(args.device)

@@ -21,14 +21,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from car_racing.cli import UsageError, run_main
-from car_racing.models.vae import frames_to_tensor
-from car_racing.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
-from car_racing.video import VideoWriter, label, side_by_side, upscale
-from car_racing.visualize_vision_model import to_images
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
+from car_racing.common.video import VideoWriter, label, side_by_side, upscale
 
 
 @dataclass
@@ -59,9 +56,9 @@ class Args:
 
 def autopilot_frames(seed: int, max_steps: int) -> np.ndarray:
     """uint8 (T, 64, 64, 3) frames of one fresh autopilot episode."""
-    from car_racing.autopilot import AutopilotDriver  # lazy: only this mode needs the env
-    from car_racing.envs import make_env
-    from car_racing.rollout import run_episode
+    from car_racing.episodes.rollout import run_episode
+    from car_racing.world.autopilot import AutopilotDriver  # lazy: only this mode needs the env
+    from car_racing.world.envs import make_env
 
     env = make_env()
     try:
@@ -73,7 +70,7 @@ def autopilot_frames(seed: int, max_steps: int) -> np.ndarray:
 
 
 def recorded_frames(args: Args, checkpoint: dict) -> tuple[np.ndarray, str]:
-    from car_racing.recorded_data import load_recorded
+    from car_racing.recording.recorded_data import load_recorded
 
     data = load_recorded(args.data_dir, mmap=True)
     episode = args.episode
@@ -88,6 +85,10 @@ def recorded_frames(args: Args, checkpoint: dict) -> tuple[np.ndarray, str]:
 
 
 def main(args: Args) -> Path:
+    import torch
+
+    from car_racing.models.vae import frames_to_tensor, to_images
+
     if args.scale < 1 or args.max_steps < 1 or args.fps <= 0:
         raise UsageError("--scale and --max-steps must be at least 1, --fps positive")
     device = resolve_device(args.device)

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-from car_racing.recorded_data import EpisodeStore, RecordedEpisode  # noqa: E402
+from car_racing.recording.recorded_data import EpisodeStore, RecordedEpisode  # noqa: E402
 
 
 def write_synthetic_recording(data_dir, lengths=(30, 25, 40), seq_len=10, seed=0):

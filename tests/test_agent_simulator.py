@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing.agent import Agent, evaluate_agent, load_agent_models, make_agent_driver
 from car_racing.car_racing_gameplay_simulator import Args, main, score_line
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import CHECKPOINT_FILES, checkpoint_paths, save_checkpoint
+from car_racing.common.video import video_codec, video_info
+from car_racing.episodes.agent import Agent, evaluate_agent, load_agent_models, make_agent_driver
 from car_racing.models.ffn import Controller, flat_to_population, population_actions
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE, frames_to_tensor
-from car_racing.recorded_data import preprocess_frame
-from car_racing.runtime import CHECKPOINT_FILES, checkpoint_paths, save_checkpoint
-from car_racing.video import video_codec, video_info
+from car_racing.world.envs import preprocess_frame
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "car_racing" / "car_racing_gameplay_simulator.py"

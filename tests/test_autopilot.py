@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from car_racing.autopilot import AutopilotDriver
-from car_racing.envs import make_env
-from car_racing.rollout import run_episode
+from car_racing.episodes.rollout import run_episode
+from car_racing.world.autopilot import AutopilotDriver
+from car_racing.world.envs import make_env
 
 
 class DoNothing:

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from car_racing import car_racing_gameplay_simulator as simulator
-from car_racing.agent import evaluate_agent, make_agent_driver
-from car_racing.backends import Backend, backend_session, connect_ray
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
+from car_racing.episodes.agent import evaluate_agent, make_agent_driver
+from car_racing.episodes.backends import Backend, backend_session, connect_ray
+from car_racing.episodes.rollout import EpisodeWorkers
 from car_racing.models.ffn import num_controller_params
-from car_racing.rollout import EpisodeWorkers
 from tests.test_agent_simulator import HIDDEN, LATENT, tiny_checkpoints  # noqa: F401 (fixture)
 
 ray = pytest.importorskip("ray")

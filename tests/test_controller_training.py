@@ -10,17 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing.agent import checkpoint_paths
-from car_racing.cli import UsageError
-from car_racing.dream import (collect_start_states, dream_rollout, dream_rollout_per_candidate,
-                              iter_recorded_states, sample_with_noise)
-from car_racing.latent_cache import file_sha256
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import load_checkpoint, save_checkpoint
+from car_racing.episodes.agent import checkpoint_paths
 from car_racing.models.ffn import Controller, flat_to_population, population_actions
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE
-from car_racing.recorded_data import load_memory_sequences
-from car_racing.runtime import load_checkpoint, save_checkpoint
-from car_racing.train_controller_cmaes import Args, LinearFit, bc_targets, linear_to_flat, main
+from car_racing.recording.latent_cache import file_sha256
+from car_racing.recording.recorded_data import load_memory_sequences
+from car_racing.train_controller_cmaes import Args, main
+from car_racing.training.dream import (
+    collect_start_states,
+    dream_rollout,
+    dream_rollout_per_candidate,
+    iter_recorded_states,
+    sample_with_noise,
+)
+from car_racing.training.imitation import LinearFit, bc_targets, linear_to_flat
 
 LATENT, HIDDEN = 8, 16
 TINY_VAE = dict(latent_size=LATENT, encoder_channels=(4, 4, 4, 8), dense_size=32, decoder_channels=(4, 4, 4))
@@ -279,7 +285,7 @@ def test_real_mode_scores_candidates_in_the_real_env(tmp_path, tiny_data_dir):
 def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data_dir, monkeypatch, initial_wins):
     # In the dream CMA can drift to a policy M overrates; the warm start (here all zeros) is real-checked
     # at generation 0 and the checkpoint keeps it unless a later check scores at least as well.
-    import car_racing.train_controller_cmaes as cmaes
+    import car_racing.training.cmaes_run as cmaes
 
     checked = []
 
@@ -304,7 +310,7 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
 
 
 def test_paper_preset_sets_the_protocol_and_flags_given_win():
-    from car_racing.cli import parse_args, preset_args
+    from car_racing.common.cli import parse_args, preset_args
 
     paper = parse_args(Args, ["--preset", "paper"])
     assert (paper.mode, paper.population, paper.real_trials, paper.rollout_steps) == ("real", 64, 16, 1000)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from car_racing import demo
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
 
 # Every stage on the smallest settings that still run the real code paths (in-process, 1 worker).
 TINY = {
@@ -55,7 +55,7 @@ def test_tiny_demo_writes_only_into_its_run_folder(tmp_path, monkeypatch, capsys
         assert name in files
     out = capsys.readouterr().out
     assert "score: " in out and f"everything is in {run_dir}" in out
-    from car_racing.runtime import load_checkpoint
+    from car_racing.common.runtime import load_checkpoint
 
     training = load_checkpoint(run_dir / "loop/best/control_model_cmaes.pth", "controller")["training"]
     assert training["dream_trained"]  # the demo's agent never saw an expert label

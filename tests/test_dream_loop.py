@@ -8,18 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
 
-from car_racing import dream, dream_loop, evaluate_world_model
-from car_racing.cli import UsageError
-from car_racing.dream import DreamNoise, dream_rollout, dream_rollout_per_candidate
-from car_racing.latent_cache import load_or_build_latents
+from car_racing import dream_loop, evaluate_world_model
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import load_checkpoint
 from car_racing.models.ffn import flat_to_population
 from car_racing.models.mdn_rnn import MDNRNN, head_dropout_mask
-from car_racing.recorded_data import load_recorded
-from car_racing.runtime import load_checkpoint
+from car_racing.recording.latent_cache import load_or_build_latents
+from car_racing.recording.recorded_data import load_recorded
 from car_racing.train_controller_cmaes import Args as ControllerArgs
 from car_racing.train_controller_cmaes import main as train_controller
-from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
+from car_racing.training import dream
+from car_racing.training.dream import DreamNoise, dream_rollout, dream_rollout_per_candidate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -214,9 +215,10 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
 
 
 def test_appended_episodes_encode_only_the_new_frames(tmp_path, monkeypatch):
-    from car_racing import latent_cache
     from conftest import write_synthetic_recording
-    from car_racing.recorded_data import EpisodeStore, RecordedEpisode
+
+    from car_racing.recording import latent_cache
+    from car_racing.recording.recorded_data import EpisodeStore, RecordedEpisode
 
     paths = write_tiny_checkpoints(tmp_path / "tiny")
     data_dir = tmp_path / "data"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing.agent import evaluate_agent, load_agent_models
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import load_checkpoint, save_checkpoint
+from car_racing.episodes.agent import evaluate_agent, load_agent_models
 from car_racing.export_checkpoints import Args, main
-from car_racing.latent_cache import file_sha256
-from car_racing.runtime import load_checkpoint, save_checkpoint
+from car_racing.recording.latent_cache import file_sha256
 from tests.test_agent_simulator import write_tiny_checkpoints
 
 

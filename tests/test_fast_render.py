@@ -13,9 +13,9 @@ import gymnasium
 import numpy as np
 import pytest
 
-from car_racing import envs, fast_render
-from car_racing.envs import make_env
-from car_racing.fast_render import UnverifiedVersion, is_fast_render_installed
+from car_racing.world import envs, fast_render
+from car_racing.world.envs import make_env
+from car_racing.world.fast_render import UnverifiedVersion, is_fast_render_installed
 
 
 class ScriptedDriver:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing import recorded_data as rd
-from car_racing.cli import UsageError, build_parser, parse_args
-from car_racing.runtime import build_model, load_checkpoint, save_checkpoint
+from car_racing.common.cli import UsageError, build_parser, parse_args
+from car_racing.common.runtime import build_model, load_checkpoint, save_checkpoint
+from car_racing.recording import recorded_data as rd
 
 
 @dataclasses.dataclass

@@ -11,17 +11,24 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
-
-from car_racing import drivers, human_input, recorded_frames
-from car_racing.cli import UsageError
-from car_racing.drivers import RandomDriver
-from car_racing.envs import make_env
-from car_racing.human_input import (GAS_RAMP, STEER_RAMP, STEER_RETURN, STICK_DEAD_ZONE, GamepadInput,
-                                    KeyboardInput)
-from car_racing.recorded_data import load_recorded, preprocess_frame
-from car_racing.rollout import run_episode
-from car_racing.viewer import DrivingView, action_bars
 from test_recording import ScriptedEvents
+
+from car_racing import recorded_frames
+from car_racing.common.cli import UsageError
+from car_racing.episodes.rollout import run_episode
+from car_racing.recording.recorded_data import load_recorded, preprocess_frame
+from car_racing.world import drivers, human_input
+from car_racing.world.drivers import RandomDriver
+from car_racing.world.envs import make_env
+from car_racing.world.human_input import (
+    GAS_RAMP,
+    STEER_RAMP,
+    STEER_RETURN,
+    STICK_DEAD_ZONE,
+    GamepadInput,
+    KeyboardInput,
+)
+from car_racing.world.viewer import DrivingView, action_bars
 
 REPO = Path(__file__).resolve().parent.parent
 DOWN, UP = pygame.KEYDOWN, pygame.KEYUP
@@ -204,7 +211,7 @@ def test_the_full_resolution_view_changes_no_observation_or_reward():
 
 
 def test_the_recorder_starts_without_torch():
-    code = "import sys, car_racing.recorded_frames, car_racing.viewer, car_racing.human_input, car_racing.video; " \
+    code = "import sys, car_racing.recorded_frames, car_racing.world.viewer, car_racing.world.human_input, car_racing.common.video; " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing.autopilot import AutopilotDriver
-from car_racing.cli import UsageError
-from car_racing.envs import make_env
-from car_racing.imitation import make_dagger_driver, run_dagger
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import load_checkpoint
+from car_racing.episodes.rollout import run_episode
 from car_racing.models.ffn import num_controller_params
-from car_racing.rollout import run_episode
-from car_racing.runtime import load_checkpoint
 from car_racing.train_controller_cmaes import Args, main
+from car_racing.training.imitation import make_dagger_driver, run_dagger
+from car_racing.world.autopilot import AutopilotDriver
+from car_racing.world.envs import make_env
 from tests.test_agent_simulator import HIDDEN, LATENT, write_tiny_checkpoints
 
 NUM_PARAMS = num_controller_params(LATENT, HIDDEN)

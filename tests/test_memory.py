@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing import latent_cache, train_memory, visualize_memory_prediction
-from car_racing.cli import UsageError
-from car_racing.models.mdn_rnn import MDNOutput, MDNRNN, mdn_loss
+from car_racing import train_memory, visualize_memory_prediction
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import load_checkpoint, save_checkpoint
+from car_racing.models.mdn_rnn import MDNRNN, MDNOutput, mdn_loss
 from car_racing.models.vae import VAE
-from car_racing.recorded_data import RecordedData
-from car_racing.runtime import load_checkpoint, save_checkpoint
+from car_racing.recording import latent_cache
+from car_racing.recording.recorded_data import RecordedData
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -150,7 +151,7 @@ def test_latent_cache_rebuilt_when_v_changes(tiny_data_dir, tmp_path, monkeypatc
     mu, logvar = latent_cache.load_or_build_latents(tiny_data_dir, vision, "cpu", batch_size=32, progress=False)
     assert mu.shape == logvar.shape == (95, 8) and mu.dtype == np.float32 and len(calls) == 1
     assert (tiny_data_dir / latent_cache.LATENTS_FILE).is_file()
-    from car_racing.recorded_data import load_recorded
+    from car_racing.recording.recorded_data import load_recorded
     frames = torch.from_numpy(load_recorded(tiny_data_dir).frames[:5]).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         np.testing.assert_allclose(mu[:5], vae.encode(frames)[0].numpy(), rtol=1e-4, atol=1e-5)

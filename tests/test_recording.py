@@ -1,4 +1,4 @@
-"""Stage 1: car_racing/recorded_frames.py (recording), car_racing/drivers.py (random and human drivers)."""
+"""Stage 1: car_racing/recorded_frames.py (recording), car_racing/world/drivers.py (random and human drivers)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,29 @@ import numpy as np
 import pygame
 import pytest
 
-from car_racing import drivers, recorded_frames
-from car_racing.cli import UsageError
-from car_racing.envs import make_env
-from car_racing.recorded_data import (ACTIONS_FILE, ARRAY_FILES, DONES_FILE, FRAMES_FILE, META_FILE, PENDING_DIR,
-                                      REWARDS_FILE, SEQ_ACTIONS_FILE, SEQ_DONES_FILE, SEQ_INDICES_FILE,
-                                      SEQ_REWARDS_FILE, EpisodeStore, RecordedEpisode, load_memory_sequences,
-                                      load_recorded, preprocess_frame)
-from car_racing.rollout import EndSession
+from car_racing import recorded_frames
+from car_racing.common.cli import UsageError
+from car_racing.episodes.rollout import EndSession
+from car_racing.recording.recorded_data import (
+    ACTIONS_FILE,
+    ARRAY_FILES,
+    DONES_FILE,
+    FRAMES_FILE,
+    META_FILE,
+    PENDING_DIR,
+    REWARDS_FILE,
+    SEQ_ACTIONS_FILE,
+    SEQ_DONES_FILE,
+    SEQ_INDICES_FILE,
+    SEQ_REWARDS_FILE,
+    EpisodeStore,
+    RecordedEpisode,
+    load_memory_sequences,
+    load_recorded,
+    preprocess_frame,
+)
+from car_racing.world import drivers
+from car_racing.world.envs import make_env
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 60
@@ -348,9 +363,9 @@ def test_append_with_a_corrupt_pending_episode_is_a_usage_error(recorded_copy):
 def test_the_agent_records_its_own_episodes_with_exploration_noise(tmp_path):
     from test_agent_simulator import write_tiny_checkpoints
 
-    from car_racing.agent import ExploringAgent, make_agent_driver
-    from car_racing.envs import make_env
-    from car_racing.rollout import run_episode
+    from car_racing.episodes.agent import ExploringAgent, make_agent_driver
+    from car_racing.episodes.rollout import run_episode
+    from car_racing.world.envs import make_env
 
     checkpoints = tmp_path / "ck"
     write_tiny_checkpoints(checkpoints)

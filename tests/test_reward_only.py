@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from car_racing.runtime import load_checkpoint
-from car_racing.train_controller_cmaes import main as train_controller
-from test_dream_loop import controller_args
 from test_controller_training import write_tiny_checkpoints
+from test_dream_loop import controller_args
+
+from car_racing.common.runtime import load_checkpoint
+from car_racing.train_controller_cmaes import main as train_controller
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,7 +57,7 @@ def test_an_expert_labelled_lineage_is_not_reward_only(tmp_path, tiny_data_dir):
 
 def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path, tiny_data_dir, monkeypatch):
     from car_racing import select_controller
-    from car_racing.cli import UsageError
+    from car_racing.common.cli import UsageError
 
     write_tiny_checkpoints(tmp_path)
     run = train_controller(controller_args(tmp_path, tiny_data_dir, init="zero", generations=2, eval_every=1))
@@ -73,7 +73,9 @@ def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path
     torch.testing.assert_close(saved["best_params"], kept["params"].astype("float64"))
 
     # a rerun reuses the saved returns (an interrupted selection continues, it does not drive again)
-    monkeypatch.setattr(select_controller, "RealFitness", lambda *a, **k: pytest.fail("drove again"))
+    from car_racing.training import fitness
+
+    monkeypatch.setattr(fitness, "RealFitness", lambda *a, **k: pytest.fail("drove again"))
     assert select_controller.main(args)["kept"] == record["kept"]
 
     saved.pop("checked")
@@ -93,8 +95,8 @@ class _Standing:
 
 
 def test_a_stalled_training_episode_ends_early_and_says_so():
-    from car_racing.envs import make_env
-    from car_racing.rollout import run_episode
+    from car_racing.episodes.rollout import run_episode
+    from car_racing.world.envs import make_env
 
     env = make_env()
     try:

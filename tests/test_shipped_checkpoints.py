@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing.agent import evaluate_agent, load_agent_models
-from car_racing.latent_cache import file_sha256
-from car_racing.runtime import checkpoint_paths, load_checkpoint
+from car_racing.common.runtime import checkpoint_paths, load_checkpoint
+from car_racing.episodes.agent import evaluate_agent, load_agent_models
+from car_racing.recording.latent_cache import file_sha256
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
 DREAM = SHIPPED / "dream"  # the agent whose C was trained only in M's dream

@@ -9,12 +9,12 @@ import torch
 
 from car_racing import car_racing_gameplay_simulator as simulator
 from car_racing import visualize_memory_prediction
-from car_racing.agent import evaluate_agent
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import load_model
+from car_racing.common.video import upscale
+from car_racing.episodes.agent import evaluate_agent
 from car_racing.models.vae import frames_to_tensor
-from car_racing.recorded_data import load_recorded
-from car_racing.runtime import load_model
-from car_racing.video import upscale
+from car_racing.recording.recorded_data import load_recorded
 from tests.test_agent_simulator import tiny_checkpoints, write_tiny_checkpoints  # noqa: F401 (fixture)
 
 GAP = 4  # white pixels between the strip's frames (and rows)

@@ -1,9 +1,9 @@
-"""car_racing/video.py: every MP4 is H.264 yuv420p (plays in browsers), written atomically."""
+"""car_racing/common/video.py: every MP4 is H.264 yuv420p (plays in browsers), written atomically."""
 
 import numpy as np
 import pytest
 
-from car_racing.video import VideoWriter, video_codec, video_info, write_video
+from car_racing.common.video import VideoWriter, video_codec, video_info, write_video
 
 
 def test_written_video_decodes_as_h264_yuv420p_with_every_frame(tmp_path):
@@ -38,7 +38,7 @@ def test_video_writer_scales_and_refuses_a_size_change(tmp_path):
 def test_write_gif_with_one_shared_palette(tmp_path):
     from PIL import Image
 
-    from car_racing.video import write_gif
+    from car_racing.common.video import write_gif
 
     frames = [np.full((20, 30, 3), (10 * i, 200 - 10 * i, 90), np.uint8) for i in range(8)]
     assert write_gif(tmp_path / "a.gif", frames, fps=25, colors=16) == 8

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from car_racing import train_vision, visualize_vision_model, visualize_vision_video
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import checkpoint_paths, load_checkpoint, load_model, save_checkpoint
+from car_racing.common.video import video_info, write_video
 from car_racing.models.vae import VAE, frames_to_tensor, kl_per_image, vae_loss
-from car_racing.recorded_data import load_recorded
-from car_racing.runtime import checkpoint_paths, load_checkpoint, load_model, save_checkpoint
-from car_racing.video import video_info, write_video
+from car_racing.recording.recorded_data import load_recorded
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pygame
 import pytest
 
-from car_racing import viewer
-from car_racing.agent import evaluate_agent, make_agent_driver
 from car_racing.car_racing_gameplay_simulator import Args, main
+from car_racing.episodes.agent import evaluate_agent, make_agent_driver
+from car_racing.world import viewer
 from tests.test_agent_simulator import tiny_checkpoints  # noqa: F401  (fixture)
 from tests.test_recording import ScriptedEvents
 

@@ -153,3 +153,8 @@ def frames_to_tensor(frames: np.ndarray | torch.Tensor, device: torch.device | s
 
 
 __all__ = ["VAE", "vae_loss", "kl_per_image", "frames_to_tensor"]
+
+
+def to_images(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, 64, 64) float in [0, 1] → uint8 (B, 64, 64, 3)."""
+    return (x.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -18,15 +18,17 @@ torch is imported inside the functions that need it, so scripts that never touch
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
@@ -37,6 +39,7 @@ STAGE_SCRIPTS = {
     "memory": "car_racing/train_memory.py",
     "controller": "car_racing/train_controller_cmaes.py",
 }
+MEMORY_LATEST_FILE = "memory_model_latest.pth"  # train_memory.py's resumable latest epoch (beside the best)
 # The file each stage writes in a checkpoint folder (the best model; resumable states sit beside it).
 CHECKPOINT_FILES = {
     "vision": "vision_model.pth",
@@ -183,3 +186,29 @@ def plot_curves(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes a hard link to ``source`` (a copy where links are impossible), atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+
+
+# --- the stages: each returns a dict of results for the loop state -----------------------------------------
+
+
+def no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.no_grad()`` around ``fn``, importing torch only when it is called (so a script's ``--help``
+    never loads torch)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper

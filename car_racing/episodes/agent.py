@@ -7,8 +7,8 @@ At real-env step t (h_0 = c_0 = 0)::
     a_t     = C(z_t, h_t)                            # the env may receive a smoothed version, â_t
     (h_{t+1}, c_{t+1}) = M.step(z_t, â_t, (h_t, c_t))  # M sees the action really applied (â_t = a_t unsmoothed)
 
-:class:`Agent` is a :class:`car_racing.rollout.Driver`; :func:`evaluate_agent` runs it through
-:func:`car_racing.rollout.run_episodes` (the one real-env loop), optionally in worker processes.
+:class:`Agent` is a :class:`car_racing.episodes.rollout.Driver`; :func:`evaluate_agent` runs it through
+:func:`car_racing.episodes.rollout.run_episodes` (the one real-env loop), optionally in worker processes.
 Each model is rebuilt from its checkpoint's ``model_args``: no sizes are re-declared here.
 """
 
@@ -22,12 +22,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from car_racing.cli import UsageError
-from car_racing.drivers import ACTION_HIGH, ACTION_LOW
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import STAGE_SCRIPTS, checkpoint_paths, load_model, resolve_device
+from car_racing.episodes.rollout import Backend, EpisodeResult, run_episodes
 from car_racing.models.ffn import Controller
-from car_racing.recorded_data import preprocess_frame
-from car_racing.rollout import Backend, EpisodeResult, run_episodes
-from car_racing.runtime import STAGE_SCRIPTS, checkpoint_paths, load_model, resolve_device
+from car_racing.world.drivers import ACTION_HIGH, ACTION_LOW
+from car_racing.world.envs import preprocess_frame
+
 
 def check_compatible(vae: torch.nn.Module, mdnrnn: torch.nn.Module, controller: Controller,
                      paths: dict[str, Path]) -> None:
@@ -160,7 +161,7 @@ def iter_agent_episodes(checkpoint_dir: str | os.PathLike, seeds: Sequence[int],
     The checkpoints are loaded and checked before the first env or worker starts (one UsageError if a
     file is missing or unfit). In-process (``workers == 1``) the agent runs with 1 torch thread (batch-1
     inference is fastest that way on CPU; the previous setting is restored after); with ``workers > 1``
-    each spawned worker loads its own agent once and uses 1 thread (see :mod:`car_racing.rollout`); so
+    each spawned worker loads its own agent once and uses 1 thread (see :mod:`car_racing.episodes.rollout`); so
     does each Ray actor with the ray ``backend``. ``wrap`` (in-process only) turns the agent into the
     driver that runs, e.g. one that shows it in a window.
     """
@@ -190,11 +191,11 @@ def evaluate_agent(checkpoint_dir: str | os.PathLike, seeds: Sequence[int], *,
                    record_frames: bool = False, env_kwargs: dict[str, Any] | None = None,
                    backend: Backend | None = None) -> list[EpisodeResult]:
     """One real episode per seed with the agent (V + M + C from ``checkpoint_dir``, or C from
-    ``controller_params``), results in seed order; ``smoothing`` as in :func:`car_racing.rollout.smooth_action`.
+    ``controller_params``), results in seed order; ``smoothing`` as in :func:`car_racing.episodes.rollout.smooth_action`.
 
     Checkpoints are checked before any env work. With ``workers > 1`` each spawned worker loads its own
     agent once (1 torch thread each); use ``device="cpu"`` there. ``env_kwargs`` go to ``make_env``.
-    ``backend`` (default: processes) chooses where the workers run (:mod:`car_racing.backends`).
+    ``backend`` (default: processes) chooses where the workers run (:mod:`car_racing.episodes.backends`).
     """
     return list(iter_agent_episodes(checkpoint_dir, seeds, controller_params=controller_params,
                                     max_steps=max_steps, workers=workers, smoothing=smoothing, device=device,

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import atomic_path, load_checkpoint, load_model
 from car_racing.models.vae import VAE, frames_to_tensor
-from car_racing.recorded_data import META_FILE, load_recorded
-from car_racing.runtime import atomic_path, load_checkpoint, load_model
+from car_racing.recording.recorded_data import META_FILE, load_recorded
 
 LATENTS_FILE = "car_racing_latents.npz"
 CACHE_VERSION = 1

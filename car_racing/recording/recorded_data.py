@@ -31,15 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import cv2
-import gymnasium
 import numpy as np
 
-from car_racing.cli import UsageError
-from car_racing.envs import ENV_ID
-from car_racing.runtime import atomic_path
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import atomic_path
+from car_racing.world.envs import ENV_ID, FRAME_SIZE, preprocess_frame  # noqa: F401 (part of the format)
 
-FRAME_SIZE = 64
 FRAME_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
 FORMAT_VERSION = 1
 DEFAULT_SEQ_LEN = 100
@@ -61,11 +58,6 @@ ARRAY_FILES = {  # name → (file, dtype, shape after N)
     "rewards": (REWARDS_FILE, np.float32, ()),
     "dones": (DONES_FILE, np.bool_, ()),
 }
-
-
-def preprocess_frame(observation: np.ndarray) -> np.ndarray:
-    """A 96×96×3 uint8 env observation → the 64×64×3 uint8 frame every stage sees."""
-    return cv2.resize(observation, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
 
 
 @dataclass
@@ -115,7 +107,7 @@ class RecordedData:
 
 
 def new_meta() -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "env_id": ENV_ID, "gymnasium_version": gymnasium.__version__,
+    return {"format_version": FORMAT_VERSION, "env_id": ENV_ID, "gymnasium_version": _gymnasium_version(),
             "frame_shape": list(FRAME_SHAPE), "frame_resize": "cv2.INTER_AREA", "episodes": []}
 
 
@@ -307,7 +299,7 @@ class EpisodeStore:
     def commit(self) -> RecordedData:
         """Merge base data (when appending) and all pending episodes into the data folder."""
         meta = self.base.meta if self.base is not None else new_meta()
-        meta = dict(meta, episodes=list(meta["episodes"]), gymnasium_version=gymnasium.__version__)
+        meta = dict(meta, episodes=list(meta["episodes"]), gymnasium_version=_gymnasium_version())
         parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAY_FILES}
         if self.base is not None:
             for name in ARRAY_FILES:
@@ -334,3 +326,43 @@ class EpisodeStore:
             path.unlink()
         self.base = load_recorded(self.data_dir)
         return self.base
+
+
+def episode_frame_indices(episodes: list[dict[str, Any]], chosen: list[int]) -> np.ndarray:
+    """int64 indices of all recorded steps of the chosen episodes (meta ``start``/``length``)."""
+    parts = [np.arange(episodes[i]["start"], episodes[i]["start"] + episodes[i]["length"]) for i in chosen]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def pending_seeds(paths: list[Path]) -> list[int]:
+    """Seeds of episodes left in ``.pending_episodes`` by an interrupted run (merged by this --append run).
+
+    Also checks that each file is readable, so a bad leftover stops the run before any driving.
+    """
+    seeds = []
+    for path in paths:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(str(npz["meta"]))
+                frames_shape = npz["frames"].shape
+                ok = frames_shape[1:] == FRAME_SHAPE and frames_shape[0] == int(meta["length"]) >= 1
+            seeds.append(int(meta["seed"]))
+        except Exception as err:  # zip, json and key errors alike: one message
+            raise UsageError(f"{path}: unreadable pending episode ({type(err).__name__}); delete it or record "
+                             f"without --append") from None
+        if not ok:
+            raise UsageError(f"{path}: pending episode holds frames {frames_shape}, expected (length, "
+                             f"{', '.join(map(str, FRAME_SHAPE))}); delete it or record without --append")
+    return seeds
+
+
+def recorded_seeds(data_dir: str) -> set[int]:
+    """Seeds in the recording, including episodes an interrupted recorder saved but did not merge yet."""
+    seeds = {int(e["seed"]) for e in load_recorded(data_dir, mmap=True).episodes} if has_recorded_data(data_dir) else set()
+    return seeds | set(pending_seeds(pending_files(data_dir)))  # (it also checks each file)
+
+
+def _gymnasium_version() -> str:
+    from importlib.metadata import version
+
+    return version("gymnasium")

@@ -1,6 +1,6 @@
 """A scripted expert driver for CarRacing-v3 that reads the env's internal state.
 
-:class:`AutopilotDriver` follows the :class:`car_racing.rollout.Driver` protocol. It never looks at the
+:class:`AutopilotDriver` follows the :class:`car_racing.episodes.rollout.Driver` protocol. It never looks at the
 pixels: it reads ``env.unwrapped.track`` (the centre-line waypoints ``(alpha, beta, x, y)``, one every
 3.5 units, in driving order) and ``env.unwrapped.car`` (hull position, angle, velocity; wheels).
 
@@ -42,7 +42,7 @@ the episode seed draws this episode's levels (stored in :attr:`episode_info`, JS
   contains mistakes and recoveries.
 
 The same seed and ``noise`` give the same actions (the env itself is deterministic per seed too).
-Measured (``bench/bench_autopilot.py``, seeds 0–19, 1000-step limit): see the README.
+Measured (``bench/bench_autopilot.py``, seeds 0–19, 1000-step limit): see docs/stages.md.
 """
 
 from __future__ import annotations

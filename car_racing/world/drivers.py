@@ -1,8 +1,8 @@
 """Drivers for recording: random actions and a person at the keyboard or a gamepad.
 
-Both follow the :class:`car_racing.rollout.Driver` protocol (``reset(env, seed)``,
+Both follow the :class:`Driver` protocol (defined here; the rollout loop drives it) (``reset(env, seed)``,
 ``act(observation, env, step, episode_reward)`` → float32 ``[steer, gas, brake]``, attribute
-``episode_info``). The scripted expert lives in :mod:`car_racing.autopilot`.
+``episode_info``). The scripted expert lives in :mod:`car_racing.world.autopilot`.
 """
 
 from __future__ import annotations
@@ -10,15 +10,28 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 ENV_FPS = 50  # CarRacing-v3 runs at 50 steps per second (its metadata["render_fps"])
+
+
+class EndSession(Exception):
+    """Raised by a driver to stop the current episode and the session (steps so far are kept)."""
+
+
+class Driver(Protocol):
+    """What the rollout loop (:mod:`car_racing.episodes.rollout`) drives: a new episode, then one action per
+    step from the raw 96×96×3 observation."""
+
+    def reset(self, env: Any, seed: int) -> None: ...
+
+    def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray: ...
 
 
 class RandomDriver:
@@ -60,14 +73,14 @@ def check_display(flag: str = "--driver human", instead: str = "use --driver aut
 class HumanDriver:
     """A person drives, with the keyboard or a gamepad, watching the env's full-resolution view.
 
-    Input (:mod:`car_racing.human_input`): ``input_kind`` is ``auto`` (a connected gamepad, else the
+    Input (:mod:`car_racing.world.human_input`): ``input_kind`` is ``auto`` (a connected gamepad, else the
     keyboard), ``keyboard`` (arrows or WASD, steering and gas ramp while held) or ``gamepad``. The window
-    (:class:`car_racing.viewer.DrivingView`) shows the env's own 1000×800 view rotating with the car, the
+    (:class:`car_racing.world.viewer.DrivingView`) shows the env's own 1000×800 view rotating with the car, the
     64×64 frame V will see, the action's bars and a status line (seed, step, reward, the episode's reward
     against the 800 target).
 
     ``P`` (or the gamepad's Start) pauses: time stops and nothing is recorded until it is pressed again.
-    Esc or closing the window raises :class:`car_racing.rollout.EndSession`, which ends the session keeping every step so
+    Esc or closing the window raises :class:`car_racing.episodes.rollout.EndSession`, which ends the session keeping every step so
     far. :meth:`show_summary` shows an episode's result and waits for Enter/Space (gamepad: A or Start).
     ``event_source`` returns the pending events (default ``pygame.event.get``; tests inject lists).
     ``fps`` paces the session (the env's 50; 0 = as fast as possible, for tests).
@@ -81,8 +94,8 @@ class HumanDriver:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import pygame
 
-        from car_racing.human_input import GamepadInput, open_input
-        from car_racing.viewer import DrivingView, SessionKeys
+        from car_racing.world.human_input import GamepadInput, open_input
+        from car_racing.world.viewer import DrivingView, SessionKeys
 
         self._pygame = pygame
         self.fps = int(fps)
@@ -112,8 +125,8 @@ class HumanDriver:
 
     def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray:
         """Read the input until the game is not paused; the action for this step."""
-        from car_racing.recorded_data import preprocess_frame
-        from car_racing.viewer import action_bars, status_text
+        from car_racing.world.envs import preprocess_frame
+        from car_racing.world.viewer import action_bars, status_text
 
         inset = preprocess_frame(observation)
         step_reward = episode_reward - self._previous_reward if step > 0 else 0.0

@@ -1,6 +1,6 @@
 """Where real-env work runs: worker processes on this machine, or Ray actors on one machine or a cluster.
 
-:mod:`car_racing.rollout` owns this choice for every script: a script only turns its ``--backend`` and
+:mod:`car_racing.episodes.rollout` owns this choice for every script: a script only turns its ``--backend`` and
 ``--ray-address`` flags into a :class:`Backend` and wraps its ``main`` in :func:`backend_session`.
 
 A :class:`WorkerPool` starts ``workers`` workers. Each builds its state **once** with
@@ -14,7 +14,7 @@ Backends:
 - ``processes`` (default): ``workers`` spawned processes on this machine (``workers == 1``: this process).
 - ``ray``: ``workers`` Ray actors of 1 CPU each. ``--ray-address ""`` starts a local Ray with ``workers``
   CPUs; ``auto`` or ``HOST:PORT`` joins a running cluster (``ray start --head`` / ``ray start --address``;
-  see the README's "Past one machine: Ray"). The actors import this repository from the path it has on
+  see docs/scaling-with-ray.md). The actors import this repository from the path it has on
   this host, so every node needs the repository and the virtual environment at the same paths.
 
 Both backends give bit-identical results: a job depends only on its inputs (an episode on its seed
@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from car_racing.cli import UsageError
+from car_racing.common.cli import UsageError
 
 BACKENDS = ("processes", "ray")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RAY_CONNECT_TIMEOUT_S = 5.0  # a bad --ray-address fails within this (Ray itself retries for minutes)
 RAY_JOBS_IN_FLIGHT = 2  # jobs queued on each actor: the next one starts without a round trip to the driver
 PROCESS_POOL_RESTARTS = 3  # restarts of a broken process pool in a row with no job finished in between

@@ -14,8 +14,8 @@ al. 2011) asks the expert what it *would* do in the states C itself reaches:
 - after each round C is refitted on the aggregate of every round's ``([z_t, h_t], expert action)`` pairs.
 
 Labels are always the clean expert's action, even where a noisy expert or C drove. M is stepped with
-the action the env really received, exactly as when C drives alone (:class:`car_racing.agent.Agent`).
-All episodes run through :func:`car_racing.rollout.run_episodes` (the one real-env loop).
+the action the env really received, exactly as when C drives alone (:class:`car_racing.episodes.agent.Agent`).
+All episodes run through :func:`car_racing.episodes.rollout.run_episodes` (the one real-env loop).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from car_racing.agent import Agent, load_agent_models
-from car_racing.autopilot import AutopilotDriver
-from car_racing.rollout import Backend, run_episodes
-from car_racing.runtime import resolve_device
+from car_racing.common.runtime import resolve_device
+from car_racing.episodes.agent import Agent, load_agent_models
+from car_racing.episodes.rollout import Backend, run_episodes
+from car_racing.world.autopilot import AutopilotDriver
 
 
 def bc_targets(actions: np.ndarray | torch.Tensor, eps: float = 0.02) -> torch.Tensor:

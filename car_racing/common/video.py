@@ -29,8 +29,8 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 
-from car_racing.cli import UsageError
-from car_racing.runtime import atomic_path
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import atomic_path
 
 CODEC = "libx264"  # H.264
 PIXEL_FORMAT = "yuv420p"  # the chroma layout every H.264 decoder (browsers included) plays
@@ -218,7 +218,7 @@ def video_codec(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def check_strip_args(strip: str | os.PathLike | None, frames: int, scale: int) -> None:
-    """One-line :class:`car_racing.cli.UsageError` for a bad ``--strip`` / ``--strip-frames`` / ``--strip-scale``."""
+    """One-line :class:`car_racing.common.cli.UsageError` for a bad ``--strip`` / ``--strip-frames`` / ``--strip-scale``."""
     if strip is not None and Path(strip).suffix.lower() != ".png":
         raise UsageError(f"--strip {strip}: expected a path ending in .png")
     if frames < 1:

@@ -5,7 +5,7 @@ observation. :func:`full_resolution_frame` asks the env to draw that surface onc
 ``render_mode="human"`` window does (with the skid marks, which the observation leaves out) and returns
 it: a pure drawing call that reads the simulation and changes nothing in it, so observations, rewards
 and recorded data are byte-for-byte the same with or without a window (tests/test_viewer.py checks it).
-It costs one extra draw, about 4 ms per step with :mod:`car_racing.fast_render`.
+It costs one extra draw, about 4 ms per step with :mod:`car_racing.world.fast_render`.
 
 :class:`DrivingView` shows that frame in a resizable window with
 
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from car_racing.rollout import EndSession
+from car_racing.world.drivers import EndSession
 
 FULL_SIZE = (1000, 800)  # CarRacing's WINDOW_W × WINDOW_H
 STATUS_HEIGHT = 34
@@ -80,7 +80,7 @@ class DrivingView:
     """A resizable pygame window: full-resolution env frame, 64×64 inset, status line, bars, messages.
 
     Opens the window at 1000×(800 + status line), scaled down to fit the desktop when it is smaller.
-    ``pygame.display`` must be usable (see :func:`car_racing.drivers.check_display`).
+    ``pygame.display`` must be usable (see :func:`car_racing.world.drivers.check_display`).
     """
 
     def __init__(self, title: str) -> None:
@@ -266,7 +266,7 @@ class WatchedDriver:
             self._clock.tick(self.fps)
 
     def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray:
-        from car_racing.recorded_data import preprocess_frame
+        from car_racing.world.envs import preprocess_frame
 
         inset = preprocess_frame(observation)
         self.keys.read(self.event_source())

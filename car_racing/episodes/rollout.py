@@ -13,9 +13,9 @@ received (after smoothing), so the memory sees what happened rather than what wa
 parameters (the agent's controller) may define ``set_params(flat)`` to drive as another candidate
 (:meth:`EpisodeWorkers.run` with ``candidates``).
 
-**Where episodes run** is chosen here, for every script: a :class:`~car_racing.backends.Backend`
+**Where episodes run** is chosen here, for every script: a :class:`~car_racing.episodes.backends.Backend`
 (``--backend processes|ray``, ``--ray-address``) passed to :func:`run_episodes` or
-:class:`EpisodeWorkers` (see :mod:`car_racing.backends`: worker processes on this machine, or Ray
+:class:`EpisodeWorkers` (see :mod:`car_racing.episodes.backends`: worker processes on this machine, or Ray
 actors on a cluster; identical results either way; a dead worker is replaced and its episodes run again).
 """
 
@@ -23,23 +23,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from car_racing.backends import Backend, WorkerPool, backend_session, uses_backend  # noqa: F401 (the scripts' entry)
-from car_racing.envs import make_env
-from car_racing.recorded_data import preprocess_frame
-
-
-class EndSession(Exception):
-    """Raised by a driver to stop the current episode and the session (steps so far are kept)."""
-
-
-class Driver(Protocol):
-    def reset(self, env: Any, seed: int) -> None: ...
-
-    def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray: ...
+from car_racing.episodes.backends import Backend, WorkerPool, backend_session, uses_backend  # noqa: F401 (the scripts' entry)
+from car_racing.world.drivers import Driver, EndSession  # noqa: F401 (the loop's protocol)
+from car_racing.world.envs import make_env, preprocess_frame
 
 
 @dataclass
@@ -128,7 +118,7 @@ def run_episode(env: Any, driver: Driver, seed: int, max_steps: int, *, smoothin
     )
 
 
-# --- workers: processes or Ray actors (car_racing.backends) ---------------------------------------------
+# --- workers: processes or Ray actors (car_racing.episodes.backends) ---------------------------------------------
 
 def _episode_worker(make_driver: Callable[[], Driver], env_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"driver": make_driver(), "env": make_env(**env_kwargs)}

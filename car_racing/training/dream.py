@@ -12,20 +12,7 @@ Two parts:
   candidates (the straightforward step: ``M.step``, :func:`population_actions`,
   :func:`sample_with_noise`, one candidate at a time) used by the benchmark and the tests.
 
-The batched path (``fused=True``, the default) runs the same dream with M's weights rearranged once
-per M (:class:`FusedDreamWeights`, cached while M's parameters are unchanged), so a time step is
-three matrix products and a few element-wise passes over a state ``[z_t, h_t, 1, 1, a_t]``: the
-LSTM's two products and its biases are one product (gate rows ordered i, f, o, g); the MDN, reward
-and done heads are one product; ``tanh(x)`` is computed as ``2·sigmoid(2x) − 1`` (PyTorch's CPU
-``tanh`` is ~6× slower than its ``sigmoid``; the two agree to ~1e-7); the mixture components are
-chosen on a (K, L) layout from an unnormalised CDF (a softmax over a last dimension of size K = 5 is
-~20× slower on CPU); C runs as ``bmm(W, x^T)``. In float32 it gives the per-candidate loop's fitness
-up to float rounding. ``dtype=torch.bfloat16`` runs the LSTM and MDN-head products in bfloat16
-(float32 accumulation inside the product, the result rounded to bfloat16; biases carried in two
-bfloat16 parts, ~16 significant bits) and keeps everything else in float32: the LSTM cell state c,
-h, the reward and done heads, C, the sampling and the fitness sum. It is ~2× faster on CPUs with
-bfloat16 instructions (AVX512-BF16/AMX) and changes fitness by about 1% of a dream's size per trial
-(bench/bench_dream.py and the tests compare it with float32); without such instructions it is slower.
+The batched path (``fused=True``, the default) is a faster form of the same dream (:class:`FusedDreamWeights`).
 
 Dream semantics (both paths):
 
@@ -298,6 +285,21 @@ class FusedDreamWeights:
     over the two constant columns as ``b_hi = bf16(b)``, ``b_lo = bf16(b − b_hi)`` (the product
     accumulates in float32, so the biases keep ~16 significant bits); the reward and done rows
     (``reward_done``, (2, H+2)) stay float32.
+
+    The batched path (``fused=True``, the default) runs the same dream with M's weights rearranged once per M
+    (:class:`FusedDreamWeights`, cached while M's parameters are unchanged), so a time step is three matrix
+    products and a few element-wise passes over a state ``[z_t, h_t, 1, 1, a_t]``: the LSTM's two products and
+    its biases are one product (gate rows ordered i, f, o, g); the MDN, reward and done heads are one product;
+    ``tanh(x)`` is computed as ``2·sigmoid(2x) − 1`` (PyTorch's CPU ``tanh`` is ~6× slower than its
+    ``sigmoid``; the two agree to ~1e-7); the mixture components are chosen on a (K, L) layout from an
+    unnormalised CDF (a softmax over a last dimension of size K = 5 is ~20× slower on CPU); C runs as ``bmm(W,
+    x^T)``. In float32 it gives the per-candidate loop's fitness up to float rounding.
+    ``dtype=torch.bfloat16`` runs the LSTM and MDN-head products in bfloat16 (float32 accumulation inside the
+    product, the result rounded to bfloat16; biases carried in two bfloat16 parts, ~16 significant bits) and
+    keeps everything else in float32: the LSTM cell state c, h, the reward and done heads, C, the sampling and
+    the fitness sum. It is ~2× faster on CPUs with bfloat16 instructions (AVX512-BF16/AMX) and changes fitness
+    by about 1% of a dream's size per trial (bench/bench_dream.py and the tests compare it with float32);
+    without such instructions it is slower.
     """
 
     def __init__(self, mdnrnn: Any, dtype: torch.dtype | str = torch.float32):

@@ -1,0 +1,364 @@
+"""One CMA-ES run of the controller C: the models it trains against (:class:`Setup`), its state saved
+every generation (:class:`Run`: ask, score, tell, real-check, save) and the record of how C was made
+(:func:`training_record`). ``train_controller_cmaes.py`` composes a warm start
+(:mod:`car_racing.training.warm_starts`) and a fitness source (:mod:`car_racing.training.fitness`) with it.
+
+**Real-env checks.** Every ``--eval-every`` generations the generation's best candidate and CMA's mean
+each drive ``--eval-episodes`` real episodes on the fixed seeds ``eval-seed-base, eval-seed-base + 1, …``
+(the same tracks every time, so scores compare across generations). A new run first checks CMA's
+initial mean (generation 0), so the warm start competes too. The checkpoint's ``model_state`` holds the
+parameters with the best mean real score so far (a tie goes to the later check); with no check, CMA's
+current mean (``model_source`` says which). The checks only choose what to keep: they are never fitness.
+
+**Resume.** The checkpoint is written atomically after every generation with the CMA-ES state, the
+generation, the RNG states, the history and the best parameters, so a resumed run continues the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import (
+    atomic_path,
+    build_model,
+    checkpoint_paths,
+    load_checkpoint,
+    plot_curves,
+    resolve_device,
+)
+from car_racing.episodes.rollout import Backend
+from car_racing.models.ffn import Controller, num_controller_params
+from car_racing.models.mdn_rnn import MDNRNN
+from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
+from car_racing.recording.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
+from car_racing.training.dream import RecordedStates, start_pool
+from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, RealFitness
+from car_racing.training.imitation import LinearFit, bc_targets
+
+PLOT_FILE = "control_model_cmaes.png"
+PLOT_EVERY = 10  # the PNG is also rewritten at every real-env check and at the end
+
+
+def bc_visitor(fit: LinearFit, eps: float):
+    """A :func:`collect_start_states` ``visit`` callback adding every recorded (z_t, h_t) → a_t to ``fit``."""
+    def visit(batch: RecordedStates) -> None:
+        x = torch.cat([batch.z, batch.h], dim=-1).reshape(-1, batch.z.shape[-1] + batch.h.shape[-1])
+        fit.add(x, bc_targets(batch.actions.reshape(-1, batch.actions.shape[-1]).cpu(), eps))
+    return visit
+
+
+def save_run_checkpoint(checkpoint: dict, path: Path) -> None:
+    """:func:`car_racing.common.runtime.save_checkpoint` with pickle protocol 5: the tens of MB of CMA-ES state
+    (bytes) are written about 5× faster than with torch's default protocol (this runs every generation)."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp, pickle_protocol=5)
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, numpy (global: pycma uses it besides its own ``randn``) and torch RNG states."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+
+
+def make_es(x0: np.ndarray, args: Any):
+    import cma
+
+    options = {"popsize": args.population, "seed": args.seed + 1,  # pycma: seed 0 would mean "time"
+               "verbose": -9, "randn": np.random.RandomState(args.seed % 2**32).randn}
+    if args.cma_diagonal:
+        options["CMA_diagonal"] = True
+    return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=np.float64), args.sigma0, options)
+
+
+def real_score(params: np.ndarray, args: Any, episodes: RealFitness) -> tuple[float, float]:
+    """Mean and std of real-env returns of C(params) on the fixed check seeds, in the run's workers."""
+    seeds = [args.eval_seed_base + i for i in range(args.eval_episodes)]
+    return episodes.score(params, seeds, args.eval_max_steps, args.smoothing)
+
+
+def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
+    label = "dream" if mode == "dream" else "real-env training"
+    curves = {f"{label} fitness, best candidate": history["fitness_best"],
+              f"{label} fitness, population mean": history["fitness_mean"]}
+    x = {name: history["generation"] for name in curves}
+    if mode == "dream":
+        curves[f"{label} fitness, CMA mean"] = history["fitness_cma_mean"]
+        x[f"{label} fitness, CMA mean"] = history["generation"]
+    for key, name in (("real_best_candidate", "real score, best candidate"), ("real_cma_mean", "real score, CMA mean")):
+        curves[name] = history[key]
+        x[name] = history["eval_generation"]
+    plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
+
+
+# --- setup: the models this run trains against -------------------------------------------------------
+
+@dataclass
+class Setup:
+    """What every part of a run shares: V/M files, M itself, sizes, and (lazily) the dream start pool."""
+
+    args: Any
+    device: torch.device
+    checkpoint_dir: Path
+    paths: dict[str, Path]
+    mdnrnn: MDNRNN
+    reward_scale: float
+    models_used: dict
+    sizes: tuple[int, int, int]
+    pool: Any = None  # StartStates on ``device`` once loaded (dream fitness, --init bc)
+    real: RealFitness | None = None  # the run's real-env workers, started at first use (close_real ends them)
+
+    def real_episodes(self) -> RealFitness:
+        """The workers of every real episode of the run after the warm start (--mode real fitness, checks)."""
+        if self.real is None:
+            self.real = RealFitness(str(self.checkpoint_dir), self.num_params, self.args.workers,
+                                    Backend.from_args(self.args))
+        return self.real
+
+    def close_real(self) -> None:
+        if self.real is not None:
+            self.real.close()
+            self.real = None
+
+    def load_start_pool(self, fit: LinearFit | None = None) -> None:
+        """Fill ``setup.pool`` with ``--start-states`` recorded (z, h) states (M run over the recorded windows);
+        with ``fit``, every recorded (z, h) → action pair is added to it in the same pass (--init bc)."""
+        setup, args, mdnrnn = self, self.args, self.mdnrnn
+        mu, _ = load_or_build_latents(args.data_dir, setup.paths["vision"], setup.device, args.batch_size,
+                                      progress=args.progress)
+        if mu.shape[1] != mdnrnn.latent_size:
+            raise UsageError(f"{setup.paths['memory']}: M expects latent size {mdnrnn.latent_size} but V encodes "
+                             f"{mu.shape[1]}; rerun car_racing/train_memory.py")
+        sequences = load_memory_sequences(args.data_dir)
+        if len(sequences.indices) == 0:
+            raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
+        started = time.time()
+        episode_starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
+        pool = start_pool(args.dream_start, mdnrnn, mu, sequences.indices, sequences.actions, episode_starts,
+                          args.start_states, np.random.default_rng([args.seed, 1]), device=setup.device,
+                          batch_size=args.batch_size, visit=bc_visitor(fit, args.bc_eps) if fit else None)
+        print(f"{len(pool)} dream start states ({args.dream_start}) from {sequences.indices.size} recorded steps "
+              f"({time.time() - started:.1f}s)")
+        setup.pool = pool.to(setup.device)
+
+    @property
+    def model_args(self) -> dict:
+        return dict(zip(("latent_size", "hidden_size", "action_size"), self.sizes))
+
+    @property
+    def num_params(self) -> int:
+        return num_controller_params(*self.sizes)
+
+    @property
+    def out_path(self) -> Path:
+        return self.paths["controller"]
+
+
+def load_setup(args: Any) -> Setup:
+    """Load M (and check V beside it) from ``--checkpoint-dir``; one-line errors for missing or unfit files."""
+    device = resolve_device(args.device)
+    checkpoint_dir = Path(args.checkpoint_dir)
+    paths = checkpoint_paths(checkpoint_dir)
+    memory_checkpoint = load_checkpoint(paths["memory"], "memory")
+    mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).float().to(device).eval()
+    reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
+    load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
+    models_used = {kind: {"path": str(paths[kind]), "sha256": file_sha256(paths[kind])} for kind in ("vision", "memory")}
+    trained_on = memory_checkpoint.get("vision", {}).get("sha256")
+    if trained_on is not None and trained_on != models_used["vision"]["sha256"]:
+        raise UsageError(f"{paths['memory']}: M was trained on a different V than {paths['vision']}; "
+                         f"rerun car_racing/train_memory.py")
+    sizes = (mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
+    return Setup(args, device, checkpoint_dir, paths, mdnrnn, reward_scale, models_used, sizes)
+
+
+def training_record(args: Any, warm_start: dict | None, generation: int) -> dict:
+    """How this C was made, for a reader to check from the file: fitness source, warm start (and its own
+    record, recursively), generations, whether any expert label or real-env return shaped it, and the
+    dream's settings. ``dream_trained``: no expert labels anywhere in the lineage and no real-env return ever
+    used as fitness (real-env checks only choose what to keep). ``reward_only``: no expert labels anywhere —
+    C learnt from rewards alone, dreamt or real (the paper's setting); ``real_fitness_episodes`` counts the
+    real episodes whose returns were fitness, over the lineage."""
+    warm_start = warm_start or {"method": args.init}
+    source = warm_start.get("source_training") or {}
+    expert = bool(warm_start.get("expert_labels", args.init != "zero"))
+    real_fitness = args.mode == "real" and generation > 0 or bool(source.get("real_returns_as_fitness", False))
+    real_episodes = generation * args.population * args.real_trials if args.mode == "real" else 0
+    record = {"fitness_source": args.mode, "warm_start": args.init, "generations": generation,
+              "expert_labels": expert, "real_returns_as_fitness": real_fitness,
+              "dream_trained": not expert and not real_fitness,
+              # the paper's rule: C learnt from rewards alone (real or dreamt), no expert label anywhere in the lineage
+              "reward_only": not expert,
+              "real_fitness_episodes": real_episodes + int(source.get("real_fitness_episodes", 0)),
+              "real_checks": {"every": args.eval_every, "episodes": args.eval_episodes, "seed_base": args.eval_seed_base,
+                              "role": "choose which parameters to keep, never fitness"},
+              "total_generations": generation + int(source.get("total_generations", 0))}
+    if args.mode == "real":
+        record["real"] = {"trials": args.real_trials, "rollout_steps": args.rollout_steps, "population": args.population,
+                          "sigma0": args.sigma0, "diagonal": args.cma_diagonal, "smoothing": args.smoothing,
+                          "stall_steps": args.stall_steps,
+                          "seed_range": [args.eval_seed_base + REAL_TRAIN_SEED_OFFSET,
+                                         args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + REAL_TRAIN_SEED_RANGE]}
+    if args.mode == "dream":
+        record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
+                           "temperature": args.temperature, "dropout": args.dream_dropout,
+                           "start_states": args.start_states, "start": args.dream_start, "data_dir": args.data_dir}
+    if source:
+        record["warm_start_training"] = source
+    return record
+
+
+def validate_resume(state: dict, setup: Setup) -> None:
+    """One-line errors when a saved run cannot continue with these flags and models."""
+    args, out_path = setup.args, setup.out_path
+    if "es_state" not in state:
+        raise UsageError(f"{out_path}: holds no CMA-ES state to resume; drop --resume to start a new run")
+    for kind in ("vision", "memory"):
+        if state.get("models", {}).get(kind, {}).get("sha256") != setup.models_used[kind]["sha256"]:
+            raise UsageError(f"{out_path}: the run used a different {kind} checkpoint than {setup.paths[kind]}; "
+                             f"drop --resume to start over")
+    for key in ("population", "mode"):
+        if state["config"].get(key) != getattr(args, key):
+            raise UsageError(f"--{key} {getattr(args, key)}: the resumed run used {state['config'].get(key)}; "
+                             f"pass the same value or drop --resume")
+    if state["model_args"] != setup.model_args:
+        raise UsageError(f"{out_path}: controller sizes {state['model_args']} do not fit M {setup.model_args}")
+
+
+def warn_check_seed_overlap(args: Any) -> None:
+    if has_recorded_data(args.data_dir):
+        recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes}
+        overlap = recorded_seeds & set(range(args.eval_seed_base, args.eval_seed_base + args.eval_episodes))
+        if overlap:
+            print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
+                  f"recording seeds", file=sys.stderr)
+
+
+HISTORY_KEYS = ("generation", "fitness_best", "fitness_mean", "fitness_cma_mean", "sigma", "seconds", "eval_generation",
+                "real_best_candidate", "real_cma_mean", "real_best_candidate_std", "real_cma_mean_std")
+
+
+class Run:
+    """One CMA-ES run's state: the ES, the history, the best real-checked parameters; saved every generation."""
+
+    def __init__(self, setup: Setup, es: Any, warm_start: dict | None, generation: int = 0,
+                 history: dict | None = None, best_real_score: float | None = None,
+                 best_params: np.ndarray | None = None, model_source: str = "cma_mean (no real-env check yet)",
+                 checked: list[dict] | None = None):
+        self.setup, self.es, self.warm_start, self.generation = setup, es, warm_start, generation
+        self.history = {key: list((history or {}).get(key, [])) for key in HISTORY_KEYS}
+        self.best_real_score, self.best_params, self.model_source = best_real_score, best_params, model_source
+        # every real-checked parameter set with its check score: select_controller.py re-ranks them on more tracks
+        self.checked = list(checked or [])
+        # wall clock of the run so far (history["seconds"], per generation, across resumes): the compute it took
+        self._clock_base, self._clock_start = (self.history["seconds"] or [0.0])[-1], time.time()
+
+    @classmethod
+    def resume(cls, setup: Setup) -> "Run":
+        state = load_checkpoint(setup.out_path, "controller")
+        validate_resume(state, setup)
+        restore_rng_states(state["rng_state"])
+        print(f"resuming {setup.out_path} after generation {int(state['generation'])}")
+        return cls(setup, pickle.loads(state["es_state"]), state.get("bc"), int(state["generation"]),
+                   state["history"], state.get("best_real_score"), state.get("best_params"),
+                   state.get("model_source", "cma_mean (no real-env check yet)"), state.get("checked"))
+
+    @classmethod
+    def start(cls, setup: Setup, x0: np.ndarray, warm_start: dict | None) -> "Run":
+        """A new run from ``x0``; with checks on, the warm start is real-checked first (generation 0)."""
+        args = setup.args
+        run = cls(setup, make_es(x0, args), warm_start)
+        if args.eval_every:  # the warm start is a candidate for the best real score too
+            score, spread = real_score(x0, args, setup.real_episodes())
+            run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})", spread)
+            print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
+                  f"over {args.eval_episodes} episodes")
+        run.save()
+        return run
+
+    def keep_if_best(self, score: float, params: np.ndarray, source: str, spread: float = math.nan) -> None:
+        self.checked.append({"generation": self.generation, "source": source, "score": float(score),
+                             "std": float(spread), "params": np.asarray(params, dtype=np.float32)})
+        if self.best_real_score is None or score >= self.best_real_score:  # a tie goes to the later check
+            self.best_real_score, self.best_params = score, np.array(params, dtype=np.float64)
+            self.model_source = source
+
+    def checkpoint(self) -> dict:
+        setup, args = self.setup, self.setup.args
+        controller = Controller(*setup.sizes)
+        controller.set_flat_params(self.best_params if self.best_params is not None else self.es.mean)
+        return {"kind": "controller", "model_args": setup.model_args, "model_state": controller.state_dict(),
+                "model_source": self.model_source, "best_params": self.best_params,
+                "best_real_score": self.best_real_score, "checked": self.checked, "es_state": self.es.pickle_dumps(),
+                "generation": self.generation, "history": self.history, "rng_state": rng_states(),
+                "config": dataclasses.asdict(args), "models": setup.models_used, "bc": self.warm_start,
+                "training": training_record(args, self.warm_start, self.generation),
+                "reward_scale": setup.reward_scale}
+
+    def save(self) -> None:
+        save_run_checkpoint(self.checkpoint(), self.setup.out_path)
+
+    def check(self, best_candidate: np.ndarray) -> float:
+        """Real-env check of the generation's best candidate and CMA's mean; keeps the best; returns the
+        best candidate's score."""
+        args, generation = self.setup.args, self.generation
+        scores = {}
+        for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
+            scores[name] = real_score(params, args, self.setup.real_episodes())
+            self.keep_if_best(scores[name][0], params, f"{name} of generation {generation} (real score {scores[name][0]:.1f})",
+                              scores[name][1])
+        self.history["eval_generation"].append(generation)
+        for name, (mean, std) in scores.items():
+            self.history[f"real_{name}"].append(mean)
+            self.history[f"real_{name}_std"].append(std)
+        (tqdm.write if args.progress else print)(
+            f"generation {generation}: real score best candidate {scores['best_candidate'][0]:.1f} "
+            f"± {scores['best_candidate'][1]:.1f}, CMA mean {scores['cma_mean'][0]:.1f} "
+            f"± {scores['cma_mean'][1]:.1f} over {args.eval_episodes} episodes; best so far {self.best_real_score:.1f}")
+        return scores["best_candidate"][0]
+
+    def evolve(self, fitness_source: Any) -> None:
+        """Generations up to ``--generations``: ask, score, tell, check every ``--eval-every``, save."""
+        args, es, history = self.setup.args, self.es, self.history
+        bar = tqdm(range(self.generation, args.generations), desc=f"CMA-ES ({args.mode})", unit="gen",
+                   initial=self.generation, total=args.generations, disable=not args.progress)
+        last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
+        try:
+            for generation in bar:
+                candidates = [np.asarray(x) for x in es.ask()]
+                fitness, mean_fitness = fitness_source(candidates, np.asarray(es.mean), generation)
+                es.tell(candidates, (-fitness).tolist())  # pycma minimises
+                best = int(np.argmax(fitness))
+                self.generation = generation + 1
+                for key, value in (("generation", generation + 1), ("fitness_best", float(fitness[best])),
+                                   ("fitness_mean", float(fitness.mean())), ("fitness_cma_mean", mean_fitness),
+                                   ("sigma", float(es.sigma)),
+                                   ("seconds", self._clock_base + time.time() - self._clock_start)):
+                    history[key].append(value)
+                checked = bool(args.eval_every) and self.generation % args.eval_every == 0
+                if checked:
+                    last_real = self.check(candidates[best])
+                self.save()
+                if checked or self.generation % PLOT_EVERY == 0 or self.generation == args.generations:
+                    plot_history(history, self.setup.checkpoint_dir / PLOT_FILE, args.mode)
+                bar.set_postfix(best=f"{fitness[best]:.2f}", mean=f"{fitness.mean():.2f}",
+                                real="-" if last_real is None else f"{last_real:.1f}")
+        finally:
+            bar.close()

@@ -1,0 +1,124 @@
+"""Fitness sources for C's CMA-ES run: what a generation's candidates are scored by.
+
+:class:`DreamFitness` scores them in M's dream (the World Models way; the real env never pays C);
+:class:`RealEnvFitness` by real-env returns (the paper's CarRacing fitness). :class:`RealFitness` is the
+pool of real-env workers a run keeps for real-mode fitness and for its real-env checks
+(:mod:`car_racing.training.cmaes_run`), also used by ``select_controller.py`` and ``evaluate_world_model.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+from car_racing.episodes.agent import make_agent_driver
+from car_racing.episodes.rollout import Backend, EpisodeWorkers
+from car_racing.models.ffn import flat_to_population
+from car_racing.training.dream import dream_rollout
+
+if TYPE_CHECKING:
+    from car_racing.training.cmaes_run import Setup
+
+REAL_TRAIN_SEED_OFFSET = 10_000  # real-mode training seeds start this far above --eval-seed-base
+REAL_TRAIN_SEED_RANGE = 1_000_000
+
+
+def generation_generator(seed: int, generation: int) -> torch.Generator:
+    """The CPU generator of one generation's dreams (start states and noise): same for every candidate."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, generation]).generate_state(1)[0]))
+
+
+class RealFitness:
+    """Mean real-env return of each candidate over the given seeds, in workers kept for the whole run
+    (:class:`car_racing.episodes.rollout.EpisodeWorkers`: processes or Ray actors, each loading V and M once and
+    swapping in each candidate's parameters; a generation's candidates reach them once, not per episode).
+    The run's real-env checks use the same workers (:meth:`score`): a second set would compete for the
+    same cores (and on a Ray cluster wait for CPUs the first set holds)."""
+
+    def __init__(self, checkpoint_dir: str, num_params: int, workers: int, backend: Backend | None = None):
+        make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), np.zeros(num_params), "cpu")
+        self.workers = EpisodeWorkers(make_driver, workers, backend=backend)
+
+    def returns(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
+                smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+        """Every candidate's return on every seed, (P, S), in a fixed order whichever episode finishes first."""
+        returns = np.zeros((len(candidates), len(seeds)))
+        for k, result in self.workers.run(seeds, max_steps, candidates=np.stack([np.asarray(c) for c in candidates]),
+                                          smoothing=smoothing, stall_steps=stall_steps):
+            returns[divmod(k, len(seeds))] = result.total_reward
+        return returns
+
+    def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
+                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+        """Each candidate's mean return over ``seeds`` (the same on every backend and worker count)."""
+        return self.returns(candidates, seeds, max_steps, smoothing, stall_steps).mean(axis=1)
+
+    def score(self, params: np.ndarray, seeds: Sequence[int], max_steps: int, smoothing: float = 0.0
+              ) -> tuple[float, float]:
+        """Mean and std of C(params)'s returns over ``seeds``."""
+        totals = self.returns([params], seeds, max_steps, smoothing)[0]
+        return float(totals.mean()), float(totals.std())
+
+    def close(self) -> None:
+        self.workers.close()
+
+
+class DreamFitness:
+    """Mean fitness of each candidate over ``--dream-trials`` dreams in M; the CMA mean drives the same
+    dreams, for the curve.
+
+    Each dream starts from a real (z, h) state of the start pool (:meth:`Setup.load_start_pool`) and M samples
+    the next z at ``--temperature``; a dream's fitness is the sum of M's predicted rewards (real reward
+    units) until M's done head fires (that step's reward counts). All candidates of a generation share the
+    start states and the noise (one generator seeded from ``--seed`` and the generation), and the
+    population × trials step through M as one batch."""
+
+    name = "dream"
+
+    def __init__(self, setup: Setup):
+        if setup.pool is None:
+            setup.load_start_pool()
+        self.setup = setup
+
+    def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+        setup, args = self.setup, self.setup.args
+        generator = generation_generator(args.seed, generation)
+        start_z, start_state = setup.pool.pick(args.dream_trials, generator)
+        flat = torch.as_tensor(np.stack(candidates + [mean]), dtype=torch.float32, device=setup.device)
+        weights, biases = flat_to_population(flat, *setup.sizes)
+        fitness = dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
+                                args.temperature, generator, reward_scale=1.0 / setup.reward_scale,
+                                dtype=args.dream_dtype, dropout=args.dream_dropout)
+        fitness = fitness.mean(dim=1).double().cpu().numpy()
+        return fitness[:-1], float(fitness[-1])
+
+    def close(self) -> None:
+        pass
+
+
+class RealEnvFitness:
+    """Mean real-env return of each candidate over ``--real-trials`` tracks drawn per generation (all
+    candidates drive the same tracks), in a worker pool kept for the whole run."""
+
+    name = "real"
+
+    def __init__(self, setup: Setup):
+        self.args = setup.args
+        self.episodes = setup.real_episodes()
+
+    def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+        args = self.args
+        rng = np.random.default_rng([args.seed, generation])
+        seeds = args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + rng.choice(REAL_TRAIN_SEED_RANGE, args.real_trials,
+                                                                          replace=False)
+        return self.episodes(candidates, seeds.tolist(), args.rollout_steps, args.smoothing, args.stall_steps), math.nan
+
+    def close(self) -> None:
+        pass  # the workers are the run's (Setup.close_real)
+
+
+FITNESS_SOURCES = {"dream": DreamFitness, "real": RealEnvFitness}

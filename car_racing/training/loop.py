@@ -1,0 +1,157 @@
+"""The machinery of the dream loop (``dream_loop.py``): its saved state, its stages in order, the
+dream's choice, the per-iteration report and plot, and the choice of the best iteration.
+
+The loop state (``CHECKPOINT_DIR/dream_loop_state.json``, written atomically after every stage) lists the
+finished stages with their wall clock and results, so a rerun skips them and resumes the interrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import (
+    CHECKPOINT_FILES,
+    atomic_path,
+    checkpoint_paths,
+    link_or_copy,
+    plot_curves,
+    save_checkpoint,
+)
+
+STATE_FILE = "dream_loop_state.json"
+PLOT_FILE = "dream_loop.png"
+DREAM_CHOICE_DIR = "dream_choice"
+
+
+class LoopState:
+    """Finished stages and their results, in ``CHECKPOINT_DIR/dream_loop_state.json`` (atomic writes)."""
+
+    def __init__(self, path: Path, args: Any, fixed_settings: Sequence[str] = ()):
+        self.path = path
+        if path.is_file():
+            try:
+                self.data = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise UsageError(f"{path}: unreadable loop state ({err}); delete it to start over") from None
+            for key in fixed_settings:  # settings a continued loop must keep
+                if self.data["config"].get(key) != getattr(args, key):
+                    raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)}: this loop ({path}) was started with "
+                                     f"{self.data['config'].get(key)}; pass the same or use another --checkpoint-dir")
+        else:
+            self.data = {"config": dataclasses.asdict(args), "stages": {}, "started": time.time()}
+        self.data["config"] = dataclasses.asdict(args)
+
+    def done(self, key: str) -> bool:
+        return key in self.data["stages"]
+
+    def result(self, key: str) -> dict:
+        return self.data["stages"][key]
+
+    def finish(self, key: str, seconds: float, result: dict) -> None:
+        self.data["stages"][key] = {"seconds": seconds, **result}
+        self.save()
+
+    def save(self) -> None:
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=1))
+
+    def total_seconds(self) -> float:
+        return float(sum(stage["seconds"] for stage in self.data["stages"].values()))
+
+
+def iteration_dir(checkpoint_dir: str | Path, iteration: int) -> Path:
+    """``CHECKPOINT_DIR/iter_NN``: one iteration's V (linked), M, C and PNGs."""
+    return Path(checkpoint_dir) / f"iter_{iteration:02d}"
+
+
+@dataclass
+class Stage:
+    """One stage of an iteration; ``first_only`` stages run in iteration 0 only."""
+
+    name: str
+    run: Callable[[Any, int], dict]  # (the loop's Args, iteration) → results for the loop state
+    first_only: bool = False
+
+
+def stage_keys(stages: Sequence[Stage], iterations: int) -> list[tuple[int, Stage]]:
+    """(iteration, stage) of the whole loop in order; the last iteration records nothing (no next M)."""
+    keys = []
+    for iteration in range(iterations):
+        for stage in stages:
+            if stage.first_only and iteration > 0:
+                continue
+            if stage.name == "record" and iteration == iterations - 1:
+                continue
+            keys.append((iteration, stage))
+    return keys
+
+
+def save_dream_choice(final: dict, folder: Path) -> None:
+    """CMA's final mean — the C the dream prefers, real-checked or not — as ``folder/dream_choice/`` (V and M
+    linked): when the dream is exploited this is the C whose episodes show M its mistake."""
+    from car_racing.models.ffn import Controller  # (torch: only when a loop runs, not for --help)
+
+
+
+    controller = Controller(**final["model_args"])
+    controller.set_flat_params(pickle.loads(final["es_state"]).mean)
+    choice = {key: value for key, value in final.items() if key not in ("es_state", "rng_state", "best_params")}
+    choice.update(model_state=controller.state_dict(),
+                  model_source=f"CMA mean of generation {final['generation']} (the dream's choice; not chosen by a check)")
+    target = folder / DREAM_CHOICE_DIR
+    for kind in ("vision", "memory"):
+        link_or_copy(checkpoint_paths(folder)[kind], checkpoint_paths(target)[kind])
+    save_checkpoint(choice, checkpoint_paths(target)["controller"])
+
+
+def report_iteration(state: LoopState, iteration: int) -> str:
+    """One line per iteration: the dream's fitness, the real checks, the kept C, the dream-real ρ."""
+    key = f"{iteration}:"
+    controller = state.data["stages"].get(key + "controller", {})
+    fidelity = state.data["stages"].get(key + "fidelity", {})
+    checks = controller.get("real_checks", [])
+    rho = fidelity.get("rank_correlation")
+    return (f"iteration {iteration}: dream fitness (best candidate, last gen) {controller.get('dream_fitness_best', float('nan')):.1f}; "
+            f"real checks {', '.join(f'g{g}: {b:.0f}/{m:.0f}' for g, b, m in checks) or '-'} (best candidate / CMA mean); "
+            f"kept {controller.get('best_real_score', float('nan')):.1f}; "
+            f"dream-real rank correlation {'-' if rho is None else f'{rho:.2f}'}")
+
+
+def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
+    """``dream_loop.png``: per iteration the real checks, the dream fitness and the dream-real ρ."""
+    stages = state.data["stages"]
+    its = [i for i in range(iterations) if f"{i}:controller" in stages]
+    if not its:
+        return
+    kept = [stages[f"{i}:controller"]["best_real_score"] for i in its]
+    dream = [stages[f"{i}:controller"]["dream_fitness_best"] for i in its]
+    last_check = [(stages[f"{i}:controller"]["real_checks"] or [[0, np.nan, np.nan]])[-1][1] for i in its]
+    rho_its = [i for i in its if stages.get(f"{i}:fidelity", {}).get("rank_correlation") is not None]
+    curves = {"kept C: real check score": kept, "last check, best candidate": last_check,
+              "dream fitness, best candidate (last gen)": dream,
+              "dream-real rank correlation × 1000": [1000 * stages[f"{i}:fidelity"]["rank_correlation"] for i in rho_its]}
+    x = {name: its for name in curves}
+    x["dream-real rank correlation × 1000"] = rho_its
+    plot_curves(curves, path, title="dream loop: real checks, dream fitness, dream-real ρ", xlabel="iteration",
+                ylabel="return (ρ × 1000)", x=x)
+
+
+def choose_best(checkpoint_dir: str | Path, iterations: int, state: LoopState) -> Optional[int]:
+    """The iteration whose kept C scored best on the (same) check tracks; its V, M, C linked into best/."""
+    scored = [(state.result(f"{i}:controller")["best_real_score"], i) for i in range(iterations)
+              if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None]
+    if not scored:
+        return None
+    _, best = max(scored)
+    for name in CHECKPOINT_FILES.values():
+        link_or_copy(iteration_dir(checkpoint_dir, best) / name, Path(checkpoint_dir) / "best" / name)
+    return best

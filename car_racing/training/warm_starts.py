@@ -1,0 +1,137 @@
+"""Warm starts for C's CMA-ES run (``--init``): CMA's initial mean and a record of how it was found.
+
+``zero`` knows nothing (the paper's start). ``bc`` fits C to the recorded actions: least squares of the
+linear layer's pre-squash outputs on ``[z_t, h_t]`` (z = V's μ, h from running M over the recorded windows
+with the recorded actions), targets ``atanh(clip(steer, -1+ε, 1-ε))`` and ``logit(clip(a, ε, 1-ε))`` for gas
+and brake, ridge λ on standardised inputs (bias not penalised). ``dagger`` runs DAgger with the autopilot as
+the expert (:mod:`car_racing.training.imitation`). ``checkpoint`` takes the C of an existing controller
+checkpoint with its own training record. ``bc`` and ``dagger`` use expert labels: a C started from them is
+never called dream-trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from car_racing.common.cli import UsageError
+from car_racing.common.runtime import load_model, plot_curves
+from car_racing.episodes.rollout import Backend
+from car_racing.training.cmaes_run import Setup, save_run_checkpoint
+from car_racing.training.imitation import LinearFit, linear_to_flat, run_dagger
+
+DAGGER_PLOT_FILE = "control_model_dagger.png"
+DAGGER_STATE_FILE = "control_model_dagger.pth"  # the DAgger aggregate, saved every round (--resume continues it)
+DAGGER_SEED_OFFSET = 2_000_000  # DAgger round r uses seeds BASE + 2_000_000 + 1000·r + i
+
+
+DAGGER_SETTINGS = ("dagger_episodes", "dagger_noise", "bc_ridge", "bc_eps", "eval_seed_base", "eval_max_steps",
+                   "smoothing")  # a continued DAgger run must keep these
+
+
+def load_dagger_state(checkpoint_dir: Path, args: Any, models_used: dict) -> dict | None:
+    """The saved DAgger run to continue (``--resume --init dagger``), or None when there is none."""
+    path = checkpoint_dir / DAGGER_STATE_FILE
+    if not (args.resume and args.init == "dagger" and path.is_file()):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UsageError(f"{path}: not a readable DAgger state ({type(err).__name__}); delete it to start over") from None
+    if state.get("models") != models_used:
+        raise UsageError(f"{path}: the DAgger run used other V/M checkpoints; delete it or drop --resume")
+    for key in DAGGER_SETTINGS:
+        if state["config"].get(key) != getattr(args, key):
+            raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)}: the saved DAgger run used "
+                             f"{state['config'].get(key)}; pass the same value or drop --resume")
+    return state
+
+
+def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Any, models_used: dict,
+                      resume: dict | None = None) -> tuple[np.ndarray, dict]:
+    """C fitted by DAgger (:func:`car_racing.training.imitation.run_dagger`); returns (flat params, summary).
+
+    The aggregate and the rounds are saved atomically to CHECKPOINT_DIR/control_model_dagger.pth after
+    every round (``resume`` continues from it), with a plot of each round's returns."""
+    def seeds(round_index: int) -> list[int]:
+        first = args.eval_seed_base + DAGGER_SEED_OFFSET + 1000 * round_index
+        return list(range(first, first + args.dagger_episodes))
+
+    def report(record, state: dict) -> None:
+        returns = np.asarray(record.returns)
+        print(f"DAgger round {record.round} ({record.driver} drove): return {returns.mean():.1f} ± {returns.std():.1f} "
+              f"(min {returns.min():.1f}) over {len(returns)} episodes; refit on {record.samples} pairs, "
+              f"pre-squash R² steer/gas/brake {' / '.join(f'{r:.2f}' for r in record.target_r2)}", flush=True)
+        save_run_checkpoint({**state, "config": {key: getattr(args, key) for key in DAGGER_SETTINGS},
+                             "models": models_used, "seconds": seconds + time.time() - started},
+                            checkpoint_dir / DAGGER_STATE_FILE)
+        rounds = state["rounds"]
+        x = {name: [r["round"] for r in rounds] for name in ("mean return of the round's episodes", "min return")}
+        plot_curves({"mean return of the round's episodes": [float(np.mean(r["returns"])) for r in rounds],
+                     "min return": [float(np.min(r["returns"])) for r in rounds]},
+                    checkpoint_dir / DAGGER_PLOT_FILE, title="DAgger (round 0: noisy autopilot; then C drives)",
+                    xlabel="round", ylabel="real-env return", x=x)
+
+    started, seconds = time.time(), float(resume.get("seconds", 0.0)) if resume else 0.0
+    if resume is not None:
+        print(f"continuing the DAgger run in {checkpoint_dir / DAGGER_STATE_FILE} after round {len(resume['rounds']) - 1}")
+    history = run_dagger(checkpoint_dir, num_params, args.dagger_rounds, args.dagger_episodes, seeds,
+                         ridge=args.bc_ridge, eps=args.bc_eps, expert_noise=args.dagger_noise,
+                         max_steps=args.eval_max_steps, smoothing=args.smoothing, workers=args.workers,
+                         backend=Backend.from_args(args), resume=resume, on_round=report)
+    summary = {"method": "dagger", "ridge": args.bc_ridge, "eps": args.bc_eps, "noise": args.dagger_noise,
+               "samples": history[-1].samples, "target_r2": history[-1].target_r2,
+               "seconds": seconds + time.time() - started,
+               "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "params"} for r in history]}
+    return history[-1].params, summary
+
+
+# Each returns (flat parameters, a record of how they were found: method, source, whether expert labels
+# were used); the record goes into the checkpoint's "bc" (historical name) and "training" entries.
+
+def zero_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """All-zero parameters: steer 0, gas and brake 0.5 (the paper's start; no knowledge at all)."""
+    return np.zeros(setup.num_params), {"method": "zero", "expert_labels": False}
+
+
+def bc_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """C fitted by least squares to the recorded drivers' actions (module docstring)."""
+    args = setup.args
+    fit = LinearFit(setup.mdnrnn.latent_size + setup.mdnrnn.hidden_size, setup.mdnrnn.action_size)
+    setup.load_start_pool(fit)
+    weight, bias = fit.solve(args.bc_ridge)
+    info = {"method": "bc", "expert_labels": True, "samples": fit.count, "ridge": args.bc_ridge, "eps": args.bc_eps,
+            "target_mse": fit.residual_mse(weight, bias).tolist(), "target_r2": fit.r2(weight, bias).tolist()}
+    print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
+          f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in info['target_r2'])}")
+    return linear_to_flat(weight, bias), info
+
+
+def dagger_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """C fitted by DAgger with the autopilot as the expert (:func:`dagger_warm_start`)."""
+    x0, info = dagger_warm_start(setup.checkpoint_dir, setup.num_params, setup.args, setup.models_used, dagger_state)
+    return x0, {**info, "expert_labels": True}
+
+
+def checkpoint_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
+    """The C of an existing controller checkpoint (``--init-from``); its training record is carried along."""
+    source = Path(setup.args.init_from) if setup.args.init_from else setup.out_path
+    start_controller, start = load_model(source, "controller")
+    if start["model_args"] != setup.model_args:
+        raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {setup.model_args}")
+    print(f"--init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")
+    source_training = start.get("training")
+    return start_controller.get_flat_params(), {
+        "method": "checkpoint", "from": str(source), "source_model": start.get("model_source"),
+        "source_real_score": start.get("best_real_score"), "source_warm_start": start.get("bc"),
+        "source_training": source_training,
+        # unknown history (an older checkpoint without a record) counts as possibly expert-labelled
+        "expert_labels": True if source_training is None else bool(source_training.get("expert_labels", True))}
+
+
+WARM_STARTS = {"zero": zero_start, "bc": bc_start, "dagger": dagger_start, "checkpoint": checkpoint_start}
