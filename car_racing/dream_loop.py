@@ -13,13 +13,20 @@ script's own ``main`` (each stays runnable on its own; the exact calls are in th
    ``--memory-epochs-first`` epochs, later iterations continue from the previous M for ``--memory-epochs``.
 2. ``controller`` — CMA-ES in M's dream only (``train_controller_cmaes.py --mode dream``), warm-started
    from the previous iteration's kept C (iteration 0: all zeros), real-checked every ``--eval-every``
-   generations: the checks only choose which parameters are kept.
+   generations: the checks only choose which parameters are kept. ``--controller-start zero`` starts every
+   iteration from zero instead; ``both`` runs both (``iter_NN/warm/``, ``iter_NN/from_zero/``) and keeps the
+   one with the better check (same tracks) as the iteration's C. ``--dream-fitness`` makes the dream's
+   fitness pessimistic over each candidate's dreams (a lower quantile or mean − k·std).
 3. ``fidelity`` — ``evaluate_world_model.py`` on this iteration's V, M and C: the dream-real rank
    correlation of a panel of controllers (``--fidelity-panel``, 0 = skip).
 4. ``record`` — C drives ``--agent-episodes`` new tracks with exploration noise, appended to the data (C's
    mistakes become M's lessons in the next iteration): a ``--record-dream-choice`` share of them by CMA's
    final mean (``iter_NN/dream_choice/``: the C the dream prefers — when the dream is exploited, the very
    C that shows M its error), the rest by the kept, real-checked C.
+5. ``repair`` (``--repair-episodes`` > 0; :mod:`car_racing.training.repair`) — the dream's choice dreams from
+   real recorded states; each dream's actions are replayed in the real env from the very state the dream
+   started from (the recorded episode's seed and actions up to the start, then the dream's actions) and
+   the real episodes join the data: M sees what really follows the actions its dream paid for.
 
 Each iteration lives in ``CHECKPOINT_DIR/iter_NN/`` (V hard-linked, M, C, their PNGs, ``fidelity.png``). The
 loop state ``CHECKPOINT_DIR/dream_loop_state.json`` (written atomically after every stage) lists the
@@ -42,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -63,12 +71,15 @@ from car_racing.training.loop import (
     iteration_dir,
     plot_loop,
     report_iteration,
+    run_summary,
     save_dream_choice,
     stage_keys,
 )
 
 AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j (see agent_seed_base)
 RANDOM_SEED_BASE = 6_000_000
+CONTROLLER_STARTS = ("warm", "zero", "both")
+START_DIRS = {"warm": "warm", "zero": "from_zero"}  # --controller-start both: each run's folder in iter_NN/
 # Settings that must stay the same when a loop is continued (others, e.g. --iterations, may change).
 FIXED_SETTINGS = ("data_dir", "init_data_dir", "init_episodes", "init_steps", "init_noise", "random_episodes",
                   "vision_from", "memory_from", "controller_from", "seed")
@@ -145,6 +156,17 @@ class Args:
     """τ of the dreams"""
     dream_dropout: float = 0.0
     """dropout p on M's h before its heads, one mask per dream (Dropout's Dream Land: 0.1)"""
+    dream_fitness: Literal["mean", "quantile", "mean-minus-std"] = "mean"
+    """a candidate's fitness from its --dream-trials dreams: their mean, a lower quantile (--dream-fitness-q) or
+    mean − k·std (--dream-fitness-k): pessimism against a C that only lucky dreams reward (train_controller_cmaes.py)"""
+    dream_fitness_q: float = 0.25
+    """--dream-fitness quantile: the quantile q in [0, 1] of the trials' returns"""
+    dream_fitness_k: float = 1.0
+    """--dream-fitness mean-minus-std: k ≥ 0"""
+    controller_start: Literal["warm", "zero", "both"] = "warm"
+    """where each iteration's CMA-ES starts: the previous kept C (--sigma0-later), all zeros (--sigma0), or both
+    (two runs in the new dream, iter_NN/warm/ and iter_NN/from_zero/; the one scoring better on the same real
+    check tracks becomes the iteration's C, a tie goes to warm)"""
     start_states: int = 8192
     """dream start states drawn from the recorded data"""
     dream_start: Literal["recorded", "episode-start"] = "recorded"
@@ -167,6 +189,11 @@ class Args:
     record_dream_choice: float = 0.5
     """fraction of those episodes driven by CMA's final mean (the dream's choice, which may exploit M: its
     episodes show M where it is wrong) instead of the kept, real-checked C"""
+    repair_episodes: int = 0
+    """the repair step, per iteration after the recording (0 = off): the dream's choice dreams this many dreams from
+    real recorded states; each is replayed in the real env from the same state (the recorded actions up to the
+    dream's start, then the dream's actions) and appended to the data (driver repair), so M learns where its
+    dream lied (car_racing/training/repair.py)"""
     fidelity_panel: int = 8
     """controllers in each iteration's dream-real measurement (0 = skip the measurement)"""
     fidelity_episodes: int = 2
@@ -186,9 +213,15 @@ def check_args(args: Args) -> None:
                  "workers", "fidelity_episodes"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
-    for flag in ("random_episodes", "memory_epochs", "agent_episodes", "fidelity_panel", "eval_every", "threads"):
+    for flag in ("random_episodes", "memory_epochs", "agent_episodes", "fidelity_panel", "eval_every", "threads",
+                 "repair_episodes"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
+    if args.controller_start not in CONTROLLER_STARTS:
+        raise UsageError(f"--controller-start {args.controller_start}: expected one of {', '.join(CONTROLLER_STARTS)}")
+    from car_racing.training.fitness import check_dream_fitness
+
+    check_dream_fitness(args)
     if args.dream_start not in ("recorded", "episode-start"):
         raise UsageError(f"--dream-start {args.dream_start}: expected recorded or episode-start")
     if 0 < args.fidelity_panel < 3:
@@ -331,34 +364,54 @@ def stage_memory(args: Args, iteration: int) -> dict:
             "frames": best.get("data", {}).get("num_frames")}
 
 
-def stage_controller(args: Args, iteration: int) -> dict:
-    """C by CMA-ES in this iteration's dream, from the previous iteration's kept C."""
+def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Optional[Path]) -> dict:
+    """One CMA-ES run in this iteration's dream (V and M in ``folder``): from ``start_from``'s C with
+    --sigma0-later, or from zero with --sigma0; resumes its own saved run. Returns its final checkpoint."""
     from car_racing import train_controller_cmaes as cmaes
 
-    folder = iteration_dir(args.checkpoint_dir, iteration)
-    previous = (checkpoint_paths(iteration_dir(args.checkpoint_dir, iteration - 1))["controller"] if iteration else
-                Path(args.controller_from) if args.controller_from else None)
     out = checkpoint_paths(folder)["controller"]
     resume = out.is_file() and "es_state" in load_checkpoint(out, "controller")
-    final = cmaes.main(cmaes.Args(
-        mode="dream", population=args.population, sigma0=args.sigma0 if previous is None else args.sigma0_later,
+    return cmaes.main(cmaes.Args(
+        mode="dream", population=args.population, sigma0=args.sigma0 if start_from is None else args.sigma0_later,
         generations=args.generations, rollout_steps=args.rollout_steps, dream_trials=args.dream_trials,
         temperature=args.temperature, dream_dropout=args.dream_dropout, start_states=args.start_states,
-        dream_start=args.dream_start,
-        init="zero" if previous is None else "checkpoint", init_from=str(previous) if previous else None,
+        dream_start=args.dream_start, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,
+        dream_fitness_k=args.dream_fitness_k,
+        init="zero" if start_from is None else "checkpoint", init_from=str(start_from) if start_from else None,
         cma_diagonal=True, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         eval_max_steps=args.eval_max_steps,
         eval_seed_base=args.eval_seed_base, workers=args.workers, backend=args.backend, ray_address=args.ray_address,
         data_dir=args.data_dir,
         checkpoint_dir=str(folder), seed=args.seed + 1000 * iteration, device=args.device, threads=args.threads,
         resume=resume, progress=args.progress))
-    save_dream_choice(final, folder)
-    history = final["history"]
-    return {"best_real_score": final["best_real_score"], "model_source": final["model_source"],
-            "dream_fitness_best": history["fitness_best"][-1] if history["fitness_best"] else None,
-            "dream_fitness_cma_mean": history["fitness_cma_mean"][-1] if history["fitness_cma_mean"] else None,
-            "real_checks": list(zip(history["eval_generation"], history["real_best_candidate"], history["real_cma_mean"])),
-            "dream_trained": final["training"]["dream_trained"]}
+
+
+def stage_controller(args: Args, iteration: int) -> dict:
+    """C by CMA-ES in this iteration's dream: from the previous iteration's kept C, from zero, or both (the
+    better on the real checks is kept, linked into iter_NN/; each run resumes on its own after an interruption)."""
+    folder = iteration_dir(args.checkpoint_dir, iteration)
+    previous = (checkpoint_paths(iteration_dir(args.checkpoint_dir, iteration - 1))["controller"] if iteration else
+                Path(args.controller_from) if args.controller_from else None)
+    if args.controller_start != "both" or previous is None:
+        start = "zero" if previous is None or args.controller_start == "zero" else "warm"
+        final = evolve_in_dream(args, iteration, folder, previous if start == "warm" else None)
+        save_dream_choice(final, folder)
+        return {**run_summary(final), "start": start}
+    finals, summaries = {}, {}
+    for start, name in START_DIRS.items():
+        sub = folder / name
+        for kind in ("vision", "memory"):
+            link_or_copy(checkpoint_paths(folder)[kind], checkpoint_paths(sub)[kind])
+        finals[start] = evolve_in_dream(args, iteration, sub, previous if start == "warm" else None)
+        summaries[start] = run_summary(finals[start])
+    scores = {start: (-math.inf if s["best_real_score"] is None else s["best_real_score"]) for start, s in summaries.items()}
+    winner = "zero" if scores["zero"] > scores["warm"] else "warm"
+    sub = folder / START_DIRS[winner]
+    for name in (checkpoint_paths(sub)["controller"].name, "control_model_cmaes.png"):
+        if (sub / name).is_file():
+            link_or_copy(sub / name, folder / name)
+    save_dream_choice(finals[winner], folder)
+    return {**summaries[winner], "start": winner, "starts": summaries}
 
 
 def stage_fidelity(args: Args, iteration: int) -> dict:
@@ -398,8 +451,34 @@ def stage_record(args: Args, iteration: int) -> dict:
     return result
 
 
+def stage_repair(args: Args, iteration: int) -> dict:
+    """The dream's choice's dreams, replayed in the real env from the states they started from, join the data."""
+    from car_racing.common.runtime import load_model, resolve_device
+    from car_racing.recording.latent_cache import load_or_build_latents
+    from car_racing.training.repair import repair_iteration
+
+    folder = iteration_dir(args.checkpoint_dir, iteration)
+    mdnrnn, memory = load_model(checkpoint_paths(folder)["memory"], "memory")
+    controller, _ = load_model(checkpoint_paths(folder / DREAM_CHOICE_DIR)["controller"], "controller")
+    mu, _ = load_or_build_latents(args.data_dir, checkpoint_paths(folder)["vision"], resolve_device(args.device),
+                                  progress=args.progress)
+    scale = float(memory.get("reward", {}).get("scale", 1.0))
+    result = repair_iteration(args.data_dir, mdnrnn, mu, controller.get_flat_params(), iteration, args.repair_episodes,
+                              seed=args.seed, rollout_steps=args.rollout_steps, temperature=args.temperature,
+                              dropout=args.dream_dropout, reward_scale=1.0 / scale,
+                              from_start=args.dream_start == "episode-start", progress=args.progress)
+    episodes = [e for e in load_recorded(args.data_dir, mmap=True).episodes
+                if e["driver"] == "repair" and int(e["noise"].get("repair_iteration", -1)) == iteration]
+    dream = [float(e["noise"]["dream_return"]) for e in episodes]
+    real = [float(e["total_reward"]) for e in episodes]
+    return {"episodes": len(episodes), "recorded_now": result["recorded_now"],
+            "dream_return_mean": float(np.mean(dream)) if dream else None,
+            "real_return_mean": float(np.mean(real)) if real else None, "rows": result["rows"]}
+
+
 STAGES = [Stage("data", stage_data, True), Stage("vision", stage_vision, True), Stage("memory", stage_memory),
-          Stage("controller", stage_controller), Stage("fidelity", stage_fidelity), Stage("record", stage_record)]
+          Stage("controller", stage_controller), Stage("fidelity", stage_fidelity),
+          Stage("record", stage_record, feeds_next=True), Stage("repair", stage_repair, feeds_next=True)]
 
 
 @uses_backend
@@ -414,13 +493,13 @@ def main(args: Args) -> dict:
     Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     state = LoopState(Path(args.checkpoint_dir) / STATE_FILE, args, FIXED_SETTINGS)
     state.save()
-    keys = stage_keys(STAGES, args.iterations)
+    keys = stage_keys([s for s in STAGES if s.name != "repair" or args.repair_episodes], args.iterations)
     bar = tqdm(keys, desc="dream loop", unit="stage", disable=not args.progress,
                initial=sum(state.done(f"{i}:{s.name}") for i, s in keys), total=len(keys))
     for iteration, stage in keys:
         key = f"{iteration}:{stage.name}"
-        if state.done(key):
-            continue
+        if state.done(key) or (stage.name == "repair" and state.done(f"{iteration + 1}:memory")):
+            continue  # (a repair switched on later starts with the first iteration whose data can still grow)
         bar.set_description(f"dream loop: iteration {iteration}, {stage.name}")
         (tqdm.write if args.progress else print)(f"\n=== dream loop: iteration {iteration}/{args.iterations - 1}, "
                                                  f"{stage.name} ===")
@@ -429,7 +508,7 @@ def main(args: Args) -> dict:
         result = stage.run(args, iteration)
         state.finish(key, time.time() - started, result)
         bar.update(1)
-        if stage.name in ("fidelity",) or (stage.name == "controller" and args.fidelity_panel == 0):
+        if stage.name in ("fidelity", "record", "repair") or (stage.name == "controller" and args.fidelity_panel == 0):
             (tqdm.write if args.progress else print)(report_iteration(state, iteration))
             plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     bar.close()

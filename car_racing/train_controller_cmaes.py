@@ -56,6 +56,14 @@ class Args:
     dream_dropout: float = 0.0
     """dropout p on M's h before its heads, one mask per dream (Dropout's Dream Land; M trained with
     train_memory.py --dropout); 0 = off"""
+    dream_fitness: Literal["mean", "quantile", "mean-minus-std"] = "mean"
+    """how a candidate's --dream-trials dreams (each with its own dropout mask and noise) make its fitness: their
+    mean, a pessimistic lower quantile (--dream-fitness-q), or mean − k·std (--dream-fitness-k; ME-TRPO/MOPO:
+    a C that only the luckiest dreams reward is not rewarded)"""
+    dream_fitness_q: float = 0.25
+    """--dream-fitness quantile: the quantile q in [0, 1] of the trials' returns (0 = the worst dream)"""
+    dream_fitness_k: float = 1.0
+    """--dream-fitness mean-minus-std: k ≥ 0 in mean − k·std over the trials (std with 1/N)"""
     dream_dtype: Literal["float32", "bfloat16"] = "float32"
     """precision of the dream's two large products (M's LSTM and MDN head); bfloat16 is ~2× faster on CPUs
     with bf16 instructions and on GPUs, and keeps the cell state, rewards, C and sampling in float32
@@ -134,7 +142,7 @@ class Args:
 
 
 def check_args(args: Args) -> None:
-    from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET
+    from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, check_dream_fitness
 
     if args.generations < 0:
         raise UsageError(f"--generations {args.generations}: expected 0 (warm start only) or more")
@@ -155,6 +163,7 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--temperature {args.temperature}: expected τ ≥ 0")
     if not 0 <= args.dream_dropout < 1:
         raise UsageError(f"--dream-dropout {args.dream_dropout}: expected 0 <= p < 1")
+    check_dream_fitness(args)
     if args.bc_ridge < 0 or not 0 < args.bc_eps < 0.5:
         raise UsageError(f"--bc-ridge {args.bc_ridge} / --bc-eps {args.bc_eps}: expected ridge ≥ 0 and 0 < ε < 0.5")
     if not 0 <= args.smoothing < 1:

@@ -321,3 +321,42 @@ def test_paper_preset_sets_the_protocol_and_flags_given_win():
     assert preset_args(Args, "paper", population=8, eval_every=10) == given
     with pytest.raises(SystemExit):
         parse_args(Args, ["--preset", "nature"])
+
+
+@pytest.mark.parametrize("how", ["quantile", "mean-minus-std"])
+def test_pessimistic_dream_fitness_is_at_most_the_mean_on_the_same_dreams(tmp_path, tiny_data_dir, how):
+    from car_racing.training import fitness as cmaes
+    from car_racing.training.cmaes_run import load_setup
+
+    write_tiny_checkpoints(tmp_path / "checkpoints")
+    rng = np.random.default_rng(0)
+    fitness = {}
+    for name in ("mean", how):
+        args = run_args(tmp_path, tiny_data_dir, dream_trials=8, rollout_steps=8, dream_dropout=0.1,
+                        dream_fitness=name, dream_fitness_q=0.25, dream_fitness_k=1.0)
+        source = cmaes.DreamFitness(load_setup(args))
+        candidates = [np.random.default_rng(k).normal(0, 0.5, source.setup.num_params) for k in range(6)]
+        fitness[name] = source(candidates, np.zeros(source.setup.num_params), generation=3)
+        trials = source.trials(candidates, np.zeros(source.setup.num_params), 3)  # the same generator: same dreams
+        np.testing.assert_allclose(source.last_trial_means, trials.double().mean(dim=1).numpy(), rtol=1e-6)
+    (mean, mean_of_mean), (pessimistic, pessimistic_of_mean) = fitness["mean"], fitness[how]
+    assert mean.shape == pessimistic.shape == (6,) and np.ptp(mean) > 0  # candidates really differ
+    assert (pessimistic <= mean + 1e-9).all() and pessimistic_of_mean <= mean_of_mean + 1e-9
+    assert (pessimistic < mean - 1e-6).any()  # and it is pessimistic, not the mean again
+    # the aggregates themselves: worst dream ≤ q-quantile ≤ median; mean − 0·std is the mean
+    trials = torch.as_tensor(rng.normal(size=(5, 8)))
+    worst, q25, median = (cmaes.aggregate_dream_fitness(trials, "quantile", q) for q in (0.0, 0.25, 0.5))
+    assert (worst <= q25).all() and (q25 <= median).all()
+    np.testing.assert_allclose(worst, trials.min(dim=1).values.numpy())
+    np.testing.assert_allclose(cmaes.aggregate_dream_fitness(trials, "mean-minus-std", k=0.0),
+                               cmaes.aggregate_dream_fitness(trials, "mean"))
+    # the setting is in C's training record; bad values are one-line usage errors
+    result = main(run_args(tmp_path, tiny_data_dir, generations=1, eval_every=0, dream_fitness=how,
+                           dream_fitness_q=0.25, dream_fitness_k=2.0))
+    assert result["training"]["dream"]["fitness"] == {"aggregate": how, "q": 0.25, "k": 2.0}
+    assert len(result["history"]["fitness_best_trial_mean"]) == 1
+    assert result["history"]["fitness_best"][0] <= result["history"]["fitness_best_trial_mean"][0] + 1e-9
+    for bad, match in ((dict(dream_fitness_q=1.5), "--dream-fitness-q"), (dict(dream_fitness_k=-1.0), "--dream-fitness-k"),
+                       (dict(dream_fitness="median"), "--dream-fitness")):
+        with pytest.raises(UsageError, match=match):
+            main(run_args(tmp_path, tiny_data_dir, **bad))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -182,8 +183,7 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
             return original[name](args, iteration)
         return run
 
-    monkeypatch.setattr(dream_loop, "STAGES", [dream_loop.Stage(s.name, counting(s.name), s.first_only)
-                                               for s in dream_loop.STAGES])
+    monkeypatch.setattr(dream_loop, "STAGES", [dataclasses.replace(s, run=counting(s.name)) for s in dream_loop.STAGES])
     with pytest.raises(Interrupted):
         dream_loop.main(args)
     state_path = Path(args.checkpoint_dir) / dream_loop.STATE_FILE
@@ -240,3 +240,53 @@ def test_appended_episodes_encode_only_the_new_frames(tmp_path, monkeypatch):
     (data_dir / latent_cache.LATENTS_FILE).unlink()
     rebuilt, _ = load_or_build_latents(data_dir, paths["vision"])
     np.testing.assert_allclose(rebuilt, grown, rtol=1e-5, atol=1e-5)
+
+
+def test_both_starts_keep_the_better_checked_c_and_resume_inside_the_stage(tmp_path, tiny_data_dir, monkeypatch):
+    paths = write_tiny_checkpoints(tmp_path / "tiny")
+    args = loop_args(tmp_path, tiny_data_dir, paths, controller_start="both", dream_fitness="quantile",
+                     fidelity_panel=0, agent_episodes=1, repair_episodes=2)
+    original = dream_loop.evolve_in_dream
+    runs: list[str] = []
+    interrupted: list[bool] = []
+
+    def evolve(args, iteration, folder, start_from):
+        runs.append(f"{iteration}:{Path(folder).relative_to(args.checkpoint_dir)}")
+        if iteration == 1 and Path(folder).name == "from_zero" and not interrupted:
+            interrupted.append(True)
+            raise Interrupted  # the warm run of iteration 1 finished, the zero run did not start
+        return original(args, iteration, folder, start_from)
+
+    monkeypatch.setattr(dream_loop, "evolve_in_dream", evolve)
+    with pytest.raises(Interrupted):
+        dream_loop.main(args)
+    assert runs == ["0:iter_00", "1:iter_01/warm", "1:iter_01/from_zero"]  # iteration 0 has no previous C: zero only
+    warm_path = Path(args.checkpoint_dir) / "iter_01" / "warm" / "control_model_cmaes.pth"
+    warm_before = load_checkpoint(warm_path, "controller")
+    runs.clear()
+    final = dream_loop.main(args)
+    assert runs == ["1:iter_01/warm", "1:iter_01/from_zero"]  # the warm run is only reloaded (already finished)
+    warm = load_checkpoint(warm_path, "controller")
+    assert warm["generation"] == warm_before["generation"] == args.generations
+    assert warm["history"] == warm_before["history"]
+    stage = final["stages"]["1:controller"]
+    assert final["stages"]["0:controller"]["start"] == "zero" and "starts" not in final["stages"]["0:controller"]
+    assert set(stage["starts"]) == {"warm", "zero"}
+    scores = {start: run["best_real_score"] for start, run in stage["starts"].items()}
+    assert stage["start"] == ("zero" if scores["zero"] > scores["warm"] else "warm")
+    assert stage["best_real_score"] == scores[stage["start"]]
+    folder = Path(args.checkpoint_dir) / "iter_01"
+    kept = load_checkpoint(folder / "control_model_cmaes.pth", "controller")
+    winner = load_checkpoint(folder / dream_loop.START_DIRS[stage["start"]] / "control_model_cmaes.pth", "controller")
+    for key, value in winner["model_state"].items():
+        torch.testing.assert_close(kept["model_state"][key], value)
+    zero = load_checkpoint(folder / "from_zero" / "control_model_cmaes.pth", "controller")
+    assert zero["training"]["warm_start"] == "zero" and warm["training"]["warm_start"] == "checkpoint"
+    assert warm["training"]["dream"]["fitness"]["aggregate"] == "quantile"
+    assert (folder / "dream_choice" / "control_model_cmaes.pth").is_file()
+    # the repair step of iteration 0 (the last iteration records nothing): two replayed dreams joined the data
+    assert final["stages"]["0:repair"]["episodes"] == 2 and "1:repair" not in final["stages"]
+    repairs = [e for e in load_recorded(args.data_dir, mmap=True).episodes if e["driver"] == "repair"]
+    assert sorted(e["noise"]["repair_trial"] for e in repairs) == [0, 1]
+    with pytest.raises(UsageError, match="--controller-start"):
+        dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, controller_start="cold"))

@@ -45,7 +45,7 @@ from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
 from car_racing.training.dream import RecordedStates, start_pool
-from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, RealFitness
+from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, RealFitness, trial_mean
 from car_racing.training.imitation import LinearFit, bc_targets
 
 PLOT_FILE = "control_model_cmaes.png"
@@ -219,7 +219,9 @@ def training_record(args: Any, warm_start: dict | None, generation: int) -> dict
     if args.mode == "dream":
         record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
                            "temperature": args.temperature, "dropout": args.dream_dropout,
-                           "start_states": args.start_states, "start": args.dream_start, "data_dir": args.data_dir}
+                           "start_states": args.start_states, "start": args.dream_start, "data_dir": args.data_dir,
+                           "fitness": {"aggregate": args.dream_fitness, "q": args.dream_fitness_q,
+                                       "k": args.dream_fitness_k}}
     if source:
         record["warm_start_training"] = source
     return record
@@ -252,7 +254,8 @@ def warn_check_seed_overlap(args: Any) -> None:
 
 
 HISTORY_KEYS = ("generation", "fitness_best", "fitness_mean", "fitness_cma_mean", "sigma", "seconds", "eval_generation",
-                "real_best_candidate", "real_cma_mean", "real_best_candidate_std", "real_cma_mean_std")
+                "real_best_candidate", "real_cma_mean", "real_best_candidate_std", "real_cma_mean_std",
+                "fitness_best_trial_mean")  # the plain mean of the best candidate's dreams (= fitness_best with "mean")
 
 
 class Run:
@@ -350,6 +353,7 @@ class Run:
                 for key, value in (("generation", generation + 1), ("fitness_best", float(fitness[best])),
                                    ("fitness_mean", float(fitness.mean())), ("fitness_cma_mean", mean_fitness),
                                    ("sigma", float(es.sigma)),
+                                   ("fitness_best_trial_mean", trial_mean(fitness_source, best)),
                                    ("seconds", self._clock_base + time.time() - self._clock_start)):
                     history[key].append(value)
                 checked = bool(args.eval_every) and self.generation % args.eval_every == 0

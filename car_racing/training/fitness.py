@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
+from car_racing.common.cli import UsageError
 from car_racing.episodes.agent import make_agent_driver
 from car_racing.episodes.rollout import Backend, EpisodeWorkers
 from car_racing.models.ffn import flat_to_population
@@ -67,15 +68,43 @@ class RealFitness:
         self.workers.close()
 
 
+DREAM_FITNESS = ("mean", "quantile", "mean-minus-std")
+
+
+def check_dream_fitness(args: Any) -> None:
+    """One-line errors for --dream-fitness and its q / k (this stage's and the dream loop's flags)."""
+    if args.dream_fitness not in DREAM_FITNESS:
+        raise UsageError(f"--dream-fitness {args.dream_fitness}: expected one of {', '.join(DREAM_FITNESS)}")
+    if not 0 <= args.dream_fitness_q <= 1:
+        raise UsageError(f"--dream-fitness-q {args.dream_fitness_q}: expected a quantile in [0, 1]")
+    if not args.dream_fitness_k >= 0:
+        raise UsageError(f"--dream-fitness-k {args.dream_fitness_k}: expected k ≥ 0")
+
+
+def aggregate_dream_fitness(trials: torch.Tensor, how: str = "mean", q: float = 0.25, k: float = 1.0) -> np.ndarray:
+    """Each row's fitness from its (P, N) dream returns: the mean, the q-quantile (linear interpolation between
+    order statistics) or mean − k·std (1/N); float64, one value per row. The pessimistic forms pay a candidate
+    only what most of its dreams (each with its own dropout mask and noise) agree on (ME-TRPO/MOPO's idea)."""
+    trials = trials.double().cpu()
+    if how == "mean":
+        return trials.mean(dim=1).numpy()
+    if how == "quantile":
+        return torch.quantile(trials, q, dim=1).numpy()
+    if how == "mean-minus-std":
+        return (trials.mean(dim=1) - k * trials.std(dim=1, unbiased=False)).numpy()
+    raise ValueError(f"unknown dream fitness {how!r}")
+
+
 class DreamFitness:
-    """Mean fitness of each candidate over ``--dream-trials`` dreams in M; the CMA mean drives the same
-    dreams, for the curve.
+    """Fitness of each candidate over ``--dream-trials`` dreams in M: their mean, or a pessimistic aggregate
+    (``--dream-fitness``); the CMA mean drives the same dreams, for the curve. ``last_trial_means`` keeps the
+    plain mean of the last generation's dreams (what the dream pays on average, beside the fitness CMA ranks by).
 
     Each dream starts from a real (z, h) state of the start pool (:meth:`Setup.load_start_pool`) and M samples
-    the next z at ``--temperature``; a dream's fitness is the sum of M's predicted rewards (real reward
-    units) until M's done head fires (that step's reward counts). All candidates of a generation share the
-    start states and the noise (one generator seeded from ``--seed`` and the generation), and the
-    population × trials step through M as one batch."""
+    the next z at ``--temperature``; a dream's return is the sum of M's predicted rewards (real reward units)
+    until M's done head fires (that step's reward counts). All candidates of a generation share the start
+    states and the noise (one generator seeded from ``--seed`` and the generation), and the population ×
+    trials step through M as one batch."""
 
     name = "dream"
 
@@ -83,21 +112,34 @@ class DreamFitness:
         if setup.pool is None:
             setup.load_start_pool()
         self.setup = setup
+        self.last_trial_means: np.ndarray | None = None
 
-    def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+    def trials(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> torch.Tensor:
+        """Every candidate's (and, last row, CMA's mean's) return in each of the generation's dreams, (P + 1, N)."""
         setup, args = self.setup, self.setup.args
         generator = generation_generator(args.seed, generation)
         start_z, start_state = setup.pool.pick(args.dream_trials, generator)
         flat = torch.as_tensor(np.stack(candidates + [mean]), dtype=torch.float32, device=setup.device)
         weights, biases = flat_to_population(flat, *setup.sizes)
-        fitness = dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
-                                args.temperature, generator, reward_scale=1.0 / setup.reward_scale,
-                                dtype=args.dream_dtype, dropout=args.dream_dropout)
-        fitness = fitness.mean(dim=1).double().cpu().numpy()
+        return dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
+                             args.temperature, generator, reward_scale=1.0 / setup.reward_scale,
+                             dtype=args.dream_dtype, dropout=args.dream_dropout)
+
+    def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+        args = self.setup.args
+        trials = self.trials(candidates, mean, generation)
+        self.last_trial_means = aggregate_dream_fitness(trials, "mean")
+        fitness = aggregate_dream_fitness(trials, args.dream_fitness, args.dream_fitness_q, args.dream_fitness_k)
         return fitness[:-1], float(fitness[-1])
 
     def close(self) -> None:
         pass
+
+
+def trial_mean(fitness_source: Any, index: int) -> float:
+    """The plain mean of candidate ``index``'s dreams in the last generation (NaN for real-env fitness)."""
+    means = getattr(fitness_source, "last_trial_means", None)
+    return math.nan if means is None else float(means[index])
 
 
 class RealEnvFitness:

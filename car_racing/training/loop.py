@@ -75,11 +75,13 @@ def iteration_dir(checkpoint_dir: str | Path, iteration: int) -> Path:
 
 @dataclass
 class Stage:
-    """One stage of an iteration; ``first_only`` stages run in iteration 0 only."""
+    """One stage of an iteration; ``first_only`` stages run in iteration 0 only, ``feeds_next`` stages (new data
+    for the next M) not in the last iteration."""
 
     name: str
     run: Callable[[Any, int], dict]  # (the loop's Args, iteration) → results for the loop state
     first_only: bool = False
+    feeds_next: bool = False
 
 
 def stage_keys(stages: Sequence[Stage], iterations: int) -> list[tuple[int, Stage]]:
@@ -89,7 +91,7 @@ def stage_keys(stages: Sequence[Stage], iterations: int) -> list[tuple[int, Stag
         for stage in stages:
             if stage.first_only and iteration > 0:
                 continue
-            if stage.name == "record" and iteration == iterations - 1:
+            if stage.feeds_next and iteration == iterations - 1:
                 continue
             keys.append((iteration, stage))
     return keys
@@ -113,17 +115,43 @@ def save_dream_choice(final: dict, folder: Path) -> None:
     save_checkpoint(choice, checkpoint_paths(target)["controller"])
 
 
+def run_summary(final: dict) -> dict:
+    """A CMA-ES run's results (its final checkpoint dict) for the loop state."""
+    history = final["history"]
+    trial_means = history.get("fitness_best_trial_mean") or []
+    return {"best_real_score": final["best_real_score"], "model_source": final["model_source"],
+            "dream_fitness_best": history["fitness_best"][-1] if history["fitness_best"] else None,
+            "dream_fitness_best_trial_mean": trial_means[-1] if trial_means else None,
+            "dream_fitness_cma_mean": history["fitness_cma_mean"][-1] if history["fitness_cma_mean"] else None,
+            "real_checks": list(zip(history["eval_generation"], history["real_best_candidate"], history["real_cma_mean"])),
+            "dream_trained": final["training"]["dream_trained"]}
+
+
 def report_iteration(state: LoopState, iteration: int) -> str:
-    """One line per iteration: the dream's fitness, the real checks, the kept C, the dream-real ρ."""
-    key = f"{iteration}:"
-    controller = state.data["stages"].get(key + "controller", {})
-    fidelity = state.data["stages"].get(key + "fidelity", {})
-    checks = controller.get("real_checks", [])
-    rho = fidelity.get("rank_correlation")
-    return (f"iteration {iteration}: dream fitness (best candidate, last gen) {controller.get('dream_fitness_best', float('nan')):.1f}; "
-            f"real checks {', '.join(f'g{g}: {b:.0f}/{m:.0f}' for g, b, m in checks) or '-'} (best candidate / CMA mean); "
-            f"kept {controller.get('best_real_score', float('nan')):.1f}; "
-            f"dream-real rank correlation {'-' if rho is None else f'{rho:.2f}'}")
+    """One line per iteration: the dream's fitness, the real checks, the kept C and its start, the dream-real ρ,
+    the recorded returns and the repair's dream-vs-real returns."""
+    stages = state.data["stages"]
+    controller = stages.get(f"{iteration}:controller", {})
+    rho = stages.get(f"{iteration}:fidelity", {}).get("rank_correlation")
+    record = stages.get(f"{iteration}:record", {})
+    repair = stages.get(f"{iteration}:repair", {})
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    checks = ", ".join(f"g{g}: {b:.0f}/{m:.0f}" for g, b, m in controller.get("real_checks", [])) or "-"
+    starts = "".join(f"; {start} start: kept {number(run.get('best_real_score'))}, dream {number(run.get('dream_fitness_best'))}"
+                     for start, run in controller.get("starts", {}).items())
+    recorded = (f"; recorded returns: C {number(record.get('return_mean'))}, dream's choice "
+                f"{number(record.get('return_mean_dream_choice'))}" if record else "")
+    if repair.get("episodes"):
+        recorded += (f"; repair: {repair['episodes']} dreams replayed, dream paid {number(repair.get('dream_return_mean'))}, "
+                     f"the real env {number(repair.get('real_return_mean'))}")
+    return (f"iteration {iteration}: dream fitness (best candidate, last gen) {number(controller.get('dream_fitness_best'))} "
+            f"(mean of its dreams {number(controller.get('dream_fitness_best_trial_mean'))}); "
+            f"real checks {checks} (best candidate / CMA mean); "
+            f"kept {number(controller.get('best_real_score'))} ({controller.get('start', 'warm')} start{starts}); "
+            f"dream-real rank correlation {'-' if rho is None else f'{rho:.2f}'}{recorded}")
 
 
 def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
