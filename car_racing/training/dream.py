@@ -464,3 +464,34 @@ def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torc
                                 temperature, reward_scale))
         results.append(torch.cat(row, dim=1))
     return torch.cat(results, dim=0)
+
+
+@torch.no_grad()
+def dream_closed_loop(mdnrnn: Any, controller: Any, start_z: torch.Tensor, steps: int, temperature: float,
+                      generator: torch.Generator | None = None, *, dropout: float = 0.0,
+                      start_state: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+    """One C driving one dream, step by step, keeping what it saw (for films and inspection, not training).
+
+    From ``start_z`` (1, L) (and ``start_state``, default M's zero state, as at an episode's first frame) C acts
+    on ``[z_t, h_t]``, M steps and samples ``z_{t+1}`` at ``temperature``; with ``dropout`` p one mask over h
+    before M's heads for the whole dream (as in training). It runs past M's done signal so a film can show what
+    follows; ``done_prob`` says where the training dream would have stopped paying.
+
+    Returns numpy arrays: ``z`` (T, L) the z C saw at each step, ``actions`` (T, A), ``reward`` (T,) M's
+    predicted r_t (the checkpoint's units), ``done_prob`` (T,).
+    """
+    device = start_z.device
+    state = mdnrnn.initial_state(1, device) if start_state is None else start_state
+    mask = head_dropout_mask(1, mdnrnn.hidden_size, dropout, generator, device)
+    z = start_z
+    zs, actions, rewards, dones = [], [], [], []
+    for _ in range(steps):
+        action = controller(z, state[0])
+        zs.append(z[0].cpu().numpy())
+        actions.append(action[0].cpu().numpy())
+        out, state = mdnrnn.step(z, action, state, head_mask=mask)
+        rewards.append(float(out.reward[0]))
+        dones.append(float(torch.sigmoid(out.done_logit[0])))
+        z = type(mdnrnn).sample_next_z(out, temperature, generator)
+    return {"z": np.stack(zs), "actions": np.stack(actions), "reward": np.asarray(rewards, dtype=np.float32),
+            "done_prob": np.asarray(dones, dtype=np.float32)}
