@@ -102,8 +102,9 @@ def sweep_rows(model: Any, z: np.ndarray, dims: Iterable[int], stats: dict, step
         values = stats["mean"][d] + np.linspace(-sigmas, sigmas, steps) * stats["std"][d]
         batch = np.repeat(z[None], steps, axis=0)
         batch[:, d] = values
-        rows.append((f"z[{d}]  KL {stats['kl'][d]:.2f} nats: {values[0]:+.2f} ... {values[-1]:+.2f} "
-                     f"(mean {stats['mean'][d]:+.2f} +- {sigmas:g} sd)", decode(model, batch, device)))
+        title = (f"z[{d}]  KL {stats['kl'][d]:.2f} nats: {values[0]:+.2f} ... {values[-1]:+.2f} "
+                 f"(mean {stats['mean'][d]:+.2f} +- {sigmas:g} sd)")
+        rows.append((title, decode(model, batch, device)))
     return rows
 
 

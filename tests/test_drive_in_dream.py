@@ -65,7 +65,7 @@ def test_dream_driven_by_keys_sums_m_own_rollout_and_wakes_up_to_the_real_env(tm
     env.close()
     assert summary["real_return"] == pytest.approx(real_return)
 
-    frames, width, height, fps = video_info(out)
+    frames, width, _, fps = video_info(out)
     assert frames == 20 and fps == 50 and width >= 2 * drive_in_dream.PANEL
 
 

@@ -16,7 +16,7 @@ steps until someone looks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class RealReplay:
         self.context_frames = [preprocess_frame(observation)]
         total = 0.0
         for action in self.context_actions:
-            observation, reward, terminated, truncated, _ = self.env.step(action)
+            observation, reward, *_ = self.env.step(action)
             total += float(reward)
             self.context_frames.append(preprocess_frame(observation))
         self.observation, self.dream_steps_done, self.dream_return = observation, 0, 0.0
