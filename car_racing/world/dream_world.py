@@ -98,7 +98,7 @@ class DreamWorld:
         z = self.encode(frames)
         state = self.memory.initial_state(1, self.device)
         if len(actions):
-            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)[None]
+            a = torch.as_tensor(np.array(actions, dtype=np.float32), device=self.device)[None]  # a copy: writable
             _, state = self.memory(z[None, :-1], a, state)
         self.start_z, self.start_state = z[-1:], (state[0].clone(), state[1].clone())
         return self.restart()
