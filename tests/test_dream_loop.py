@@ -216,7 +216,7 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
     assert [f"{r['step']}:{r['stage']}" for r in records] == list(final["stages"])
     controller_0 = records[3]
     assert controller_0["controller/best_real_score"] == pytest.approx(final["stages"]["0:controller"]["best_real_score"])
-    assert [r["step"] for r in read_metrics(metrics_path(Path(args.checkpoint_dir) / "iter_01", "controller"))] == [1, 2]
+    assert [r["step"] for r in read_metrics(metrics_path(Path(args.checkpoint_dir) / "iter_01", "controller"))] == [0, 1, 2]
     with pytest.raises(UsageError, match="--seed 5"):  # a different loop cannot continue this one
         dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, seed=5))
 

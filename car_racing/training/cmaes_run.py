@@ -290,11 +290,14 @@ class Run:
         """A new run from ``x0``; with checks on, the warm start is real-checked first (generation 0)."""
         args = setup.args
         run = cls(setup, make_es(x0, args), warm_start)
+        metrics = MetricsLog(setup.checkpoint_dir, "controller", tensorboard=getattr(args, "tensorboard", False))
         if args.eval_every:  # the warm start is a candidate for the best real score too
             score, spread = real_score(x0, args, setup.real_episodes())
             run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})", spread)
             print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
                   f"over {args.eval_episodes} episodes")
+            metrics.log(0, real_cma_mean=score, real_cma_mean_std=spread)  # a new run's file starts with this
+        metrics.close()
         run.save()
         return run
 
