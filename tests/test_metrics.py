@@ -85,3 +85,24 @@ def test_a_stage_without_tensorboard_imports_none(tiny_data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(read_metrics(metrics_path(tmp_path / "run", "vision"))) == 1
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_compare_runs_overlays_the_runs_metrics(tmp_path):
+    import cv2
+
+    from car_racing import compare_runs
+
+    for run, scale in (("a", 1.0), ("b", 2.0)):
+        with MetricsLog(tmp_path / run, "memory") as log:
+            for step in (1, 2, 3):
+                log.log(step, val_total=scale / step, train_total=scale)
+    summary = compare_runs.main(compare_runs.Args(runs=(str(tmp_path / "a"), str(tmp_path / "b")), stage="memory",
+                                                  out=str(tmp_path / "out" / "compare.png")))
+    assert summary["curves"] == {"a: val_total": [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))],
+                                 "b: val_total": [(1, 2.0), (2, 1.0), (3, pytest.approx(2 / 3))]}
+    assert cv2.imread(summary["out"]) is not None
+    with pytest.raises(UsageError, match="--keys nope: .*train_total, val_total"):
+        compare_runs.main(compare_runs.Args(runs=(str(tmp_path / "a"),), stage="memory", keys=("nope",),
+                                            out=str(tmp_path / "x.png")))
+    with pytest.raises(UsageError, match="no vision_metrics.jsonl"):
+        compare_runs.main(compare_runs.Args(runs=(str(tmp_path / "a"),), stage="vision", out=str(tmp_path / "x.png")))
