@@ -58,6 +58,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.metrics import MetricsLog
 from car_racing.common.runtime import MEMORY_LATEST_FILE, checkpoint_paths, link_or_copy, load_checkpoint
 from car_racing.episodes.rollout import default_workers, uses_backend
 from car_racing.recording.recorded_data import has_recorded_data, load_recorded, recorded_seeds
@@ -202,6 +203,9 @@ class Args:
     """auto (CUDA when available), cpu or cuda[:N] for V, M and the dreams"""
     progress: bool = True
     """show tqdm progress bars"""
+    tensorboard: bool = False
+    """also write each stage's results (dream_loop_metrics.jsonl, always written: one line per stage, step =
+    iteration) as TensorBoard events in CHECKPOINT_DIR/tensorboard/dream_loop (needs requirements-tensorboard.txt)"""
 
 
 def check_args(args: Args) -> None:
@@ -493,6 +497,8 @@ def main(args: Args) -> dict:
     Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     state = LoopState(Path(args.checkpoint_dir) / STATE_FILE, args, FIXED_SETTINGS)
     state.save()
+    metrics = MetricsLog(args.checkpoint_dir, "dream_loop", tensorboard=args.tensorboard,
+                         keep=lambda record: state.done(f"{record.get('step')}:{record.get('stage')}"))
     keys = stage_keys([s for s in STAGES if s.name != "repair" or args.repair_episodes], args.iterations)
     bar = tqdm(keys, desc="dream loop", unit="stage", disable=not args.progress,
                initial=sum(state.done(f"{i}:{s.name}") for i, s in keys), total=len(keys))
@@ -506,12 +512,15 @@ def main(args: Args) -> dict:
         torch.set_num_threads(threads)  # a stage's thread choice must not leak into the next
         started = time.time()
         result = stage.run(args, iteration)
+        metrics.log(iteration, {f"{stage.name}/{k}": v for k, v in result.items()}, stage=stage.name,
+                    seconds=time.time() - started)
         state.finish(key, time.time() - started, result)
         bar.update(1)
         if stage.name in ("fidelity", "record", "repair") or (stage.name == "controller" and args.fidelity_panel == 0):
             (tqdm.write if args.progress else print)(report_iteration(state, iteration))
             plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     bar.close()
+    metrics.close()
     plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     best = choose_best(args.checkpoint_dir, args.iterations, state)
     state.data["best_iteration"] = best

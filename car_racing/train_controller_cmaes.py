@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.metrics import require_tensorboard
 from car_racing.episodes.rollout import default_workers, uses_backend
 
 
@@ -131,6 +132,9 @@ class Args:
     """torch CPU threads for the dreams (0 = torch's default; 1 is faster on a machine busy with other jobs)"""
     resume: bool = False
     """continue the run saved in CHECKPOINT_DIR/control_model_cmaes.pth"""
+    tensorboard: bool = False
+    """also write the per-generation scalars (controller_metrics.jsonl, always written) as TensorBoard events in
+    CHECKPOINT_DIR/tensorboard/controller (needs: pip install -r requirements-tensorboard.txt)"""
     progress: bool = True
     """show tqdm progress bars"""
 
@@ -186,6 +190,8 @@ def main(args: Args) -> dict:
     """Evolve C: the warm start (or the saved run), the generations, the final report; returns the final
     checkpoint dict (also in CHECKPOINT_DIR)."""
     check_args(args)
+    if args.tensorboard:
+        require_tensorboard()
     import torch
 
     from car_racing.common.runtime import seed_everything

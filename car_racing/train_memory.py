@@ -15,8 +15,9 @@ in the paper, and trains on the memory windows ``car_racing_memory_dataset_*.npy
   limit or the recorder cut it, since no model can predict a cut from the frames.
 
 Validation uses whole episodes held out with ``--seed``. Outputs: ``checkpoint_dir/memory_model.pth``
-(best validation loss), ``memory_model_latest.pth`` (resumable, written after every epoch) and
-``memory_model_loss.png``.
+(best validation loss), ``memory_model_latest.pth`` (resumable, written after every epoch),
+``memory_model_loss.png`` and its values, one JSON line per epoch, in ``memory_metrics.jsonl``
+(``--tensorboard``: TensorBoard events too).
 
     python car_racing/train_memory.py --epochs 20
 """
@@ -39,6 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.metrics import MetricsLog, require_tensorboard
 from car_racing.common.runtime import (
     MEMORY_LATEST_FILE,
     build_model,
@@ -117,6 +119,9 @@ class Args:
     """CPU threads for torch (0 = torch's default)"""
     progress: bool = True
     """show tqdm progress bars"""
+    tensorboard: bool = False
+    """also write the per-epoch losses as TensorBoard events in CHECKPOINT_DIR/tensorboard/memory (needs the
+    optional tensorboard package: pip install -r requirements-tensorboard.txt); memory_metrics.jsonl is always written"""
 
 
 def terminal_flags(data: RecordedData, done_target: str) -> np.ndarray:
@@ -267,6 +272,8 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--init-from {args.init_from}: no such memory checkpoint")
     if not args.done_pos_weight > 0:
         raise UsageError(f"--done-pos-weight {args.done_pos_weight}: expected a positive number")
+    if args.tensorboard:
+        require_tensorboard()
 
 
 def main(args: Args) -> dict:
@@ -365,6 +372,8 @@ def main(args: Args) -> dict:
                 "data": {"data_dir": str(args.data_dir), "num_frames": len(data), "num_episodes": len(data.episodes),
                          "drivers": sorted({str(e.get("driver")) for e in data.episodes})}}
 
+    metrics = MetricsLog(checkpoint_dir, "memory", resume_after=start_epoch if args.resume else None,
+                         tensorboard=args.tensorboard)
     epoch_bar = tqdm(range(start_epoch, args.epochs), desc="memory epochs", unit="epoch", disable=not args.progress,
                      initial=start_epoch, total=args.epochs)
     for epoch in epoch_bar:
@@ -383,6 +392,8 @@ def main(args: Args) -> dict:
         improved = val_losses["total"] < best_val_loss
         best_val_loss = min(best_val_loss, val_losses["total"])
         state = checkpoint(epoch + 1, best_val_loss)
+        metrics.log(epoch + 1, {key: values[-1] for key, values in history.items()}, best=improved,
+                    seconds=time.time() - started)
         if improved:
             save_checkpoint(state, best_path)
         save_checkpoint(state, latest_path)
@@ -395,6 +406,7 @@ def main(args: Args) -> dict:
                 f"reward {val_losses['reward']:.4f} done {val_losses['done']:.4f}  "
                 f"({time.time() - started:.1f}s{', best' if improved else ''})")
         tqdm.write(line) if args.progress else print(line)
+    metrics.close()
     if not best_path.is_file():  # e.g. resumed a finished run whose best file was removed
         save_checkpoint(checkpoint(start_epoch, best_val_loss), best_path)
     return load_checkpoint(best_path, "memory")

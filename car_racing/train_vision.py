@@ -2,7 +2,8 @@
 
 Reads ``<data-dir>/car_racing_recorded_*`` (frames and the episode list of the meta file); writes
 ``<checkpoint-dir>/vision_model.pth`` (the best epoch by validation loss), a resumable
-``vision_model_latest.pth`` after every epoch and the loss curves ``vision_model_loss.png``.
+``vision_model_latest.pth`` after every epoch, the loss curves ``vision_model_loss.png`` and their values,
+one JSON line per epoch, in ``vision_metrics.jsonl`` (``--tensorboard``: TensorBoard events too).
 
 The validation split holds out whole episodes (seeded). Each epoch reports, for train and validation,
 the reconstruction loss (sum of squared error per image, pixels in [0, 1]) and the KL per image. The
@@ -32,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.metrics import MetricsLog, require_tensorboard
 from car_racing.common.runtime import (
     build_model,
     checkpoint_paths,
@@ -90,6 +92,9 @@ class Args:
     """bfloat16 autocast for the forward pass on CPUs with native bf16 (ignored elsewhere: fp32)"""
     compile: bool = False
     """torch.compile the model (slow first epoch; see bench/bench_vision.py for whether it pays)"""
+    tensorboard: bool = False
+    """also write the per-epoch scalars as TensorBoard events in <checkpoint-dir>/tensorboard/vision (needs the
+    optional tensorboard package: pip install -r requirements-tensorboard.txt); vision_metrics.jsonl is always written"""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,6 +212,8 @@ def _check_args(args: Args) -> None:
         raise UsageError(f"--latent-size {args.latent_size}: expected at least 1")
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: expected 0 (default) or a positive count")
+    if args.tensorboard:
+        require_tensorboard()
 
 
 def main(args: Args) -> dict[str, Any]:
@@ -303,6 +310,8 @@ def main(args: Args) -> dict[str, Any]:
               "the best checkpoint is chosen by training loss")
 
     latest: dict[str, Any] = {}
+    metrics = MetricsLog(checkpoint_dir, "vision", resume_after=start_epoch if resumed is not None else None,
+                         tensorboard=args.tensorboard)
     progress = tqdm(total=(args.epochs - start_epoch) * num_batches, unit="batch", dynamic_ncols=True,
                     desc="vision")
     model.train()
@@ -348,6 +357,7 @@ def main(args: Args) -> dict[str, Any]:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }
+        metrics.log(epoch + 1, {key: values[-1] for key, values in history.items()}, best=improved)
         if improved:
             save_checkpoint(latest, best_path)
         save_checkpoint(latest, latest_path)
@@ -359,6 +369,7 @@ def main(args: Args) -> dict[str, Any]:
                        f"{val_text} | β {history['beta'][-1]:.3f} | {seen / seconds:.0f} img/s"
                        + (" | best, saved" if improved else ""))
     progress.close()
+    metrics.close()
     print(f"best: epoch {best_epoch}, validation loss {best_val_loss:.1f} → {best_path}; curves → {curves_path}")
     return latest
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
-from car_racing.common.video import label, upscale, write_image
+from car_racing.common.video import titled_rows, write_image
 from car_racing.recording.recorded_data import episode_frame_indices, load_recorded
 
 
@@ -54,20 +54,6 @@ def held_out_indices(checkpoint: dict, data) -> tuple[np.ndarray, str]:
     return np.arange(len(data)), "all episodes (the checkpoint has no usable validation split)"
 
 
-def make_grid(rows: list[tuple[str, np.ndarray]], scale: int, gap: int = 2) -> np.ndarray:
-    """Stack titled rows of uint8 (N, 64, 64, 3) images into one RGB image (white gaps, title strips)."""
-    width = max(len(images) for _, images in rows) * (64 * scale + gap) + gap
-    parts = []
-    for title, images in rows:
-        strip = label(np.full((22, width, 3), 255, dtype=np.uint8), title, position=(gap + 2, 3), scale=0.45)
-        row = np.full((64 * scale + 2 * gap, width, 3), 255, dtype=np.uint8)
-        for i, image in enumerate(images):
-            x = gap + i * (64 * scale + gap)
-            row[gap:gap + 64 * scale, x:x + 64 * scale] = upscale(image, scale)
-        parts += [strip, row]
-    return np.concatenate(parts, axis=0)
-
-
 def main(args: Args) -> Path:
     import torch
 
@@ -92,7 +78,7 @@ def main(args: Args) -> Path:
         generator = torch.Generator(device=device).manual_seed(args.seed)
         samples = model.decode(torch.randn(args.columns, model.latent_size, generator=generator, device=device))
         sse = (recon - x).pow(2).flatten(1).sum(1)
-    grid = make_grid([(f"original ({source}; steps {chosen.tolist()})", frames),
+    grid = titled_rows([(f"original ({source}; steps {chosen.tolist()})", frames),
                       (f"reconstruction decode(mu); SSE per image mean {float(sse.mean()):.1f}", to_images(recon)),
                       ("samples decode(z), z ~ N(0, I)", to_images(samples))], args.scale)
     out = Path(args.out)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from bench import bench_all
 
 
 def test_quick_run_reports_every_measurement(tmp_path, capsys):
+    pytest.importorskip("ray")  # an optional extra (requirements-ray.txt; make test installs it)
     out = tmp_path / "out" / "bench.json"
     report = bench_all.main(bench_all.Args(quick=True, workers=2, threads=1, checkpoint_dir=str(tmp_path / "none"),
                                            data_dir=str(tmp_path / "no_data"), json=str(out)))

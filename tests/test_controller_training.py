@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from car_racing.common.cli import UsageError
+from car_racing.common.metrics import metrics_path, read_metrics
 from car_racing.common.runtime import load_checkpoint, save_checkpoint
 from car_racing.episodes.agent import checkpoint_paths
 from car_racing.models.ffn import Controller, flat_to_population, population_actions
@@ -249,6 +250,12 @@ def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir)
     assert resumed["generation"] == 4 and pickle.loads(resumed["es_state"]).countiter == 4
     assert resumed["history"]["fitness_best"][:2] == first["history"]["fitness_best"]
     assert resumed["history"]["eval_generation"] == [2, 4]
+    records = read_metrics(metrics_path(tmp_path / "checkpoints", "controller"))  # one line per generation
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]  # 0: the warm start's real check
+    assert records[0]["real_cma_mean"] == pytest.approx(first["checked"][0]["score"])
+    assert [r["fitness_best"] for r in records[1:]] == resumed["history"]["fitness_best"]
+    assert [r.get("real_best_candidate") for r in records[2::2]] == resumed["history"]["real_best_candidate"]
+    assert "real_best_candidate" not in records[1]
 
     # A straight 4-generation run gives the same result: the resume continued the same ES state and RNGs.
     straight_dir = tmp_path / "straight"

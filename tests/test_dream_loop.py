@@ -13,6 +13,7 @@ from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_che
 
 from car_racing import dream_loop, evaluate_world_model
 from car_racing.common.cli import UsageError
+from car_racing.common.metrics import metrics_path, read_metrics
 from car_racing.common.runtime import load_checkpoint
 from car_racing.models.ffn import flat_to_population
 from car_racing.models.mdn_rnn import MDNRNN, head_dropout_mask
@@ -210,6 +211,12 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
     assert final["best_iteration"] in (0, 1)
     assert (Path(args.checkpoint_dir) / "best" / "control_model_cmaes.pth").is_file()
     assert (Path(args.checkpoint_dir) / dream_loop.PLOT_FILE).stat().st_size > 0
+    # one metrics line per finished stage, step = iteration, in the loop state's order (none lost or doubled)
+    records = read_metrics(metrics_path(args.checkpoint_dir, "dream_loop"))
+    assert [f"{r['step']}:{r['stage']}" for r in records] == list(final["stages"])
+    controller_0 = records[3]
+    assert controller_0["controller/best_real_score"] == pytest.approx(final["stages"]["0:controller"]["best_real_score"])
+    assert [r["step"] for r in read_metrics(metrics_path(Path(args.checkpoint_dir) / "iter_01", "controller"))] == [0, 1, 2]
     with pytest.raises(UsageError, match="--seed 5"):  # a different loop cannot continue this one
         dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, seed=5))
 

@@ -174,3 +174,19 @@ def test_switches_and_uninstall(monkeypatch):
         env.reset(seed=0)
     finally:
         env.close()
+
+
+def test_score_font_survives_repeated_pygame_sessions():
+    """pygame forgets registered quit functions after each pygame.quit(): the cached score font must still
+    be dropped each time, or the third session renders with a dead font (issue 22's repro)."""
+    import pygame
+
+    for session in range(3):
+        env = make_env(render_mode="rgb_array")
+        try:
+            env.reset(seed=session)
+            frame = env.render()  # the third session raised "Invalid font (font module quit since font created)"
+            assert frame.shape == (400, 600, 3)
+        finally:
+            env.close()
+            pygame.quit()

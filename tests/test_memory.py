@@ -11,6 +11,7 @@ import torch
 
 from car_racing import train_memory, visualize_memory_prediction
 from car_racing.common.cli import UsageError
+from car_racing.common.metrics import metrics_path, read_metrics
 from car_racing.common.runtime import load_checkpoint, save_checkpoint
 from car_racing.models.mdn_rnn import MDNRNN, MDNOutput, mdn_loss
 from car_racing.models.vae import VAE
@@ -184,6 +185,9 @@ def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
     latest = load_checkpoint(checkpoints / "memory_model_latest.pth", "memory")
     assert latest["epoch"] == 2 and len(latest["history"]["train_mdn"]) == 2
     assert latest["history"]["train_mdn"][0] == saved["history"]["train_mdn"][0]
+    records = read_metrics(metrics_path(checkpoints, "memory"))  # epoch 1 kept on resume, epoch 2 appended
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["val_total"] for r in records] == pytest.approx(latest["history"]["val_total"])
     # resuming gives the same model as training two epochs straight
     straight_dir = tmp_path / "straight"
     save_tiny_vision(straight_dir / "vision_model.pth")

@@ -9,6 +9,7 @@ import torch
 
 from car_racing import train_vision, visualize_vision_model, visualize_vision_video
 from car_racing.common.cli import UsageError
+from car_racing.common.metrics import metrics_path, read_metrics
 from car_racing.common.runtime import checkpoint_paths, load_checkpoint, load_model, save_checkpoint
 from car_racing.common.video import video_info, write_video
 from car_racing.models.vae import VAE, frames_to_tensor, kl_per_image, vae_loss
@@ -117,6 +118,10 @@ def test_train_writes_checkpoint_and_resume_continues_exactly(tiny_data_dir, tmp
     adam_steps = {int(s["step"]) for s in resumed["optimizer_state"]["state"].values()}
     assert adam_steps == {2 * steps_per_epoch}  # the optimiser state went on from epoch 1
     assert load_checkpoint(latest_path, "vision")["epoch"] == 2
+    # the metrics file matches the resumed history: epoch 1 kept, epoch 2 appended
+    records = read_metrics(metrics_path(checkpoint_dir, "vision"))
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["train_recon"] for r in records] == pytest.approx(resumed["history"]["train_recon"])
 
     # 1 epoch + resume 1 epoch == 2 epochs in one go (weights, β schedule, shuffling and RNG restored)
     straight = train_vision.main(train_args(tiny_data_dir, tmp_path / "straight", epochs=2))

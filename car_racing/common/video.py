@@ -70,6 +70,21 @@ def side_by_side(frames: Sequence[np.ndarray], gap: int = 0, gap_value: int = 25
     return np.concatenate(parts, axis=1)
 
 
+def titled_rows(rows: list[tuple[str, np.ndarray]], scale: int, gap: int = 2) -> np.ndarray:
+    """Stack titled rows of uint8 (N, 64, 64, 3) images into one RGB image: per row a 22-pixel title strip,
+    then the images upscaled by ``scale`` (white gaps of ``gap`` pixels)."""
+    width = max(len(images) for _, images in rows) * (64 * scale + gap) + gap
+    parts = []
+    for title, images in rows:
+        strip = label(np.full((22, width, 3), 255, dtype=np.uint8), title, position=(gap + 2, 3), scale=0.45)
+        row = np.full((64 * scale + 2 * gap, width, 3), 255, dtype=np.uint8)
+        for i, image in enumerate(images):
+            x = gap + i * (64 * scale + gap)
+            row[gap:gap + 64 * scale, x:x + 64 * scale] = upscale(image, scale)
+        parts += [strip, row]
+    return np.concatenate(parts, axis=0)
+
+
 class VideoWriter:
     """An H.264 MP4 written frame by frame (atomic: the file appears when the writer closes without error).
 

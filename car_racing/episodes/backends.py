@@ -52,6 +52,7 @@ from car_racing.common.cli import UsageError
 
 BACKENDS = ("processes", "ray")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+RAY_INSTALL = "pip install -r requirements-ray.txt"  # Ray is an optional extra (make test installs it)
 RAY_CONNECT_TIMEOUT_S = 5.0  # a bad --ray-address fails within this (Ray itself retries for minutes)
 RAY_JOBS_IN_FLIGHT = 2  # jobs queued on each actor: the next one starts without a round trip to the driver
 PROCESS_POOL_RESTARTS = 3  # restarts of a broken process pool in a row with no job finished in between
@@ -86,7 +87,8 @@ class Backend:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise UsageError("--backend ray: Ray is not installed (pip install -r requirements.txt)") from None
+            raise UsageError(f"--backend ray: needs the optional Ray package, which is not installed; "
+                             f"run: {RAY_INSTALL}") from None
         if self.ray_address:
             check_ray_address(self.ray_address)
 

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError
+from car_racing.common.metrics import MetricsLog
 from car_racing.common.runtime import (
     atomic_path,
     build_model,
@@ -257,6 +258,10 @@ HISTORY_KEYS = ("generation", "fitness_best", "fitness_mean", "fitness_cma_mean"
                 "real_best_candidate", "real_cma_mean", "real_best_candidate_std", "real_cma_mean_std",
                 "fitness_best_trial_mean")  # the plain mean of the best candidate's dreams (= fitness_best with "mean")
 
+# what controller_metrics.jsonl gets every generation (the CHECK_KEYS in generations with a real-env check)
+METRIC_KEYS = ("fitness_best", "fitness_mean", "fitness_cma_mean", "sigma", "seconds")
+CHECK_KEYS = ("real_best_candidate", "real_cma_mean", "real_best_candidate_std", "real_cma_mean_std")
+
 
 class Run:
     """One CMA-ES run's state: the ES, the history, the best real-checked parameters; saved every generation."""
@@ -288,11 +293,14 @@ class Run:
         """A new run from ``x0``; with checks on, the warm start is real-checked first (generation 0)."""
         args = setup.args
         run = cls(setup, make_es(x0, args), warm_start)
+        metrics = MetricsLog(setup.checkpoint_dir, "controller", tensorboard=getattr(args, "tensorboard", False))
         if args.eval_every:  # the warm start is a candidate for the best real score too
             score, spread = real_score(x0, args, setup.real_episodes())
             run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})", spread)
             print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
                   f"over {args.eval_episodes} episodes")
+            metrics.log(0, real_cma_mean=score, real_cma_mean_std=spread)  # a new run's file starts with this
+        metrics.close()
         run.save()
         return run
 
@@ -343,6 +351,8 @@ class Run:
         bar = tqdm(range(self.generation, args.generations), desc=f"CMA-ES ({args.mode})", unit="gen",
                    initial=self.generation, total=args.generations, disable=not args.progress)
         last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
+        metrics = MetricsLog(self.setup.checkpoint_dir, "controller", resume_after=self.generation,
+                             tensorboard=getattr(args, "tensorboard", False))
         try:
             for generation in bar:
                 candidates = [np.asarray(x) for x in es.ask()]
@@ -359,6 +369,7 @@ class Run:
                 checked = bool(args.eval_every) and self.generation % args.eval_every == 0
                 if checked:
                     last_real = self.check(candidates[best])
+                metrics.log(self.generation, {key: history[key][-1] for key in METRIC_KEYS + (CHECK_KEYS if checked else ())})
                 self.save()
                 if checked or self.generation % PLOT_EVERY == 0 or self.generation == args.generations:
                     plot_history(history, self.setup.checkpoint_dir / PLOT_FILE, args.mode)
@@ -366,3 +377,4 @@ class Run:
                                 real="-" if last_real is None else f"{last_real:.1f}")
         finally:
             bar.close()
+            metrics.close()

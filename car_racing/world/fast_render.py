@@ -46,8 +46,9 @@ OFF_SCREEN_MARGIN = 8.0  # px: a polygon wholly this far beyond one screen edge 
 COVER_MARGIN = 16.0  # px: the background is a plain fill when it covers the screen grown by this much
 
 # pygame fonts die with pygame.quit() (the env's close() in human mode calls it): drop the cached font then.
+# pygame forgets registered quit functions at each pygame.quit(), so the hook is registered again with
+# every new font (once per pygame session), not once per process.
 _font_cache: dict[str, Any] = {}
-_quit_hook_registered = False
 
 
 def _clear_font_cache() -> None:
@@ -58,14 +59,11 @@ def _score_font() -> Any:
     """The stock score font (default font, size 42), created once per pygame session."""
     import pygame
 
-    global _quit_hook_registered
-    if not _quit_hook_registered:
-        pygame.register_quit(_clear_font_cache)
-        _quit_hook_registered = True
     font = _font_cache.get("score")
     if font is None:
         font = pygame.font.Font(pygame.font.get_default_font(), 42)
         _font_cache["score"] = font
+        pygame.register_quit(_clear_font_cache)
     return font
 
 

@@ -102,25 +102,28 @@ class DrivingView:
         self._big = pygame.font.Font(None, 44)
         self._last_frame: Any = None  # the last composed frame, under a message box while waiting
 
-    def _fit(self, surface: Any, size: tuple[int, int]) -> Any:
-        """``surface`` scaled to fit ``size``, keeping its aspect ratio (unchanged when it fits exactly)."""
+    def _fit(self, surface: Any, size: tuple[int, int], smooth: bool = True) -> Any:
+        """``surface`` scaled to fit ``size``, keeping its aspect ratio (unchanged when it fits exactly);
+        ``smooth=False``: nearest neighbour (crisp pixels, for enlarged 64×64 images)."""
         if surface.get_size() == size:
             return surface
         w, h = surface.get_size()
         ratio = min(size[0] / w, size[1] / h)
-        return self._pygame.transform.smoothscale(surface, (max(1, int(w * ratio)), max(1, int(h * ratio))))
+        scale = self._pygame.transform.smoothscale if smooth else self._pygame.transform.scale
+        return scale(surface, (max(1, int(w * ratio)), max(1, int(h * ratio))))
 
     def show(self, env: Any, observation: np.ndarray, status: str, bars: Sequence[Bar] = (),
-             inset: np.ndarray | None = None, message: Sequence[str] = ()) -> None:
+             inset: np.ndarray | None = None, message: Sequence[str] = (), smooth: bool = True) -> None:
         """Draw one step: the env's full-resolution frame (the observation enlarged when ``env`` is None),
         the ``inset`` (an RGB uint8 image, e.g. the 64×64 frame V sees), ``bars``, ``status`` and an
-        optional centred ``message`` box; then flip the window."""
+        optional centred ``message`` box; then flip the window. ``smooth=False`` enlarges the observation
+        with nearest neighbour (crisp pixels)."""
         pygame = self._pygame
         frame = full_resolution_frame(env) if env is not None else None
         if frame is None:
             frame = pygame.surfarray.make_surface(np.ascontiguousarray(np.asarray(observation).swapaxes(0, 1)))
         area = pygame.Rect(0, STATUS_HEIGHT, self.screen.get_width(), max(1, self.screen.get_height() - STATUS_HEIGHT))
-        fitted = self._fit(frame, area.size)
+        fitted = self._fit(frame, area.size, smooth)
         frame_rect = fitted.get_rect(center=area.center)
         composed = pygame.Surface(self.screen.get_size())
         composed.blit(fitted, frame_rect)
