@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import checkpoint_paths, load_checkpoint, resolve_device, seed_everything
+from car_racing.common.runtime import agent_dir, checkpoint_paths, load_checkpoint, resolve_device, seed_everything
 from car_racing.common.video import VideoWriter, check_strip_args, label, side_by_side, upscale, write_image
 from car_racing.episodes.rollout import Backend, EpisodeResult, default_workers, uses_backend
 
@@ -64,8 +64,8 @@ class Args:
     smoothing: Optional[float] = None
     """action smoothing s: a_t = (1 - s) * C(z_t, h_t) + s * a_{t-1}; 0 turns it off (default: the value the
     controller checkpoint was trained and checked with, 0 if it names none)"""
-    checkpoint_dir: str = "checkpoints"
-    """folder with vision_model.pth, memory_model.pth and control_model_cmaes.pth"""
+    checkpoint_dir: Optional[str] = None
+    """folder with vision_model.pth, memory_model.pth and control_model_cmaes.pth (default: checkpoints/ once you have trained V and M and C there, else the shipped agent in checkpoints/pretrained/default)"""
     render: bool = False
     """watch the agent drive in a window: the full-resolution view, V's 64x64 input, bars of C's action and
     M's predicted reward; P pauses, Esc stops (one process: --workers is forced to 1)"""
@@ -123,6 +123,7 @@ def film_strip(result: EpisodeResult, frames: int, scale: int) -> np.ndarray:
 
 @uses_backend
 def main(args: Args) -> float:
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision', 'memory', 'controller'))  # yours, else the shipped agent
     from car_racing.episodes.agent import iter_agent_episodes, make_agent_driver
 
     if args.episodes < 1:

@@ -9,7 +9,7 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 3. train M (MDN-RNN)                           → checkpoints/memory_model.pth (+ loss PNG)
 4. the dream loop: C evolves in M's dream only (real-env checks choose what to keep), C's own episodes
    are recorded, M learns from them, C evolves in the new dream, … (continuing the dream-trained agent of
-   checkpoints/dream: from zero at the demo's scale the dream is exploited at once; see PRESET)
+   checkpoints/pretrained/dream: from zero at the demo's scale the dream is exploited at once; see PRESET)
                                                → loop/iter_NN/, loop/best/{V,M,C}, loop/dream_loop.png
 5. the simulator: the dream-trained agent drives real tracks → prints its score line, agent_driving.mp4
 6. V's reconstructions of held-out frames      → vision_reconstructions.png
@@ -17,7 +17,7 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 8. M dreaming beside a recorded episode        → memory_dream.mp4, memory_dream_reward.png
 
 Every stage writes only inside the run folder (``data/`` and ``checkpoints/`` of the repo are never
-written; the dream loop reads V and M from ``checkpoints/dream/``), so a demo never disturbs a real recording or trained models. The quick settings are
+written; the dream loop reads V and M from ``checkpoints/pretrained/dream/``), so a demo never disturbs a real recording or trained models. The quick settings are
 all in :data:`PRESET` (one section of ``Args`` keyword arguments per stage script). A failing stage
 stops the demo with one line naming it (the traceback, if any, goes to ``error.log`` in the run folder).
 """
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import SHIPPED_DIR
 from car_racing.episodes.rollout import default_workers
 
 # Quick settings for every stage, in one place: each section holds keyword arguments of that stage
@@ -56,13 +57,13 @@ PRESET: dict[str, Any] = {
     # another process shares the 2 cores.
     "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "threads": 1},
     # C trained only in M's dream (car_racing/dream_loop.py), continuing the shipped dream agent
-    # (checkpoints/dream: its V, its M — trained with dropout on noisy autopilot and random-driver episodes —
+    # (checkpoints/pretrained/dream: its V, its M — trained with dropout on noisy autopilot and random-driver episodes —
     # and its C, itself evolved from zero in that M's dream). 2 iterations: CMA-ES in dreams of whole episodes
     # with one dropout mask (0.1) per dream, real checks on 4 tracks every 10 generations only choose what is
     # kept (the starting C competes); C and the dream's own choice drive new tracks with exploration noise and
     # M's heads continue on them (its LSTM stays, so C drives the same in the next iteration). No expert label
     # reaches C. From zero at the demo's scale the dream was exploited at once (measured: the kept C scored
-    # −35 … −29 real with this run's V and M, the shipped M, or checkpoints/dream's M; README).
+    # −35 … −29 real with this run's V and M, the shipped M, or checkpoints/pretrained/dream's M; README).
     "dream_loop": {"start_from": "dream", "iterations": 2, "memory_epochs_first": 0, "memory_epochs": 5,
                    "memory_batch_size": 8, "memory_heads_only": True, "memory_dropout": 0.05, "random_episodes": 4,
                    "init_steps": 500, "generations": 20, "population": 16, "sigma0_later": 0.05,
@@ -155,7 +156,6 @@ def memory(run_dir: Path, preset: Mapping[str, Any]) -> str:
             f"{history['val_reward'][epoch - 1]:.3f}, done BCE {history['val_done'][epoch - 1]:.4f}")
 
 
-SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"  # read only, never written
 
 
 def loop_dir(run_dir: Path) -> Path:
@@ -168,8 +168,8 @@ def dream_loop(run_dir: Path, preset: Mapping[str, Any]) -> str:
     from car_racing import dream_loop as loop
 
     settings = _settings(preset, "dream_loop")
-    start_from = settings.pop("start_from", "run")  # "dream": checkpoints/dream's V and M; "run": this run's
-    checkpoints = SHIPPED_CHECKPOINTS / "dream" if start_from == "dream" else run_dir / "checkpoints"
+    start_from = settings.pop("start_from", "run")  # "dream": checkpoints/pretrained/dream's V and M; "run": this run's
+    checkpoints = SHIPPED_DIR / "dream" if start_from == "dream" else run_dir / "checkpoints"
     for name in ("vision_model.pth", "memory_model.pth"):
         if not (checkpoints / name).is_file():
             raise UsageError(f"{checkpoints / name}: missing; the dream loop starts from it (preset start_from "

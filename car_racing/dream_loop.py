@@ -59,7 +59,13 @@ from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.metrics import MetricsLog
-from car_racing.common.runtime import MEMORY_LATEST_FILE, checkpoint_paths, link_or_copy, load_checkpoint
+from car_racing.common.runtime import (
+    MEMORY_LATEST_FILE,
+    checkpoint_paths,
+    link_or_copy,
+    load_checkpoint,
+    refuse_shipped,
+)
 from car_racing.episodes.rollout import default_workers, uses_backend
 from car_racing.recording.recorded_data import has_recorded_data, load_recorded, recorded_seeds
 from car_racing.training.loop import (
@@ -489,6 +495,7 @@ STAGES = [Stage("data", stage_data, True), Stage("vision", stage_vision, True), 
 def main(args: Args) -> dict:
     """Run (or continue) the loop; returns the loop state (one Ray connection for every stage with --backend ray)."""
     check_args(args)
+    refuse_shipped(args.checkpoint_dir)
     import torch
 
     if args.threads:

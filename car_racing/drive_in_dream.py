@@ -21,7 +21,7 @@ The end prints the summed predicted reward (and the real return when you woke up
 
     python car_racing/drive_in_dream.py                              # a fresh track, seed 0
     python car_racing/drive_in_dream.py --episode 3 --start-step 120 # from a recorded episode
-    python car_racing/drive_in_dream.py --checkpoint-dir checkpoints/dream --record runs/dream_drive.mp4
+    python car_racing/drive_in_dream.py --checkpoint-dir checkpoints/pretrained/dream --record runs/dream_drive.mp4
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import checkpoint_paths, load_model, resolve_device
+from car_racing.common.runtime import agent_dir, checkpoint_paths, load_model, resolve_device
 
 DREAM_SCALE, REAL_SCALE = 6, 4  # 64×64 dream and 96×96 real frame both shown 384 pixels tall
 PANEL = 64 * DREAM_SCALE
@@ -52,8 +52,8 @@ SESSION_OPTIONS: dict[str, Any] = {}  # tests set fps=0 and an event_source here
 class Args:
     """Drive inside M's dream with the keyboard or a gamepad; wake up to see the real frame beside it."""
 
-    checkpoint_dir: str = "checkpoints"
-    """folder with vision_model.pth and memory_model.pth (the shipped agents' too: checkpoints/dream, …)"""
+    checkpoint_dir: Optional[str] = None
+    """folder with vision_model.pth and memory_model.pth (the shipped agents' too: checkpoints/pretrained/dream, …) (default: checkpoints/ once you have trained V and M there, else the shipped agent in checkpoints/pretrained/default)"""
     data_dir: str = "data"
     """the recording --episode is taken from"""
     episode: Optional[int] = None
@@ -231,6 +231,7 @@ class DreamSession:
 
 def main(args: Args) -> dict:
     """Drive; returns the session's actions, M's rewards and done probabilities, and the sums."""
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision', 'memory'))  # yours, else the shipped agent
     check_args(args)
     from car_racing.world.drivers import check_display
 

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import (
+    agent_dir,
     atomic_path,
     checkpoint_paths,
     load_model,
@@ -71,9 +72,9 @@ DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout
 class Args:
     """Rank a panel of controllers in the real env and in M's dream; print the rank correlation and M's errors."""
 
-    checkpoint_dir: str = "checkpoints"
+    checkpoint_dir: Optional[str] = None
     """V and M to measure (vision_model.pth, memory_model.pth); its control_model_cmaes.pth, if any, joins the
-    panel with perturbed copies and gives the dream settings"""
+    panel with perturbed copies and gives the dream settings (default: checkpoints/ once you have trained V and M and C there, else the shipped agent in checkpoints/pretrained/default)"""
     data_dir: str = "data"
     """recorded data: the dream start states, as in training"""
     panel: int = 12
@@ -351,6 +352,7 @@ def summarise_errors(rows: list[dict[str, Any]]) -> dict[str, float]:
 @uses_backend
 def main(args: Args) -> dict[str, Any]:
     """Run the measurement; returns every figure (also printed, and in --json-out)."""
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision', 'memory', 'controller'))  # yours, else the shipped agent
     from car_racing.models.ffn import num_controller_params
 
     check_args(args)

@@ -27,12 +27,12 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import checkpoint_paths, load_model, resolve_device
+from car_racing.common.runtime import agent_dir, checkpoint_paths, load_model, resolve_device
 from car_racing.common.video import titled_rows, upscale, write_image
 from car_racing.recording.recorded_data import episode_frame_indices, load_recorded
 
@@ -41,8 +41,8 @@ from car_racing.recording.recorded_data import episode_frame_indices, load_recor
 class Args:
     """V's latent space: a PNG sweep of each active dimension, or live sliders in a window (--interactive)."""
 
-    checkpoint_dir: str = "checkpoints"
-    """folder with vision_model.pth (car_racing/train_vision.py writes it)"""
+    checkpoint_dir: Optional[str] = None
+    """folder with vision_model.pth (car_racing/train_vision.py writes it) (default: checkpoints/ once you have trained V there, else the shipped agent in checkpoints/pretrained/default)"""
     data_dir: str = "data"
     """the recording (its held-out episodes supply the frames and the statistics)"""
     out: str = "runs/latent_sweep.png"
@@ -250,6 +250,7 @@ class LatentExplorer:
 
 def main(args: Args) -> dict:
     """Write the sweep grid (or run the window); returns the ranking, the active dimensions and the output."""
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision',))  # yours, else the shipped agent
     if args.steps < 2 or args.scale < 1 or args.stats_frames < 1 or not args.sigmas > 0:
         raise UsageError("--steps must be at least 2, --scale and --stats-frames at least 1, --sigmas positive")
     if args.interactive:

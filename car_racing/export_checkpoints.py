@@ -1,4 +1,4 @@
-"""Make small, shippable copies of the three checkpoints (what the repo's ``checkpoints/`` holds).
+"""Make small, shippable copies of the three checkpoints (what the repo's ``checkpoints/pretrained/*/`` hold).
 
 Training checkpoints carry what a resumed run needs: Adam moments (2× the weights), CMA-ES's covariance
 (tens of MB), RNG states. A shipped checkpoint needs only the weights and what explains them, so this
@@ -10,7 +10,7 @@ simulator and the visualisations; it cannot be resumed (train from scratch, or f
 The memory checkpoint names the vision checkpoint it was trained on by sha256 (the controller stage
 checks it); the export points it at the exported V and keeps the original in ``exported.source``.
 
-    python car_racing/export_checkpoints.py --source-dir runs/full/checkpoints --out-dir checkpoints --half
+    python car_racing/export_checkpoints.py --source-dir runs/full/checkpoints --out-dir checkpoints/pretrained/default --half
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class Args:
     """Write stripped (optionally float16) copies of the vision, memory and controller checkpoints."""
     source_dir: str = "checkpoints"
     """folder with the trained vision_model.pth, memory_model.pth and control_model_cmaes.pth"""
-    out_dir: str = "checkpoints"
-    """where the stripped copies go (the same file names; may equal --source-dir: files are replaced atomically)"""
+    out_dir: str = "checkpoints/export"
+    """where the stripped copies go (the same file names; may equal --source-dir: files are replaced atomically);
+    a shipped agent is written with e.g. --out-dir checkpoints/pretrained/dream (the only tool that writes there)"""
     half: bool = True
     """store floating-point weights as float16 (halves the size; models compute in float32 after loading)"""
 

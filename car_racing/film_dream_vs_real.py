@@ -32,7 +32,7 @@ from car_racing.common.video import label, side_by_side, upscale, write_video
 class Args:
     """C in the real env beside C in M's dream from the same start, per checkpoint folder, as an MP4 and a PNG."""
 
-    checkpoint_dirs: list[str] = field(default_factory=lambda: ["checkpoints/dream"])
+    checkpoint_dirs: list[str] = field(default_factory=lambda: ["checkpoints/pretrained/dream"])
     """folders holding V, M and C (one row of the film each; e.g. a dream loop's iter_00 and best)"""
     seed: int = 20_000
     """the real track (env.reset seed); keep it away from recorded, check and held-out seeds"""

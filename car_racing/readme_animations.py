@@ -21,12 +21,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import cv2
 import numpy as np
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import agent_dir
 from car_racing.world.drivers import ENV_FPS
 
 
@@ -34,8 +35,8 @@ from car_racing.world.drivers import ENV_FPS
 class Args:
     """Write docs/agent_driving.gif and docs/dream_vs_real.gif (the README's animations)."""
 
-    checkpoint_dir: str = "checkpoints"
-    """the agent (V, M, C) that drives and dreams"""
+    checkpoint_dir: Optional[str] = None
+    """the agent (V, M, C) that drives and dreams (default: checkpoints/ once you have trained V and M and C there, else the shipped agent in checkpoints/pretrained/default)"""
     out_dir: str = "docs"
     """folder the two GIFs are written to"""
     seed: int = 10000
@@ -79,6 +80,7 @@ class FrameGrabber:
 
 
 def main(args: Args) -> dict[str, Path]:
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision', 'memory', 'controller'))  # yours, else the shipped agent
     for flag, value in (("--agent-steps", args.agent_steps), ("--dream-steps", args.dream_steps),
                         ("--stride", args.stride), ("--width", args.width)):
         if value < 1:

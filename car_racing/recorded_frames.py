@@ -45,12 +45,12 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
 from tqdm import tqdm
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import seed_everything
+from car_racing.common.runtime import agent_dir, seed_everything
 from car_racing.episodes.rollout import Backend, EpisodeResult, default_workers, run_episodes, uses_backend
 from car_racing.recording.recorded_data import (
     DEFAULT_SEQ_LEN,
@@ -96,8 +96,9 @@ class Args:
     """autopilot: maximum noise level; each episode draws its steering-noise and random-burst levels up to
     it (0 = clean, deterministic expert). agent: maximum std of the exploration noise on steer (half on gas),
     drawn per episode"""
-    checkpoint_dir: str = "checkpoints"
-    """agent only: the V, M and C that drive"""
+    checkpoint_dir: Optional[str] = None
+    """agent only: the V, M and C that drive (default: checkpoints/ once you have trained all three there, else the
+    shipped agent in checkpoints/pretrained/default)"""
     seq_len: int = DEFAULT_SEQ_LEN
     """steps per memory-model training sequence (windows never cross an episode boundary)"""
     input: Literal["auto", "keyboard", "gamepad"] = "auto"
@@ -200,6 +201,8 @@ def main(args: Args) -> None:
         print("note: the human driver runs in this process; --workers is ignored", file=sys.stderr)
     if not human and args.input != "auto":
         print(f"note: --input is for --driver human; ignored with --driver {args.driver}", file=sys.stderr)
+    if args.driver == "agent":
+        args.checkpoint_dir = agent_dir(args.checkpoint_dir)  # yours, else the shipped agent
     make_driver: Callable[[], Any] | None = None if human else make_headless_driver(args.driver, args.noise, args.checkpoint_dir)
     # Checks the folder is writable, and with --append validates the existing data (frame size, .npy files).
     store = EpisodeStore(args.data_dir, append=args.append, seq_len=args.seq_len)

@@ -1,6 +1,6 @@
 """Stage 4b: choose which of a CMA-ES run's real-checked controllers to keep, on more tracks.
 
-    python car_racing/select_controller.py --checkpoint-dir checkpoints/reward-only --top 4 --episodes 32
+    python car_racing/select_controller.py --checkpoint-dir checkpoints/my-reward-only --top 4 --episodes 32
 
 A run's real-env checks (``train_controller_cmaes.py --eval-every``) drive a few fixed tracks — enough
 to follow progress, not to tell a C that crashes on one track in twenty from one that never does: with 8
@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import atomic_path, checkpoint_paths, load_checkpoint
+from car_racing.common.runtime import atomic_path, checkpoint_paths, load_checkpoint, refuse_shipped
 from car_racing.episodes.rollout import Backend, default_workers, uses_backend
 
 RESULTS_FILE = "select_controller.json"
@@ -109,6 +109,7 @@ def main(args: Args) -> dict:
     if args.top < 1 or args.episodes < 1 or args.workers < 1 or args.max_steps < 1:
         raise UsageError(f"--top {args.top} / --episodes {args.episodes} / --workers {args.workers} / "
                          f"--max-steps {args.max_steps}: expected positive integers")
+    refuse_shipped(args.checkpoint_dir)  # the selection is written into the controller checkpoint
     folder = Path(args.checkpoint_dir)
     path = checkpoint_paths(folder)["controller"]
     run = load_checkpoint(path, "controller")

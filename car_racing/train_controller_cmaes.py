@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.metrics import require_tensorboard
+from car_racing.common.runtime import refuse_shipped
 from car_racing.episodes.rollout import default_workers, uses_backend
 
 
@@ -190,6 +191,7 @@ def main(args: Args) -> dict:
     """Evolve C: the warm start (or the saved run), the generations, the final report; returns the final
     checkpoint dict (also in CHECKPOINT_DIR)."""
     check_args(args)
+    refuse_shipped(args.checkpoint_dir)
     if args.tensorboard:
         require_tensorboard()
     import torch

@@ -47,6 +47,7 @@ from car_racing.common.runtime import (
     checkpoint_paths,
     load_checkpoint,
     plot_curves,
+    refuse_shipped,
     resolve_device,
     save_checkpoint,
     seed_everything,
@@ -284,6 +285,7 @@ def main(args: Args) -> dict:
     from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 
     check_args(args)
+    refuse_shipped(args.checkpoint_dir)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -40,6 +40,7 @@ from car_racing.common.runtime import (
     load_checkpoint,
     no_grad,
     plot_curves,
+    refuse_shipped,
     resolve_device,
     save_checkpoint,
     seed_everything,
@@ -223,6 +224,7 @@ def main(args: Args) -> dict[str, Any]:
     from car_racing.models.vae import VAE, frames_to_tensor
 
     _check_args(args)
+    refuse_shipped(args.checkpoint_dir)
     device = resolve_device(args.device)
     if device.type == "cpu":
         choose_threads(args.threads)

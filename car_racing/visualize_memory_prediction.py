@@ -30,6 +30,7 @@ import numpy as np
 
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import (
+    agent_dir,
     atomic_path,
     checkpoint_paths,
     load_model,
@@ -53,8 +54,8 @@ STRIP_GAP = 4  # white pixels between the film strip's frames and rows
 class Args:
     """Real episode vs M's dream (re-synced every --dream-steps steps), as an MP4 and a reward plot."""
 
-    checkpoint_dir: str = "checkpoints"
-    """folder with memory_model.pth and vision_model.pth"""
+    checkpoint_dir: Optional[str] = None
+    """folder with memory_model.pth and vision_model.pth (default: checkpoints/ once you have trained V and M there, else the shipped agent in checkpoints/pretrained/default)"""
     vision_checkpoint: Optional[str] = None
     """V checkpoint (default: CHECKPOINT_DIR/vision_model.pth)"""
     data_dir: str = "data"
@@ -192,6 +193,7 @@ def plot_rewards(actual: np.ndarray, dreamed: np.ndarray, teacher: np.ndarray, r
 
 def main(args: Args) -> dict:
     """Write the MP4 and the reward PNG; returns {"video", "reward_plot", "steps", "reward_mse_dream", ...}."""
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision', 'memory'))  # yours, else the shipped agent
     import torch
 
     from car_racing.models.vae import frames_to_tensor

@@ -16,11 +16,12 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
+from car_racing.common.runtime import agent_dir, checkpoint_paths, load_model, resolve_device, seed_everything
 from car_racing.common.video import titled_rows, write_image
 from car_racing.recording.recorded_data import episode_frame_indices, load_recorded
 
@@ -29,8 +30,8 @@ from car_racing.recording.recorded_data import episode_frame_indices, load_recor
 class Args:
     """Grid of held-out frames, V's reconstructions and samples from the prior."""
 
-    checkpoint_dir: str = "checkpoints"
-    """folder with vision_model.pth (car_racing/train_vision.py writes it)"""
+    checkpoint_dir: Optional[str] = None
+    """folder with vision_model.pth (car_racing/train_vision.py writes it) (default: checkpoints/ once you have trained V there, else the shipped agent in checkpoints/pretrained/default)"""
     data_dir: str = "data"
     """the recording V was trained on (its validation episodes supply the frames)"""
     out: str = "runs/vision_reconstructions.png"
@@ -55,6 +56,7 @@ def held_out_indices(checkpoint: dict, data) -> tuple[np.ndarray, str]:
 
 
 def main(args: Args) -> Path:
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision',))  # yours, else the shipped agent
     import torch
 
     from car_racing.models.vae import frames_to_tensor, to_images

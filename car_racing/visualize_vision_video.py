@@ -18,13 +18,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import checkpoint_paths, load_model, resolve_device, seed_everything
+from car_racing.common.runtime import agent_dir, checkpoint_paths, load_model, resolve_device, seed_everything
 from car_racing.common.video import VideoWriter, label, side_by_side, upscale
 
 
@@ -32,8 +32,8 @@ from car_racing.common.video import VideoWriter, label, side_by_side, upscale
 class Args:
     """Video of original frames and V's reconstructions side by side."""
 
-    checkpoint_dir: str = "checkpoints"
-    """folder with vision_model.pth (car_racing/train_vision.py writes it)"""
+    checkpoint_dir: Optional[str] = None
+    """folder with vision_model.pth (car_racing/train_vision.py writes it) (default: checkpoints/ once you have trained V there, else the shipped agent in checkpoints/pretrained/default)"""
     data_dir: str = "data"
     """recording to take the episode from (--source recorded)"""
     out: str = "runs/vision_episode.mp4"
@@ -85,6 +85,7 @@ def recorded_frames(args: Args, checkpoint: dict) -> tuple[np.ndarray, str]:
 
 
 def main(args: Args) -> Path:
+    args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision',))  # yours, else the shipped agent
     import torch
 
     from car_racing.models.vae import frames_to_tensor, to_images

@@ -1,4 +1,4 @@
-"""The trained models shipped in checkpoints/: small, complete, and they drive."""
+"""The trained agents shipped in checkpoints/pretrained/: small, complete, they drive, and training never writes there."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from car_racing.common.runtime import checkpoint_paths, load_checkpoint
 from car_racing.episodes.agent import evaluate_agent, load_agent_models
 from car_racing.recording.latent_cache import file_sha256
 
-SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
-DREAM = SHIPPED / "dream"  # the agent whose C was trained only in M's dream
-REWARD_ONLY = SHIPPED / "reward-only"  # that C, then real-env CMA-ES: reward alone, no expert label
+PRETRAINED = Path(__file__).resolve().parent.parent / "checkpoints" / "pretrained"
+SHIPPED = PRETRAINED / "default"  # DAgger, then real-env CMA-ES
+DREAM = PRETRAINED / "dream"  # the agent whose C was trained only in M's dream
+REWARD_ONLY = PRETRAINED / "reward-only"  # that C, then real-env CMA-ES: reward alone, no expert label
 AGENTS = [folder for folder in (SHIPPED, DREAM, REWARD_ONLY)
           if all(p.is_file() for p in checkpoint_paths(folder).values())]
 pytestmark = pytest.mark.skipif(not AGENTS, reason="no shipped checkpoints")
@@ -37,7 +38,7 @@ def test_shipped_checkpoints_are_small_float16_and_chain(folder):
 
 def test_the_dream_agent_was_trained_only_in_the_dream():
     if DREAM not in AGENTS:
-        pytest.skip("no checkpoints/dream")
+        pytest.skip("no checkpoints/pretrained/dream")
     training = load_checkpoint(checkpoint_paths(DREAM)["controller"], "controller")["training"]
     assert training["dream_trained"] and training["fitness_source"] == "dream"
     assert not training["expert_labels"] and not training["real_returns_as_fitness"]
@@ -47,7 +48,7 @@ def test_the_dream_agent_was_trained_only_in_the_dream():
 
 def test_the_reward_only_agent_never_saw_an_expert_label():
     if REWARD_ONLY not in AGENTS:
-        pytest.skip("no checkpoints/reward-only")
+        pytest.skip("no checkpoints/pretrained/reward-only")
     training = load_checkpoint(checkpoint_paths(REWARD_ONLY)["controller"], "controller")["training"]
     assert training["reward_only"] and not training["expert_labels"] and training["fitness_source"] == "real"
     assert training["real_fitness_episodes"] > 0 and "selection" in training
@@ -66,3 +67,37 @@ def test_shipped_agent_drives_forward(folder):
     assert result.steps == 120
     assert result.total_reward > 50  # new tiles are being visited: ~+3 per tile, -0.1 per step
     assert np.all(np.isfinite(result.actions))
+
+
+def shipped_digests() -> dict[str, str]:
+    return {str(path): file_sha256(path) for path in sorted(PRETRAINED.rglob("*.pth"))}
+
+
+def test_training_stages_never_write_into_a_shipped_agent(tmp_path, monkeypatch):
+    from car_racing import dream_loop, select_controller, train_controller_cmaes, train_memory, train_vision
+    from car_racing.common.cli import UsageError
+
+    before = shipped_digests()
+    stages = {train_vision: {"data_dir": str(tmp_path)}, train_memory: {"data_dir": str(tmp_path)},
+              train_controller_cmaes: {"data_dir": str(tmp_path)}, dream_loop: {"data_dir": str(tmp_path)},
+              select_controller: {}}
+    for script, extra in stages.items():
+        assert "pretrained" not in script.Args().checkpoint_dir  # the default writes to the user's own folder
+        for agent in ("default", "dream"):
+            with pytest.raises(UsageError, match="shipped agent"):
+                script.main(script.Args(checkpoint_dir=str(PRETRAINED / agent), **extra))
+    assert shipped_digests() == before and before
+
+
+def test_read_only_scripts_load_your_models_once_you_have_them_else_the_shipped_agent(tmp_path, monkeypatch, capsys):
+    from car_racing.common.runtime import agent_dir, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)  # a fresh clone's checkpoints/ holds no model of the user's yet
+    assert Path(agent_dir(None)).resolve() == SHIPPED.resolve()
+    assert "shipped agent" in capsys.readouterr().out
+    assert agent_dir("somewhere") == "somewhere"  # a given --checkpoint-dir is taken as it is
+    own = checkpoint_paths(tmp_path / "checkpoints")
+    save_checkpoint({"kind": "vision", "model_args": {}, "model_state": {}}, own["vision"])
+    assert agent_dir(None, ("vision",)) == "checkpoints"  # V of your own: the V-only scripts use it
+    assert "your own" in capsys.readouterr().out
+    assert Path(agent_dir(None)).resolve() == SHIPPED.resolve()  # no M and C of yours yet: the whole shipped agent

@@ -53,6 +53,48 @@ def checkpoint_paths(checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
     return {kind: Path(checkpoint_dir) / name for kind, name in CHECKPOINT_FILES.items()}
 
 
+# Training stages write to checkpoints/ by default (the seed's folder); the shipped agents live apart, where no
+# stage writes by default and none may write at all (refuse_shipped).
+USER_CHECKPOINT_DIR = "checkpoints"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "pretrained"
+SHIPPED_AGENTS = ("default", "dream", "reward-only")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (how the user would type it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def agent_dir(checkpoint_dir: str | os.PathLike | None, kinds: Sequence[str] = ("vision", "memory", "controller")
+              ) -> str:
+    """The folder a script that only reads models loads them from, said aloud when it was not given.
+
+    ``--checkpoint-dir`` when given; else ``checkpoints/`` once the stage scripts have written every kind needed
+    there (the user's own models); else the shipped default agent, ``checkpoints/pretrained/default``."""
+    if checkpoint_dir is not None:
+        return str(checkpoint_dir)
+    own = checkpoint_paths(USER_CHECKPOINT_DIR)
+    if all(own[kind].is_file() for kind in kinds):
+        print(f"loading your own models from {USER_CHECKPOINT_DIR}/ (--checkpoint-dir to choose another folder)")
+        return USER_CHECKPOINT_DIR
+    shipped = _shown(SHIPPED_DIR / "default")
+    print(f"loading the shipped agent from {shipped}/ (checkpoints/ holds no {' / '.join(kinds)} of your own yet; "
+          f"--checkpoint-dir to choose another folder)")
+    return shipped
+
+
+def refuse_shipped(path: str | os.PathLike, flag: str = "--checkpoint-dir") -> None:
+    """One-line UsageError when a stage would write into a shipped agent's folder (``checkpoints/pretrained/``)."""
+    resolved = Path(path).resolve()
+    if resolved == SHIPPED_DIR or SHIPPED_DIR in resolved.parents:
+        raise UsageError(f"{flag} {path}: that folder holds a shipped agent, which training never overwrites; "
+                         f"write to checkpoints/ or a folder of your own (copy the shipped files there to start "
+                         f"from them)")
+
+
 def resolve_device(name: str | torch.device) -> torch.device:
     """``"auto"`` → CUDA when present, else CPU; otherwise any name torch accepts (``cpu``, ``cuda:1``).
     A ``torch.device`` is returned as it is."""
