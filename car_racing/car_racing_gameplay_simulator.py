@@ -61,6 +61,8 @@ class Args:
     """number of episodes (tracks) to drive"""
     seed: int = 10000
     """episode i uses track seed SEED + i (default far from the recording/training seeds)"""
+    progress: bool = True
+    """show tqdm progress bars (--no-progress for logs and notebooks)"""
     smoothing: Optional[float] = None
     """action smoothing s: a_t = (1 - s) * C(z_t, h_t) + s * a_{t-1}; 0 turns it off (default: the value the
     controller checkpoint was trained and checked with, 0 if it names none)"""
@@ -173,7 +175,8 @@ def main(args: Args) -> float:
         episodes = stack.enter_context(contextlib.closing(iter_agent_episodes(
             args.checkpoint_dir, seeds, max_steps=args.max_steps, workers=workers, smoothing=smoothing,
             device=device, capture_raw=video is not None or args.strip is not None, wrap=wrap, backend=backend)))
-        bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None, file=sys.stderr))
+        bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None if args.progress else True,
+                                              file=sys.stderr))
         for index, result in enumerate(episodes):
             rewards.append(result.total_reward)
             laps += int(result.lap_finished)

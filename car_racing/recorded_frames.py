@@ -101,6 +101,8 @@ class Args:
     shipped agent in checkpoints/pretrained/default)"""
     seq_len: int = DEFAULT_SEQ_LEN
     """steps per memory-model training sequence (windows never cross an episode boundary)"""
+    progress: bool = True
+    """show tqdm progress bars (--no-progress for logs and notebooks)"""
     input: Literal["auto", "keyboard", "gamepad"] = "auto"
     """human only: what the person drives with: auto (a connected gamepad, else the keyboard), keyboard
     (arrows/WASD, steering and gas ramp while held) or gamepad (left stick, triggers or A/B buttons)"""
@@ -218,7 +220,8 @@ def main(args: Args) -> None:
         human_driver = drivers.HumanDriver(input_kind=args.input)
         make_driver = functools.partial(_same_driver, human_driver)  # in-process (workers == 1)
     recorded_episodes = recorded_steps = 0
-    progress = tqdm(total=args.episodes, unit="ep", desc=f"recording ({args.driver})", dynamic_ncols=True)
+    progress = tqdm(total=args.episodes, unit="ep", desc=f"recording ({args.driver})", dynamic_ncols=True,
+                    disable=not args.progress)
     started = time.perf_counter()
     try:
         results = run_episodes(make_driver, seeds, args.steps, workers=workers, env_kwargs=env_kwargs,

@@ -66,6 +66,8 @@ class Args:
     """episode step limit"""
     workers: int = field(default_factory=default_workers)
     """workers running the episodes: processes, or Ray actors with --backend ray"""
+    progress: bool = True
+    """show tqdm progress bars (--no-progress for logs and notebooks)"""
     backend: Literal["processes", "ray"] = "processes"
     """where the episodes run: local worker processes or Ray actors (car_racing/episodes/backends.py)"""
     ray_address: str = ""
@@ -130,7 +132,7 @@ def main(args: Args) -> dict:
         episodes = RealFitness(str(folder), num_controller_params(**run["model_args"]), args.workers,
                                Backend.from_args(args))
         try:
-            for entry in tqdm(pending, desc="candidates", unit="C"):
+            for entry in tqdm(pending, desc="candidates", unit="C", disable=not args.progress):
                 row = episodes.returns([np.asarray(entry["params"], dtype=np.float64)], seeds, args.max_steps, smoothing)
                 returns[entry["source"]] = row[0].tolist()
                 with atomic_path(results_path) as tmp:

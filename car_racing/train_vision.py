@@ -84,6 +84,8 @@ class Args:
     """auto (CUDA when present), cpu or cuda[:N]"""
     resume: bool = False
     """continue from <checkpoint-dir>/vision_model_latest.pth (epoch, optimiser, β schedule, RNG)"""
+    progress: bool = True
+    """show tqdm progress bars (--no-progress for logs and notebooks)"""
     threads: int = 0
     """CPU threads for torch; 0 = torch's default (all cores). On a machine busy with other work use 1:
     OpenMP threads that wait for a busy core spin and can run several times slower than one thread"""
@@ -315,7 +317,7 @@ def main(args: Args) -> dict[str, Any]:
     metrics = MetricsLog(checkpoint_dir, "vision", resume_after=start_epoch if resumed is not None else None,
                          tensorboard=args.tensorboard)
     progress = tqdm(total=(args.epochs - start_epoch) * num_batches, unit="batch", dynamic_ncols=True,
-                    desc="vision")
+                    desc="vision", disable=not args.progress)
     model.train()
     for epoch in range(start_epoch, args.epochs):
         order = np.random.default_rng([args.seed, epoch]).permutation(train_idx)

@@ -44,6 +44,8 @@ class Args:
     """recorded episode index (default: the checkpoint's first validation episode, else 0)"""
     seed: int = 0
     """track seed of the autopilot episode"""
+    progress: bool = True
+    """show tqdm progress bars (--no-progress for logs and notebooks)"""
     max_steps: int = 1000
     """at most this many frames"""
     scale: int = 4
@@ -101,7 +103,8 @@ def main(args: Args) -> Path:
         frames, title = recorded_frames(args, checkpoint)
     out = Path(args.out)
     errors = []
-    with VideoWriter(out, fps=args.fps) as video, tqdm(total=len(frames), desc="video", unit="frame") as bar:
+    with VideoWriter(out, fps=args.fps) as video, tqdm(total=len(frames), desc="video", unit="frame",
+                                                                disable=not args.progress) as bar:
         for start in range(0, len(frames), 100):
             batch = frames[start:start + 100]
             with torch.no_grad():

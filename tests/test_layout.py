@@ -112,3 +112,22 @@ def test_script_help_is_quick_and_does_not_import_torch(script):
     # The target is one second (measured 0.4–0.6 s per script on the 2-core machine); the bound here is looser
     # because a timed test on a busy machine is noise. Without torch, nothing else in the start-up is that heavy.
     assert float(report[1]) < 3.0, f"{script.name} --help took {float(report[1]):.2f} s (wall {wall:.2f} s)"
+
+
+def test_common_flags_mean_the_same_everywhere():
+    """--progress/--no-progress wherever a script shows progress bars; --seed, --device, --workers,
+    --checkpoint-dir and --data-dir of one type each across the scripts."""
+    import dataclasses
+    import importlib
+
+    types = {}
+    for path in SCRIPTS:
+        module = importlib.import_module(module_name(path))
+        fields = {f.name: f for f in dataclasses.fields(module.Args)}
+        if "tqdm" in path.read_text():
+            assert "progress" in fields and fields["progress"].default is True, f"{path.name}: no --progress flag"
+        for name in ("seed", "device", "workers", "progress", "checkpoint_dir", "data_dir"):
+            if name in fields:
+                types.setdefault(name, set()).add(str(fields[name].type).replace("Optional[int]", "int").replace(" | None", "")
+                                                  .replace("Optional[str]", "str"))
+    assert all(len(kinds) == 1 for kinds in types.values()), types
