@@ -210,8 +210,9 @@ class Args:
     progress: bool = True
     """show tqdm progress bars"""
     tensorboard: bool = False
-    """also write each stage's results (dream_loop_metrics.jsonl, always written: one line per stage, step =
-    iteration) as TensorBoard events in CHECKPOINT_DIR/tensorboard/dream_loop (needs requirements-tensorboard.txt)"""
+    """also write TensorBoard events (needs requirements-tensorboard.txt): the loop's own results per stage
+    (dream_loop_metrics.jsonl, always written: step = iteration) in CHECKPOINT_DIR/tensorboard/dream_loop, and V's, M's
+    and C's curves in each stage's folder"""
 
 
 def check_args(args: Args) -> None:
@@ -341,7 +342,7 @@ def stage_vision(args: Args, iteration: int) -> dict:
         data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir, epochs=args.vision_epochs,
         kl_anneal_epochs=args.vision_kl_anneal_epochs, free_bits=0.5, seed=args.seed, device=args.device,
         threads=args.threads, resume=(Path(args.checkpoint_dir) / "vision_model_latest.pth").is_file(),
-        progress=args.progress))
+        progress=args.progress, tensorboard=args.tensorboard))
     return {"best_val_loss": float(latest["best_val_loss"])}
 
 
@@ -367,7 +368,7 @@ def stage_memory(args: Args, iteration: int) -> dict:
         batch_size=args.memory_batch_size,
         dropout=args.memory_dropout, freeze_lstm=args.memory_heads_only and iteration > 0,
         seed=args.seed + iteration, device=args.device, threads=args.threads,
-        resume=(folder / MEMORY_LATEST_FILE).is_file(), progress=args.progress))
+        resume=(folder / MEMORY_LATEST_FILE).is_file(), progress=args.progress, tensorboard=args.tensorboard))
     history, epoch = best["history"], int(best["epoch"])
     return {"epochs": epochs, "best_epoch": epoch, "val_mdn": history["val_mdn"][epoch - 1],
             "val_reward": history["val_reward"][epoch - 1], "val_done": history["val_done"][epoch - 1],
@@ -393,7 +394,7 @@ def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Option
         eval_seed_base=args.eval_seed_base, workers=args.workers, backend=args.backend, ray_address=args.ray_address,
         data_dir=args.data_dir,
         checkpoint_dir=str(folder), seed=args.seed + 1000 * iteration, device=args.device, threads=args.threads,
-        resume=resume, progress=args.progress))
+        resume=resume, progress=args.progress, tensorboard=args.tensorboard))
 
 
 def stage_controller(args: Args, iteration: int) -> dict:
