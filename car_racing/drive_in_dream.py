@@ -132,24 +132,14 @@ class DreamSession:
         import pygame
 
         from car_racing.common.video import VideoWriter
-        from car_racing.world.human_input import GamepadInput, open_input
-        from car_racing.world.viewer import DrivingView, SessionKeys
+        from car_racing.world.viewer import open_driving_session
 
         self.pygame, self.world, self.replay, self.description = pygame, world, replay, description
         self.fps, self.awake, self.woke = int(fps), False, False
         self.event_source = event_source if event_source is not None else pygame.event.get
-        try:
-            self.view = DrivingView("Driving in M's dream: arrows/WASD or a gamepad, -/= τ, O dropout, W wake up, "
-                                    "R restart, P pause, Esc ends")
-        except pygame.error as err:
-            raise UsageError(f"drive_in_dream.py: cannot open a window ({err})") from None
-        try:
-            self.input = open_input(input_kind)
-        except ValueError as err:
-            self.view.close()
-            raise UsageError(f"--input {input_kind}: {err}; connect one or use --input keyboard") from None
-        gamepad = self.input if isinstance(self.input, GamepadInput) else None
-        self.keys = SessionKeys(gamepad.is_pause if gamepad is not None else None)
+        self.view, self.input, self.keys = open_driving_session(
+            "Driving in M's dream: arrows/WASD or a gamepad, -/= τ, O dropout, W wake up, R restart, P pause, "
+            "Esc ends", input_kind, "drive_in_dream.py")
         self.clock = pygame.time.Clock()
         self.writer = VideoWriter(record, fps=VIDEO_FPS) if record else None  # one frame per dream step
         if self.writer is not None:

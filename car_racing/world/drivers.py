@@ -94,8 +94,7 @@ class HumanDriver:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import pygame
 
-        from car_racing.world.human_input import GamepadInput, open_input
-        from car_racing.world.viewer import DrivingView, SessionKeys
+        from car_racing.world.viewer import open_driving_session
 
         self._pygame = pygame
         self.fps = int(fps)
@@ -103,18 +102,9 @@ class HumanDriver:
         self.episode_info: dict[str, float] = {}
         self._seed = 0
         self._previous_reward = 0.0
-        try:
-            self.view = DrivingView("CarRacing-v3 recording: arrows/WASD or a gamepad drive, P pauses, "
-                                    "Esc ends the session")
-        except pygame.error as err:
-            raise UsageError(f"--driver human: cannot open a window ({err}); use --driver autopilot") from None
-        try:
-            self.input = open_input(input_kind)
-        except ValueError as err:
-            self.view.close()
-            raise UsageError(f"--input {input_kind}: {err}; connect one or use --input keyboard") from None
-        gamepad = self.input if isinstance(self.input, GamepadInput) else None
-        self.keys = SessionKeys(gamepad.is_pause if gamepad is not None else None)  # Esc, closing, P / Start
+        self.view, self.input, self.keys = open_driving_session(
+            "CarRacing-v3 recording: arrows/WASD or a gamepad drive, P pauses, Esc ends the session", input_kind,
+            "--driver human", "use --driver autopilot")
         self._continue_keys = {getattr(pygame, name) for name in self.CONTINUE_KEYS}
         self._clock = pygame.time.Clock()
 

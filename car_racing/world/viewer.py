@@ -225,6 +225,28 @@ class SessionKeys:
         return events
 
 
+def open_driving_session(title: str, input_kind: str, flag: str, instead: str = "") -> tuple[DrivingView, Any, SessionKeys]:
+    """The window, the person's input (``auto``, ``keyboard`` or ``gamepad``) and the session keys, as every
+    session a person drives opens them. One-line UsageErrors: ``"{flag}: cannot open a window (...)"`` (then
+    ``instead``), or the asked input missing (the window is closed again)."""
+    import pygame
+
+    from car_racing.common.cli import UsageError
+    from car_racing.world.human_input import GamepadInput, open_input
+
+    try:
+        view = DrivingView(title)
+    except pygame.error as err:
+        raise UsageError(f"{flag}: cannot open a window ({err})" + (f"; {instead}" if instead else "")) from None
+    try:
+        device = open_input(input_kind)
+    except ValueError as err:
+        view.close()
+        raise UsageError(f"--input {input_kind}: {err}; connect one or use --input keyboard") from None
+    gamepad = device if isinstance(device, GamepadInput) else None
+    return view, device, SessionKeys(gamepad.is_pause if gamepad is not None else None)  # Esc, closing, P / Start
+
+
 class WatchedDriver:
     """Any driver shown in a :class:`DrivingView` as it drives: the full-resolution frame, the 64×64 inset,
     bars of its action and, when the driver has a ``predicted_reward`` (the agent: M's prediction of the
