@@ -42,11 +42,13 @@ class Args:
     """CMA-ES population size (candidates per generation)"""
     sigma0: float = 0.1
     """CMA-ES initial step size"""
-    generations: int = 200
-    """total generations (with --resume: continue until this many; 0 = only the warm start and its check)"""
-    rollout_steps: int = 50
-    """steps per dream (dream mode) or the episode step limit (real mode)"""
-    dream_trials: int = 16
+    generations: int = 30
+    """total generations (with --resume: continue until this many; 0 = only the warm start and its check); with
+    --loop-iterations > 1, per iteration and start"""
+    rollout_steps: int = 1000
+    """steps per dream (dream mode) or the episode step limit (real mode); 1000 with --dream-start episode-start =
+    whole episodes from the start line, so C is paid for a whole lap's tiles, as in the real env"""
+    dream_trials: int = 8
     """dreams per candidate per generation (shared start states and noise across candidates)"""
     real_trials: int = 2
     """real mode: real episodes per candidate per generation (same tracks for every candidate)"""
@@ -55,10 +57,10 @@ class Args:
     off the road or lost; its return so far is its fitness), 0 = never; checks always drive whole episodes"""
     temperature: float = 1.0
     """τ for sampling M's next z in dreams (logits / τ, σ·√τ; 0 = most likely component's mean)"""
-    dream_dropout: float = 0.0
+    dream_dropout: float = 0.1
     """dropout p on M's h before its heads, one mask per dream (Dropout's Dream Land; M trained with
     train_memory.py --dropout); 0 = off"""
-    dream_fitness: Literal["mean", "quantile", "mean-minus-std"] = "mean"
+    dream_fitness: Literal["mean", "quantile", "mean-minus-std"] = "quantile"
     """how a candidate's --dream-trials dreams (each with its own dropout mask and noise) make its fitness: their
     mean, a pessimistic lower quantile (--dream-fitness-q), or mean − k·std (--dream-fitness-k; ME-TRPO/MOPO:
     a C that only the luckiest dreams reward is not rewarded)"""
@@ -72,7 +74,7 @@ class Args:
     (see car_racing/training/dream.py)"""
     start_states: int = 8192
     """size of the pool of recorded (z, h) states the dreams start from"""
-    dream_start: Literal["recorded", "episode-start"] = "recorded"
+    dream_start: Literal["recorded", "episode-start"] = "episode-start"
     """where dreams start: recorded (z, h) states anywhere in the recorded episodes, or episode-start (the first
     frame of each recorded episode with M's zero state: with --rollout-steps 1000, whole episodes from the start line)"""
     init: Literal["zero", "bc", "dagger", "checkpoint"] = "zero"
@@ -97,10 +99,10 @@ class Args:
     """--init bc / dagger: actions are clipped ε inside their range before atanh (steer) / logit (gas, brake)"""
     cma_diagonal: bool = False
     """use separable (diagonal) CMA-ES: much faster ask/tell and a small checkpoint for large C"""
-    eval_every: int = 10
+    eval_every: int = 15
     """every this many generations the best candidate and CMA's mean drive real episodes (0 = never)"""
-    eval_episodes: int = 4
-    """real episodes per real-env check"""
+    eval_episodes: int = 8
+    """real episodes per real-env check (8 tracks: a check's standard error is still ~±70)"""
     eval_max_steps: int = 1000
     """step limit of the real-env check episodes"""
     eval_seed_base: int = 1_000_000
@@ -116,9 +118,29 @@ class Args:
     local Ray or a cluster; same results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
     """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
-    preset: Optional[Literal["paper"]] = None
-    """paper: the paper's protocol (PRESETS: --mode real, population 64, 16 episodes per candidate of up to 1000
-    steps, 1800 generations, checks every 25 generations on 1024 tracks); flags given on the command line win"""
+    loop_iterations: int = 3
+    """1 = one CMA-ES run in M's dream (the seed's stage 4). N > 1 = the repair loop of car_racing/dream_loop.py inside
+    this stage, N iterations: C evolves in M's dream; C's own episodes and the repair replays (the dream's actions
+    replayed in the real env) are recorded into DATA_DIR/dream_loop; M continues on all data; C evolves again in the
+    new dream … One pass is exploited by C (the dream pays ~1,100 for drivers the real env pays −40), the loop
+    shows M where its dream lies (docs/dream-repair.md). The loop lives in CHECKPOINT_DIR/dream_loop; the
+    iteration whose C checked best gives CHECKPOINT_DIR its M and C (stage 3's M is kept there as
+    memory_from_stage3.pth); --resume continues an interrupted loop"""
+    loop_controller_start: Literal["warm", "zero", "both"] = "both"
+    """--loop-iterations > 1: each later iteration's CMA-ES starts from the last kept C, from zero, or both (the
+    better real check is kept): retraining M moves h, so neither start wins every time"""
+    loop_memory_epochs: int = 4
+    """--loop-iterations > 1: M's epochs per later iteration, continuing on all data (dropout as stage 3's M)"""
+    loop_agent_episodes: int = 16
+    """--loop-iterations > 1: episodes recorded per iteration, half by the kept C and half by the dream's choice
+    (CMA's final mean), with exploration noise"""
+    loop_repair_episodes: int = 8
+    """--loop-iterations > 1: dreams of the dream's choice replayed in the real env per iteration (0 = no repair)"""
+    preset: Optional[Literal["seed", "paper"]] = None
+    """seed: the seed repo's stage 4 (one pass, 200 generations of 16 dreams of 50 steps from recorded states, mean
+    fitness, no dropout, checks on 4 tracks every 10); paper: the paper's protocol (--mode real, population 64, 16
+    episodes per candidate of up to 1000 steps, 1800 generations, checks every 25 generations on 1024 tracks). The
+    values are in Args.PRESETS; flags given on the command line win"""
     batch_size: int = 256
     """windows per batch when running M over the recorded data (and frames per batch when encoding)"""
     data_dir: str = "data"
@@ -141,8 +163,11 @@ class Args:
 
     # Applied by the command-line parser before the flags (flags given win); from Python: cli.preset_args.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"mode": "real", "population": 64, "real_trials": 16, "rollout_steps": 1000, "generations": 1800,
-                  "eval_every": 25, "eval_episodes": 1024, "eval_max_steps": 1000},
+        "seed": {"loop_iterations": 1, "population": 32, "sigma0": 0.1, "generations": 200, "rollout_steps": 50,
+                 "dream_trials": 16, "dream_dropout": 0.0, "dream_fitness": "mean", "dream_start": "recorded",
+                 "eval_every": 10, "eval_episodes": 4},
+        "paper": {"mode": "real", "loop_iterations": 1, "population": 64, "real_trials": 16, "rollout_steps": 1000,
+                  "generations": 1800, "eval_every": 25, "eval_episodes": 1024, "eval_max_steps": 1000},
     }
 
 
@@ -182,6 +207,17 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--stall-steps {args.stall_steps}: expected 0 (never) or a positive number of steps")
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: expected 0 (torch's default) or a positive integer")
+    if args.loop_iterations < 1:
+        raise UsageError(f"--loop-iterations {args.loop_iterations}: expected 1 (one pass) or more (the repair loop)")
+    if args.loop_iterations > 1:
+        if args.mode != "dream" or args.init not in ("zero", "checkpoint"):
+            raise UsageError(f"--loop-iterations {args.loop_iterations}: the repair loop trains C in the dream from zero "
+                             f"or --init checkpoint (got --mode {args.mode} --init {args.init}); use --loop-iterations 1")
+        if args.eval_every == 0:
+            raise UsageError("--eval-every 0: the repair loop keeps the iteration whose C checks best; it needs checks")
+        for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes"):
+            if getattr(args, flag) < 0:
+                raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
     if args.eval_episodes >= REAL_TRAIN_SEED_OFFSET:
         raise UsageError(f"--eval-episodes {args.eval_episodes}: expected fewer than {REAL_TRAIN_SEED_OFFSET}")
 
@@ -199,6 +235,8 @@ def main(args: Args) -> dict:
     from car_racing.common.runtime import seed_everything
     from car_racing.training.cmaes_run import load_setup
 
+    if args.loop_iterations > 1:
+        return run_repair_loop(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -240,6 +278,66 @@ def evolve_controller(setup: Any) -> dict:
     score = "none yet" if final["best_real_score"] is None else f"{final['best_real_score']:.1f}"
     print(f"generation {final['generation']}: checkpoint {setup.out_path} holds {final['model_source']}; "
           f"best real score {score}")
+    return final
+
+
+LOOP_DIR = "dream_loop"  # the repair loop's folder inside --checkpoint-dir and --data-dir
+STAGE3_MEMORY_FILE = "memory_from_stage3.pth"  # stage 3's M, kept in the loop's folder: iteration 0 dreams in it
+
+
+def run_repair_loop(args: Args) -> dict:
+    """Stage 4 as the repair loop (``--loop-iterations`` > 1): :func:`car_racing.dream_loop.main` on this stage's
+    files, then the best-checked iteration's M and C written to CHECKPOINT_DIR. Returns C's final checkpoint."""
+    from car_racing import dream_loop
+    from car_racing.common.runtime import checkpoint_paths, link_or_copy, load_checkpoint
+    from car_racing.training.loop import PLOT_FILE, STATE_FILE, iteration_dir
+
+    paths = checkpoint_paths(args.checkpoint_dir)
+    loop_dir = Path(args.checkpoint_dir) / LOOP_DIR
+    stage3_memory = loop_dir / STAGE3_MEMORY_FILE
+    if (loop_dir / STATE_FILE).is_file():
+        if not args.resume:
+            raise UsageError(f"{loop_dir}: holds a repair loop already: --resume continues it; to start over, remove "
+                             f"it and {Path(args.data_dir) / LOOP_DIR}")
+    else:
+        for kind, stage in (("vision", "train_vision.py (stage 2)"), ("memory", "train_memory.py (stage 3)")):
+            if not paths[kind].is_file():
+                raise UsageError(f"{paths[kind]}: missing; run {stage} first")
+        load_checkpoint(paths["memory"], "memory")  # one-line error for a file that is not a memory checkpoint
+        link_or_copy(paths["memory"], stage3_memory)
+    memory = load_checkpoint(stage3_memory, "memory")
+    if args.init == "checkpoint":
+        init_from = Path(args.init_from) if args.init_from else paths["controller"]
+        if not init_from.is_file():
+            raise UsageError(f"--init-from {init_from}: no such controller checkpoint")
+    state = dream_loop.main(dream_loop.Args(
+        data_dir=str(Path(args.data_dir) / LOOP_DIR), checkpoint_dir=str(loop_dir), iterations=args.loop_iterations,
+        seed=args.seed, workers=args.workers, backend=args.backend, ray_address=args.ray_address, threads=args.threads,
+        init_data_dir=args.data_dir, vision_from=str(paths["vision"]), memory_from=str(stage3_memory),
+        memory_epochs_first=0, memory_epochs=args.loop_memory_epochs, memory_dropout=float(memory.get("dropout", 0.0)),
+        controller_from=str(init_from) if args.init == "checkpoint" else None,
+        generations=args.generations, population=args.population, sigma0=args.sigma0,
+        rollout_steps=args.rollout_steps, dream_trials=args.dream_trials, temperature=args.temperature,
+        dream_dropout=args.dream_dropout, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,
+        dream_fitness_k=args.dream_fitness_k, controller_start=args.loop_controller_start,
+        start_states=args.start_states, dream_start=args.dream_start, eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes, eval_seed_base=args.eval_seed_base, eval_max_steps=args.eval_max_steps,
+        agent_episodes=args.loop_agent_episodes, agent_steps=args.eval_max_steps,
+        repair_episodes=args.loop_repair_episodes, fidelity_panel=0, device=args.device, progress=args.progress,
+        tensorboard=args.tensorboard))
+    best = state.get("best_iteration")
+    if best is None:
+        raise UsageError(f"{loop_dir}: no iteration's C was checked in the real env; nothing to keep")
+    best_dir = loop_dir / "best"
+    for kind in ("memory", "controller"):  # atomic: a crash leaves either the old file or the new one
+        link_or_copy(checkpoint_paths(best_dir)[kind], paths[kind])
+    plot = iteration_dir(loop_dir, best) / "control_model_cmaes.png"
+    if plot.is_file():
+        link_or_copy(plot, Path(args.checkpoint_dir) / plot.name)
+    final = load_checkpoint(paths["controller"], "controller")
+    print(f"stage 4: iteration {best} of the repair loop checked best ({final['best_real_score']:.1f} on "
+          f"{args.eval_episodes} tracks); its M and C are now {paths['memory']} and {paths['controller']} "
+          f"(stage 3's M: {stage3_memory}; the loop's curves: {loop_dir / PLOT_FILE})")
     return final
 
 

@@ -225,7 +225,8 @@ def test_bc_recovers_a_known_linear_policy():
 
 
 def run_args(tmp_path, data_dir, **overrides) -> Args:
-    options = dict(population=6, generations=2, rollout_steps=6, dream_trials=3, start_states=64, eval_every=2,
+    options = dict(Args.PRESETS["seed"])  # the seed's one-pass stage 4 (the defaults run the repair loop)
+    options.update(population=6, generations=2, rollout_steps=6, dream_trials=3, start_states=64, eval_every=2,
                    eval_episodes=1, eval_max_steps=15, workers=1, data_dir=str(data_dir),
                    checkpoint_dir=str(tmp_path / "checkpoints"), device="cpu", progress=False, batch_size=8)
     options.update(overrides)
@@ -322,7 +323,7 @@ def test_paper_preset_sets_the_protocol_and_flags_given_win():
     paper = parse_args(Args, ["--preset", "paper"])
     assert (paper.mode, paper.population, paper.real_trials, paper.rollout_steps) == ("real", 64, 16, 1000)
     assert (paper.eval_every, paper.eval_episodes, paper.generations, paper.preset) == (25, 1024, 1800, "paper")
-    given = parse_args(Args, ["--population", "8", "--preset", "paper", "--eval-every", "10"])  # 10 is the default
+    given = parse_args(Args, ["--population", "8", "--preset", "paper", "--eval-every", "10"])
     assert (given.population, given.eval_every, given.real_trials) == (8, 10, 16)
     assert parse_args(Args, []).population == Args().population == 32  # no preset: the defaults
     assert preset_args(Args, "paper", population=8, eval_every=10) == given

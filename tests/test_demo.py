@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,14 +14,15 @@ from car_racing.common.cli import UsageError
 # Every stage on the smallest settings that still run the real code paths (in-process, 1 worker).
 TINY = {
     "seed": 0,
-    "record": {"driver": "autopilot", "episodes": 2, "steps": 40, "noise": 1.0, "seq_len": 10, "workers": 1},
+    "record": {"driver": "autopilot", "episodes": 2, "steps": 40, "random_episodes": 1, "noise": 1.0, "seq_len": 10,
+               "workers": 1},
     "vision": {"epochs": 1, "kl_anneal_epochs": 1, "batch_size": 40, "latent_size": 8, "threads": 1},
-    "memory": {"epochs": 1, "batch_size": 4, "hidden_size": 16, "num_mixtures": 2, "threads": 1,
+    "memory": {"epochs": 1, "batch_size": 4, "hidden_size": 16, "num_mixtures": 2, "dropout": 0.05, "threads": 1,
                "progress": False},
-    "dream_loop": {"iterations": 2, "memory_epochs_first": 0, "memory_epochs": 1, "population": 4, "generations": 2,
+    "controller": {"loop_iterations": 2, "loop_memory_epochs": 1, "population": 4, "generations": 2,
                    "dream_trials": 2, "rollout_steps": 5, "start_states": 16, "eval_every": 2, "eval_episodes": 1,
-                   "eval_max_steps": 10, "agent_episodes": 1, "agent_steps": 12, "fidelity_panel": 3,
-                   "fidelity_episodes": 1, "workers": 1, "progress": False},
+                   "eval_max_steps": 10, "loop_agent_episodes": 2, "loop_repair_episodes": 1, "workers": 1,
+                   "progress": False},
     "simulator": {"episodes": 1, "max_steps": 10, "workers": 1, "video_scale": 1},
     "vision_png": {"columns": 2, "scale": 1},
     "vision_video": {"max_steps": 10, "scale": 1},
@@ -32,8 +35,12 @@ def test_preset_has_settings_for_every_stage_and_they_are_valid_args():
     assert {stage.key for stage in demo.STAGES} == set(TINY) - {"seed"}
     vision = demo.PRESET["vision"]
     assert vision["kl_anneal_epochs"] <= vision["epochs"], "β must reach 1 within the quick run"
-    loop = demo.PRESET["dream_loop"]
-    assert loop["iterations"] >= 2 and 1 <= loop["generations"] // loop["eval_every"] <= 2
+    from car_racing import train_controller_cmaes
+
+    loop = demo.PRESET["controller"]
+    assert loop["loop_iterations"] >= 2 and 1 <= loop["generations"] // loop["eval_every"] <= 2
+    stage4 = train_controller_cmaes.Args(**{k: v for k, v in loop.items() if k != "workers"})
+    assert (stage4.mode, stage4.init) == ("dream", "zero")  # from zero, only in the dream
 
 
 def test_missing_preset_section_is_one_line_error(tmp_path):
@@ -48,17 +55,31 @@ def test_tiny_demo_writes_only_into_its_run_folder(tmp_path, monkeypatch, capsys
     assert sorted(os.listdir(tmp_path)) == ["runs"]
     assert os.listdir(tmp_path / "runs") == [run_dir.name]
     files = {str(p) for p in demo.written_files(run_dir)}
-    for name in ("checkpoints/vision_model.pth", "checkpoints/memory_model.pth",
-                 "loop/best/control_model_cmaes.pth", "loop/dream_loop.png", "agent_driving.mp4", "vision_reconstructions.png",
+    for name in ("checkpoints/vision_model.pth", "checkpoints/memory_model.pth", "checkpoints/control_model_cmaes.pth",
+                 "checkpoints/dream_loop/dream_loop.png", "agent_driving.mp4", "vision_reconstructions.png",
                  "vision_episode.mp4", "memory_dream.mp4", "memory_dream_reward.png",
                  "data/car_racing_recorded_frames.npy"):
         assert name in files
     out = capsys.readouterr().out
     assert "score: " in out and f"everything is in {run_dir}" in out
+    assert "this run trained (V, M and C from its own recording)" in out and "checkpoints/pretrained/dream" in out
     from car_racing.common.runtime import load_checkpoint
 
-    training = load_checkpoint(run_dir / "loop/best/control_model_cmaes.pth", "controller")["training"]
-    assert training["dream_trained"]  # the demo's agent never saw an expert label
+    checkpoints = run_dir / "checkpoints"
+    controller = load_checkpoint(checkpoints / "control_model_cmaes.pth", "controller")
+    assert controller["training"]["dream_trained"]  # the demo's agent never saw an expert label
+    assert controller["training"]["fitness_source"] == "dream"
+    # V, M and C all come from this run: the loop read the run's own V and stage-3 M, and its M continued on the
+    # run's own recording (the records name the files they were made from)
+    memory = load_checkpoint(checkpoints / "memory_model.pth", "memory")
+    assert Path(memory["vision"]["path"]).resolve().is_relative_to(run_dir.resolve())
+    assert Path(memory["data"]["data_dir"]).resolve().is_relative_to(run_dir.resolve())
+    assert memory["warm_start"]["from"].startswith(str(checkpoints / "dream_loop")) or memory["epoch"] >= 1
+    stage3 = load_checkpoint(checkpoints / "dream_loop" / "memory_from_stage3.pth", "memory")
+    assert Path(stage3["data"]["data_dir"]).resolve() == (run_dir / "data").resolve()
+    state = json.loads((checkpoints / "dream_loop" / "dream_loop_state.json").read_text())
+    assert Path(state["stages"]["0:vision"]["from"]).resolve() == (checkpoints / "vision_model.pth").resolve()
+    assert state["config"]["controller_from"] is None  # iteration 0's C started from zero
 
 
 def test_failing_stage_names_itself(tmp_path):

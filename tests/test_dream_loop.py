@@ -87,7 +87,8 @@ def test_memory_head_mask_is_one_mask_for_the_whole_sequence():
 # --- the dream-trained record -------------------------------------------------------------------------
 
 def controller_args(tmp_path, data_dir, **overrides) -> ControllerArgs:
-    options = dict(population=4, generations=1, rollout_steps=4, dream_trials=2, start_states=32, eval_every=1,
+    options = dict(ControllerArgs.PRESETS["seed"])  # one pass (the defaults run the repair loop)
+    options.update(population=4, generations=1, rollout_steps=4, dream_trials=2, start_states=32, eval_every=1,
                    eval_episodes=1, eval_max_steps=8, workers=1, data_dir=str(data_dir), batch_size=8,
                    checkpoint_dir=str(tmp_path), device="cpu", progress=False, cma_diagonal=True)
     options.update(overrides)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing.common.cli import UsageError
+from car_racing.common.cli import UsageError, preset_args
 from car_racing.common.runtime import load_checkpoint
 from car_racing.episodes.rollout import run_episode
 from car_racing.models.ffn import num_controller_params
@@ -56,7 +56,7 @@ def test_run_dagger_aggregates_every_round(tmp_path):
 
 def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path, controller=False)
-    args = Args(init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
+    args = preset_args(Args, "seed", init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
                 eval_max_steps=12, workers=1, checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
                 progress=False)
     final = main(args)
@@ -75,7 +75,7 @@ def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
 def test_init_from_a_controller_checkpoint(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path)  # with a controller: CMA starts from its C
     start = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")
-    args = Args(init="checkpoint", generations=0, eval_episodes=1, eval_max_steps=8, workers=1,
+    args = preset_args(Args, "seed", init="checkpoint", generations=0, eval_episodes=1, eval_max_steps=8, workers=1,
                 checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), progress=False)
     final = main(args)
     expected = torch.cat([start["model_state"]["fc.weight"].reshape(-1), start["model_state"]["fc.bias"]])
@@ -96,7 +96,7 @@ def test_dagger_continues_from_its_saved_state_exactly(tmp_path):
 
 def test_train_controller_resume_extends_a_dagger_run(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path, controller=False)
-    args = Args(init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
+    args = preset_args(Args, "seed", init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
                 eval_max_steps=10, workers=1, checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
                 progress=False)
     main(args)
