@@ -102,7 +102,7 @@ class Args:
     encode_batch_size: int = 256
     """frames per batch when encoding the recording with V (once; cached)"""
     seed: int = 0
-    """seeds the episode split, the per-epoch z samples and the batch order"""
+    """seeds the episode split, the initial weights, the per-epoch z samples, batch order and dropout masks"""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda[:N]"""
     resume: bool = False
@@ -382,8 +382,9 @@ def main(args: Args) -> dict:
         started = time.time()
         epoch_rng = np.random.default_rng([args.seed, epoch])
         z = sample_latents(mu, logvar, seed=int(epoch_rng.integers(2**62)))
-        train_losses = run_epoch(model, batches, epoch_rng.permutation(train_ids), z, args, optimizer,
-                                 f"epoch {epoch + 1} train")
+        order = epoch_rng.permutation(train_ids)
+        torch.manual_seed(int(epoch_rng.integers(2**62)))  # --dropout's masks: the same when the run is resumed
+        train_losses = run_epoch(model, batches, order, z, args, optimizer, f"epoch {epoch + 1} train")
         if len(val_ids):
             val_losses = run_epoch(model, batches, val_ids, val_z, args, None, f"epoch {epoch + 1} val")
         else:
