@@ -12,7 +12,8 @@ from car_racing.common.cli import UsageError
 # Every stage on the smallest settings that still run the real code paths (in-process, 1 worker).
 TINY = {
     "seed": 0,
-    "record": {"driver": "autopilot", "episodes": 2, "steps": 40, "noise": 1.0, "seq_len": 10, "workers": 1},
+    "record": {"driver": "autopilot", "episodes": 2, "random_episodes": 0, "steps": 40, "noise": 1.0, "seq_len": 10,
+               "workers": 1},
     "vision": {"epochs": 1, "kl_anneal_epochs": 1, "batch_size": 40, "latent_size": 8, "threads": 1},
     "memory": {"epochs": 1, "batch_size": 4, "hidden_size": 16, "num_mixtures": 2, "threads": 1,
                "progress": False},
