@@ -320,7 +320,8 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
         seq_len = int(indices.shape[1]) if indices.ndim == 2 and indices.shape[1] else seq_len
     for run in runs:
         recorded_frames.main(recorded_frames.Args(seq_len=seq_len,
-            driver=driver, episodes=len(run), steps=steps, seed=run[0], data_dir=args.data_dir, workers=args.workers,
+            driver=driver, episodes=len(run), random_episodes=0, steps=steps, seed=run[0], data_dir=args.data_dir,
+            workers=args.workers,
             backend=args.backend, ray_address=args.ray_address, append=has_recorded_data(args.data_dir), noise=noise,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else "checkpoints", progress=args.progress))
     from car_racing.recording.recorded_data import pending_files

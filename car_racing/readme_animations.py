@@ -103,8 +103,8 @@ def main(args: Args) -> dict[str, Path]:
 
     with tempfile.TemporaryDirectory() as tmp:
         recorded_frames.main(recorded_frames.Args(driver="autopilot", episodes=1, steps=args.dream_steps,
-                                                  seed=args.seed, data_dir=f"{tmp}/data", workers=1, noise=0.3,
-                                                  seq_len=min(100, args.dream_steps)))
+                                                  random_episodes=0, seed=args.seed, data_dir=f"{tmp}/data", workers=1,
+                                                  noise=0.3, seq_len=min(100, args.dream_steps)))
         dream = visualize_memory_prediction.main(visualize_memory_prediction.Args(
             checkpoint_dir=args.checkpoint_dir, data_dir=f"{tmp}/data", out=f"{tmp}/dream.mp4",
             max_steps=args.dream_steps, scale=2, device="cpu"))

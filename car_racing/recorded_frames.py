@@ -1,8 +1,9 @@
 """Stage 1: record driving episodes of CarRacing-v3 (frames, actions, rewards, dones) for the world model.
 
-    python car_racing/recorded_frames.py --driver autopilot --episodes 20 --steps 500   # headless expert
-    python car_racing/recorded_frames.py                                                # you drive (keys or gamepad)
-    python car_racing/recorded_frames.py --input keyboard --episodes 5 --append        # five more tracks by hand
+    python car_racing/recorded_frames.py --driver autopilot   # headless expert: 64 × 1000 steps, then 16 random
+    python car_racing/recorded_frames.py                      # you drive (keys or gamepad), then 16 random episodes
+    python car_racing/recorded_frames.py --input keyboard --episodes 5 --random-episodes 0 --append  # 5 more by hand
+    python car_racing/recorded_frames.py --driver autopilot --preset seed   # the seed's 20 × 500 steps, no random
 
 Writes the data folder described in :mod:`car_racing.recording.recorded_data` (``car_racing_recorded_*.npy``, the
 meta file and the memory sequences ``car_racing_memory_dataset_*.npy``). Each finished episode is saved
@@ -15,6 +16,11 @@ Seeds: episode ``i`` resets the env with ``seed + i`` and seeds its driver (auto
 actions) with it too, so it re-simulates exactly from its seed and recorded actions. ``--seed`` defaults
 to 0, or with ``--append`` to one past the largest seed already recorded, so appended episodes drive
 new tracks; an explicit ``--seed`` is used as given (a note says when it repeats recorded seeds).
+
+Random-driver episodes (``--random-episodes``, 16 by default): after the main driver's episodes, that many
+episodes of the random driver are recorded headless and committed with them, their seeds continuing after
+the main episodes' (``--seed 0 --episodes 64``: seeds 0..63, then random seeds 64..79). The data is
+byte-for-byte that of two runs: the main driver's, then ``--driver random --seed 64 --append``.
 
 Headless drivers (autopilot, random, agent) run in ``--workers`` processes, or Ray actors with
 ``--backend ray``; with several workers the episodes are stored in the order they finish (each is
@@ -44,8 +50,8 @@ import contextlib
 import functools
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 from tqdm import tqdm
 
@@ -74,9 +80,15 @@ class Args:
     keeping what was recorded), autopilot (scripted expert reading the track, with per-episode noise), random (smoothly
     varying random actions), agent (the World Models agent in --checkpoint-dir with exploration noise:
     the dream loop records C's own episodes this way)"""
-    episodes: int = 20
-    """number of episodes to record"""
-    steps: int = 500
+    episodes: int = 64
+    """number of episodes to record with --driver"""
+    random_episodes: int = 16
+    """then this many episodes of the random driver, recorded headless (in --workers, like any headless driver)
+    and committed in the same run; their seeds continue after the main episodes' (with --seed 0 and 64 episodes:
+    seeds 0..63, then 64..79). M learns from them what happens off the road and at odd actions, which a
+    person's or the autopilot's driving never shows, so its dream is harder to exploit. Recorded also when the
+    person ends the session early (Esc); with --driver random they are simply more episodes. 0 = off"""
+    steps: int = 1000
     """maximum steps per episode (an episode also ends when the lap is finished or the car leaves the map)"""
     seed: int | None = None
     """env.reset seed of the first episode; episode i uses seed + i (also for the driver's noise).
@@ -106,6 +118,14 @@ class Args:
     input: Literal["auto", "keyboard", "gamepad"] = "auto"
     """human only: what the person drives with: auto (a connected gamepad, else the keyboard), keyboard
     (arrows/WASD, steering and gas ramp while held) or gamepad (left stick, triggers or A/B buttons)"""
+    preset: Optional[Literal["seed"]] = None
+    """seed: the seed repo's original settings (20 episodes × 500 steps, no random-driver episodes); flags given
+    on the command line win"""
+
+    # Applied by the command-line parser before the flags (flags given win); from Python: cli.preset_args.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "seed": {"episodes": 20, "steps": 500, "random_episodes": 0},
+    }
 
 
 def validate_args(args: Args) -> None:
@@ -117,6 +137,8 @@ def validate_args(args: Args) -> None:
     for flag, value in (("--episodes", args.episodes), ("--steps", args.steps), ("--seq-len", args.seq_len)):
         if value < 1:
             raise UsageError(f"{flag} {value}: expected a positive number")
+    if args.random_episodes < 0:
+        raise UsageError(f"--random-episodes {args.random_episodes}: expected 0 (off) or more")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: expected at least 1")
     if args.seed is not None and args.seed < 0:
@@ -143,7 +165,8 @@ def make_headless_driver(name: str, noise: float, checkpoint_dir: str = "checkpo
 
 
 def choose_seeds(args: Args, store: EpisodeStore) -> list[int]:
-    """``seed + i`` per episode; the default seed continues after the recorded ones when appending."""
+    """``seed + i`` per episode, the main driver's then the random driver's (``--random-episodes``); the
+    default seed continues after the recorded ones when appending."""
     recorded = [int(e["seed"]) for e in store.base.episodes] if store.base is not None else []
     if args.append:
         recorded += pending_seeds(store.pending_files())
@@ -151,7 +174,7 @@ def choose_seeds(args: Args, store: EpisodeStore) -> list[int]:
         first = args.seed
     else:
         first = max(recorded) + 1 if args.append and recorded else 0
-    seeds = list(range(first, first + args.episodes))
+    seeds = list(range(first, first + args.episodes + args.random_episodes))
     repeated = sorted(set(seeds) & set(recorded))
     if repeated:
         which = (f"seed {repeated[0]}" if len(repeated) == 1
@@ -190,6 +213,54 @@ def _same_driver(driver: Any) -> Any:
     return driver
 
 
+@dataclass
+class RecordingSession:
+    """What one recorder run shares across its batches of episodes: the store, the progress bar, the counts."""
+
+    args: Args
+    store: EpisodeStore
+    progress: Any
+    started: float = field(default_factory=time.perf_counter)
+    episodes: int = 0
+    steps: int = 0
+
+
+def record_batch(session: RecordingSession, driver: str, make_driver: Callable[[], Any], seeds: list[int],
+                 workers: int, backend: Backend, human_driver: Any = None) -> None:
+    """Record one episode per seed with one driver into the session's store, each saved as it finishes.
+
+    The main driver's episodes and then the random driver's (``--random-episodes``) are two calls of this,
+    each seeded exactly as a separate recorder run with that ``--driver`` and first seed would be. Stops early
+    when the person ends the session (Esc or the window closed, during an episode or at its summary).
+    """
+    args = session.args
+    seed_everything(seeds[0], torch=driver == "agent")  # only the agent driver loads torch
+    # The env's own 1000-step limit would cut longer episodes: lift it when more steps are asked for.
+    env_kwargs = {"max_episode_steps": args.steps} if args.steps > MAX_EPISODE_STEPS else {}
+    session.progress.set_description(f"recording ({driver})")
+    results = run_episodes(make_driver, seeds, args.steps, workers=workers, env_kwargs=env_kwargs, backend=backend,
+                           record_frames=True)
+    with contextlib.closing(results):
+        for number, result in enumerate(results, start=1):
+            if result.steps > 0:
+                session.store.add(RecordedEpisode(seed=result.seed, driver=driver, frames=result.frames,
+                                                  actions=result.actions, rewards=result.rewards,
+                                                  lap_finished=result.lap_finished, noise=result.info,
+                                                  terminated=result.terminated))
+                session.episodes += 1
+                session.steps += result.steps
+            session.progress.update(1)
+            session.progress.set_postfix(steps_per_s=f"{session.steps / (time.perf_counter() - session.started):.0f}")
+            tqdm.write(episode_line(number, len(seeds), driver, result))
+            if result.ended_by_driver:
+                tqdm.write("session ended by the driver; keeping every step recorded so far")
+                return
+            if human_driver is not None and not human_driver.show_summary(
+                    episode_summary(number, len(seeds), result)):
+                tqdm.write("session ended by the driver after the episode summary; keeping every step")
+                return
+
+
 @uses_backend
 def main(args: Args) -> None:
     validate_args(args)
@@ -198,20 +269,19 @@ def main(args: Args) -> None:
         from car_racing.world.drivers import check_display
 
         check_display()
-    workers = 1 if human else (args.workers or default_workers())
-    if human and args.workers is not None and args.workers > 1:
+    headless_workers = args.workers or default_workers()
+    if human and args.workers is not None and args.workers > 1 and not args.random_episodes:
         print("note: the human driver runs in this process; --workers is ignored", file=sys.stderr)
     if not human and args.input != "auto":
         print(f"note: --input is for --driver human; ignored with --driver {args.driver}", file=sys.stderr)
     if args.driver == "agent":
         args.checkpoint_dir = agent_dir(args.checkpoint_dir)  # yours, else the shipped agent
-    make_driver: Callable[[], Any] | None = None if human else make_headless_driver(args.driver, args.noise, args.checkpoint_dir)
+    make_driver: Callable[[], Any] | None = (None if human else
+                                             make_headless_driver(args.driver, args.noise, args.checkpoint_dir))
     # Checks the folder is writable, and with --append validates the existing data (frame size, .npy files).
     store = EpisodeStore(args.data_dir, append=args.append, seq_len=args.seq_len)
     seeds = choose_seeds(args, store)
-    seed_everything(seeds[0], torch=args.driver == "agent")  # only the agent driver loads torch
-    # The env's own 1000-step limit would cut longer episodes: lift it when more steps are asked for.
-    env_kwargs = {"max_episode_steps": args.steps} if args.steps > MAX_EPISODE_STEPS else {}
+    main_seeds, random_seeds = seeds[:args.episodes], seeds[args.episodes:]
 
     human_driver = None
     if human:  # opened last, after every check: the window appears only when recording can start
@@ -219,37 +289,24 @@ def main(args: Args) -> None:
 
         human_driver = drivers.HumanDriver(input_kind=args.input)
         make_driver = functools.partial(_same_driver, human_driver)  # in-process (workers == 1)
-    recorded_episodes = recorded_steps = 0
-    progress = tqdm(total=args.episodes, unit="ep", desc=f"recording ({args.driver})", dynamic_ncols=True,
-                    disable=not args.progress)
-    started = time.perf_counter()
+    session = RecordingSession(args, store, tqdm(total=len(seeds), unit="ep", desc=f"recording ({args.driver})",
+                                                 dynamic_ncols=True, disable=not args.progress))
     try:
-        results = run_episodes(make_driver, seeds, args.steps, workers=workers, env_kwargs=env_kwargs,
-                               backend=Backend() if human else Backend.from_args(args), record_frames=True)
-        with contextlib.closing(results):
-            for number, result in enumerate(results, start=1):
-                if result.steps > 0:
-                    store.add(RecordedEpisode(seed=result.seed, driver=args.driver, frames=result.frames,
-                                              actions=result.actions, rewards=result.rewards,
-                                              lap_finished=result.lap_finished, noise=result.info,
-                                              terminated=result.terminated))
-                    recorded_episodes += 1
-                    recorded_steps += result.steps
-                progress.update(1)
-                progress.set_postfix(steps_per_s=f"{recorded_steps / (time.perf_counter() - started):.0f}")
-                tqdm.write(episode_line(number, args.episodes, args.driver, result))
-                if result.ended_by_driver:
-                    tqdm.write("session ended by the driver; keeping every step recorded so far")
-                    break
-                if human_driver is not None and not human_driver.show_summary(
-                        episode_summary(number, args.episodes, result)):
-                    tqdm.write("session ended by the driver after the episode summary; keeping every step")
-                    break
+        record_batch(session, args.driver, make_driver, main_seeds, 1 if human else headless_workers,
+                     Backend() if human else Backend.from_args(args), human_driver)
+        if human_driver is not None:
+            human_driver.close()  # the person's part is over (finished or ended early): the window goes
+            human_driver = None
+        if random_seeds:  # also after a session the person ended early: what was recorded is kept, and these added
+            tqdm.write(f"then {len(random_seeds)} random-driver episodes (seeds {random_seeds[0]}..{random_seeds[-1]};"
+                       f" --random-episodes)")
+            record_batch(session, "random", make_headless_driver("random", args.noise, args.checkpoint_dir),
+                         random_seeds, headless_workers, Backend.from_args(args))
     finally:
-        progress.close()
+        session.progress.close()
         if human_driver is not None:
             human_driver.close()
-        _commit(store, args, recorded_episodes, recorded_steps, time.perf_counter() - started)
+        _commit(store, args, session.episodes, session.steps, time.perf_counter() - session.started)
 
 
 def _commit(store: EpisodeStore, args: Args, episodes: int, steps: int, seconds: float) -> None:

@@ -107,7 +107,7 @@ def test_gamepad_steers_proportionally_beyond_the_dead_zone_triggers_and_buttons
 
 def record_human(data_dir, script, monkeypatch, **overrides):
     monkeypatch.setattr(drivers, "HumanDriver", functools.partial(drivers.HumanDriver, event_source=script, fps=0))
-    options = dict(driver="human", episodes=1, steps=40, seq_len=10, data_dir=str(data_dir))
+    options = dict(driver="human", episodes=1, random_episodes=0, steps=40, seq_len=10, data_dir=str(data_dir))
     options.update(overrides)
     recorded_frames.main(recorded_frames.Args(**options))
     return load_recorded(data_dir)

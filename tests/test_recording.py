@@ -43,7 +43,8 @@ SEQ_LEN = 20
 
 
 def record(data_dir, **overrides) -> None:
-    options = dict(driver="autopilot", episodes=2, steps=STEPS, workers=1, seq_len=SEQ_LEN, data_dir=str(data_dir))
+    options = dict(driver="autopilot", episodes=2, random_episodes=0, steps=STEPS, workers=1, seq_len=SEQ_LEN,
+                   data_dir=str(data_dir))
     options.update(overrides)
     recorded_frames.main(recorded_frames.Args(**options))
 
@@ -241,6 +242,14 @@ def test_closing_the_human_window_ends_the_session_keeping_the_steps(tmp_path, m
     np.testing.assert_allclose(data.actions, [[0, 0.08, 0], [0, 0.16, 0], [0, 0.24, 0]], rtol=1e-6)  # gas ramps
 
 
+def test_random_driver_episodes_follow_a_session_the_person_ended_early(tmp_path, monkeypatch):
+    script = ScriptedEvents({0: [key(pygame.KEYDOWN, pygame.K_UP)], 3: [key(pygame.KEYDOWN, pygame.K_ESCAPE)]})
+    monkeypatch.setattr(drivers, "HumanDriver", functools.partial(drivers.HumanDriver, event_source=script, fps=0))
+    record(tmp_path / "data", driver="human", episodes=3, steps=20, input="keyboard", random_episodes=1)
+    data = load_recorded(tmp_path / "data")  # Esc in the first episode: its 3 steps kept, then seed 3 random
+    assert [(e["seed"], e["driver"], e["length"]) for e in data.episodes] == [(0, "human", 3), (3, "random", 20)]
+
+
 def test_human_driver_reads_events_posted_to_pygames_queue():
     driver = drivers.HumanDriver(input_kind="keyboard", fps=0)  # default event source: pygame.event.get
     try:
@@ -272,6 +281,7 @@ def test_human_driver_without_a_display_points_to_the_autopilot(tmp_path, monkey
 @pytest.mark.parametrize("overrides, message", [
     ({"driver": "bogus"}, "--driver"),
     ({"episodes": 0}, "--episodes 0"),
+    ({"random_episodes": -1}, "--random-episodes -1"),
     ({"steps": 0}, "--steps 0"),
     ({"workers": 0}, "--workers 0"),
     ({"seq_len": 0}, "--seq-len 0"),

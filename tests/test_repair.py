@@ -24,8 +24,8 @@ class Interrupted(Exception):
 def real_recording(tmp_path):
     """Two real random-driver episodes of 30 steps (replayable from their seeds and actions)."""
     data_dir = tmp_path / "data"
-    recorded_frames.main(recorded_frames.Args(driver="random", episodes=2, steps=30, seed=3, data_dir=str(data_dir),
-                                              workers=1, seq_len=10))
+    recorded_frames.main(recorded_frames.Args(driver="random", episodes=2, random_episodes=0, steps=30, seed=3,
+                                              data_dir=str(data_dir), workers=1, seq_len=10))
     return data_dir
 
 
