@@ -119,8 +119,9 @@ class Args:
     ray_address: str = ""
     """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
     loop_iterations: int = 3
-    """1 = one CMA-ES run in M's dream (the seed's stage 4). N > 1 = the repair loop of car_racing/dream_loop.py inside
-    this stage, N iterations: C evolves in M's dream; C's own episodes and the repair replays (the dream's actions
+    """1 = one CMA-ES run in M's dream (the seed's stage 4). N > 1 (dream mode, --init zero or checkpoint; --mode real
+    and --init bc/dagger always run one pass) = the repair loop of car_racing/dream_loop.py inside this stage, N
+    iterations: C evolves in M's dream; C's own episodes and the repair replays (the dream's actions
     replayed in the real env) are recorded into DATA_DIR/dream_loop; M continues on all data; C evolves again in the
     new dream … One pass is exploited by C (the dream pays ~1,100 for drivers the real env pays −40), the loop
     shows M where its dream lies (docs/dream-repair.md). The loop lives in CHECKPOINT_DIR/dream_loop; the
@@ -171,6 +172,12 @@ class Args:
     }
 
 
+def uses_repair_loop(args: Args) -> bool:
+    """The repair loop trains C in the dream, from zero or a controller checkpoint; real-env CMA-ES and the
+    imitation warm starts (bc, dagger) always run one pass."""
+    return args.loop_iterations > 1 and args.mode == "dream" and args.init in ("zero", "checkpoint")
+
+
 def check_args(args: Args) -> None:
     from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, check_dream_fitness
 
@@ -209,10 +216,7 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--threads {args.threads}: expected 0 (torch's default) or a positive integer")
     if args.loop_iterations < 1:
         raise UsageError(f"--loop-iterations {args.loop_iterations}: expected 1 (one pass) or more (the repair loop)")
-    if args.loop_iterations > 1:
-        if args.mode != "dream" or args.init not in ("zero", "checkpoint"):
-            raise UsageError(f"--loop-iterations {args.loop_iterations}: the repair loop trains C in the dream from zero "
-                             f"or --init checkpoint (got --mode {args.mode} --init {args.init}); use --loop-iterations 1")
+    if uses_repair_loop(args):
         if args.eval_every == 0:
             raise UsageError("--eval-every 0: the repair loop keeps the iteration whose C checks best; it needs checks")
         for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes"):
@@ -235,7 +239,7 @@ def main(args: Args) -> dict:
     from car_racing.common.runtime import seed_everything
     from car_racing.training.cmaes_run import load_setup
 
-    if args.loop_iterations > 1:
+    if uses_repair_loop(args):
         return run_repair_loop(args)
     if args.threads:
         torch.set_num_threads(args.threads)

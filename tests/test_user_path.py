@@ -87,8 +87,12 @@ def test_repair_loop_needs_stage_2_and_3_first(tmp_path):
     with pytest.raises(UsageError, match="vision_model.pth: missing; run train_vision.py"):
         train_controller_cmaes.main(train_controller_cmaes.Args(checkpoint_dir=str(tmp_path), workers=1,
                                                                 data_dir=str(tmp_path)))
-    with pytest.raises(UsageError, match="--loop-iterations 3: the repair loop trains C in the dream"):
-        train_controller_cmaes.main(train_controller_cmaes.Args(mode="real", checkpoint_dir=str(tmp_path)))
+    uses = train_controller_cmaes.uses_repair_loop
+    assert uses(train_controller_cmaes.Args()) and uses(train_controller_cmaes.Args(init="checkpoint"))
+    assert not any(uses(train_controller_cmaes.Args(**flags)) for flags in (
+        {"mode": "real"}, {"init": "bc"}, {"init": "dagger"}, {"loop_iterations": 1}))  # one pass
+    with pytest.raises(UsageError, match="--eval-every 0: the repair loop"):
+        train_controller_cmaes.main(train_controller_cmaes.Args(eval_every=0, checkpoint_dir=str(tmp_path)))
 
 
 def load_recorded_episodes(data_dir: Path) -> list[dict]:
