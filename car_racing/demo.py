@@ -47,22 +47,22 @@ from car_racing.episodes.rollout import default_workers
 # About 15 minutes on 2 CPU cores (docs/stages.md#the-demo-make-demo has the measured times and score).
 PRESET: dict[str, Any] = {
     "seed": 0,
-    # 20 noisy autopilot episodes × 500 steps + 4 random-driver ones (M sees the car off the road) = 12,000
+    # 16 noisy autopilot episodes × 500 steps + 4 random-driver ones (M sees the car off the road) = 10,000
     # frames; windows of 100 steps for M.
-    "record": {"driver": "autopilot", "episodes": 20, "steps": 500, "random_episodes": 4, "noise": 1.0,
+    "record": {"driver": "autopilot", "episodes": 16, "steps": 500, "random_episodes": 4, "noise": 1.0,
                "seq_len": 100, "workers": None},  # None = number of CPUs
     # A few epochs at a higher learning rate than the full run; β reaches 1 within the run, so z is a
     # real posterior (with β ≈ 0 the latents would be useless to M and C). threads 0 = the script's auto.
-    "vision": {"epochs": 6, "kl_anneal_epochs": 3, "free_bits": 0.5, "lr": 1e-3, "batch_size": 100, "threads": 0},
-    # ~110 training windows: small batches so that M gets a few hundred gradient steps; dropout on h before the
+    "vision": {"epochs": 4, "kl_anneal_epochs": 2, "free_bits": 0.5, "lr": 1e-3, "batch_size": 100, "threads": 0},
+    # ~90 training windows: small batches so that M gets a few hundred gradient steps; dropout on h before the
     # heads, as the full run. One torch thread for M and C: their small batches gain little from a second
     # one, and lose many times over when another process shares the 2 cores.
     "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "dropout": 0.05, "threads": 1},
     # Stage 4 from zero on this run's V and M: the repair loop (2 iterations) with the full run's dream (whole
     # episodes from the start line, 8 dreams per candidate with one dropout mask each, their 0.25-quantile as
-    # the fitness), a smaller population and fewer generations; real checks on 4 tracks of 500 steps choose
+    # the fitness), a smaller population and fewer generations; real checks on 3 tracks of 500 steps choose
     # what is kept; C's episodes and the repair replays join M's data. No expert label reaches C.
-    "controller": {"loop_iterations": 2, "population": 16, "generations": 20, "eval_every": 10, "eval_episodes": 4,
+    "controller": {"loop_iterations": 2, "population": 12, "generations": 16, "eval_every": 8, "eval_episodes": 3,
                    "eval_max_steps": 500, "loop_controller_start": "zero", "loop_memory_epochs": 5,
                    "loop_agent_episodes": 6, "loop_repair_episodes": 4, "workers": None,  # None = CPUs
                    "threads": 1, "progress": False},
