@@ -87,3 +87,11 @@ def test_failing_stage_names_itself(tmp_path):
     stages = [s for s in demo.STAGES if s.key in ("record", "vision")]
     with pytest.raises(UsageError, match=r"stage 2 \(train the vision model V .*--epochs 0"):
         demo.run_stages(tmp_path, broken, stages)
+
+
+def test_verdict_says_plainly_how_the_run_compares():
+    low = demo.verdict("score: -35.3 ± 2.9 over 3 episodes", 3, "kept: initial mean (zero) of generation 0")
+    assert "it barely drives" in low and "the kept C is all zeros" in low
+    assert all(f"checkpoints/pretrained/{name}" in low for name, _, _ in demo.SHIPPED_AGENTS)
+    good = demo.verdict("score: 700.0 ± 50.0 over 3 episodes", 3, "kept: cma_mean of generation 15")
+    assert "it drives." in good and "all zeros" not in good
