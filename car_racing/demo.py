@@ -306,14 +306,13 @@ def verdict(score_line: str, episodes: Any, kept: str = "") -> str:
         judged = "it drives, badly: it leaves the road or misses tiles on most tracks"
     else:
         judged = "it barely drives: at the demo's scale the dream is still exploited (C finds drivers M overpays)"
-    lines = [f"\nthe agent this run trained (V, M and C from its own recording) on {episodes} held-out tracks: "
-             f"{score_line}: {judged}."]
+    lines = [(f"\nthe agent this run trained (V, M and C from its own recording) on {episodes} held-out tracks: "
+              f"{score_line}: {judged}.")]
     if "initial mean (zero)" in kept:
         lines.append("No candidate evolved in the dream beat the all-zero controller on the real checks, so the kept C "
                      "is all zeros (straight ahead, half gas, half brake).")
-    lines += [
-             "The five stages with their full defaults took 103 min on 2 cores and scored 488.1 ± 255.0 on the "
-             "simulator's 10 tracks (docs/stages.md); the shipped agents, for comparison (100 held-out tracks):"]
+    lines.append("The five stages with their full defaults took 103 min on 2 cores and scored 488.1 ± 255.0 on the "
+                 "simulator's 10 tracks (docs/stages.md); the shipped agents, for comparison (100 held-out tracks):")
     lines += [f"  {score:6.1f}  checkpoints/pretrained/{name}: {what}" for name, what, score in SHIPPED_AGENTS]
     lines.append("  drive one: python car_racing/car_racing_gameplay_simulator.py --checkpoint-dir "
                  "checkpoints/pretrained/dream --render")
