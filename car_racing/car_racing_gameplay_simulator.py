@@ -175,8 +175,8 @@ def main(args: Args) -> float:
         episodes = stack.enter_context(contextlib.closing(iter_agent_episodes(
             args.checkpoint_dir, seeds, max_steps=args.max_steps, workers=workers, smoothing=smoothing,
             device=device, capture_raw=video is not None or args.strip is not None, wrap=wrap, backend=backend)))
-        bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep", disable=None if args.progress else True,
-                                              file=sys.stderr))
+        bar = stack.enter_context(tqdm(total=len(seeds), desc="episodes", unit="ep",
+                                       disable=None if args.progress else True, file=sys.stderr))
         for index, result in enumerate(episodes):
             rewards.append(result.total_reward)
             laps += int(result.lap_finished)

@@ -19,7 +19,8 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 
 Every stage writes only inside the run folder and reads only what earlier stages wrote there: the score line
 belongs to V, M and C trained in this run from its own recording (the repo's ``data/`` and ``checkpoints/`` are
-never read or written). At this scale the driver is weak; the last lines say how it compares with the shipped agents. The quick settings are
+never read or written). At this scale the driver is weak; the last lines say how it compares with the shipped
+agents. The quick settings are
 all in :data:`PRESET` (one section of ``Args`` keyword arguments per stage script). A failing stage
 stops the demo with one line naming it (the traceback, if any, goes to ``error.log`` in the run folder).
 """

@@ -384,7 +384,8 @@ def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Option
     out = checkpoint_paths(folder)["controller"]
     resume = out.is_file() and "es_state" in load_checkpoint(out, "controller")
     return cmaes.main(cmaes.Args(
-        mode="dream", loop_iterations=1, population=args.population, sigma0=args.sigma0 if start_from is None else args.sigma0_later,
+        mode="dream", loop_iterations=1, population=args.population,
+        sigma0=args.sigma0 if start_from is None else args.sigma0_later,
         generations=args.generations, rollout_steps=args.rollout_steps, dream_trials=args.dream_trials,
         temperature=args.temperature, dream_dropout=args.dream_dropout, start_states=args.start_states,
         dream_start=args.dream_start, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,

@@ -303,23 +303,24 @@ def run_repair_loop(args: Args) -> dict:
         if not args.resume:
             raise UsageError(f"{loop_dir}: holds a repair loop already: --resume continues it; to start over, remove "
                              f"it and {Path(args.data_dir) / LOOP_DIR}")
+        memory = load_checkpoint(stage3_memory, "memory")
     else:
         for kind, stage in (("vision", "train_vision.py (stage 2)"), ("memory", "train_memory.py (stage 3)")):
             if not paths[kind].is_file():
                 raise UsageError(f"{paths[kind]}: missing; run {stage} first")
-        load_checkpoint(paths["memory"], "memory")  # one-line error for a file that is not a memory checkpoint
+        memory = load_checkpoint(paths["memory"], "memory")  # one-line error for a file that is not an M
         link_or_copy(paths["memory"], stage3_memory)
-    memory = load_checkpoint(stage3_memory, "memory")
+    controller_from = None
     if args.init == "checkpoint":
-        init_from = Path(args.init_from) if args.init_from else paths["controller"]
-        if not init_from.is_file():
-            raise UsageError(f"--init-from {init_from}: no such controller checkpoint")
+        controller_from = Path(args.init_from) if args.init_from else paths["controller"]
+        if not controller_from.is_file():
+            raise UsageError(f"--init-from {controller_from}: no such controller checkpoint")
     state = dream_loop.main(dream_loop.Args(
         data_dir=str(Path(args.data_dir) / LOOP_DIR), checkpoint_dir=str(loop_dir), iterations=args.loop_iterations,
         seed=args.seed, workers=args.workers, backend=args.backend, ray_address=args.ray_address, threads=args.threads,
         init_data_dir=args.data_dir, vision_from=str(paths["vision"]), memory_from=str(stage3_memory),
         memory_epochs_first=0, memory_epochs=args.loop_memory_epochs, memory_dropout=float(memory.get("dropout", 0.0)),
-        controller_from=str(init_from) if args.init == "checkpoint" else None,
+        controller_from=str(controller_from) if controller_from else None,
         generations=args.generations, population=args.population, sigma0=args.sigma0,
         rollout_steps=args.rollout_steps, dream_trials=args.dream_trials, temperature=args.temperature,
         dream_dropout=args.dream_dropout, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,

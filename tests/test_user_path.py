@@ -17,6 +17,7 @@ from car_racing import (
 )
 from car_racing.common.cli import UsageError, parse_args, preset_args
 from car_racing.common.runtime import checkpoint_paths, load_checkpoint
+from car_racing.recording.recorded_data import load_recorded
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,13 +63,14 @@ def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path,
     loop = checkpoints / "dream_loop"
     assert sha256(loop / "memory_from_stage3.pth") == stage3  # stage 3's M kept as it was
     best = checkpoint_paths(loop / "best")
-    assert sha256(paths["memory"]) == sha256(best["memory"]) and sha256(paths["controller"]) == sha256(best["controller"])
+    assert sha256(paths["memory"]) == sha256(best["memory"])
+    assert sha256(paths["controller"]) == sha256(best["controller"])
     assert final["training"]["dream_trained"] and final["training"]["fitness_source"] == "dream"
     assert not final["training"]["expert_labels"] and not final["training"]["real_returns_as_fitness"]
     assert (checkpoints / "control_model_cmaes.png").is_file() and (loop / "dream_loop.png").is_file()
-    drivers = {e["driver"] for e in load_recorded_episodes(data / "dream_loop")}
+    drivers = {e["driver"] for e in load_recorded(data / "dream_loop", mmap=True).episodes}
     assert drivers == {"autopilot", "random", "agent", "repair"}  # C's episodes and the replays joined M's data
-    assert {e["driver"] for e in load_recorded_episodes(data)} == {"autopilot", "random"}  # stage 1's data untouched
+    assert {e["driver"] for e in load_recorded(data, mmap=True).episodes} == {"autopilot", "random"}  # stage 1's data untouched
 
     # a rerun without --resume refuses (the loop's recordings are not thrown away); --resume runs nothing again
     with pytest.raises(UsageError, match="--resume"):
@@ -93,9 +95,3 @@ def test_repair_loop_needs_stage_2_and_3_first(tmp_path):
         {"mode": "real"}, {"init": "bc"}, {"init": "dagger"}, {"loop_iterations": 1}))  # one pass
     with pytest.raises(UsageError, match="--eval-every 0: the repair loop"):
         train_controller_cmaes.main(train_controller_cmaes.Args(eval_every=0, checkpoint_dir=str(tmp_path)))
-
-
-def load_recorded_episodes(data_dir: Path) -> list[dict]:
-    from car_racing.recording.recorded_data import load_recorded
-
-    return load_recorded(data_dir, mmap=True).episodes
