@@ -174,6 +174,9 @@ class Args:
     """where each iteration's CMA-ES starts: the previous kept C (--sigma0-later), all zeros (--sigma0), or both
     (two runs in the new dream, iter_NN/warm/ and iter_NN/from_zero/; the one scoring better on the same real
     check tracks becomes the iteration's C, a tie goes to warm)"""
+    carry: bool = True
+    """a warm start's C is first carried onto the new M (least squares on its own outputs over the recorded data,
+    car_racing/training/carry.py): retraining M moves h, and C left as it is drives ~100 worse on the new M"""
     start_states: int = 8192
     """dream start states drawn from the recorded data"""
     dream_start: Literal["recorded", "episode-start"] = "recorded"
@@ -376,9 +379,11 @@ def stage_memory(args: Args, iteration: int) -> dict:
             "frames": best.get("data", {}).get("num_frames")}
 
 
-def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Optional[Path]) -> dict:
+def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Optional[Path],
+                    start_memory: Optional[Path] = None) -> dict:
     """One CMA-ES run in this iteration's dream (V and M in ``folder``): from ``start_from``'s C with
-    --sigma0-later, or from zero with --sigma0; resumes its own saved run. Returns its final checkpoint."""
+    --sigma0-later (carried from ``start_memory``, the M it was evolved on, onto this M unless --no-carry), or
+    from zero with --sigma0; resumes its own saved run. Returns its final checkpoint."""
     from car_racing import train_controller_cmaes as cmaes
 
     out = checkpoint_paths(folder)["controller"]
@@ -391,6 +396,7 @@ def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Option
         dream_start=args.dream_start, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,
         dream_fitness_k=args.dream_fitness_k,
         init="zero" if start_from is None else "checkpoint", init_from=str(start_from) if start_from else None,
+        init_carry=args.carry, init_memory=str(start_memory) if start_memory else None,
         cma_diagonal=True, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         eval_max_steps=args.eval_max_steps,
         eval_seed_base=args.eval_seed_base, workers=args.workers, backend=args.backend, ray_address=args.ray_address,
@@ -405,9 +411,11 @@ def stage_controller(args: Args, iteration: int) -> dict:
     folder = iteration_dir(args.checkpoint_dir, iteration)
     previous = (checkpoint_paths(iteration_dir(args.checkpoint_dir, iteration - 1))["controller"] if iteration else
                 Path(args.controller_from) if args.controller_from else None)
+    # the M the previous C was evolved on (iteration 0: the one --controller-from's checkpoint names)
+    previous_memory = checkpoint_paths(iteration_dir(args.checkpoint_dir, iteration - 1))["memory"] if iteration else None
     if args.controller_start != "both" or previous is None:
         start = "zero" if previous is None or args.controller_start == "zero" else "warm"
-        final = evolve_in_dream(args, iteration, folder, previous if start == "warm" else None)
+        final = evolve_in_dream(args, iteration, folder, previous if start == "warm" else None, previous_memory)
         save_dream_choice(final, folder)
         return {**run_summary(final), "start": start}
     finals, summaries = {}, {}
@@ -415,7 +423,7 @@ def stage_controller(args: Args, iteration: int) -> dict:
         sub = folder / name
         for kind in ("vision", "memory"):
             link_or_copy(checkpoint_paths(folder)[kind], checkpoint_paths(sub)[kind])
-        finals[start] = evolve_in_dream(args, iteration, sub, previous if start == "warm" else None)
+        finals[start] = evolve_in_dream(args, iteration, sub, previous if start == "warm" else None, previous_memory)
         summaries[start] = run_summary(finals[start])
     scores = {start: (-math.inf if s["best_real_score"] is None else s["best_real_score"]) for start, s in summaries.items()}
     winner = "zero" if scores["zero"] > scores["warm"] else "warm"

@@ -84,6 +84,13 @@ class Args:
     init_from: Optional[str] = None
     """--init checkpoint: the controller checkpoint to start from (default: CHECKPOINT_DIR/control_model_cmaes.pth,
     which the new run then replaces; its C stays the best unless a real-env check beats it)"""
+    init_carry: bool = True
+    """--init checkpoint: when the start C was evolved on another M than CHECKPOINT_DIR's (its checkpoint names the
+    file and its sha256), refit it onto this M's h by least squares on its own outputs over the recorded data
+    before CMA starts (car_racing/training/carry.py: retraining M moves h, and a C left as it is drives ~100
+    worse); --no-init-carry starts from the C as it is"""
+    init_memory: Optional[str] = None
+    """--init checkpoint: the M the start C was evolved on (default: the one its checkpoint names)"""
     dagger_rounds: int = 12
     """--init dagger: rounds in which C drives and the clean autopilot labels its states (after round 0,
     where the noisy autopilot drives)"""
@@ -324,7 +331,7 @@ def run_repair_loop(args: Args) -> dict:
         generations=args.generations, population=args.population, sigma0=args.sigma0,
         rollout_steps=args.rollout_steps, dream_trials=args.dream_trials, temperature=args.temperature,
         dream_dropout=args.dream_dropout, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,
-        dream_fitness_k=args.dream_fitness_k, controller_start=args.loop_controller_start,
+        dream_fitness_k=args.dream_fitness_k, controller_start=args.loop_controller_start, carry=args.init_carry,
         start_states=args.start_states, dream_start=args.dream_start, eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, eval_seed_base=args.eval_seed_base, eval_max_steps=args.eval_max_steps,
         agent_episodes=args.loop_agent_episodes, agent_steps=args.eval_max_steps,

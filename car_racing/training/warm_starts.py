@@ -5,7 +5,8 @@ linear layer's pre-squash outputs on ``[z_t, h_t]`` (z = V's μ, h from running 
 with the recorded actions), targets ``atanh(clip(steer, -1+ε, 1-ε))`` and ``logit(clip(a, ε, 1-ε))`` for gas
 and brake, ridge λ on standardised inputs (bias not penalised). ``dagger`` runs DAgger with the autopilot as
 the expert (:mod:`car_racing.training.imitation`). ``checkpoint`` takes the C of an existing controller
-checkpoint with its own training record. ``bc`` and ``dagger`` use expert labels: a C started from them is
+checkpoint with its own training record, carried onto this run's M when it was evolved on another
+(:mod:`car_racing.training.carry`). ``bc`` and ``dagger`` use expert labels: a C started from them is
 never called dream-trained.
 """
 
@@ -22,6 +23,9 @@ import torch
 from car_racing.common.cli import UsageError
 from car_racing.common.runtime import load_model, plot_curves
 from car_racing.episodes.rollout import Backend
+from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
+from car_racing.recording.recorded_data import load_recorded
+from car_racing.training.carry import carry_controller
 from car_racing.training.cmaes_run import Setup, save_run_checkpoint
 from car_racing.training.imitation import LinearFit, linear_to_flat, run_dagger
 
@@ -126,12 +130,47 @@ def checkpoint_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarra
         raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {setup.model_args}")
     print(f"--init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")
     source_training = start.get("training")
-    return start_controller.get_flat_params(), {
+    params, carried = carried_params(setup, source, start, start_controller.get_flat_params())
+    return params, {
         "method": "checkpoint", "from": str(source), "source_model": start.get("model_source"),
         "source_real_score": start.get("best_real_score"), "source_warm_start": start.get("bc"),
-        "source_training": source_training,
+        "source_training": source_training, "carried": carried,
         # unknown history (an older checkpoint without a record) counts as possibly expert-labelled
         "expert_labels": True if source_training is None else bool(source_training.get("expert_labels", True))}
+
+
+def carried_params(setup: Setup, source: Path, start: dict, params: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """The --init-from C carried onto this run's M (:mod:`car_racing.training.carry`) when it was evolved on
+    another M (--init-memory, else the M its checkpoint names, if that file is unchanged); else ``params`` as
+    they are. Returns the parameters and the carry's record (None: not carried)."""
+    args = setup.args
+    recorded = start.get("models", {}).get("memory", {})
+    old_path = Path(args.init_memory) if args.init_memory else Path(recorded["path"]) if recorded.get("path") else None
+    current_sha = setup.models_used["memory"]["sha256"]
+    if not args.init_carry or old_path is None or (not args.init_memory and recorded.get("sha256") == current_sha):
+        return params, None
+    if not old_path.is_file():
+        print(f"--init-from {source}: the M it was evolved on ({old_path}) is not there; C starts as it is, not carried "
+              f"onto {setup.paths['memory']}")
+        return params, None
+    old_sha = file_sha256(old_path)
+    if old_sha == current_sha:
+        return params, None
+    if not args.init_memory and old_sha != recorded.get("sha256"):
+        print(f"--init-from {source}: {old_path} changed since C was evolved on it; C starts as it is, not carried")
+        return params, None
+    started = time.time()
+    old_mdnrnn, _ = load_model(old_path, "memory")
+    new_mdnrnn, _ = load_model(setup.paths["memory"], "memory")
+    mu, _ = load_or_build_latents(args.data_dir, setup.paths["vision"], setup.device, args.batch_size,
+                                  progress=args.progress)
+    data = load_recorded(args.data_dir, mmap=True)
+    carried, record = carry_controller(params, old_mdnrnn, new_mdnrnn, mu, data.actions,
+                                       [(e["start"], e["length"]) for e in data.episodes])
+    print(f"--init checkpoint: C carried from {old_path} onto {setup.paths['memory']} by least squares on its own "
+          f"outputs over {record['samples']} recorded steps of {args.data_dir} (R² steer/gas/brake "
+          f"{' / '.join(f'{r:.3f}' for r in record['target_r2'])}; {time.time() - started:.0f}s)")
+    return carried, {**record, "from_memory": {"path": str(old_path), "sha256": old_sha}, "data_dir": args.data_dir}
 
 
 WARM_STARTS = {"zero": zero_start, "bc": bc_start, "dagger": dagger_start, "checkpoint": checkpoint_start}
