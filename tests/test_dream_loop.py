@@ -208,6 +208,10 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
         assert choice["training"]["dream_trained"] and "the dream's choice" in choice["model_source"]
     memory = load_checkpoint(Path(args.checkpoint_dir) / "iter_01" / "memory_model.pth", "memory")
     assert memory["warm_start"]["from"].endswith("iter_00/memory_model.pth")
+    # iteration 1's warm start: iteration 0's C, carried from iteration 0's M onto the retrained one
+    warm_start = load_checkpoint(Path(args.checkpoint_dir) / "iter_01" / "control_model_cmaes.pth", "controller")["bc"]
+    assert warm_start["method"] == "checkpoint" and warm_start["carried"]["from_memory"]["path"].endswith(
+        "iter_00/memory_model.pth")
     assert memory["data"]["num_frames"] == len(data)
     assert final["best_iteration"] in (0, 1)
     assert (Path(args.checkpoint_dir) / "best" / "control_model_cmaes.pth").is_file()
@@ -258,12 +262,12 @@ def test_both_starts_keep_the_better_checked_c_and_resume_inside_the_stage(tmp_p
     runs: list[str] = []
     interrupted: list[bool] = []
 
-    def evolve(args, iteration, folder, start_from):
+    def evolve(args, iteration, folder, start_from, start_memory=None):
         runs.append(f"{iteration}:{Path(folder).relative_to(args.checkpoint_dir)}")
         if iteration == 1 and Path(folder).name == "from_zero" and not interrupted:
             interrupted.append(True)
             raise Interrupted  # the warm run of iteration 1 finished, the zero run did not start
-        return original(args, iteration, folder, start_from)
+        return original(args, iteration, folder, start_from, start_memory)
 
     monkeypatch.setattr(dream_loop, "evolve_in_dream", evolve)
     with pytest.raises(Interrupted):

@@ -154,10 +154,10 @@ def carried_params(setup: Setup, source: Path, start: dict, params: np.ndarray) 
               f"onto {setup.paths['memory']}")
         return params, None
     old_sha = file_sha256(old_path)
-    if old_sha == current_sha:
-        return params, None
     if not args.init_memory and old_sha != recorded.get("sha256"):
         print(f"--init-from {source}: {old_path} changed since C was evolved on it; C starts as it is, not carried")
+        return params, None
+    if old_sha == current_sha:
         return params, None
     started = time.time()
     old_mdnrnn, _ = load_model(old_path, "memory")
