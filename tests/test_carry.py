@@ -11,8 +11,7 @@ from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_che
 from test_dream_loop import controller_args
 
 from car_racing.common.runtime import load_checkpoint, load_model, save_checkpoint
-from car_racing.recording.latent_cache import file_sha256
-from car_racing.recording.latent_cache import load_or_build_latents
+from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
 from car_racing.train_controller_cmaes import main as train_controller
 from car_racing.training.carry import carry_controller, seen_hidden

@@ -17,7 +17,8 @@ the carried C scored 492.9 with the new M (−12 instead of −102).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
