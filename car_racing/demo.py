@@ -65,7 +65,8 @@ PRESET: dict[str, Any] = {
     # what is kept; C's episodes and the repair replays join M's data. No expert label reaches C.
     "controller": {"loop_iterations": 2, "population": 12, "generations": 16, "eval_every": 8, "eval_episodes": 3,
                    "eval_max_steps": 500, "loop_controller_start": "zero", "loop_memory_epochs": 5,
-                   "loop_agent_episodes": 6, "loop_repair_episodes": 4, "workers": None,  # None = CPUs
+                   "loop_agent_episodes": 6, "loop_repair_episodes": 4, "loop_select_top": 0,
+                   "workers": None,  # None = CPUs
                    "threads": 1, "progress": False},
     # Held-out tracks (seeds 10000..) with a video of every episode.
     "simulator": {"episodes": 3, "max_steps": 1000, "workers": None, "video_scale": 3},

@@ -34,7 +34,9 @@ finished stages with their wall clock and results; a rerun skips them and resume
 from its own saved state (M's latest epoch, CMA-ES's last generation, the recording's saved episodes).
 ``CHECKPOINT_DIR/dream_loop.png`` plots, per iteration, the real checks, the dream fitness and the rank
 correlation. The best iteration by its real check (same check tracks every time) is copied to
-``CHECKPOINT_DIR/best/``; ship it with ``export_checkpoints.py --source-dir CHECKPOINT_DIR/best``.
+``CHECKPOINT_DIR/best/``; ship it with ``export_checkpoints.py --source-dir CHECKPOINT_DIR/best``. With
+``--select-top K`` the K best-checked iterations first drive ``--select-episodes`` further tracks each (the final
+choice; their returns are in the loop state under ``selection``) and the best mean is copied instead.
 
 Rules kept (checkable from the controller checkpoint's ``training`` record): C never sees an expert's
 action and no real-env return is its fitness; the real env is used for the checks and to record data.
@@ -85,6 +87,7 @@ from car_racing.training.loop import (
 
 AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j (see agent_seed_base)
 RANDOM_SEED_BASE = 6_000_000
+SELECT_SEED_BASE = 7_000_000  # the final choice's tracks (--select-top): never recorded, trained on, checked or held out
 CONTROLLER_STARTS = ("warm", "zero", "both")
 START_DIRS = {"warm": "warm", "zero": "from_zero"}  # --controller-start both: each run's folder in iter_NN/
 # Settings that must stay the same when a loop is continued (others, e.g. --iterations, may change).
@@ -189,6 +192,12 @@ class Args:
     """check tracks: seeds BASE … BASE+eval_episodes−1, the same in every iteration"""
     eval_max_steps: int = 1000
     """step limit of the check episodes"""
+    select_top: int = 0
+    """the final choice: the iterations whose kept C checked best, this many, each drive --select-episodes further
+    tracks (seeds 7,000,000 + j) with their own V, M and C, and the best mean becomes best/ (0 = keep the best
+    check: the best of a few noisy 8-track checks is optimistic, ~±70 each)"""
+    select_episodes: int = 32
+    """--select-top: selection tracks per candidate"""
     # --- recording with C, measuring the dream
     agent_episodes: int = 16
     """episodes C drives (with exploration noise) per iteration, appended to the data"""
@@ -227,6 +236,9 @@ def check_args(args: Args) -> None:
                  "workers", "fidelity_episodes"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
+    if args.select_top < 0 or args.select_episodes < 1:
+        raise UsageError(f"--select-top {args.select_top} / --select-episodes {args.select_episodes}: expected "
+                         f"integers ≥ 0 / ≥ 1")
     for flag in ("random_episodes", "memory_epochs", "agent_episodes", "fidelity_panel", "eval_every", "threads",
                  "repair_episodes"):
         if getattr(args, flag) < 0:
@@ -497,6 +509,31 @@ def stage_repair(args: Args, iteration: int) -> dict:
             "real_return_mean": float(np.mean(real)) if real else None, "rows": result["rows"]}
 
 
+def select_iterations(args: Args, state: LoopState) -> dict[int, list[float]]:
+    """The final choice (--select-top): the iterations whose kept C checked best drive the selection tracks, each
+    with its own V, M and C. Returns their returns by iteration; each candidate's are saved in the loop state as
+    soon as it has driven (a rerun, also one with more iterations, drives only the missing ones)."""
+    from car_racing.episodes.agent import evaluate_agent
+    from car_racing.episodes.rollout import Backend
+
+    checked = sorted(((state.result(f"{i}:controller")["best_real_score"], i) for i in range(args.iterations)
+                      if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None),
+                     reverse=True)[:args.select_top]
+    seeds = [SELECT_SEED_BASE + j for j in range(args.select_episodes)]
+    saved = state.data.get("selection", {})
+    if saved.get("seeds") != seeds or saved.get("max_steps") != args.eval_max_steps:
+        saved = {"seeds": seeds, "max_steps": args.eval_max_steps, "returns": {}}
+    state.data["selection"] = saved
+    for score, iteration in checked:
+        if str(iteration) not in saved["returns"]:
+            print(f"final choice: iteration {iteration}'s C (check {score:.1f}) drives {len(seeds)} selection tracks")
+            results = evaluate_agent(iteration_dir(args.checkpoint_dir, iteration), seeds,
+                                     max_steps=args.eval_max_steps, workers=args.workers, backend=Backend.from_args(args))
+            saved["returns"][str(iteration)] = [float(r.total_reward) for r in results]
+            state.save()
+    return {iteration: saved["returns"][str(iteration)] for _, iteration in checked}
+
+
 STAGES = [Stage("data", stage_data, True), Stage("vision", stage_vision, True), Stage("memory", stage_memory),
           Stage("controller", stage_controller), Stage("fidelity", stage_fidelity),
           Stage("record", stage_record, feeds_next=True), Stage("repair", stage_repair, feeds_next=True)]
@@ -540,15 +577,23 @@ def main(args: Args) -> dict:
     bar.close()
     metrics.close()
     plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
-    best = choose_best(args.checkpoint_dir, args.iterations, state)
+    selection = select_iterations(args, state) if args.select_top else None
+    best = choose_best(args.checkpoint_dir, args.iterations, state,
+                       None if selection is None else {i: float(np.mean(r)) for i, r in selection.items()})
     state.data["best_iteration"] = best
+    state.data["best_by"] = "checks" if not selection else f"mean over {args.select_episodes} selection tracks"
     state.save()
     print(f"\ndream loop: {args.iterations} iterations in {state.total_seconds() / 60:.1f} min of stage time")
     for iteration in range(args.iterations):
         print(report_iteration(state, iteration))
+    for iteration, returns in (selection or {}).items():
+        print(f"final choice: iteration {iteration}: check {state.result(f'{iteration}:controller')['best_real_score']:.1f}, "
+              f"selection {np.mean(returns):.1f} ± {np.std(returns):.1f} (min {np.min(returns):.1f}) "
+              f"over {len(returns)} tracks")
     if best is not None:
-        print(f"best iteration by the real checks: {best} (kept C {state.result(f'{best}:controller')['best_real_score']:.1f}); "
-              f"V, M, C linked into {Path(args.checkpoint_dir) / 'best'}")
+        print(f"best iteration by the {state.data['best_by']}: {best} (kept C checked "
+              f"{state.result(f'{best}:controller')['best_real_score']:.1f}); V, M, C linked into "
+              f"{Path(args.checkpoint_dir) / 'best'}")
     return state.data
 
 

@@ -144,6 +144,12 @@ class Args:
     (CMA's final mean), with exploration noise"""
     loop_repair_episodes: int = 8
     """--loop-iterations > 1: dreams of the dream's choice replayed in the real env per iteration (0 = no repair)"""
+    loop_select_top: int = 2
+    """--loop-iterations > 1: the final choice: the iterations whose C checked best, this many, drive
+    --loop-select-episodes further tracks each and the best mean is kept (0 = keep the best check, which is the best
+    of several noisy 8-track checks and so optimistic)"""
+    loop_select_episodes: int = 32
+    """--loop-select-top: tracks per candidate (seeds 7,000,000 + j: never recorded, trained on or checked)"""
     preset: Optional[Literal["seed", "paper"]] = None
     """seed: the seed repo's stage 4 (one pass, 200 generations of 16 dreams of 50 steps from recorded states, mean
     fitness, no dropout, checks on 4 tracks every 10); paper: the paper's protocol (--mode real, population 64, 16
@@ -226,9 +232,11 @@ def check_args(args: Args) -> None:
     if uses_repair_loop(args):
         if args.eval_every == 0:
             raise UsageError("--eval-every 0: the repair loop keeps the iteration whose C checks best; it needs checks")
-        for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes"):
+        for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes", "loop_select_top"):
             if getattr(args, flag) < 0:
                 raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
+        if args.loop_select_episodes < 1:
+            raise UsageError(f"--loop-select-episodes {args.loop_select_episodes}: expected a positive integer")
     if args.eval_episodes >= REAL_TRAIN_SEED_OFFSET:
         raise UsageError(f"--eval-episodes {args.eval_episodes}: expected fewer than {REAL_TRAIN_SEED_OFFSET}")
 
@@ -335,7 +343,8 @@ def run_repair_loop(args: Args) -> dict:
         start_states=args.start_states, dream_start=args.dream_start, eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, eval_seed_base=args.eval_seed_base, eval_max_steps=args.eval_max_steps,
         agent_episodes=args.loop_agent_episodes, agent_steps=args.eval_max_steps,
-        repair_episodes=args.loop_repair_episodes, fidelity_panel=0, device=args.device, progress=args.progress,
+        repair_episodes=args.loop_repair_episodes, select_top=args.loop_select_top,
+        select_episodes=args.loop_select_episodes, fidelity_panel=0, device=args.device, progress=args.progress,
         tensorboard=args.tensorboard))
     best = state.get("best_iteration")
     if best is None:

@@ -171,7 +171,7 @@ class Interrupted(Exception):
 
 def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny_data_dir, monkeypatch):
     paths = write_tiny_checkpoints(tmp_path / "tiny")
-    args = loop_args(tmp_path, tiny_data_dir, paths)
+    args = loop_args(tmp_path, tiny_data_dir, paths, select_top=2, select_episodes=2)
     calls: list[str] = []
     interrupted: list[bool] = []
     original = {stage.name: stage.run for stage in dream_loop.STAGES}
@@ -213,8 +213,19 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
     assert warm_start["method"] == "checkpoint" and warm_start["carried"]["from_memory"]["path"].endswith(
         "iter_00/memory_model.pth")
     assert memory["data"]["num_frames"] == len(data)
-    assert final["best_iteration"] in (0, 1)
+    # the final choice: both iterations' Cs drove the 2 selection tracks; the better mean was kept
+    selection = final["selection"]
+    assert selection["seeds"] == [dream_loop.SELECT_SEED_BASE, dream_loop.SELECT_SEED_BASE + 1]
+    means = {int(i): np.mean(returns) for i, returns in selection["returns"].items()}
+    assert set(means) == {0, 1} and final["best_iteration"] == max(means, key=means.get)
+    assert final["best_by"] == "mean over 2 selection tracks"
     assert (Path(args.checkpoint_dir) / "best" / "control_model_cmaes.pth").is_file()
+
+    def no_driving(*args, **kwargs):
+        raise AssertionError("a rerun drives no selection track again")
+
+    monkeypatch.setattr("car_racing.episodes.agent.evaluate_agent", no_driving)
+    assert dream_loop.main(args)["best_iteration"] == final["best_iteration"]
     assert (Path(args.checkpoint_dir) / dream_loop.PLOT_FILE).stat().st_size > 0
     # one metrics line per finished stage, step = iteration, in the loop state's order (none lost or doubled)
     records = read_metrics(metrics_path(args.checkpoint_dir, "dream_loop"))

@@ -56,7 +56,8 @@ def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path,
     stage4 = train_controller_cmaes.Args(data_dir=str(data), checkpoint_dir=str(checkpoints), loop_iterations=2,
                                          population=4, generations=2, dream_trials=2, rollout_steps=5, start_states=16,
                                          eval_every=2, eval_episodes=1, eval_max_steps=10, loop_memory_epochs=1,
-                                         loop_agent_episodes=2, loop_repair_episodes=1, workers=1, progress=False)
+                                         loop_agent_episodes=2, loop_repair_episodes=1, loop_select_episodes=2,
+                                         workers=1, progress=False)
     final = train_controller_cmaes.main(stage4)
 
     # stage 4 ran the repair loop and wrote the best-checked iteration's M and C beside V

@@ -173,10 +173,14 @@ def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
                 ylabel="return (ρ × 1000)", x=x)
 
 
-def choose_best(checkpoint_dir: str | Path, iterations: int, state: LoopState) -> Optional[int]:
-    """The iteration whose kept C scored best on the (same) check tracks; its V, M, C linked into best/."""
+def choose_best(checkpoint_dir: str | Path, iterations: int, state: LoopState,
+                selection: Optional[dict[int, float]] = None) -> Optional[int]:
+    """The iteration whose kept C scored best on the (same) check tracks, or, given ``selection`` (iteration →
+    mean return on the final choice's tracks), the best of those; its V, M, C linked into best/."""
     scored = [(state.result(f"{i}:controller")["best_real_score"], i) for i in range(iterations)
               if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None]
+    if selection:
+        scored = [(score, i) for i, score in selection.items()]
     if not scored:
         return None
     _, best = max(scored)
