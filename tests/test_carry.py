@@ -118,3 +118,19 @@ def test_a_checkpoint_warm_start_is_carried_only_when_m_changed(tiny_data_dir, t
     carried, params = warm(init_memory=str(old_memory), init_carry=False)
     assert carried is None and np.allclose(params, start_params)
 
+
+
+def test_carry_check_drives_the_three_agents_on_the_same_tracks(tiny_data_dir, tmp_path):
+    from bench import carry_check
+
+    paths = write_tiny_checkpoints(tmp_path / "loop" / "iter_00")
+    train_controller(controller_args(paths["vision"].parent, tiny_data_dir, init="zero", eval_every=0))
+    memory = load_checkpoint(paths["memory"], "memory")
+    new = tmp_path / "loop" / "iter_01" / "memory_model.pth"
+    new.parent.mkdir()
+    save_checkpoint({**memory, "model_state": perturbed(tiny_memory(), 1.0).state_dict()}, new)
+    result = carry_check.main(carry_check.Args(loop_dir=str(tmp_path / "loop"), data_dir=str(tiny_data_dir),
+                                               episodes=2, max_steps=5, workers=1))
+    assert list(result["returns"]) == ["C_i with M_i", "C_i with M_i+1 as it is", "C_i carried onto M_i+1"]
+    assert all(len(returns) == 2 for returns in result["returns"].values())
+    assert result["fit"]["samples"] == sum(e["length"] for e in load_recorded(tiny_data_dir).episodes)
