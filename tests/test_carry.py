@@ -134,3 +134,17 @@ def test_carry_check_drives_the_three_agents_on_the_same_tracks(tiny_data_dir, t
     assert list(result["returns"]) == ["C_i with M_i", "C_i with M_i+1 as it is", "C_i carried onto M_i+1"]
     assert all(len(returns) == 2 for returns in result["returns"].values())
     assert result["fit"]["samples"] == sum(e["length"] for e in load_recorded(tiny_data_dir).episodes)
+
+
+def test_local_fidelity_scores_c_and_its_neighbours_in_the_dream_and_the_real_env(tiny_data_dir, tmp_path):
+    from bench import local_fidelity
+
+    write_tiny_checkpoints(tmp_path)
+    train_controller(controller_args(tmp_path, tiny_data_dir, init="zero", eval_every=0))
+    result = local_fidelity.main(local_fidelity.Args(checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
+                                                     neighbours=3, dream_generations=2, dream_steps=10, episodes=2,
+                                                     max_steps=5,
+                                                     workers=1))
+    assert result["names"][0] == "C" and len(result["names"]) == 4
+    assert np.asarray(result["real"]).shape == (4, 2)
+    assert len(result["dream_q25"]) == len(result["dream_mean"]) == 4
