@@ -356,8 +356,11 @@ def run_repair_loop(args: Args) -> dict:
     if plot.is_file():
         link_or_copy(plot, Path(args.checkpoint_dir) / plot.name)
     final = load_checkpoint(paths["controller"], "controller")
-    print(f"stage 4: iteration {best} of the repair loop checked best ({final['best_real_score']:.1f} on "
-          f"{args.eval_episodes} tracks); its M and C are now {paths['memory']} and {paths['controller']} "
+    returns = state.get("selection", {}).get("returns", {}).get(str(best))
+    why = (f"checked best ({final['best_real_score']:.1f} on {args.eval_episodes} tracks)" if returns is None else
+           f"won the final choice ({sum(returns) / len(returns):.1f} over {len(returns)} selection tracks; "
+           f"{final['best_real_score']:.1f} on its {args.eval_episodes} check tracks)")
+    print(f"stage 4: iteration {best} of the repair loop {why}; its M and C are now {paths['memory']} and {paths['controller']} "
           f"(stage 3's M: {stage3_memory}; the loop's curves: {loop_dir / PLOT_FILE})")
     return final
 

@@ -4,6 +4,7 @@ dream-trained driver; stage 4's defaults run the repair loop; ``--preset seed`` 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,8 @@ def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path,
     assert final["training"]["dream_trained"] and final["training"]["fitness_source"] == "dream"
     assert not final["training"]["expert_labels"] and not final["training"]["real_returns_as_fitness"]
     assert (checkpoints / "control_model_cmaes.png").is_file() and (loop / "dream_loop.png").is_file()
+    state = json.loads((loop / "dream_loop_state.json").read_text())  # the final choice drove both iterations' Cs
+    assert len(state["selection"]["returns"]) == 2 and state["best_by"] == "mean over 2 selection tracks"
     drivers = {e["driver"] for e in load_recorded(data / "dream_loop", mmap=True).episodes}
     assert drivers == {"autopilot", "random", "agent", "repair"}  # C's episodes and the replays joined M's data
     assert {e["driver"] for e in load_recorded(data, mmap=True).episodes} == {"autopilot", "random"}  # stage 1's data untouched
