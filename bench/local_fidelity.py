@@ -72,12 +72,11 @@ def main(args: Args) -> dict:
     setup = load_setup(ControllerArgs(checkpoint_dir=args.checkpoint_dir, data_dir=args.data_dir, device="cpu",
                                       rollout_steps=args.dream_steps, seed=args.seed, progress=False))  # stage 4's dream settings (its defaults)
     dream = DreamFitness(setup)
-    trials = np.concatenate([dream.trials(candidates, centre, generation).cpu().numpy()[:-1]
-                             for generation in range(args.dream_generations)], axis=1)  # (P, generations × trials)
-    per_generation = np.split(trials, args.dream_generations, axis=1)
-    quantile = np.mean([aggregate_dream_fitness(torch.as_tensor(g), "quantile", 0.25)
-                        for g in per_generation], axis=0)
-    mean = trials.mean(axis=1)
+    # each generation's dreams as stage 4 scores one generation (its last row is CMA's mean: dropped)
+    per_generation = [dream.trials(candidates, centre, generation)[:-1].cpu()
+                      for generation in range(args.dream_generations)]
+    quantile = np.mean([aggregate_dream_fitness(trials, "quantile", 0.25) for trials in per_generation], axis=0)
+    mean = torch.cat(per_generation, dim=1).mean(dim=1).numpy()
     seeds = [args.seed_base + j for j in range(args.episodes)]
     real = RealFitness(args.checkpoint_dir, len(centre), args.workers)
     try:

@@ -76,6 +76,7 @@ from car_racing.training.loop import (
     STATE_FILE,
     LoopState,
     Stage,
+    checked_iterations,
     choose_best,
     iteration_dir,
     plot_loop,
@@ -516,9 +517,7 @@ def select_iterations(args: Args, state: LoopState) -> dict[int, list[float]]:
     from car_racing.episodes.agent import evaluate_agent
     from car_racing.episodes.rollout import Backend
 
-    checked = sorted(((state.result(f"{i}:controller")["best_real_score"], i) for i in range(args.iterations)
-                      if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None),
-                     reverse=True)[:args.select_top]
+    checked = checked_iterations(state, args.iterations)[:args.select_top]
     seeds = [SELECT_SEED_BASE + j for j in range(args.select_episodes)]
     saved = state.data.get("selection", {})
     if saved.get("seeds") != seeds or saved.get("max_steps") != args.eval_max_steps:

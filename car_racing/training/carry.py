@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from car_racing.models.ffn import flat_to_population
 from car_racing.training.imitation import LinearFit, linear_to_flat
 
 
@@ -30,7 +31,8 @@ from car_racing.training.imitation import LinearFit, linear_to_flat
 def carry_controller(params: np.ndarray, old_mdnrnn: Any, new_mdnrnn: Any, mu: np.ndarray | torch.Tensor,
                      actions: np.ndarray, episodes: Sequence[tuple[int, int]], *, ridge: float = 1e-3,
                      batch_size: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
-    """C(params) on ``old_mdnrnn``'s h, refitted onto ``new_mdnrnn``'s h (module docstring).
+    """C(params) on ``old_mdnrnn``'s h, refitted onto ``new_mdnrnn``'s h (module docstring); runs on
+    ``new_mdnrnn``'s device (``old_mdnrnn`` must be on the same one).
 
     ``mu`` (N, L) V's μ of every recorded frame, ``actions`` (N, A) the recorded actions, ``episodes`` the
     (start, length) of each recorded episode in them. Returns the carried flat parameters (D,) and a record
@@ -40,12 +42,12 @@ def carry_controller(params: np.ndarray, old_mdnrnn: Any, new_mdnrnn: Any, mu: n
     if (new_mdnrnn.latent_size, new_mdnrnn.hidden_size) != (latent, hidden):
         raise ValueError(f"the two Ms differ in size: ({latent}, {hidden}) vs "
                          f"({new_mdnrnn.latent_size}, {new_mdnrnn.hidden_size})")
-    flat = torch.as_tensor(np.asarray(params, dtype=np.float64))
-    n_weight = 3 * (latent + hidden)
-    weight, bias = flat[:n_weight].reshape(3, latent + hidden).float(), flat[n_weight:].float()
-    mu = torch.as_tensor(np.asarray(mu), dtype=torch.float32)
+    device = new_mdnrnn.mdn.weight.device
+    flat = torch.as_tensor(np.asarray(params)[None], dtype=torch.float32, device=device)
+    weights, biases = flat_to_population(flat, latent, hidden, new_mdnrnn.action_size)  # (1, L+H, A), (1, A)
+    mu = torch.as_tensor(np.asarray(mu), dtype=torch.float32, device=device)
     actions = np.asarray(actions, dtype=np.float32)
-    fit = LinearFit(latent + hidden, 3)
+    fit = LinearFit(latent + hidden, new_mdnrnn.action_size)
     by_length: dict[int, list[int]] = {}
     for start, length in episodes:
         by_length.setdefault(int(length), []).append(int(start))
@@ -53,10 +55,10 @@ def carry_controller(params: np.ndarray, old_mdnrnn: Any, new_mdnrnn: Any, mu: n
         for first in range(0, len(starts), batch_size):
             index = np.asarray(starts[first:first + batch_size])[:, None] + np.arange(length)[None]  # (B, T)
             z = mu[torch.as_tensor(index)]  # (B, T, L)
-            a = torch.as_tensor(actions[index])  # (B, T, A)
+            a = torch.as_tensor(actions[index], device=device)  # (B, T, A)
             h_old, h_new = (seen_hidden(m, z, a) for m in (old_mdnrnn, new_mdnrnn))
-            targets = torch.cat([z, h_old], dim=-1) @ weight.T + bias  # the old C's pre-squash outputs (B, T, 3)
-            fit.add(torch.cat([z, h_new], dim=-1).reshape(-1, latent + hidden), targets.reshape(-1, 3))
+            targets = torch.cat([z, h_old], dim=-1) @ weights[0] + biases[0]  # the old C's pre-squash outputs (B, T, A)
+            fit.add(torch.cat([z, h_new], dim=-1).reshape(-1, latent + hidden), targets.reshape(-1, targets.shape[-1]))
     new_weight, new_bias = fit.solve(ridge)
     return linear_to_flat(new_weight, new_bias), {"samples": fit.count, "ridge": ridge,
                                                   "target_r2": fit.r2(new_weight, new_bias).tolist()}

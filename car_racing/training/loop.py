@@ -173,12 +173,18 @@ def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
                 ylabel="return (ρ × 1000)", x=x)
 
 
+def checked_iterations(state: LoopState, iterations: int) -> list[tuple[float, int]]:
+    """``(kept C's check score, iteration)`` of every finished iteration whose C was real-checked, best first."""
+    return sorted(((state.result(f"{i}:controller")["best_real_score"], i) for i in range(iterations)
+                   if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None),
+                  reverse=True)
+
+
 def choose_best(checkpoint_dir: str | Path, iterations: int, state: LoopState,
                 selection: Optional[dict[int, float]] = None) -> Optional[int]:
     """The iteration whose kept C scored best on the (same) check tracks, or, given ``selection`` (iteration →
     mean return on the final choice's tracks), the best of those; its V, M, C linked into best/."""
-    scored = [(state.result(f"{i}:controller")["best_real_score"], i) for i in range(iterations)
-              if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None]
+    scored = checked_iterations(state, iterations)
     if selection:
         scored = [(score, i) for i, score in selection.items()]
     if not scored:

@@ -160,12 +160,11 @@ def carried_params(setup: Setup, source: Path, start: dict, params: np.ndarray) 
     if old_sha == current_sha:
         return params, None
     started = time.time()
-    old_mdnrnn, _ = load_model(old_path, "memory")
-    new_mdnrnn, _ = load_model(setup.paths["memory"], "memory")
+    old_mdnrnn, _ = load_model(old_path, "memory", setup.device)
     mu, _ = load_or_build_latents(args.data_dir, setup.paths["vision"], setup.device, args.batch_size,
                                   progress=args.progress)
     data = load_recorded(args.data_dir, mmap=True)
-    carried, record = carry_controller(params, old_mdnrnn, new_mdnrnn, mu, data.actions,
+    carried, record = carry_controller(params, old_mdnrnn.float(), setup.mdnrnn, mu, data.actions,
                                        [(e["start"], e["length"]) for e in data.episodes])
     print(f"--init checkpoint: C carried from {old_path} onto {setup.paths['memory']} by least squares on its own "
           f"outputs over {record['samples']} recorded steps of {args.data_dir} (R² steer/gas/brake "
