@@ -4,10 +4,21 @@ The fidelity panel (``car_racing/evaluate_world_model.py``) ranks very different
 random, trained), and its ρ is carried by the easy pairs. What a warm-started CMA-ES run needs is narrower:
 among small perturbations of the current C — the candidates it samples, at its σ — does the dream's ranking
 agree with the real env's? This script draws ``--neighbours`` perturbations of the checkpoint's C (Gaussian,
-σ absolute, as CMA's ``--sigma0``), scores each (and C itself) in the dream exactly as stage 4's fitness does
-(``--dream-generations`` × 8 whole-episode dreams from the start line, dropout 0.1, 0.25-quantile), and drives
-each on ``--episodes`` real tracks. It prints the table, Spearman's ρ between real return and dream fitness,
-and what the dream's favourite neighbour is really worth beside C.
+σ absolute, as CMA's ``--sigma0``), drives each (and C itself) on ``--episodes`` real tracks, and scores them
+in the dream under each ``--dreams`` setting (``START:STEPS``), exactly as stage 4's fitness does
+(``--dream-generations`` draws of dreams, dropout 0.1, the 0.25-quantile and the mean of the dreams):
+
+- ``episode-start:1000`` — stage 4's default: whole episodes from the start line, 8 dreams per draw;
+- ``recorded:N`` — N-step dreams from recorded states anywhere in the data;
+- ``agent:N`` — N-step dreams branched from the states of C's own recorded episodes (driver ``agent``: the
+  loop's record stage), the on-policy short rollouts of MBPO.
+
+Short dreams get more of them per draw, so every setting dreams about the same number of steps
+(``--dream-step-budget``). For each setting it prints Spearman's ρ between real return and dream fitness, and
+what the dream's favourite neighbour is really worth beside C; the split-half ρ of the real returns
+(even vs odd tracks) says how well any dream could rank these controllers on this many tracks.
+``--save`` keeps the real returns (and the scores) in a JSON file that ``--real-from`` reads back, so more
+dream settings can be scored on the same controllers without driving them again.
 
     python bench/local_fidelity.py --checkpoint-dir checkpoints/c21/dream_loop/iter_01 \\
         --data-dir data/c21/dream_loop --neighbours 12 --sigma 0.05 --episodes 8
@@ -21,13 +32,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from car_racing.common.cli import run_main
-from car_racing.common.runtime import checkpoint_paths, load_model
+from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import atomic_path, checkpoint_paths, load_model
 from car_racing.episodes.rollout import default_workers
 from car_racing.evaluate_world_model import spearman
 from car_racing.train_controller_cmaes import Args as ControllerArgs
@@ -47,10 +58,12 @@ class Args:
     """perturbed copies of C"""
     sigma: float = 0.05
     """std of the perturbation per parameter (stage 4's warm starts use CMA σ0 0.05)"""
+    dreams: tuple[str, ...] = ("episode-start:1000",)
+    """dream settings to score, each START:STEPS with START episode-start, recorded or agent (module docstring)"""
     dream_generations: int = 4
-    """independent draws of 8 dreams each (stage 4's fitness of one generation), averaged"""
-    dream_steps: int = 1000
-    """steps per dream (stage 4: 1000, whole episodes)"""
+    """independent draws of dreams (stage 4's fitness of one generation each), averaged"""
+    dream_step_budget: int = 8000
+    """dreamt steps per candidate and draw: STEPS-step dreams get budget/STEPS trials (8 whole episodes)"""
     episodes: int = 8
     """real tracks per controller"""
     max_steps: int = 1000
@@ -61,41 +74,97 @@ class Args:
     """seeds the perturbations and the dreams"""
     workers: int = field(default_factory=default_workers)
     """worker processes for the real episodes"""
+    save: str = ""
+    """JSON file to write the controllers' real returns and every setting's scores to (empty = none)"""
+    real_from: str = ""
+    """JSON file of an earlier --save with the same checkpoint, neighbours, σ, seed and tracks: its real returns
+    are used instead of driving the controllers again"""
+
+
+def parse_dream_setting(text: str) -> tuple[str, int]:
+    """``START:STEPS`` → (start, steps), with a one-line error for anything else."""
+    start, _, steps = text.partition(":")
+    if start not in ("episode-start", "recorded", "agent") or not steps.isdigit() or int(steps) < 1:
+        raise UsageError(f"--dreams {text}: expected START:STEPS with START episode-start, recorded or agent")
+    return start, int(steps)
+
+
+def dream_scores(setup, candidates: list[np.ndarray], start: str, steps: int, args: Args) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's dream q25 (averaged over the draws) and the mean of all its dreams under one setting."""
+    setup.args.dream_start = "episode-start" if start == "episode-start" else "recorded"
+    setup.args.dream_start_drivers = ("agent",) if start == "agent" else ()
+    setup.args.rollout_steps = steps
+    setup.args.dream_trials = max(8, args.dream_step_budget // steps)
+    setup.pool = None
+    dream = DreamFitness(setup)
+    # each draw's dreams as stage 4 scores one generation (its last row is CMA's mean: dropped)
+    per_draw = [dream.trials(candidates, candidates[0], draw)[:-1].cpu() for draw in range(args.dream_generations)]
+    quantile = np.mean([aggregate_dream_fitness(trials, "quantile", 0.25) for trials in per_draw], axis=0)
+    mean = np.mean([aggregate_dream_fitness(trials, "mean") for trials in per_draw], axis=0)
+    return quantile, mean
+
+
+def real_returns(candidates: list[np.ndarray], args: Args) -> np.ndarray:
+    """(controllers, tracks) real returns: driven now, or read from --real-from (checked to be the same run)."""
+    seeds = [args.seed_base + j for j in range(args.episodes)]
+    if args.real_from:
+        saved = json.loads(Path(args.real_from).read_text())
+        same = {"checkpoint_dir": args.checkpoint_dir, "sigma": args.sigma, "seed": args.seed, "seeds": seeds,
+                "neighbours": args.neighbours}
+        if any(saved.get(key) != value for key, value in same.items()):
+            raise UsageError(f"--real-from {args.real_from}: saved for other controllers or tracks "
+                             f"(expected {same})")
+        return np.asarray(saved["real"])
+    real = RealFitness(args.checkpoint_dir, len(candidates[0]), args.workers)
+    try:
+        return real.returns(candidates, seeds, args.max_steps)
+    finally:
+        real.close()
+
+
+def split_half_rho(returns: np.ndarray) -> float:
+    """Spearman ρ between the controllers' mean return on even and on odd tracks: how reproducible the real
+    ranking itself is on half the tracks (a ceiling for any dream's ρ, before the Spearman–Brown step up)."""
+    return spearman(returns[:, 0::2].mean(axis=1), returns[:, 1::2].mean(axis=1))
 
 
 def main(args: Args) -> dict:
+    settings = [parse_dream_setting(text) for text in args.dreams]
     controller, _ = load_model(checkpoint_paths(args.checkpoint_dir)["controller"], "controller")
     centre = controller.get_flat_params()
     rng = np.random.default_rng([args.seed, 23])
     candidates = [centre] + [centre + args.sigma * rng.standard_normal(len(centre)) for _ in range(args.neighbours)]
     names = ["C"] + [f"C + σ·ε #{i + 1}" for i in range(args.neighbours)]
     setup = load_setup(ControllerArgs(checkpoint_dir=args.checkpoint_dir, data_dir=args.data_dir, device="cpu",
-                                      rollout_steps=args.dream_steps, seed=args.seed, progress=False))  # stage 4's dream settings (its defaults)
-    dream = DreamFitness(setup)
-    # each generation's dreams as stage 4 scores one generation (its last row is CMA's mean: dropped)
-    per_generation = [dream.trials(candidates, centre, generation)[:-1].cpu()
-                      for generation in range(args.dream_generations)]
-    quantile = np.mean([aggregate_dream_fitness(trials, "quantile", 0.25) for trials in per_generation], axis=0)
-    mean = torch.cat(per_generation, dim=1).mean(dim=1).numpy()
-    seeds = [args.seed_base + j for j in range(args.episodes)]
-    real = RealFitness(args.checkpoint_dir, len(centre), args.workers)
-    try:
-        returns = real.returns(candidates, seeds, args.max_steps)
-    finally:
-        real.close()
+                                      seed=args.seed, progress=False))  # stage 4's dream settings (its defaults)
+    scores = {text: dream_scores(setup, candidates, start, steps, args)
+              for text, (start, steps) in zip(args.dreams, settings)}
+    returns = real_returns(candidates, args)
     real_mean = returns.mean(axis=1)
-    print(f"{'controller':<14} {'real':>14} {'dream q25':>10} {'dream mean':>11}")
-    for name, r, s, q, m in zip(names, real_mean, returns.std(axis=1), quantile, mean):
-        print(f"{name:<14} {r:8.1f} ± {s:5.1f} {q:10.1f} {m:11.1f}")
-    favourite = 1 + int(np.argmax(quantile[1:]))
-    rho_q, rho_m = spearman(real_mean, quantile), spearman(real_mean, mean)
-    print(f"Spearman ρ(real, dream q25) = {rho_q:.2f}, ρ(real, dream mean) = {rho_m:.2f} over {len(candidates)} "
-          f"controllers (C and {args.neighbours} neighbours at σ {args.sigma:g}; {args.episodes} real tracks each)")
-    print(f"the dream's favourite neighbour ({names[favourite]}: q25 {quantile[favourite]:.1f}) drives "
-          f"{real_mean[favourite]:.1f} real; C drives {real_mean[0]:.1f}; the best neighbour really drives "
-          f"{real_mean[1:].max():.1f}")
-    return {"names": names, "real": returns.tolist(), "dream_q25": quantile.tolist(), "dream_mean": mean.tolist(),
-            "rho_q25": rho_q, "rho_mean": rho_m}
+    header = "".join(f" {text + ' q25':>22} {'mean':>7}" for text in args.dreams)
+    print(f"{'controller':<14} {'real':>14}{header}")
+    for k, (name, r, s) in enumerate(zip(names, real_mean, returns.std(axis=1))):
+        cells = "".join(f" {q[k]:22.1f} {m[k]:7.1f}" for q, m in scores.values())
+        print(f"{name:<14} {r:8.1f} ± {s:5.1f}{cells}")
+    print(f"{len(candidates)} controllers (C and {args.neighbours} neighbours at σ {args.sigma:g}), {args.episodes} real "
+          f"tracks each; split-half ρ of the real returns (even vs odd tracks) = {split_half_rho(returns):.2f}")
+    summary = {}
+    for text, (quantile, mean) in scores.items():
+        favourite = 1 + int(np.argmax(quantile[1:]))
+        rho_q, rho_m = spearman(real_mean, quantile), spearman(real_mean, mean)
+        summary[text] = {"rho_q25": rho_q, "rho_mean": rho_m, "favourite": names[favourite],
+                         "favourite_real": float(real_mean[favourite]), "dream_q25": quantile.tolist(),
+                         "dream_mean": mean.tolist()}
+        print(f"{text:>20}: ρ(real, dream q25) = {rho_q:5.2f}, ρ(real, dream mean) = {rho_m:5.2f}; the dream's "
+              f"favourite neighbour ({names[favourite]}) drives {real_mean[favourite]:.1f} real (C "
+              f"{real_mean[0]:.1f}, best neighbour {real_mean[1:].max():.1f})")
+    result = {"checkpoint_dir": args.checkpoint_dir, "sigma": args.sigma, "seed": args.seed,
+              "seeds": [args.seed_base + j for j in range(args.episodes)], "neighbours": args.neighbours,
+              "names": names, "real": returns.tolist(), "split_half_rho": split_half_rho(returns), "dreams": summary}
+    if args.save:
+        with atomic_path(args.save) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ from car_racing.recording.recorded_data import has_recorded_data, load_recorded,
 from car_racing.training.loop import (
     DREAM_CHOICE_DIR,
     PLOT_FILE,
+    SELECT_SEED_BASE,
     STATE_FILE,
     LoopState,
     Stage,
@@ -88,7 +89,6 @@ from car_racing.training.loop import (
 
 AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j (see agent_seed_base)
 RANDOM_SEED_BASE = 6_000_000
-SELECT_SEED_BASE = 7_000_000  # the final choice's tracks (--select-top): never recorded, trained on, checked or held out
 CONTROLLER_STARTS = ("warm", "zero", "both")
 START_DIRS = {"warm": "warm", "zero": "from_zero"}  # --controller-start both: each run's folder in iter_NN/
 # Settings that must stay the same when a loop is continued (others, e.g. --iterations, may change).
@@ -178,6 +178,15 @@ class Args:
     """where each iteration's CMA-ES starts: the previous kept C (--sigma0-later), all zeros (--sigma0), or both
     (two runs in the new dream, iter_NN/warm/ and iter_NN/from_zero/; the one scoring better on the same real
     check tracks becomes the iteration's C, a tie goes to warm)"""
+    warm_dreams: str = ""
+    """a warm-started run's dreams, START:STEPS — agent:200 = 200-step dreams branched from states of C's own
+    recorded episodes, scored by the plain mean of the dreams, with as many dreams as keep the dreamt steps of
+    --rollout-steps × --dream-trials (near a working C these rank its neighbours as the real env does, where
+    whole-episode dreams do not: bench/local_fidelity.py, docs/dream-repair.md); START recorded = states of any
+    recorded episode; empty = the same dreams as a run from zero"""
+    warm_generations: int = 0
+    """CMA-ES generations of a warm-started run (0 = --generations): the dream ranks a C's close neighbours, not
+    far ones, so a warm run takes a few small steps and the loop records C and retrains M between them"""
     carry: bool = True
     """a warm start's C is first carried onto the new M (least squares on its own outputs over the recorded data,
     car_racing/training/carry.py): retraining M moves h, and C left as it is drives ~100 worse on the new M"""
@@ -251,6 +260,10 @@ def check_args(args: Args) -> None:
     check_dream_fitness(args)
     if args.dream_start not in ("recorded", "episode-start"):
         raise UsageError(f"--dream-start {args.dream_start}: expected recorded or episode-start")
+    if args.warm_dreams:
+        warm_dream_settings(args)
+    if args.warm_generations < 0:
+        raise UsageError(f"--warm-generations {args.warm_generations}: expected 0 (= --generations) or more")
     if 0 < args.fidelity_panel < 3:
         raise UsageError(f"--fidelity-panel {args.fidelity_panel}: expected 0 (skip) or at least 3")
     if not 0 <= args.record_dream_choice <= 1:
@@ -392,22 +405,50 @@ def stage_memory(args: Args, iteration: int) -> dict:
             "frames": best.get("data", {}).get("num_frames")}
 
 
+def warm_dream_settings(args: Args) -> dict:
+    """The dream settings of a warm-started run under --warm-dreams START:STEPS (stage 4's flag names)."""
+    start, _, steps = args.warm_dreams.partition(":")
+    if start not in ("agent", "recorded") or not steps.isdigit() or int(steps) < 1:
+        raise UsageError(f"--warm-dreams {args.warm_dreams}: expected START:STEPS with START agent or recorded "
+                         f"(e.g. agent:200), or empty")
+    steps = int(steps)
+    return {"rollout_steps": steps, "dream_trials": max(1, args.rollout_steps * args.dream_trials // steps),
+            "dream_start": "recorded", "dream_start_drivers": ("agent",) if start == "agent" else (),
+            "dream_fitness": "mean"}
+
+
+def dream_settings(args: Args, warm: bool) -> dict:
+    """How a CMA-ES run of the loop dreams: the loop's dream flags, or --warm-dreams' for a warm start."""
+    settings = {"rollout_steps": args.rollout_steps, "dream_trials": args.dream_trials, "dream_start": args.dream_start,
+                "dream_start_drivers": (), "dream_fitness": args.dream_fitness,
+                "generations": args.generations}
+    if warm and args.warm_dreams:
+        settings.update(warm_dream_settings(args))
+    if warm and args.warm_generations:
+        settings["generations"] = args.warm_generations
+    return settings
+
+
 def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Optional[Path],
                     start_memory: Optional[Path] = None) -> dict:
     """One CMA-ES run in this iteration's dream (V and M in ``folder``): from ``start_from``'s C with
-    --sigma0-later (carried from ``start_memory``, the M it was evolved on, onto this M unless --no-carry), or
-    from zero with --sigma0; resumes its own saved run. Returns its final checkpoint."""
+    --sigma0-later (carried from ``start_memory``, the M it was evolved on, onto this M unless --no-carry; dreams
+    and generations as --warm-dreams and --warm-generations say), or from zero with --sigma0; resumes its own saved
+    run. Returns its final checkpoint."""
     from car_racing import train_controller_cmaes as cmaes
 
     out = checkpoint_paths(folder)["controller"]
     resume = out.is_file() and "es_state" in load_checkpoint(out, "controller")
+    dreams = dream_settings(args, warm=start_from is not None)
+    if dreams["dream_start_drivers"]:
+        drivers = {e["driver"] for e in load_recorded(args.data_dir, mmap=True).episodes}
+        if not drivers & set(dreams["dream_start_drivers"]):  # nothing of C's own yet: dreams from any recording
+            dreams["dream_start_drivers"] = ()
     return cmaes.main(cmaes.Args(
         mode="dream", loop_iterations=1, population=args.population,
         sigma0=args.sigma0 if start_from is None else args.sigma0_later,
-        generations=args.generations, rollout_steps=args.rollout_steps, dream_trials=args.dream_trials,
         temperature=args.temperature, dream_dropout=args.dream_dropout, start_states=args.start_states,
-        dream_start=args.dream_start, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,
-        dream_fitness_k=args.dream_fitness_k,
+        **dreams, dream_fitness_q=args.dream_fitness_q, dream_fitness_k=args.dream_fitness_k,
         init="zero" if start_from is None else "checkpoint", init_from=str(start_from) if start_from else None,
         init_carry=args.carry, init_memory=str(start_memory) if start_memory else None,
         cma_diagonal=True, eval_every=args.eval_every, eval_episodes=args.eval_episodes,

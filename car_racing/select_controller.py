@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import atomic_path, checkpoint_paths, load_checkpoint, refuse_shipped
 from car_racing.episodes.rollout import Backend, default_workers, uses_backend
+from car_racing.training.loop import SELECT_SEED_BASE
 
 RESULTS_FILE = "select_controller.json"
 CRITERIA = {
@@ -57,9 +58,10 @@ class Args:
     """how many checked parameter sets to re-drive, best check score first (the kept one is always among them)"""
     episodes: int = 32
     """selection tracks per candidate"""
-    seed_base: int = 5_000_000
-    """selection tracks are seeds SEED_BASE .. SEED_BASE+episodes-1 (away from recording, training (1,010,000+),
-    check (1,000,000+), DAgger (3,000,000+) and held-out (10,000+) seeds)"""
+    seed_base: int = SELECT_SEED_BASE
+    """selection tracks are seeds SEED_BASE .. SEED_BASE+episodes-1: by default the dream loop's final-choice
+    tracks (7,000,000+), away from recording (the loop's C episodes: 5,000,000+), training (1,010,000+),
+    check (1,000,000+), DAgger (3,000,000+) and held-out (10,000+) seeds"""
     keep_by: Literal["mean", "mean-minus-std", "worst"] = "mean-minus-std"
     """how the selection returns rank candidates"""
     max_steps: int = 1000

@@ -77,6 +77,9 @@ class Args:
     dream_start: Literal["recorded", "episode-start"] = "episode-start"
     """where dreams start: recorded (z, h) states anywhere in the recorded episodes, or episode-start (the first
     frame of each recorded episode with M's zero state: with --rollout-steps 1000, whole episodes from the start line)"""
+    dream_start_drivers: tuple[str, ...] = ()
+    """--dream-start recorded: take start states only from episodes of these drivers (e.g. agent: C's own
+    episodes, recorded by the dream loop; short dreams branched from on-policy states, as MBPO); empty = all"""
     init: Literal["zero", "bc", "dagger", "checkpoint"] = "zero"
     """CMA's initial mean: all-zero parameters, C fitted to the recorded actions (bc: behaviour cloning),
     C fitted by DAgger with the autopilot as the expert in the real env (see car_racing/training/imitation.py), or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
 from test_dream_loop import controller_args
 
+from car_racing.common.cli import UsageError
 from car_racing.common.runtime import load_checkpoint, load_model, save_checkpoint
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
@@ -136,15 +138,26 @@ def test_carry_check_drives_the_three_agents_on_the_same_tracks(tiny_data_dir, t
     assert result["fit"]["samples"] == sum(e["length"] for e in load_recorded(tiny_data_dir).episodes)
 
 
-def test_local_fidelity_scores_c_and_its_neighbours_in_the_dream_and_the_real_env(tiny_data_dir, tmp_path):
+def test_local_fidelity_scores_c_and_its_neighbours_in_the_dream_and_the_real_env(tiny_data_dir, tmp_path,
+                                                                                  monkeypatch):
     from bench import local_fidelity
 
     write_tiny_checkpoints(tmp_path)
     train_controller(controller_args(tmp_path, tiny_data_dir, init="zero", eval_every=0))
-    result = local_fidelity.main(local_fidelity.Args(checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
-                                                     neighbours=3, dream_generations=2, dream_steps=10, episodes=2,
-                                                     max_steps=5,
-                                                     workers=1))
+    args = local_fidelity.Args(checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), neighbours=3,
+                               dreams=("episode-start:10", "recorded:5"), dream_generations=2, dream_step_budget=20,
+                               episodes=2, max_steps=5, workers=1, save=str(tmp_path / "fidelity.json"))
+    result = local_fidelity.main(args)
     assert result["names"][0] == "C" and len(result["names"]) == 4
     assert np.asarray(result["real"]).shape == (4, 2)
-    assert len(result["dream_q25"]) == len(result["dream_mean"]) == 4
+    assert set(result["dreams"]) == {"episode-start:10", "recorded:5"}
+    for scores in result["dreams"].values():
+        assert len(scores["dream_q25"]) == len(scores["dream_mean"]) == 4
+    # more settings on the same controllers: the saved real returns are read back, not driven again
+    monkeypatch.setattr(local_fidelity, "RealFitness", None)  # driving again would fail here
+    again = local_fidelity.main(dataclasses.replace(args, dreams=("recorded:10",), save="", real_from=args.save))
+    assert again["real"] == result["real"]
+    with pytest.raises(UsageError, match="--real-from"):
+        local_fidelity.main(dataclasses.replace(args, sigma=0.1, save="", real_from=args.save))
+    with pytest.raises(UsageError, match="--dreams"):
+        local_fidelity.main(dataclasses.replace(args, dreams=("onpolicy:10",), save=""))

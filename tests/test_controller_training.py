@@ -18,7 +18,7 @@ from car_racing.models.ffn import Controller, flat_to_population, population_act
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE
 from car_racing.recording.latent_cache import file_sha256
-from car_racing.recording.recorded_data import load_memory_sequences
+from car_racing.recording.recorded_data import load_memory_sequences, load_recorded
 from car_racing.train_controller_cmaes import Args, main
 from car_racing.training.dream import (
     collect_start_states,
@@ -26,6 +26,7 @@ from car_racing.training.dream import (
     dream_rollout_per_candidate,
     iter_recorded_states,
     sample_with_noise,
+    windows_of_drivers,
 )
 from car_racing.training.imitation import LinearFit, bc_targets, linear_to_flat
 
@@ -195,6 +196,28 @@ def test_recorded_states_are_m_states_before_each_step(tiny_data_dir):
     assert visited == list(range(len(sequences.indices)))
     for name in ("z", "h", "c"):
         torch.testing.assert_close(getattr(full, name), getattr(pool, name), rtol=1e-5, atol=1e-6)
+
+
+def test_start_states_can_be_limited_to_one_drivers_episodes(tiny_data_dir):
+    """--dream-start-drivers: every start state comes from a window of the named driver's episodes, and the
+    windows are attributed to the episode their first step lies in."""
+    mdn = tiny_memory()
+    sequences = load_memory_sequences(tiny_data_dir)
+    episodes = [dict(e) for e in load_recorded(tiny_data_dir).episodes]
+    episodes[1]["driver"] = "agent"  # the middle episode stands for C's own
+    eligible = windows_of_drivers(sequences.indices, episodes, ("agent",))
+    begin, end = episodes[1]["start"], episodes[1]["start"] + episodes[1]["length"]
+    inside = (sequences.indices[:, 0] >= begin) & (sequences.indices[:, 0] < end)
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(eligible, inside)
+    # every window's z row is distinct, so a start state names its window
+    mu = np.random.default_rng(0).normal(size=(int(sequences.indices.max()) + 1, LATENT)).astype(np.float32)
+    pool = collect_start_states(mdn, mu, sequences.indices, sequences.actions, 1000, np.random.default_rng(0),
+                                eligible=eligible)
+    assert len(pool) == int(eligible.sum()) * sequences.indices.shape[1]  # all of them: fewer than asked
+    rows = [int(np.flatnonzero((np.abs(mu - z.numpy()) < 1e-6).all(1))[0]) for z in pool.z]
+    assert all(begin <= r < end for r in rows)
+    assert not windows_of_drivers(sequences.indices, episodes, ("nobody",)).any()
 
 
 def test_bc_recovers_a_known_linear_policy():

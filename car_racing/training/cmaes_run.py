@@ -45,7 +45,7 @@ from car_racing.models.ffn import Controller, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
-from car_racing.training.dream import RecordedStates, start_pool
+from car_racing.training.dream import RecordedStates, start_pool, windows_of_drivers
 from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, RealFitness, trial_mean
 from car_racing.training.imitation import LinearFit, bc_targets
 
@@ -151,12 +151,19 @@ class Setup:
         if len(sequences.indices) == 0:
             raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
         started = time.time()
-        episode_starts = [int(e["start"]) for e in load_recorded(args.data_dir, mmap=True).episodes]
-        pool = start_pool(args.dream_start, mdnrnn, mu, sequences.indices, sequences.actions, episode_starts,
-                          args.start_states, np.random.default_rng([args.seed, 1]), device=setup.device,
-                          batch_size=args.batch_size, visit=bc_visitor(fit, args.bc_eps) if fit else None)
-        print(f"{len(pool)} dream start states ({args.dream_start}) from {sequences.indices.size} recorded steps "
-              f"({time.time() - started:.1f}s)")
+        episodes = load_recorded(args.data_dir, mmap=True).episodes
+        drivers = tuple(getattr(args, "dream_start_drivers", ()))
+        eligible = windows_of_drivers(sequences.indices, episodes, drivers) if drivers else None
+        if eligible is not None and not eligible.any() and args.dream_start == "recorded":
+            raise UsageError(f"--dream-start-drivers {' '.join(drivers)}: no recorded episode of these drivers in "
+                             f"--data-dir {args.data_dir}")
+        pool = start_pool(args.dream_start, mdnrnn, mu, sequences.indices, sequences.actions,
+                          [int(e["start"]) for e in episodes], args.start_states,
+                          np.random.default_rng([args.seed, 1]), device=setup.device, batch_size=args.batch_size,
+                          visit=bc_visitor(fit, args.bc_eps) if fit else None, eligible=eligible)
+        where = f" of {', '.join(drivers)} episodes" if drivers and args.dream_start == "recorded" else ""
+        print(f"{len(pool)} dream start states ({args.dream_start}{where}) from {sequences.indices.size} recorded "
+              f"steps ({time.time() - started:.1f}s)")
         setup.pool = pool.to(setup.device)
 
     @property
@@ -220,7 +227,8 @@ def training_record(args: Any, warm_start: dict | None, generation: int) -> dict
     if args.mode == "dream":
         record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
                            "temperature": args.temperature, "dropout": args.dream_dropout,
-                           "start_states": args.start_states, "start": args.dream_start, "data_dir": args.data_dir,
+                           "start_states": args.start_states, "start": args.dream_start,
+                           "start_drivers": list(getattr(args, "dream_start_drivers", ())), "data_dir": args.data_dir,
                            "fitness": {"aggregate": args.dream_fitness, "q": args.dream_fitness_q,
                                        "k": args.dream_fitness_k}}
     if source:

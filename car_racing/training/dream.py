@@ -126,9 +126,11 @@ def episode_start_states(mu: np.ndarray | torch.Tensor, episode_starts: np.ndarr
 def collect_start_states(mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np.ndarray, actions: np.ndarray,
                          count: int, rng: np.random.Generator, *, device: torch.device | str = "cpu",
                          batch_size: int = 256,
-                         visit: Callable[[RecordedStates], None] | None = None) -> StartStates:
+                         visit: Callable[[RecordedStates], None] | None = None,
+                         eligible: np.ndarray | None = None) -> StartStates:
     """Keep ``count`` (window, step) positions of the recorded windows, chosen uniformly at random by
-    ``rng`` (all of them when there are fewer), as a CPU :class:`StartStates` pool.
+    ``rng`` (all of them when there are fewer), as a CPU :class:`StartStates` pool. ``eligible`` (S,) bool, if
+    given, limits the choice to those windows (e.g. :func:`windows_of_drivers`: C's own episodes).
 
     M runs only over the windows that hold a chosen position — or over every window when ``visit`` is
     given: it then sees every batch of :class:`RecordedStates` (the BC warm start accumulates its
@@ -136,11 +138,13 @@ def collect_start_states(mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np
     """
     indices, actions = np.asarray(indices), np.asarray(actions)
     windows, steps = indices.shape
-    total = windows * steps
+    # eligible windows in increasing order: with all of them this is the plain uniform draw
+    candidates = np.arange(windows) if eligible is None else np.flatnonzero(np.asarray(eligible, dtype=bool))
+    total = len(candidates) * steps
     if total == 0:
         raise ValueError("no recorded windows to take dream start states from")
     chosen = np.sort(rng.choice(total, size=min(count, total), replace=False))
-    chosen_window, chosen_step = chosen // steps, chosen % steps
+    chosen_window, chosen_step = candidates[chosen // steps], chosen % steps
     needed = np.arange(windows) if visit is not None else np.unique(chosen_window)
     z_parts, h_parts, c_parts = [], [], []
     for batch in iter_recorded_states(mdnrnn, mu, indices[needed], actions[needed], device=device,
@@ -162,18 +166,29 @@ def collect_start_states(mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np
 DREAM_STARTS = ("recorded", "episode-start")
 
 
+def windows_of_drivers(indices: np.ndarray, episodes: list[dict], drivers: tuple[str, ...] | list[str]) -> np.ndarray:
+    """(S,) bool: which memory windows (``indices`` (S, T) of recorded steps) lie in an episode driven by one of
+    ``drivers`` (the recording's ``driver`` names: ``agent`` for C's own episodes in the dream loop)."""
+    starts = np.asarray([int(e["start"]) for e in episodes], dtype=np.int64)
+    kinds = np.asarray([e["driver"] for e in episodes])
+    episode = np.searchsorted(starts, np.asarray(indices)[:, 0], side="right") - 1
+    return np.isin(kinds[episode], list(drivers))
+
+
 def start_pool(kind: str, mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np.ndarray, actions: np.ndarray,
                episode_starts: np.ndarray | list[int], count: int, rng: np.random.Generator, *,
                device: torch.device | str = "cpu", batch_size: int = 256,
-               visit: Callable[[RecordedStates], None] | None = None) -> StartStates:
+               visit: Callable[[RecordedStates], None] | None = None,
+               eligible: np.ndarray | None = None) -> StartStates:
     """The dream start states of ``kind`` (CPU): ``recorded`` — ``count`` states anywhere in the recorded
     windows (:func:`collect_start_states`); ``episode-start`` — the first frame of every episode with M's
-    zero state (:func:`episode_start_states`). With ``visit``, M runs over every window whatever the kind."""
+    zero state (:func:`episode_start_states`). With ``visit``, M runs over every window whatever the kind;
+    ``eligible`` limits ``recorded`` starts to some windows (:func:`collect_start_states`)."""
     if kind not in DREAM_STARTS:
         raise ValueError(f"dream start {kind!r}: expected one of {', '.join(DREAM_STARTS)}")
     if kind == "recorded" or visit is not None:
         pool = collect_start_states(mdnrnn, mu, indices, actions, count, rng, device=device, batch_size=batch_size,
-                                    visit=visit)
+                                    visit=visit, eligible=eligible if kind == "recorded" else None)
     if kind == "episode-start":
         pool = episode_start_states(mu, episode_starts, mdnrnn.hidden_size)
     return pool

@@ -28,6 +28,9 @@ from car_racing.common.runtime import (
 )
 
 STATE_FILE = "dream_loop_state.json"
+# the final choice's tracks (dream_loop.py --select-top, select_controller.py): never recorded, trained on, checked
+# or held out
+SELECT_SEED_BASE = 7_000_000
 PLOT_FILE = "dream_loop.png"
 DREAM_CHOICE_DIR = "dream_choice"
 
