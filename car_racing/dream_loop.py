@@ -405,13 +405,18 @@ def stage_memory(args: Args, iteration: int) -> dict:
             "frames": best.get("data", {}).get("num_frames")}
 
 
+def parse_warm_dreams(text: str, flag: str = "--warm-dreams") -> tuple[str, int]:
+    """``START:STEPS`` → (start, steps), with a one-line error naming ``flag`` for anything else."""
+    start, _, steps = text.partition(":")
+    if start not in ("agent", "recorded") or not steps.isdigit() or int(steps) < 1:
+        raise UsageError(f"{flag} {text}: expected START:STEPS with START agent or recorded (e.g. agent:200), "
+                         f"or empty")
+    return start, int(steps)
+
+
 def warm_dream_settings(args: Args) -> dict:
     """The dream settings of a warm-started run under --warm-dreams START:STEPS (stage 4's flag names)."""
-    start, _, steps = args.warm_dreams.partition(":")
-    if start not in ("agent", "recorded") or not steps.isdigit() or int(steps) < 1:
-        raise UsageError(f"--warm-dreams {args.warm_dreams}: expected START:STEPS with START agent or recorded "
-                         f"(e.g. agent:200), or empty")
-    steps = int(steps)
+    start, steps = parse_warm_dreams(args.warm_dreams)
     return {"rollout_steps": steps, "dream_trials": max(1, args.rollout_steps * args.dream_trials // steps),
             "dream_start": "recorded", "dream_start_drivers": ("agent",) if start == "agent" else (),
             "dream_fitness": "mean"}

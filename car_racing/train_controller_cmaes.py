@@ -140,6 +140,11 @@ class Args:
     loop_controller_start: Literal["warm", "zero", "both"] = "both"
     """--loop-iterations > 1: each later iteration's CMA-ES starts from the last kept C, from zero, or both (the
     better real check is kept): retraining M moves h, so neither start wins every time"""
+    loop_warm_dreams: str = ""
+    """--loop-iterations > 1: a warm start's dreams, START:STEPS (agent:200 = 200-step dreams branched from C's own
+    recorded episodes, scored by their mean; dream_loop.py --warm-dreams); empty = the same dreams as from zero"""
+    loop_warm_generations: int = 0
+    """--loop-iterations > 1: CMA-ES generations of a warm start (0 = --generations)"""
     loop_memory_epochs: int = 4
     """--loop-iterations > 1: M's epochs per later iteration, continuing on all data (dropout as stage 3's M)"""
     loop_agent_episodes: int = 16
@@ -240,6 +245,13 @@ def check_args(args: Args) -> None:
                 raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
         if args.loop_select_episodes < 1:
             raise UsageError(f"--loop-select-episodes {args.loop_select_episodes}: expected a positive integer")
+        if args.loop_warm_dreams:
+            from car_racing.dream_loop import parse_warm_dreams
+
+            parse_warm_dreams(args.loop_warm_dreams, "--loop-warm-dreams")
+        if args.loop_warm_generations < 0:
+            raise UsageError(f"--loop-warm-generations {args.loop_warm_generations}: expected 0 (= --generations) "
+                             f"or more")
     if args.eval_episodes >= REAL_TRAIN_SEED_OFFSET:
         raise UsageError(f"--eval-episodes {args.eval_episodes}: expected fewer than {REAL_TRAIN_SEED_OFFSET}")
 
@@ -343,6 +355,7 @@ def run_repair_loop(args: Args) -> dict:
         rollout_steps=args.rollout_steps, dream_trials=args.dream_trials, temperature=args.temperature,
         dream_dropout=args.dream_dropout, dream_fitness=args.dream_fitness, dream_fitness_q=args.dream_fitness_q,
         dream_fitness_k=args.dream_fitness_k, controller_start=args.loop_controller_start, carry=args.init_carry,
+        warm_dreams=args.loop_warm_dreams, warm_generations=args.loop_warm_generations,
         start_states=args.start_states, dream_start=args.dream_start, eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, eval_seed_base=args.eval_seed_base, eval_max_steps=args.eval_max_steps,
         agent_episodes=args.loop_agent_episodes, agent_steps=args.eval_max_steps,

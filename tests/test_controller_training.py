@@ -198,7 +198,7 @@ def test_recorded_states_are_m_states_before_each_step(tiny_data_dir):
         torch.testing.assert_close(getattr(full, name), getattr(pool, name), rtol=1e-5, atol=1e-6)
 
 
-def test_start_states_can_be_limited_to_one_drivers_episodes(tiny_data_dir):
+def test_start_states_can_be_limited_to_one_drivers_episodes(tiny_data_dir, tmp_path):
     """--dream-start-drivers: every start state comes from a window of the named driver's episodes, and the
     windows are attributed to the episode their first step lies in."""
     mdn = tiny_memory()
@@ -218,6 +218,13 @@ def test_start_states_can_be_limited_to_one_drivers_episodes(tiny_data_dir):
     rows = [int(np.flatnonzero((np.abs(mu - z.numpy()) < 1e-6).all(1))[0]) for z in pool.z]
     assert all(begin <= r < end for r in rows)
     assert not windows_of_drivers(sequences.indices, episodes, ("nobody",)).any()
+    # stage 4: a driver the data does not hold, or a malformed --loop-warm-dreams, is a one-line usage error
+    write_tiny_checkpoints(tmp_path / "checkpoints")
+    with pytest.raises(UsageError, match="--dream-start-drivers nobody"):
+        main(run_args(tmp_path, tiny_data_dir, generations=1, eval_every=0, dream_start="recorded",
+                      dream_start_drivers=("nobody",)))
+    with pytest.raises(UsageError, match="--loop-warm-dreams"):
+        main(run_args(tmp_path, tiny_data_dir, loop_iterations=2, loop_warm_dreams="agent:none"))
 
 
 def test_bc_recovers_a_known_linear_policy():

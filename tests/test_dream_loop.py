@@ -237,6 +237,28 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
         dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, seed=5))
 
 
+def test_warm_runs_dream_short_dreams_from_cs_own_episodes(tmp_path, tiny_data_dir):
+    """--warm-dreams agent:N: a warm start dreams N-step dreams branched from C's recorded episodes, scored by their
+    mean, as many as keep the dreamt steps; a run from zero (iteration 0, no C episodes yet) keeps the loop's dreams."""
+    paths = write_tiny_checkpoints(tmp_path / "tiny")
+    args = loop_args(tmp_path, tiny_data_dir, paths, fidelity_panel=0, controller_start="both", warm_dreams="agent:2",
+                     warm_generations=1, dream_fitness="quantile")
+    dream_loop.main(args)
+    loop = Path(args.checkpoint_dir)
+    zero = load_checkpoint(loop / "iter_00" / "control_model_cmaes.pth", "controller")["training"]["dream"]
+    assert (zero["rollout_steps"], zero["trials"], zero["start_drivers"]) == (4, 2, [])
+    assert zero["fitness"]["aggregate"] == "quantile"
+    warm = load_checkpoint(loop / "iter_01" / "warm" / "control_model_cmaes.pth", "controller")["training"]["dream"]
+    assert (warm["rollout_steps"], warm["trials"], warm["start"], warm["start_drivers"]) == (2, 4, "recorded", ["agent"])
+    assert warm["fitness"]["aggregate"] == "mean"
+    assert [r["step"] for r in read_metrics(metrics_path(loop / "iter_01" / "warm", "controller"))] == [0, 1]
+    again = load_checkpoint(loop / "iter_01" / "from_zero" / "control_model_cmaes.pth", "controller")["training"]
+    assert again["dream"]["rollout_steps"] == 4 and again["warm_start"] == "zero"
+    for bad in ("onpolicy:200", "agent:", "agent:0"):
+        with pytest.raises(UsageError, match="--warm-dreams"):
+            dream_loop.check_args(dataclasses.replace(args, warm_dreams=bad))
+
+
 def test_appended_episodes_encode_only_the_new_frames(tmp_path, monkeypatch):
     from conftest import write_synthetic_recording
 
