@@ -74,6 +74,9 @@ class Args:
     """seeds the perturbations and the dreams"""
     workers: int = field(default_factory=default_workers)
     """worker processes for the real episodes"""
+    working_above: float = 150.0
+    """controllers whose mean real return is above this count as still driving: ρ is also given among them (telling
+    a broken neighbour from a working one is easy; CMA's mean moves by the ranking among the working ones)"""
     save: str = ""
     """JSON file to write the controllers' real returns and every setting's scores to (empty = none)"""
     real_from: str = ""
@@ -89,8 +92,10 @@ def parse_dream_setting(text: str) -> tuple[str, int]:
     return start, int(steps)
 
 
-def dream_scores(setup, candidates: list[np.ndarray], start: str, steps: int, args: Args) -> tuple[np.ndarray, np.ndarray]:
-    """Each candidate's dream q25 (averaged over the draws) and the mean of all its dreams under one setting."""
+def dream_scores(setup, candidates: list[np.ndarray], start: str, steps: int, args: Args
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each candidate's dream q25 (averaged over the draws), the mean of all its dreams, and its mean per draw
+    (draws, candidates), under one setting."""
     setup.args.dream_start = "episode-start" if start == "episode-start" else "recorded"
     setup.args.dream_start_drivers = ("agent",) if start == "agent" else ()
     setup.args.rollout_steps = steps
@@ -100,8 +105,8 @@ def dream_scores(setup, candidates: list[np.ndarray], start: str, steps: int, ar
     # each draw's dreams as stage 4 scores one generation (its last row is CMA's mean: dropped)
     per_draw = [dream.trials(candidates, candidates[0], draw)[:-1].cpu() for draw in range(args.dream_generations)]
     quantile = np.mean([aggregate_dream_fitness(trials, "quantile", 0.25) for trials in per_draw], axis=0)
-    mean = np.mean([aggregate_dream_fitness(trials, "mean") for trials in per_draw], axis=0)
-    return quantile, mean
+    per_draw_mean = np.stack([aggregate_dream_fitness(trials, "mean") for trials in per_draw])
+    return quantile, per_draw_mean.mean(axis=0), per_draw_mean
 
 
 def real_returns(candidates: list[np.ndarray], args: Args) -> np.ndarray:
@@ -125,7 +130,14 @@ def real_returns(candidates: list[np.ndarray], args: Args) -> np.ndarray:
 def split_half_rho(returns: np.ndarray) -> float:
     """Spearman ρ between the controllers' mean return on even and on odd tracks: how reproducible the real
     ranking itself is on half the tracks (a ceiling for any dream's ρ, before the Spearman–Brown step up)."""
+    if len(returns) < 3 or returns.shape[1] < 2:
+        return float("nan")
     return spearman(returns[:, 0::2].mean(axis=1), returns[:, 1::2].mean(axis=1))
+
+
+def rho_among(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> float:
+    """Spearman ρ over the given rows (NaN with fewer than 3)."""
+    return spearman(x[rows], y[rows]) if int(np.sum(rows)) >= 3 else float("nan")
 
 
 def main(args: Args) -> dict:
@@ -144,20 +156,29 @@ def main(args: Args) -> dict:
     header = "".join(f" {text + ' q25':>22} {'mean':>7}" for text in args.dreams)
     print(f"{'controller':<14} {'real':>14}{header}")
     for k, (name, r, s) in enumerate(zip(names, real_mean, returns.std(axis=1))):
-        cells = "".join(f" {q[k]:22.1f} {m[k]:7.1f}" for q, m in scores.values())
+        cells = "".join(f" {q[k]:22.1f} {m[k]:7.1f}" for q, m, _ in scores.values())
         print(f"{name:<14} {r:8.1f} ± {s:5.1f}{cells}")
+    working = real_mean > args.working_above
     print(f"{len(candidates)} controllers (C and {args.neighbours} neighbours at σ {args.sigma:g}), {args.episodes} real "
-          f"tracks each; split-half ρ of the real returns (even vs odd tracks) = {split_half_rho(returns):.2f}")
+          f"tracks each; split-half ρ of the real returns (even vs odd tracks) = {split_half_rho(returns):.2f}, "
+          f"{split_half_rho(returns[working]):.2f} among the {int(working.sum())} that drive (real > "
+          f"{args.working_above:g})")
     summary = {}
-    for text, (quantile, mean) in scores.items():
-        favourite = 1 + int(np.argmax(quantile[1:]))
+    for text, (quantile, mean, per_draw) in scores.items():
+        favourite = 1 + int(np.argmax(mean[1:]))
         rho_q, rho_m = spearman(real_mean, quantile), spearman(real_mean, mean)
-        summary[text] = {"rho_q25": rho_q, "rho_mean": rho_m, "favourite": names[favourite],
+        rho_working = rho_among(real_mean, mean, working)
+        # the dream's own reproducibility: its ranking by the even draws against the odd ones
+        dream_split = (rho_among(per_draw[0::2].mean(axis=0), per_draw[1::2].mean(axis=0), working)
+                       if len(per_draw) > 1 else float("nan"))
+        summary[text] = {"rho_q25": rho_q, "rho_mean": rho_m, "rho_mean_working": rho_working,
+                         "dream_split_half_working": dream_split, "favourite": names[favourite],
                          "favourite_real": float(real_mean[favourite]), "dream_q25": quantile.tolist(),
-                         "dream_mean": mean.tolist()}
-        print(f"{text:>20}: ρ(real, dream q25) = {rho_q:5.2f}, ρ(real, dream mean) = {rho_m:5.2f}; the dream's "
-              f"favourite neighbour ({names[favourite]}) drives {real_mean[favourite]:.1f} real (C "
-              f"{real_mean[0]:.1f}, best neighbour {real_mean[1:].max():.1f})")
+                         "dream_mean": mean.tolist(), "dream_mean_per_draw": per_draw.tolist()}
+        print(f"{text:>20}: ρ(real, dream q25) = {rho_q:5.2f}, ρ(real, dream mean) = {rho_m:5.2f}, "
+              f"{rho_working:5.2f} among those that drive (the dream's own split-half ρ there {dream_split:5.2f}); "
+              f"its favourite neighbour by the mean ({names[favourite]}) drives {real_mean[favourite]:.1f} real "
+              f"(C {real_mean[0]:.1f}, best neighbour {real_mean[1:].max():.1f})")
     result = {"checkpoint_dir": args.checkpoint_dir, "sigma": args.sigma, "seed": args.seed,
               "seeds": [args.seed_base + j for j in range(args.episodes)], "neighbours": args.neighbours,
               "names": names, "real": returns.tolist(), "split_half_rho": split_half_rho(returns), "dreams": summary}
