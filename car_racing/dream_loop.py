@@ -80,6 +80,7 @@ from car_racing.training.loop import (
     checked_iterations,
     choose_best,
     iteration_dir,
+    parse_warm_dreams,
     plot_loop,
     report_iteration,
     run_summary,
@@ -403,15 +404,6 @@ def stage_memory(args: Args, iteration: int) -> dict:
     return {"epochs": epochs, "best_epoch": epoch, "val_mdn": history["val_mdn"][epoch - 1],
             "val_reward": history["val_reward"][epoch - 1], "val_done": history["val_done"][epoch - 1],
             "frames": best.get("data", {}).get("num_frames")}
-
-
-def parse_warm_dreams(text: str, flag: str = "--warm-dreams") -> tuple[str, int]:
-    """``START:STEPS`` → (start, steps), with a one-line error naming ``flag`` for anything else."""
-    start, _, steps = text.partition(":")
-    if start not in ("agent", "recorded") or not steps.isdigit() or int(steps) < 1:
-        raise UsageError(f"{flag} {text}: expected START:STEPS with START agent or recorded (e.g. agent:200), "
-                         f"or empty")
-    return start, int(steps)
 
 
 def warm_dream_settings(args: Args) -> dict:

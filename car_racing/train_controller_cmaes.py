@@ -246,7 +246,7 @@ def check_args(args: Args) -> None:
         if args.loop_select_episodes < 1:
             raise UsageError(f"--loop-select-episodes {args.loop_select_episodes}: expected a positive integer")
         if args.loop_warm_dreams:
-            from car_racing.dream_loop import parse_warm_dreams
+            from car_racing.training.loop import parse_warm_dreams
 
             parse_warm_dreams(args.loop_warm_dreams, "--loop-warm-dreams")
         if args.loop_warm_generations < 0:
