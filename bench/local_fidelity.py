@@ -43,6 +43,7 @@ from car_racing.episodes.rollout import default_workers
 from car_racing.evaluate_world_model import spearman
 from car_racing.train_controller_cmaes import Args as ControllerArgs
 from car_racing.training.cmaes_run import load_setup
+from car_racing.training.dream import dream_start_settings, parse_dream_setting
 from car_racing.training.fitness import DreamFitness, RealFitness, aggregate_dream_fitness
 
 
@@ -84,20 +85,12 @@ class Args:
     are used instead of driving the controllers again"""
 
 
-def parse_dream_setting(text: str) -> tuple[str, int]:
-    """``START:STEPS`` → (start, steps), with a one-line error for anything else."""
-    start, _, steps = text.partition(":")
-    if start not in ("episode-start", "recorded", "agent") or not steps.isdigit() or int(steps) < 1:
-        raise UsageError(f"--dreams {text}: expected START:STEPS with START episode-start, recorded or agent")
-    return start, int(steps)
-
-
 def dream_scores(setup, candidates: list[np.ndarray], start: str, steps: int, args: Args
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each candidate's dream q25 (averaged over the draws), the mean of all its dreams, and its mean per draw
     (draws, candidates), under one setting."""
-    setup.args.dream_start = "episode-start" if start == "episode-start" else "recorded"
-    setup.args.dream_start_drivers = ("agent",) if start == "agent" else ()
+    for name, value in dream_start_settings(start).items():
+        setattr(setup.args, name, value)
     setup.args.rollout_steps = steps
     setup.args.dream_trials = max(8, args.dream_step_budget // steps)
     setup.pool = None
@@ -109,9 +102,9 @@ def dream_scores(setup, candidates: list[np.ndarray], start: str, steps: int, ar
     return quantile, per_draw_mean.mean(axis=0), per_draw_mean
 
 
-def real_returns(candidates: list[np.ndarray], args: Args) -> np.ndarray:
-    """(controllers, tracks) real returns: driven now, or read from --real-from (checked to be the same run)."""
-    seeds = [args.seed_base + j for j in range(args.episodes)]
+def real_returns(candidates: list[np.ndarray], seeds: list[int], args: Args) -> np.ndarray:
+    """(controllers, tracks) real returns on ``seeds``: driven now, or read from --real-from (checked to be the
+    same run)."""
     if args.real_from:
         saved = json.loads(Path(args.real_from).read_text())
         same = {"checkpoint_dir": args.checkpoint_dir, "sigma": args.sigma, "seed": args.seed, "seeds": seeds,
@@ -141,7 +134,7 @@ def rho_among(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> float:
 
 
 def main(args: Args) -> dict:
-    settings = [parse_dream_setting(text) for text in args.dreams]
+    settings = [parse_dream_setting(text, "--dreams") for text in args.dreams]
     controller, _ = load_model(checkpoint_paths(args.checkpoint_dir)["controller"], "controller")
     centre = controller.get_flat_params()
     rng = np.random.default_rng([args.seed, 23])
@@ -151,7 +144,8 @@ def main(args: Args) -> dict:
                                       seed=args.seed, progress=False))  # stage 4's dream settings (its defaults)
     scores = {text: dream_scores(setup, candidates, start, steps, args)
               for text, (start, steps) in zip(args.dreams, settings)}
-    returns = real_returns(candidates, args)
+    seeds = [args.seed_base + j for j in range(args.episodes)]
+    returns = real_returns(candidates, seeds, args)
     real_mean = returns.mean(axis=1)
     header = "".join(f" {text + ' q25':>22} {'mean':>7}" for text in args.dreams)
     print(f"{'controller':<14} {'real':>14}{header}")
@@ -180,7 +174,7 @@ def main(args: Args) -> dict:
               f"its favourite neighbour by the mean ({names[favourite]}) drives {real_mean[favourite]:.1f} real "
               f"(C {real_mean[0]:.1f}, best neighbour {real_mean[1:].max():.1f})")
     result = {"checkpoint_dir": args.checkpoint_dir, "sigma": args.sigma, "seed": args.seed,
-              "seeds": [args.seed_base + j for j in range(args.episodes)], "neighbours": args.neighbours,
+              "seeds": seeds, "neighbours": args.neighbours,
               "names": names, "real": returns.tolist(), "split_half_rho": split_half_rho(returns), "dreams": summary}
     if args.save:
         with atomic_path(args.save) as tmp:

@@ -80,7 +80,6 @@ from car_racing.training.loop import (
     checked_iterations,
     choose_best,
     iteration_dir,
-    parse_warm_dreams,
     plot_loop,
     report_iteration,
     run_summary,
@@ -408,10 +407,11 @@ def stage_memory(args: Args, iteration: int) -> dict:
 
 def warm_dream_settings(args: Args) -> dict:
     """The dream settings of a warm-started run under --warm-dreams START:STEPS (stage 4's flag names)."""
-    start, steps = parse_warm_dreams(args.warm_dreams)
+    from car_racing.training.dream import WARM_DREAM_STARTS, dream_start_settings, parse_dream_setting
+
+    start, steps = parse_dream_setting(args.warm_dreams, "--warm-dreams", WARM_DREAM_STARTS)
     return {"rollout_steps": steps, "dream_trials": max(1, args.rollout_steps * args.dream_trials // steps),
-            "dream_start": "recorded", "dream_start_drivers": ("agent",) if start == "agent" else (),
-            "dream_fitness": "mean"}
+            **dream_start_settings(start), "dream_fitness": "mean"}
 
 
 def dream_settings(args: Args, warm: bool) -> dict:

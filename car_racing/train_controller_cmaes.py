@@ -246,9 +246,9 @@ def check_args(args: Args) -> None:
         if args.loop_select_episodes < 1:
             raise UsageError(f"--loop-select-episodes {args.loop_select_episodes}: expected a positive integer")
         if args.loop_warm_dreams:
-            from car_racing.training.loop import parse_warm_dreams
+            from car_racing.training.dream import WARM_DREAM_STARTS, parse_dream_setting
 
-            parse_warm_dreams(args.loop_warm_dreams, "--loop-warm-dreams")
+            parse_dream_setting(args.loop_warm_dreams, "--loop-warm-dreams", WARM_DREAM_STARTS)
         if args.loop_warm_generations < 0:
             raise UsageError(f"--loop-warm-generations {args.loop_warm_generations}: expected 0 (= --generations) "
                              f"or more")

@@ -152,7 +152,7 @@ class Setup:
             raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
         started = time.time()
         episodes = load_recorded(args.data_dir, mmap=True).episodes
-        drivers = tuple(getattr(args, "dream_start_drivers", ()))
+        drivers = tuple(args.dream_start_drivers)
         eligible = windows_of_drivers(sequences.indices, episodes, drivers) if drivers else None
         if eligible is not None and not eligible.any() and args.dream_start == "recorded":
             raise UsageError(f"--dream-start-drivers {' '.join(drivers)}: no recorded episode of these drivers in "
@@ -228,7 +228,7 @@ def training_record(args: Any, warm_start: dict | None, generation: int) -> dict
         record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
                            "temperature": args.temperature, "dropout": args.dream_dropout,
                            "start_states": args.start_states, "start": args.dream_start,
-                           "start_drivers": list(getattr(args, "dream_start_drivers", ())), "data_dir": args.data_dir,
+                           "start_drivers": list(args.dream_start_drivers), "data_dir": args.data_dir,
                            "fitness": {"aggregate": args.dream_fitness, "q": args.dream_fitness_q,
                                        "k": args.dream_fitness_k}}
     if source:

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from car_racing.common.cli import UsageError
 from car_racing.models.ffn import population_actions, squash_actions
 from car_racing.models.mdn_rnn import head_dropout_mask
 
@@ -164,6 +165,26 @@ def collect_start_states(mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np
 
 
 DREAM_STARTS = ("recorded", "episode-start")
+# where a dream setting START:STEPS starts: the start line, any recorded state, or C's own recorded episodes
+SETTING_STARTS = ("episode-start", "recorded", "agent")
+# a warm start's short dreams (dream_loop.py --warm-dreams) start from real states, never the start line
+WARM_DREAM_STARTS = ("recorded", "agent")
+
+
+def parse_dream_setting(text: str, flag: str, starts: tuple[str, ...] = SETTING_STARTS) -> tuple[str, int]:
+    """A dream setting ``START:STEPS`` (``dream_loop.py --warm-dreams``, ``bench/local_fidelity.py --dreams``) →
+    (start, steps), with a one-line error naming ``flag`` for anything else."""
+    start, _, steps = text.partition(":")
+    if start not in starts or not steps.isdigit() or int(steps) < 1:
+        raise UsageError(f"{flag} {text}: expected START:STEPS with START one of {', '.join(starts)} "
+                         f"(e.g. {starts[-1]}:200)")
+    return start, int(steps)
+
+
+def dream_start_settings(start: str) -> dict:
+    """Stage 4's ``--dream-start`` and ``--dream-start-drivers`` for a setting's START (:data:`SETTING_STARTS`)."""
+    return {"dream_start": "episode-start" if start == "episode-start" else "recorded",
+            "dream_start_drivers": ("agent",) if start == "agent" else ()}
 
 
 def windows_of_drivers(indices: np.ndarray, episodes: list[dict], drivers: tuple[str, ...] | list[str]) -> np.ndarray:

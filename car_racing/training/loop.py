@@ -76,16 +76,6 @@ def iteration_dir(checkpoint_dir: str | Path, iteration: int) -> Path:
     return Path(checkpoint_dir) / f"iter_{iteration:02d}"
 
 
-def parse_warm_dreams(text: str, flag: str = "--warm-dreams") -> tuple[str, int]:
-    """A warm start's dreams ``START:STEPS`` (``dream_loop.py --warm-dreams``, stage 4's ``--loop-warm-dreams``) →
-    (start, steps), with a one-line error naming ``flag`` for anything else."""
-    start, _, steps = text.partition(":")
-    if start not in ("agent", "recorded") or not steps.isdigit() or int(steps) < 1:
-        raise UsageError(f"{flag} {text}: expected START:STEPS with START agent or recorded (e.g. agent:200), "
-                         f"or empty")
-    return start, int(steps)
-
-
 @dataclass
 class Stage:
     """One stage of an iteration; ``first_only`` stages run in iteration 0 only, ``feeds_next`` stages (new data
