@@ -64,6 +64,10 @@ class Args:
     """how a candidate's --dream-trials dreams (each with its own dropout mask and noise) make its fitness: their
     mean, a pessimistic lower quantile (--dream-fitness-q), or mean − k·std (--dream-fitness-k; ME-TRPO/MOPO:
     a C that only the luckiest dreams reward is not rewarded)"""
+    dream_value: bool = False
+    """end each dream still alive after --rollout-steps on M's value of its last state (M trained with
+    train_memory.py --value-discount): short dreams are then paid for where they leave the car, not only for the
+    tiles they reached (Dreamer's bootstrap)"""
     dream_fitness_q: float = 0.25
     """--dream-fitness quantile: the quantile q in [0, 1] of the trials' returns (0 = the worst dream)"""
     dream_fitness_k: float = 1.0

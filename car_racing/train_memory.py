@@ -12,7 +12,11 @@ in the paper, and trains on the memory windows ``car_racing_memory_dataset_*.npy
   (tile rewards of about +3 stay intact; the −100 for leaving the playfield becomes −10 by default);
 - the done loss: BCE of done_t. By default (``--done-target terminal``) done_t is 1 only on steps where
   the episode really terminated (lap finished, or left the playfield: reward ≤ −50), not where the time
-  limit or the recorder cut it, since no model can predict a cut from the frames.
+  limit or the recorder cut it, since no model can predict a cut from the frames;
+- with ``--value-discount γ`` > 0, the value loss: MSE of the discounted average reward after step t,
+  ``(1 − γ) · Σ_{k≥1} γ^{k−1} r_{t+k}`` within the episode (clipped rewards), so a short dream in stage 4
+  can end on M's estimate of what follows (``--dream-value``). Steps whose discounted future the recording cut
+  off (the last ``2/(1 − γ)`` steps of an episode that did not terminate) have no target.
 
 Validation uses whole episodes held out with ``--seed``. Outputs: ``checkpoint_dir/memory_model.pth``
 (best validation loss), ``memory_model_latest.pth`` (resumable, written after every epoch),
@@ -62,7 +66,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so --
 
 LOSS_CURVE_FILE = "memory_model_loss.png"
 TERMINAL_REWARD = -50.0  # CarRacing gives −100 on the step the car leaves the playfield (and terminates)
-LOSS_NAMES = ("mdn", "reward", "done", "total")
+LOSS_NAMES = ("mdn", "reward", "done", "value", "total")
 
 
 @dataclass
@@ -100,6 +104,11 @@ class Args:
     the last recorded step of every episode (time-limit cuts included)"""
     done_pos_weight: float = 1.0
     """BCE weight of positive done steps (1 keeps sigmoid(done_logit) a calibrated probability)"""
+    value_discount: float = 0.0
+    """γ of M's value head: it learns the discounted average reward after each step, (1 − γ)·Σ γ^(k−1) r_(t+k), so
+    stage 4's short dreams can end on it (--dream-value); 0 = no value head. 0.98 looks ~50 steps ahead"""
+    value_weight: float = 1.0
+    """weight of the value MSE in the total loss (with --value-discount)"""
     val_fraction: float = 0.1
     """fraction of episodes held out for validation (at least one when there are two or more)"""
     encode_batch_size: int = 256
@@ -151,6 +160,28 @@ def terminal_flags(data: RecordedData, done_target: str) -> np.ndarray:
     return dones
 
 
+def value_targets(data: RecordedData, done_flags: np.ndarray, discount: float, reward_clip: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (N,) targets and bool (N,) mask of M's value head for every recorded step t (see the module
+    docstring): ``(1 − γ) · Σ_{k≥1} γ^{k−1} r_{t+k}`` inside t's episode, with the rewards clipped as M's reward
+    targets; masked where an episode cut by the time limit or the recorder hides more than γ^(2/(1−γ)) ≈ e^−2 of it."""
+    rewards = np.asarray(data.rewards, dtype=np.float64)
+    if reward_clip > 0:
+        rewards = np.clip(rewards, -reward_clip, reward_clip)
+    targets = np.zeros(len(rewards), dtype=np.float64)
+    mask = np.ones(len(rewards), dtype=bool)
+    horizon = int(math.ceil(2.0 / (1.0 - discount)))
+    for index in range(len(data.episodes)):
+        steps = data.episode_slice(index)
+        future = 0.0  # Σ_{k≥1} γ^{k−1} r_{t+k}, built from the episode's end backwards
+        for t in range(steps.stop - 1, steps.start - 1, -1):
+            targets[t] = future
+            future = rewards[t] + discount * future
+        if not done_flags[steps.stop - 1]:  # cut, not ended: the last steps' futures are unknown
+            mask[max(steps.start, steps.stop - horizon):steps.stop] = False
+    return (targets * (1.0 - discount)).astype(np.float32), mask
+
+
 def split_by_episode(window_starts: np.ndarray, episode_starts: np.ndarray, val_fraction: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Sequence ids for training and validation, holding out whole episodes (chosen with ``seed``)."""
@@ -183,7 +214,8 @@ class SequenceBatches:
     """
 
     def __init__(self, indices: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_end: np.ndarray,
-                 done_flags: np.ndarray, reward_clip: float, device: torch.device):
+                 done_flags: np.ndarray, reward_clip: float, device: torch.device,
+                 values: tuple[np.ndarray, np.ndarray] | None = None):
         import torch
 
         num_frames = len(episode_end)
@@ -197,19 +229,24 @@ class SequenceBatches:
             rewards = np.clip(rewards, -reward_clip, reward_clip)
         self.rewards = torch.from_numpy(rewards).to(device)
         self.dones = torch.from_numpy(done_flags[indices].astype(np.float32)).to(device)
+        self.values = None if values is None else (torch.from_numpy(values[0][indices]).to(device),
+                                                   torch.from_numpy(values[1][indices]).to(device))
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def get(self, ids: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
 
-        return {"z": z[self.indices[ids]], "actions": self.actions[ids], "next_z": z[self.next_indices[ids]],
-                "z_mask": self.z_mask[ids], "rewards": self.rewards[ids], "dones": self.dones[ids]}
+        batch = {"z": z[self.indices[ids]], "actions": self.actions[ids], "next_z": z[self.next_indices[ids]],
+                 "z_mask": self.z_mask[ids], "rewards": self.rewards[ids], "dones": self.dones[ids]}
+        if self.values is not None:
+            batch["values"], batch["value_mask"] = self.values[0][ids], self.values[1][ids]
+        return batch
 
 
 def compute_losses(model: MDNRNN, batch: dict[str, torch.Tensor], args: Args) -> dict[str, torch.Tensor]:
-    """The three losses (and the weighted total) of one batch of windows (with ``--dropout``, one head mask
-    per window while training)."""
+    """The losses (and the weighted total) of one batch of windows (with ``--dropout``, one head mask per window
+    while training); ``value`` is 0 without a value head."""
     import torch
     import torch.nn.functional as F
 
@@ -225,7 +262,14 @@ def compute_losses(model: MDNRNN, batch: dict[str, torch.Tensor], args: Args) ->
             output.done_logit.float(), batch["dones"],
             pos_weight=torch.tensor(args.done_pos_weight, device=batch["dones"].device)),
     }
-    losses["total"] = losses["mdn"] + args.reward_weight * losses["reward"] + args.done_weight * losses["done"]
+    losses["value"] = torch.zeros((), device=batch["z"].device)
+    if "values" in batch:
+        weights = batch["value_mask"].float()
+        error = (model.value_rate(output.hidden, None if mask is None else mask.unsqueeze(1)).float()
+                 - batch["values"]).pow(2)
+        losses["value"] = (error * weights).sum() / weights.sum().clamp_min(1.0)
+    losses["total"] = (losses["mdn"] + args.reward_weight * losses["reward"] + args.done_weight * losses["done"]
+                       + args.value_weight * losses["value"])
     return losses
 
 
@@ -271,7 +315,8 @@ def check_args(args: Args) -> None:
     if not 0 <= args.val_fraction < 1:
         raise UsageError(f"--val-fraction {args.val_fraction}: expected a number in [0, 1)")
     for flag, value in (("--grad-clip", args.grad_clip), ("--reward-clip", args.reward_clip),
-                        ("--reward-weight", args.reward_weight), ("--done-weight", args.done_weight)):
+                        ("--reward-weight", args.reward_weight), ("--done-weight", args.done_weight),
+                        ("--value-weight", args.value_weight)):
         if not value >= 0:
             raise UsageError(f"{flag} {value}: expected a number >= 0")
     if args.threads < 0:
@@ -282,6 +327,8 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--dropout {args.dropout}: expected 0 <= p < 1")
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise UsageError(f"--init-from {args.init_from}: no such memory checkpoint")
+    if not 0 <= args.value_discount < 1:
+        raise UsageError(f"--value-discount {args.value_discount}: expected 0 (no value head) or a discount in (0, 1)")
     if not args.done_pos_weight > 0:
         raise UsageError(f"--done-pos-weight {args.done_pos_weight}: expected a positive number")
     if args.tensorboard:
@@ -318,8 +365,9 @@ def main(args: Args) -> dict:
 
     episode_end = np.asarray(data.dones, dtype=bool)
     done_flags = terminal_flags(data, args.done_target)
+    values = value_targets(data, done_flags, args.value_discount, args.reward_clip) if args.value_discount else None
     batches = SequenceBatches(sequences.indices, sequences.actions, sequences.rewards, episode_end, done_flags,
-                              args.reward_clip, device)
+                              args.reward_clip, device, values)
     episode_starts = np.asarray([e["start"] for e in data.episodes], dtype=np.int64)
     train_ids, val_ids, val_episodes = split_by_episode(sequences.indices[:, 0], episode_starts,
                                                         args.val_fraction, args.seed)
@@ -328,7 +376,8 @@ def main(args: Args) -> dict:
     val_z = sample_latents(mu, logvar, seed=args.seed * 7919 + 1) if len(val_ids) else None
 
     model_args = {"latent_size": latent_size, "action_size": int(sequences.actions.shape[-1]),
-                  "hidden_size": args.hidden_size, "num_mixtures": args.num_mixtures}
+                  "hidden_size": args.hidden_size, "num_mixtures": args.num_mixtures,
+                  "value_head": args.value_discount > 0}
     history: dict[str, list[float]] = {f"{split}_{name}": [] for split in ("train", "val") for name in LOSS_NAMES}
     start_epoch, best_val_loss = 0, math.inf
     if args.resume:
@@ -340,7 +389,7 @@ def main(args: Args) -> dict:
             if state["model_args"].get(key) != value:
                 raise UsageError(f"{latest_path}: has {key}={state['model_args'].get(key)}, but this run asks "
                                  f"for {value}; drop --resume or pass the same sizes")
-        for key in ("reward_clip", "done_target", "freeze_lstm"):
+        for key in ("reward_clip", "done_target", "freeze_lstm", "value_discount"):
             before = state.get("config", {}).get(key, getattr(args, key))
             if before != getattr(args, key):
                 raise UsageError(f"{latest_path}: was trained with --{key.replace('_', '-')} {before}, this run "
@@ -356,6 +405,11 @@ def main(args: Args) -> dict:
                              f"V encodes {latent_size}")
         model_args = dict(source["model_args"])
         model = build_model(MDNRNN, source, args.init_from).float().to(device)
+        if bool(model_args.get("value_head")) != (args.value_discount > 0):  # the value head added or dropped
+            before = model.state_dict()
+            model_args["value_head"] = args.value_discount > 0
+            model = MDNRNN(**model_args).to(device)
+            model.load_state_dict({k: v for k, v in before.items() if not k.startswith("value_head.")}, strict=False)
         print(f"starting from the weights of {args.init_from}")
     else:
         model = MDNRNN(**model_args).to(device)
@@ -382,6 +436,8 @@ def main(args: Args) -> dict:
                 "reward": {"units": "real CarRacing reward per step", "clip": args.reward_clip, "scale": 1.0},
                 "done_target": args.done_target, "val_episodes": val_episodes, "warm_start": warm_start,
                 "dropout": args.dropout, "freeze_lstm": args.freeze_lstm,
+                "value": ({"discount": args.value_discount, "units": "discounted average reward per step after t, "
+                           "(1 - discount) * sum_k discount^(k-1) r_(t+k)"} if args.value_discount else None),
                 "data": {"data_dir": str(args.data_dir), "num_frames": len(data), "num_episodes": len(data.episodes),
                          "drivers": sorted({str(e.get("driver")) for e in data.episodes})}}
 
@@ -411,14 +467,15 @@ def main(args: Args) -> dict:
         if improved:
             save_checkpoint(state, best_path)
         save_checkpoint(state, latest_path)
+        curve_names = ("mdn", "reward", "done") + (("value",) if values is not None else ())
         plot_curves({f"{split} {name}": history[f"{split}_{name}"] for split in ("train", "val")
-                     for name in ("mdn", "reward", "done")},
+                     for name in curve_names},
                     checkpoint_dir / LOSS_CURVE_FILE, title="memory model M: MDN NLL per latent dim, reward MSE, "
-                    "done BCE")
-        line = (f"epoch {epoch + 1}/{args.epochs}  train mdn {train_losses['mdn']:.4f} reward "
-                f"{train_losses['reward']:.4f} done {train_losses['done']:.4f}  |  val mdn {val_losses['mdn']:.4f} "
-                f"reward {val_losses['reward']:.4f} done {val_losses['done']:.4f}  "
-                f"({time.time() - started:.1f}s{', best' if improved else ''})")
+                    "done BCE" + (", value MSE" if values is not None else ""))
+        line = (f"epoch {epoch + 1}/{args.epochs}  train "
+                + " ".join(f"{name} {train_losses[name]:.4f}" for name in curve_names)
+                + "  |  val " + " ".join(f"{name} {val_losses[name]:.4f}" for name in curve_names)
+                + f"  ({time.time() - started:.1f}s{', best' if improved else ''})")
         tqdm.write(line) if args.progress else print(line)
     metrics.close()
     if not best_path.is_file():  # e.g. resumed a finished run whose best file was removed

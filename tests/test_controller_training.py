@@ -158,6 +158,34 @@ def test_dream_fitness_is_masked_after_done():
     torch.testing.assert_close(full, torch.full((2, 3), 10.0))
 
 
+def test_a_short_dream_ends_on_ms_value_of_its_last_state():
+    torch.manual_seed(0)
+    mdn = MDNRNN(**TINY_MDN, value_head=True).eval()
+    with torch.no_grad():  # reward 1 per step; value rate 0.5 per step after the end; done never / always
+        mdn.reward_head.weight.zero_()
+        mdn.reward_head.bias.fill_(1.0)
+        mdn.value_head.weight.zero_()
+        mdn.value_head.bias.fill_(0.5)
+        mdn.done_head.weight.zero_()
+        mdn.done_head.bias.fill_(-5.0)
+    weights, biases = flat_to_population(torch.randn(2, 3 * (LATENT + HIDDEN) + 3) * 0.1, LATENT, HIDDEN)
+    start = (torch.zeros(3, LATENT), (torch.zeros(3, HIDDEN), torch.zeros(3, HIDDEN)))
+    for fused in (True, False):
+        plain = dream_rollout(mdn, weights, biases, *start, 10, 1.0, torch.Generator().manual_seed(0), fused=fused)
+        valued = dream_rollout(mdn, weights, biases, *start, 10, 1.0, torch.Generator().manual_seed(0), fused=fused,
+                               value_discount=0.9, reward_scale=2.0)
+        torch.testing.assert_close(plain, torch.full((2, 3), 10.0))
+        torch.testing.assert_close(valued, torch.full((2, 3), 2.0 * (10.0 + 0.5 / (1 - 0.9))))  # + value of h_10
+    reference = dream_rollout_per_candidate(mdn, weights, biases, *start, 10, 1.0, torch.Generator().manual_seed(0),
+                                            value_discount=0.9, reward_scale=2.0, dropout=0.2)
+    torch.testing.assert_close(dream_rollout(mdn, weights, biases, *start, 10, 1.0, torch.Generator().manual_seed(0),
+                                             value_discount=0.9, reward_scale=2.0, dropout=0.2), reference)
+    with torch.no_grad():
+        mdn.done_head.bias.fill_(5.0)  # a dream that ended is paid nothing after its end, value included
+    ended = dream_rollout(mdn, weights, biases, *start, 10, 1.0, torch.Generator().manual_seed(0), value_discount=0.9)
+    torch.testing.assert_close(ended, torch.ones(2, 3))
+
+
 def test_noise_sampler_follows_the_mixture():
     """Pre-drawn-noise sampling has the mixture's mean and variance at temperature τ (as sample_next_z)."""
     n, tau = 200_000, 0.7
@@ -398,3 +426,6 @@ def test_pessimistic_dream_fitness_is_at_most_the_mean_on_the_same_dreams(tmp_pa
                        (dict(dream_fitness="median"), "--dream-fitness")):
         with pytest.raises(UsageError, match=match):
             main(run_args(tmp_path, tiny_data_dir, **bad))
+    assert result["training"]["dream"]["value_bootstrap"] is False
+    with pytest.raises(UsageError, match="--dream-value.*no value head"):
+        main(run_args(tmp_path, tiny_data_dir, dream_value=True))

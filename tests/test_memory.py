@@ -285,3 +285,47 @@ def test_freeze_lstm_trains_only_the_heads(tiny_data_dir, tmp_path):
         train_memory.main(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=False, epochs=4, resume=True))
     with pytest.raises(UsageError, match="--freeze-lstm"):
         train_memory.main(tiny_args(tiny_data_dir, tmp_path / "fresh", freeze_lstm=True))
+
+
+def test_value_targets_discount_the_rewards_after_each_step_within_its_episode():
+    rewards = np.array([1, 2, 4, -100, 1, 1, 1, 1, 1], dtype=np.float32)
+    dones = np.zeros(9, dtype=bool)
+    dones[[3, 8]] = True
+    episodes = [{"start": 0, "length": 4, "terminated": True},  # left the playfield: its futures are known
+                {"start": 4, "length": 5, "terminated": False}]  # cut by the time limit
+    data = RecordedData(frames=np.zeros((9, 64, 64, 3), np.uint8), actions=np.zeros((9, 3), np.float32),
+                        rewards=rewards, dones=dones, meta={"episodes": episodes})
+    flags = train_memory.terminal_flags(data, "terminal")
+    targets, mask = train_memory.value_targets(data, flags, 0.5, reward_clip=10.0)
+    # (1 − γ)·Σ_{k≥1} γ^(k−1) r_(t+k), the −100 clipped to −10, nothing crossing into the next episode
+    expected_first = 0.5 * np.array([2 + 0.5 * 4 + 0.25 * -10, 4 + 0.5 * -10, -10, 0])
+    np.testing.assert_allclose(targets[:4], expected_first, rtol=1e-6)
+    assert mask[:4].all()
+    # the cut episode: its last 2/(1 − γ) = 4 steps have no target (what follows them was never recorded)
+    assert mask[4:].tolist() == [True, False, False, False, False]
+    assert targets[4] == pytest.approx(0.5 * (1 + 0.5 + 0.25 + 0.125))
+
+
+def test_value_head_trains_beside_the_other_heads_and_can_be_added_to_an_m(tiny_data_dir, tmp_path):
+    checkpoints = tmp_path / "ck"
+    save_tiny_vision(checkpoints / "vision_model.pth")
+    plain = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    assert plain["model_args"]["value_head"] is False and plain["value"] is None
+    assert plain["history"]["train_value"] == [0.0]
+    valued_dir = tmp_path / "valued"
+    save_tiny_vision(valued_dir / "vision_model.pth")
+    valued = train_memory.main(tiny_args(tiny_data_dir, valued_dir, epochs=2, value_discount=0.9,
+                                         init_from=str(checkpoints / "memory_model_latest.pth")))
+    assert valued["model_args"]["value_head"] is True and valued["value"]["discount"] == 0.9
+    assert valued["history"]["train_value"][0] > 0 and valued["history"]["val_value"][-1] > 0
+    for name, value in plain["model_state"].items():  # the rest of M continued from its checkpoint
+        assert name in valued["model_state"]
+    model = MDNRNN(**valued["model_args"])
+    model.load_state_dict(valued["model_state"])
+    assert model.value_rate(torch.zeros(2, 5, 16)).shape == (2, 5)
+    with pytest.raises(ValueError, match="value head"):
+        MDNRNN(8, 3, 16, 3).value_rate(torch.zeros(1, 16))
+    with pytest.raises(UsageError, match="--value-discount"):
+        train_memory.main(tiny_args(tiny_data_dir, valued_dir, value_discount=1.0))
+    with pytest.raises(UsageError, match="value.discount"):  # a resumed run keeps its γ
+        train_memory.main(tiny_args(tiny_data_dir, valued_dir, epochs=3, value_discount=0.5, resume=True))

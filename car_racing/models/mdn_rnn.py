@@ -10,6 +10,12 @@ At step t the LSTM consumes x_t = [z_t, a_t] and outputs h_{t+1}. Heads on h_{t+
 - r_t, the reward step t returns, in real CarRacing reward units (no scaling inside the model);
 - done_t as a logit (P(the episode ends at step t) = sigmoid(done_logit)).
 
+An optional value head (``value_head=True``) predicts, from the same h_{t+1}, the discounted average reward of
+the steps after t, ``(1 − γ) · Σ_{k≥1} γ^{k−1} r_{t+k}`` (:meth:`MDNRNN.value_rate`; real reward units per
+step, so its loss sits beside the reward MSE): a short dream can end on ``value_rate / (1 − γ)`` instead of
+counting only the rewards it reached (Dreamer's bootstrap; ``γ`` is the training stage's choice, kept in the
+checkpoint, not in the model).
+
 The sequence forward (training) and :meth:`MDNRNN.step` (rollouts) run the same ``nn.LSTM`` weights.
 
 Both take an optional ``head_mask`` (B, H): a dropout mask on h before the heads, fixed over the
@@ -59,9 +65,11 @@ class MDNRNN(nn.Module):
         action_size: A, size of the action ([steer, gas, brake] → 3).
         hidden_size: H, LSTM width (the paper used 256 for CarRacing; this project's default is 512).
         num_mixtures: K, Gaussians per latent dimension (5 in the paper).
+        value_head: add the value head (:meth:`value_rate`).
     """
 
-    def __init__(self, latent_size: int = 32, action_size: int = 3, hidden_size: int = 512, num_mixtures: int = 5):
+    def __init__(self, latent_size: int = 32, action_size: int = 3, hidden_size: int = 512, num_mixtures: int = 5,
+                 value_head: bool = False):
         super().__init__()
         self.latent_size = int(latent_size)
         self.action_size = int(action_size)
@@ -71,6 +79,15 @@ class MDNRNN(nn.Module):
         self.mdn = nn.Linear(self.hidden_size, 3 * self.latent_size * self.num_mixtures)
         self.reward_head = nn.Linear(self.hidden_size, 1)
         self.done_head = nn.Linear(self.hidden_size, 1)
+        self.value_head = nn.Linear(self.hidden_size, 1) if value_head else None
+
+    def value_rate(self, hidden: torch.Tensor, head_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden h_{t+1} (..., H) → (...,) the predicted discounted average reward per step after step t (see the
+        module docstring); ``head_mask`` as in :meth:`heads`. Needs ``value_head=True``."""
+        if self.value_head is None:
+            raise ValueError("this M has no value head (train it with train_memory.py --value-discount)")
+        seen = hidden if head_mask is None else hidden * head_mask
+        return self.value_head(seen).squeeze(-1)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros (h, c), each (batch_size, H), on ``device`` (default: the model's device)."""

@@ -123,6 +123,7 @@ class Setup:
     reward_scale: float
     models_used: dict
     sizes: tuple[int, int, int]
+    value_discount: float = 0.0  # γ of M's value head (0: none), from M's checkpoint
     pool: Any = None  # StartStates on ``device`` once loaded (dream fitness, --init bc)
     real: RealFitness | None = None  # the run's real-env workers, started at first use (close_real ends them)
 
@@ -187,6 +188,10 @@ def load_setup(args: Any) -> Setup:
     memory_checkpoint = load_checkpoint(paths["memory"], "memory")
     mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).float().to(device).eval()
     reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
+    value_discount = float((memory_checkpoint.get("value") or {}).get("discount", 0.0))
+    if args.dream_value and (mdnrnn.value_head is None or not value_discount > 0):
+        raise UsageError(f"--dream-value: {paths['memory']} has no value head; train M with "
+                         f"car_racing/train_memory.py --value-discount 0.98")
     load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
     models_used = {kind: {"path": str(paths[kind]), "sha256": file_sha256(paths[kind])} for kind in ("vision", "memory")}
     trained_on = memory_checkpoint.get("vision", {}).get("sha256")
@@ -194,7 +199,7 @@ def load_setup(args: Any) -> Setup:
         raise UsageError(f"{paths['memory']}: M was trained on a different V than {paths['vision']}; "
                          f"rerun car_racing/train_memory.py")
     sizes = (mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
-    return Setup(args, device, checkpoint_dir, paths, mdnrnn, reward_scale, models_used, sizes)
+    return Setup(args, device, checkpoint_dir, paths, mdnrnn, reward_scale, models_used, sizes, value_discount)
 
 
 def training_record(args: Any, warm_start: dict | None, generation: int) -> dict:
@@ -230,7 +235,8 @@ def training_record(args: Any, warm_start: dict | None, generation: int) -> dict
                            "start_states": args.start_states, "start": args.dream_start,
                            "start_drivers": list(args.dream_start_drivers), "data_dir": args.data_dir,
                            "fitness": {"aggregate": args.dream_fitness, "q": args.dream_fitness_q,
-                                       "k": args.dream_fitness_k}}
+                                       "k": args.dream_fitness_k},
+                           "value_bootstrap": args.dream_value}
     if source:
         record["warm_start_training"] = source
     return record

@@ -30,7 +30,11 @@ Dream semantics (both paths):
 - fitness = sum over steps of M's predicted reward ``r_t`` (in real reward units: the prediction is
   multiplied by ``reward_scale``, the memory checkpoint's convention), ended by M's done head: a
   trial is done after the first step with ``sigmoid(done_logit) > 0.5`` (deterministic threshold, not
-  sampled); that step's reward counts and every later reward is masked.
+  sampled); that step's reward counts and every later reward is masked;
+- ``value_discount`` γ > 0 (an M trained with a value head, ``train_memory.py --value-discount``): a dream
+  still alive after its last step ends on M's value of its last state, ``value_rate(h_T) / (1 − γ)`` (the same
+  dropout mask), so a short dream is paid for what its final state is worth, not only for the rewards it reached
+  (Dreamer's bootstrap).
 """
 
 from __future__ import annotations
@@ -262,10 +266,17 @@ def sample_with_noise(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch
 
 # --- rollouts ----------------------------------------------------------------------------------------------
 
+def terminal_value(mdnrnn: Any, hidden: torch.Tensor, head_mask: torch.Tensor | None, value_discount: float,
+                   reward_scale: float) -> torch.Tensor:
+    """M's value (R,) of the dream states with LSTM output ``hidden`` (R, H), in fitness units: the discounted sum
+    of the rewards after them, ``value_rate / (1 − γ)`` × ``reward_scale``."""
+    return mdnrnn.value_rate(hidden, head_mask).float() * (reward_scale / (1.0 - value_discount))
+
+
 @torch.no_grad()
 def _rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
              start_state: tuple[torch.Tensor, torch.Tensor], noise: DreamNoise, temperature: float,
-             reward_scale: float) -> torch.Tensor:
+             reward_scale: float, value_discount: float = 0.0) -> torch.Tensor:
     """Fitness (P, N) of the P candidates in ``weights`` (P, L+H, A), ``biases`` (P, A), each driving the
     N trials that start at ``start_z`` (N, L), ``start_state`` ((N, H), (N, H)), as one batch of P·N rows."""
     population, trials = weights.shape[0], start_z.shape[0]
@@ -282,7 +293,12 @@ def _rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: 
         out, state = mdnrnn.step(z, actions.reshape(rows, -1), state, head_mask=head_mask)
         fitness += torch.where(alive, out.reward * reward_scale, torch.zeros_like(fitness))
         alive &= torch.sigmoid(out.done_logit) <= DONE_THRESHOLD
-        if t + 1 == noise.mixture.shape[0] or not bool(alive.any()):
+        if not bool(alive.any()):
+            break
+        if t + 1 == noise.mixture.shape[0]:
+            if value_discount > 0:
+                value = terminal_value(mdnrnn, state[0], head_mask, value_discount, reward_scale)
+                fitness += torch.where(alive, value, torch.zeros_like(fitness))
             break
         shape = (population, trials, latent)
         z = sample_with_noise(out.logit_pi.view(*shape, -1), out.mu.view(*shape, -1),
@@ -403,7 +419,8 @@ def fused_dream_weights(mdnrnn: Any, dtype: torch.dtype | str = torch.float32) -
 @torch.no_grad()
 def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                    start_state: tuple[torch.Tensor, torch.Tensor], noise: DreamNoise, temperature: float,
-                   reward_scale: float, dtype: torch.dtype | str = torch.float32) -> torch.Tensor:
+                   reward_scale: float, dtype: torch.dtype | str = torch.float32, value_discount: float = 0.0
+                   ) -> torch.Tensor:
     """:func:`_rollout`'s dream (same semantics, same noise) with :class:`FusedDreamWeights`: fitness (P, N)."""
     fused = fused_dream_weights(mdnrnn, dtype)
     population, trials = weights.shape[0], start_z.shape[0]
@@ -434,7 +451,12 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
         reward, done_logit, mixture = fused.head_outputs(x, head_mask)
         fitness += torch.where(alive, reward * reward_scale, torch.zeros_like(fitness))
         alive &= torch.sigmoid(done_logit) <= DONE_THRESHOLD
-        if t + 1 == steps or not bool(alive.any()):
+        if not bool(alive.any()):
+            break
+        if t + 1 == steps:
+            if value_discount > 0:
+                value = terminal_value(mdnrnn, x[:, L:L + H], head_mask, value_discount, reward_scale)
+                fitness += torch.where(alive, value, torch.zeros_like(fitness))
             break
         logit_pi, mu, log_sigma = mixture.unbind(1)  # each (R, K, L)
         if temperature <= 0:
@@ -456,7 +478,8 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
 def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                   start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
                   generator: torch.Generator | None, *, reward_scale: float = 1.0,
-                  dtype: torch.dtype | str = torch.float32, fused: bool = True, dropout: float = 0.0) -> torch.Tensor:
+                  dtype: torch.dtype | str = torch.float32, fused: bool = True, dropout: float = 0.0,
+                  value_discount: float = 0.0) -> torch.Tensor:
     """Batched dream: fitness (P, N) of P candidates (``weights`` (P, L+H, A), ``biases`` (P, A)) over N trials
     starting at ``start_z`` (N, L), ``start_state`` = (h, c) each (N, H), ``steps`` steps long.
 
@@ -464,22 +487,24 @@ def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, star
     from ``generator`` (:class:`DreamNoise`), so the same generator state gives the same fitness as
     :func:`dream_rollout_per_candidate` (up to float rounding with ``fused``; bfloat16 ``dtype``
     approximates it: see the module docstring). ``fused=False`` runs the reference step on the
-    whole batch (float32 only). ``dropout`` p: one mask per dream on h before M's heads (module docstring).
+    whole batch (float32 only). ``dropout`` p: one mask per dream on h before M's heads; ``value_discount`` γ > 0:
+    dreams still alive at the end add M's value of their last state (module docstring).
     """
     noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator, dropout,
                             start_state[0].shape[1]).to(start_z.device)
     if fused:
         return _fused_rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale,
-                              dtype)
+                              dtype, value_discount)
     if dream_dtype(dtype) != torch.float32:
         raise ValueError("the unfused dream runs in float32 only")
-    return _rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale)
+    return _rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale, value_discount)
 
 
 def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                                 start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
                                 generator: torch.Generator | None, *, reward_scale: float = 1.0,
-                                batch_trials: bool = True, dropout: float = 0.0) -> torch.Tensor:
+                                batch_trials: bool = True, dropout: float = 0.0, value_discount: float = 0.0
+                                ) -> torch.Tensor:
     """Reference: the same dream as :func:`dream_rollout`, one candidate at a time (a Python loop over
     candidates, each stepping its N trials as a batch of N rows; with ``batch_trials=False`` one
     rollout at a time, batch 1). Same random numbers, same fitness (P, N)."""
@@ -489,7 +514,7 @@ def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torc
     for p in range(weights.shape[0]):
         if batch_trials:
             results.append(_rollout(mdnrnn, weights[p:p + 1], biases[p:p + 1], start_z, start_state, noise,
-                                    temperature, reward_scale))
+                                    temperature, reward_scale, value_discount))
             continue
         row = []
         for n in range(start_z.shape[0]):
@@ -497,7 +522,7 @@ def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torc
                                      None if noise.head_mask is None else noise.head_mask[n:n + 1])
             row.append(_rollout(mdnrnn, weights[p:p + 1], biases[p:p + 1], start_z[n:n + 1],
                                 (start_state[0][n:n + 1], start_state[1][n:n + 1]), trial_noise,
-                                temperature, reward_scale))
+                                temperature, reward_scale, value_discount))
         results.append(torch.cat(row, dim=1))
     return torch.cat(results, dim=0)
 

@@ -123,7 +123,8 @@ class DreamFitness:
         weights, biases = flat_to_population(flat, *setup.sizes)
         return dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
                              args.temperature, generator, reward_scale=1.0 / setup.reward_scale,
-                             dtype=args.dream_dtype, dropout=args.dream_dropout)
+                             dtype=args.dream_dtype, dropout=args.dream_dropout,
+                             value_discount=setup.value_discount if args.dream_value else 0.0)
 
     def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
         args = self.setup.args
