@@ -148,6 +148,8 @@ class Args:
     drives exactly as before in the next iteration and improvements compound"""
     memory_dropout: float = 0.0
     """dropout on h before M's heads while training M (Dropout's Dream Land: 0.05)"""
+    memory_value_discount: float = 0.0
+    """γ of M's value head (train_memory.py --value-discount; 0 = none): needed by --dream-value"""
     # --- C in the dream
     controller_from: Optional[str] = None
     """iteration 0's C starts from this (dream-trained) controller checkpoint instead of all zeros"""
@@ -172,6 +174,9 @@ class Args:
     mean − k·std (--dream-fitness-k): pessimism against a C that only lucky dreams reward (train_controller_cmaes.py)"""
     dream_fitness_q: float = 0.25
     """--dream-fitness quantile: the quantile q in [0, 1] of the trials' returns"""
+    dream_value: bool = False
+    """end each dream still alive after --rollout-steps on M's value of its last state (needs
+    --memory-value-discount, or a --memory-from M with a value head; train_controller_cmaes.py --dream-value)"""
     dream_fitness_k: float = 1.0
     """--dream-fitness mean-minus-std: k ≥ 0"""
     controller_start: Literal["warm", "zero", "both"] = "warm"
@@ -268,6 +273,11 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--fidelity-panel {args.fidelity_panel}: expected 0 (skip) or at least 3")
     if not 0 <= args.record_dream_choice <= 1:
         raise UsageError(f"--record-dream-choice {args.record_dream_choice}: expected a fraction in [0, 1]")
+    if not 0 <= args.memory_value_discount < 1:
+        raise UsageError(f"--memory-value-discount {args.memory_value_discount}: expected 0 (none) or γ in (0, 1)")
+    if args.dream_value and not args.memory_value_discount > 0:
+        raise UsageError("--dream-value: needs M's value head in every iteration: --memory-value-discount γ > 0 "
+                         "(stage 3: train_memory.py --value-discount)")
     for flag in ("memory_dropout", "dream_dropout"):
         if not 0 <= getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 <= p < 1")
@@ -397,6 +407,7 @@ def stage_memory(args: Args, iteration: int) -> dict:
         data_dir=args.data_dir, checkpoint_dir=str(folder), epochs=max(epochs, 1), init_from=init_from,
         batch_size=args.memory_batch_size,
         dropout=args.memory_dropout, freeze_lstm=args.memory_heads_only and iteration > 0,
+        value_discount=args.memory_value_discount,
         seed=args.seed + iteration, device=args.device, threads=args.threads,
         resume=(folder / MEMORY_LATEST_FILE).is_file(), progress=args.progress, tensorboard=args.tensorboard))
     history, epoch = best["history"], int(best["epoch"])
@@ -446,6 +457,7 @@ def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Option
         sigma0=args.sigma0 if start_from is None else args.sigma0_later,
         temperature=args.temperature, dream_dropout=args.dream_dropout, start_states=args.start_states,
         **dreams, dream_fitness_q=args.dream_fitness_q, dream_fitness_k=args.dream_fitness_k,
+        dream_value=args.dream_value,
         init="zero" if start_from is None else "checkpoint", init_from=str(start_from) if start_from else None,
         init_carry=args.carry, init_memory=str(start_memory) if start_memory else None,
         cma_diagonal=True, eval_every=args.eval_every, eval_episodes=args.eval_episodes,

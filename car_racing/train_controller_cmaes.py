@@ -354,6 +354,7 @@ def run_repair_loop(args: Args) -> dict:
         seed=args.seed, workers=args.workers, backend=args.backend, ray_address=args.ray_address, threads=args.threads,
         init_data_dir=args.data_dir, vision_from=str(paths["vision"]), memory_from=str(stage3_memory),
         memory_epochs_first=0, memory_epochs=args.loop_memory_epochs, memory_dropout=float(memory.get("dropout", 0.0)),
+        memory_value_discount=float((memory.get("value") or {}).get("discount", 0.0)), dream_value=args.dream_value,
         controller_from=str(controller_from) if controller_from else None,
         generations=args.generations, population=args.population, sigma0=args.sigma0,
         rollout_steps=args.rollout_steps, dream_trials=args.dream_trials, temperature=args.temperature,

@@ -259,6 +259,23 @@ def test_warm_runs_dream_short_dreams_from_cs_own_episodes(tmp_path, tiny_data_d
             dream_loop.check_args(dataclasses.replace(args, warm_dreams=bad))
 
 
+def test_loop_dreams_end_on_ms_value_in_every_iteration(tmp_path, tiny_data_dir):
+    """--memory-value-discount γ: every iteration's M has a value head (added to stage 3's M, kept when M continues);
+    --dream-value: every CMA-ES run's dreams end on it (C's record says so)."""
+    paths = write_tiny_checkpoints(tmp_path / "tiny")
+    args = loop_args(tmp_path, tiny_data_dir, paths, fidelity_panel=0, controller_start="zero", agent_episodes=1,
+                     repair_episodes=0, memory_value_discount=0.9, dream_value=True)
+    dream_loop.main(args)
+    loop = Path(args.checkpoint_dir)
+    for iteration in ("iter_00", "iter_01"):
+        memory = load_checkpoint(loop / iteration / "memory_model.pth", "memory")
+        assert memory["model_args"]["value_head"] and memory["value"]["discount"] == 0.9
+        controller = load_checkpoint(loop / iteration / "control_model_cmaes.pth", "controller")
+        assert controller["training"]["dream"]["value_bootstrap"] is True
+    with pytest.raises(UsageError, match="--dream-value.*--memory-value-discount"):
+        dream_loop.check_args(dataclasses.replace(args, memory_value_discount=0.0))
+
+
 def test_appended_episodes_encode_only_the_new_frames(tmp_path, monkeypatch):
     from conftest import write_synthetic_recording
 
