@@ -17,6 +17,9 @@ Short dreams get more of them per draw, so every setting dreams about the same n
 (``--dream-step-budget``). For each setting it prints Spearman's ρ between real return and dream fitness, and
 what the dream's favourite neighbour is really worth beside C; the split-half ρ of the real returns
 (even vs odd tracks) says how well any dream could rank these controllers on this many tracks.
+``--gas-shifts`` adds copies of C whose gas bias (the logit before the sigmoid) is moved by each shift: do the dream
+and the real env agree on what driving faster or slower is worth? ``--dream-value`` ends every dream on M's value
+of its last state, as stage 4's ``--dream-value``.
 ``--save`` keeps the real returns (and the scores) in a JSON file that ``--real-from`` reads back, so more
 dream settings can be scored on the same controllers without driving them again.
 
@@ -61,6 +64,10 @@ class Args:
     """std of the perturbation per parameter (stage 4's warm starts use CMA σ0 0.05)"""
     dreams: tuple[str, ...] = ("episode-start:1000",)
     """dream settings to score, each START:STEPS with START episode-start, recorded or agent (module docstring)"""
+    gas_shifts: tuple[float, ...] = ()
+    """copies of C with the gas bias (logit) moved by each of these, after the random neighbours (e.g. -1 1 2)"""
+    dream_value: bool = False
+    """dreams end on M's value of their last state (stage 4's --dream-value; M trained with --value-discount)"""
     dream_generations: int = 4
     """independent draws of dreams (stage 4's fitness of one generation each), averaged"""
     dream_step_budget: int = 8000
@@ -108,7 +115,7 @@ def real_returns(candidates: list[np.ndarray], seeds: list[int], args: Args) -> 
     if args.real_from:
         saved = json.loads(Path(args.real_from).read_text())
         same = {"checkpoint_dir": args.checkpoint_dir, "sigma": args.sigma, "seed": args.seed, "seeds": seeds,
-                "neighbours": args.neighbours}
+                "neighbours": args.neighbours, "gas_shifts": list(args.gas_shifts)}
         if any(saved.get(key) != value for key, value in same.items()):
             raise UsageError(f"--real-from {args.real_from}: saved for other controllers or tracks "
                              f"(expected {same})")
@@ -140,8 +147,13 @@ def main(args: Args) -> dict:
     rng = np.random.default_rng([args.seed, 23])
     candidates = [centre] + [centre + args.sigma * rng.standard_normal(len(centre)) for _ in range(args.neighbours)]
     names = ["C"] + [f"C + σ·ε #{i + 1}" for i in range(args.neighbours)]
+    gas_bias = len(centre) - 2  # the flat layout ends with the biases of (steer, gas, brake)
+    for shift in args.gas_shifts:
+        candidates.append(centre.copy())
+        candidates[-1][gas_bias] += shift
+        names.append(f"C, gas {shift:+g}")
     setup = load_setup(ControllerArgs(checkpoint_dir=args.checkpoint_dir, data_dir=args.data_dir, device="cpu",
-                                      seed=args.seed, progress=False))  # stage 4's dream settings (its defaults)
+                                      seed=args.seed, progress=False, dream_value=args.dream_value))  # stage 4's dreams
     scores = {text: dream_scores(setup, candidates, start, steps, args)
               for text, (start, steps) in zip(args.dreams, settings)}
     seeds = [args.seed_base + j for j in range(args.episodes)]
@@ -174,7 +186,8 @@ def main(args: Args) -> dict:
               f"its favourite neighbour by the mean ({names[favourite]}) drives {real_mean[favourite]:.1f} real "
               f"(C {real_mean[0]:.1f}, best neighbour {real_mean[1:].max():.1f})")
     result = {"checkpoint_dir": args.checkpoint_dir, "sigma": args.sigma, "seed": args.seed,
-              "seeds": seeds, "neighbours": args.neighbours,
+              "seeds": seeds, "neighbours": args.neighbours, "gas_shifts": list(args.gas_shifts),
+              "dream_value": args.dream_value,
               "names": names, "real": returns.tolist(), "split_half_rho": split_half_rho(returns), "dreams": summary}
     if args.save:
         with atomic_path(args.save) as tmp:

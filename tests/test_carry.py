@@ -161,3 +161,11 @@ def test_local_fidelity_scores_c_and_its_neighbours_in_the_dream_and_the_real_en
         local_fidelity.main(dataclasses.replace(args, sigma=0.1, save="", real_from=args.save))
     with pytest.raises(UsageError, match="--dreams"):
         local_fidelity.main(dataclasses.replace(args, dreams=("onpolicy:10",), save=""))
+    # --gas-shifts: copies of C with only the gas bias moved, scored beside the neighbours (the dreams need no new
+    # driving for the old controllers, but the shifted ones must be driven: a --real-from without them refuses)
+    with pytest.raises(UsageError, match="--real-from"):
+        local_fidelity.main(dataclasses.replace(args, gas_shifts=(1.0,), save="", real_from=args.save))
+    monkeypatch.undo()
+    shifted = local_fidelity.main(dataclasses.replace(args, gas_shifts=(-1.0, 2.0), save=""))
+    assert shifted["names"][-2:] == ["C, gas -1", "C, gas +2"] and np.asarray(shifted["real"]).shape == (6, 2)
+    assert shifted["real"][:4] == result["real"]  # the same controllers on the same tracks drive the same
