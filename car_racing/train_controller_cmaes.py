@@ -24,6 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
@@ -42,13 +43,14 @@ class Args:
     """CMA-ES population size (candidates per generation)"""
     sigma0: float = 0.1
     """CMA-ES initial step size"""
-    generations: int = 30
+    generations: int = 15
     """total generations (with --resume: continue until this many; 0 = only the warm start and its check); with
     --loop-iterations > 1, per iteration and start"""
-    rollout_steps: int = 1000
-    """steps per dream (dream mode) or the episode step limit (real mode); 1000 with --dream-start episode-start =
-    whole episodes from the start line, so C is paid for a whole lap's tiles, as in the real env"""
-    dream_trials: int = 8
+    rollout_steps: Optional[int] = None
+    """steps per dream (dream mode) or the episode step limit (real mode); default 200 in dream mode (short dreams
+    from recorded states: not exploited, docs/dream-repair.md) and 1000 in real mode; 1000 with --dream-start
+    episode-start = whole episodes from the start line, so C is paid for a whole lap's tiles, as in the real env"""
+    dream_trials: int = 40
     """dreams per candidate per generation (shared start states and noise across candidates)"""
     real_trials: int = 2
     """real mode: real episodes per candidate per generation (same tracks for every candidate)"""
@@ -60,11 +62,11 @@ class Args:
     dream_dropout: float = 0.1
     """dropout p on M's h before its heads, one mask per dream (Dropout's Dream Land; M trained with
     train_memory.py --dropout); 0 = off"""
-    dream_fitness: Literal["mean", "quantile", "mean-minus-std"] = "quantile"
+    dream_fitness: Literal["mean", "quantile", "mean-minus-std"] = "mean"
     """how a candidate's --dream-trials dreams (each with its own dropout mask and noise) make its fitness: their
     mean, a pessimistic lower quantile (--dream-fitness-q), or mean − k·std (--dream-fitness-k; ME-TRPO/MOPO:
     a C that only the luckiest dreams reward is not rewarded)"""
-    dream_value: bool = False
+    dream_value: bool = True
     """end each dream still alive after --rollout-steps on M's value of its last state (M trained with
     train_memory.py --value-discount): short dreams are then paid for where they leave the car, not only for the
     tiles they reached (Dreamer's bootstrap)"""
@@ -78,7 +80,7 @@ class Args:
     (see car_racing/training/dream.py)"""
     start_states: int = 8192
     """size of the pool of recorded (z, h) states the dreams start from"""
-    dream_start: Literal["recorded", "episode-start"] = "episode-start"
+    dream_start: Literal["recorded", "episode-start"] = "recorded"
     """where dreams start: recorded (z, h) states anywhere in the recorded episodes, or episode-start (the first
     frame of each recorded episode with M's zero state: with --rollout-steps 1000, whole episodes from the start line)"""
     dream_start_drivers: tuple[str, ...] = ()
@@ -113,7 +115,7 @@ class Args:
     """--init bc / dagger: actions are clipped ε inside their range before atanh (steer) / logit (gas, brake)"""
     cma_diagonal: bool = False
     """use separable (diagonal) CMA-ES: much faster ask/tell and a small checkpoint for large C"""
-    eval_every: int = 15
+    eval_every: int = 5
     """every this many generations the best candidate and CMA's mean drive real episodes (0 = never)"""
     eval_episodes: int = 8
     """real episodes per real-env check (8 tracks: a check's standard error is still ~±70)"""
@@ -191,6 +193,7 @@ class Args:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "seed": {"loop_iterations": 1, "population": 32, "sigma0": 0.1, "generations": 200, "rollout_steps": 50,
                  "dream_trials": 16, "dream_dropout": 0.0, "dream_fitness": "mean", "dream_start": "recorded",
+                 "dream_value": False,
                  "eval_every": 10, "eval_episodes": 4},
         "paper": {"mode": "real", "loop_iterations": 1, "population": 64, "real_trials": 16, "rollout_steps": 1000,
                   "generations": 1800, "eval_every": 25, "eval_episodes": 1024, "eval_max_steps": 1000},
@@ -201,6 +204,17 @@ def uses_repair_loop(args: Args) -> bool:
     """The repair loop trains C in the dream, from zero or a controller checkpoint; real-env CMA-ES and the
     imitation warm starts (bc, dagger) always run one pass."""
     return args.loop_iterations > 1 and args.mode == "dream" and args.init in ("zero", "checkpoint")
+
+
+DREAM_ROLLOUT_STEPS, REAL_EPISODE_STEPS = 200, 1000  # --rollout-steps' default in each mode
+
+
+def with_rollout_steps(args: Args) -> Args:
+    """``args`` with --rollout-steps resolved: given, or 200-step dreams in dream mode and whole 1000-step
+    episodes in real mode (one default could not serve both)."""
+    if args.rollout_steps is not None:
+        return args
+    return dataclasses.replace(args, rollout_steps=DREAM_ROLLOUT_STEPS if args.mode == "dream" else REAL_EPISODE_STEPS)
 
 
 def check_args(args: Args) -> None:
@@ -264,6 +278,7 @@ def check_args(args: Args) -> None:
 def main(args: Args) -> dict:
     """Evolve C: the warm start (or the saved run), the generations, the final report; returns the final
     checkpoint dict (also in CHECKPOINT_DIR)."""
+    args = with_rollout_steps(args)
     check_args(args)
     refuse_shipped(args.checkpoint_dir)
     if args.tensorboard:

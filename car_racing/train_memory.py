@@ -23,8 +23,8 @@ Validation uses whole episodes held out with ``--seed``. Outputs: ``checkpoint_d
 ``memory_model_loss.png`` and its values, one JSON line per epoch, in ``memory_metrics.jsonl``
 (``--tensorboard``: TensorBoard events too).
 
-    python car_racing/train_memory.py                 # 25 epochs, dropout 0.05 on h
-    python car_racing/train_memory.py --preset seed   # the seed's 20 epochs without dropout
+    python car_racing/train_memory.py                 # 25 epochs, dropout 0.05 on h, a value head (γ 0.98)
+    python car_racing/train_memory.py --preset seed   # the seed's 20 epochs without dropout or value head
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ class Args:
     the last recorded step of every episode (time-limit cuts included)"""
     done_pos_weight: float = 1.0
     """BCE weight of positive done steps (1 keeps sigmoid(done_logit) a calibrated probability)"""
-    value_discount: float = 0.0
+    value_discount: float = 0.98
     """γ of M's value head: it learns the discounted average reward after each step, (1 − γ)·Σ γ^(k−1) r_(t+k), so
-    stage 4's short dreams can end on it (--dream-value); 0 = no value head. 0.98 looks ~50 steps ahead"""
+    stage 4's short dreams can end on it (--dream-value, its default); 0 = no value head. 0.98 looks ~50 steps ahead"""
     value_weight: float = 1.0
     """weight of the value MSE in the total loss (with --value-discount)"""
     val_fraction: float = 0.1
@@ -141,7 +141,7 @@ class Args:
 
     # Applied by the command-line parser before the flags (flags given win); from Python: cli.preset_args.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "seed": {"epochs": 20, "dropout": 0.0},
+        "seed": {"epochs": 20, "dropout": 0.0, "value_discount": 0.0},
     }
 
 
@@ -366,6 +366,10 @@ def main(args: Args) -> dict:
     episode_end = np.asarray(data.dones, dtype=bool)
     done_flags = terminal_flags(data, args.done_target)
     values = value_targets(data, done_flags, args.value_discount, args.reward_clip) if args.value_discount else None
+    if values is not None and values[1].mean() < 0.1:  # the value head would learn from almost nothing
+        print(f"warning: only {values[1].mean():.0%} of the recorded steps have a value target: episodes cut by the "
+              f"time limit hide the last {math.ceil(2 / (1 - args.value_discount))} steps' future (--value-discount "
+              f"{args.value_discount}); record longer episodes or lower --value-discount")
     batches = SequenceBatches(sequences.indices, sequences.actions, sequences.rewards, episode_end, done_flags,
                               args.reward_clip, device, values)
     episode_starts = np.asarray([e["start"] for e in data.episodes], dtype=np.int64)

@@ -33,7 +33,8 @@ def save_tiny_vision(path, seed=0):
 
 def tiny_args(data_dir, checkpoint_dir, **overrides):
     values = dict(data_dir=str(data_dir), checkpoint_dir=str(checkpoint_dir), epochs=1, batch_size=4,
-                  hidden_size=16, num_mixtures=3, device="cpu", progress=False)
+                  hidden_size=16, num_mixtures=3, device="cpu", progress=False,
+                  value_discount=0.5)  # the tiny episodes are cut short: γ 0.98 would mask every value target
     values.update(overrides)
     return train_memory.Args(**values)
 
@@ -174,7 +175,8 @@ def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
     for key in ("model_args", "model_state", "optimizer_state", "epoch", "best_val_loss", "config", "history",
                 "vision", "reward"):
         assert key in saved
-    assert saved["model_args"] == {"latent_size": 8, "action_size": 3, "hidden_size": 16, "num_mixtures": 3}
+    assert saved["model_args"] == {"latent_size": 8, "action_size": 3, "hidden_size": 16, "num_mixtures": 3,
+                                   "value_head": True}
     assert saved["vision"]["sha256"] == latent_cache.file_sha256(checkpoints / "vision_model.pth")
     assert saved["reward"]["scale"] == 1.0 and saved["epoch"] == 1 == first["epoch"]
     assert {"train_mdn", "val_mdn", "train_reward", "val_reward", "train_done", "val_done"} <= set(saved["history"])
@@ -309,7 +311,7 @@ def test_value_targets_discount_the_rewards_after_each_step_within_its_episode()
 def test_value_head_trains_beside_the_other_heads_and_can_be_added_to_an_m(tiny_data_dir, tmp_path):
     checkpoints = tmp_path / "ck"
     save_tiny_vision(checkpoints / "vision_model.pth")
-    plain = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    plain = train_memory.main(tiny_args(tiny_data_dir, checkpoints, value_discount=0.0))
     assert plain["model_args"]["value_head"] is False and plain["value"] is None
     assert plain["history"]["train_value"] == [0.0]
     valued_dir = tmp_path / "valued"

@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parent.parent
 SEED = {
     recorded_frames: {"episodes": 20, "steps": 500, "random_episodes": 0},
     train_vision: {"epochs": 100, "kl_anneal_epochs": 100, "free_bits": 0.0, "lr": 1e-4, "batch_size": 100},
-    train_memory: {"epochs": 20, "dropout": 0.0},
+    train_memory: {"epochs": 20, "dropout": 0.0, "value_discount": 0.0},
 }
 NEW_DEFAULTS = {
     recorded_frames: {"episodes": 64, "steps": 1000, "random_episodes": 16},
     train_vision: {"epochs": 6, "kl_anneal_epochs": 3.0, "free_bits": 0.5, "lr": 1e-4, "batch_size": 100},
-    train_memory: {"epochs": 25, "dropout": 0.05},
+    train_memory: {"epochs": 25, "dropout": 0.05, "value_discount": 0.98},
 }
 SCRIPTS = list(SEED)
 

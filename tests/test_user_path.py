@@ -3,6 +3,7 @@ dream-trained driver; stage 4's defaults run the repair loop; ``--preset seed`` 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # The seed repo's stage 4, as it was before the repair loop became the default.
 SEED_STAGE4 = {"loop_iterations": 1, "population": 32, "sigma0": 0.1, "generations": 200, "rollout_steps": 50,
                "dream_trials": 16, "dream_dropout": 0.0, "dream_fitness": "mean", "dream_start": "recorded",
-               "eval_every": 10, "eval_episodes": 4, "mode": "dream", "init": "zero", "temperature": 1.0}
+               "eval_every": 10, "eval_episodes": 4, "mode": "dream", "init": "zero", "temperature": 1.0,
+               "dream_value": False}
 
 
 def sha256(path: Path) -> str:
@@ -39,8 +41,14 @@ def test_stage4_preset_seed_sets_the_seed_values_and_flags_given_win():
     given = parse_args(train_controller_cmaes.Args, ["--preset", "seed", "--generations", "7"])
     assert (given.generations, given.rollout_steps) == (7, 50)
     default = train_controller_cmaes.Args()
-    assert (default.loop_iterations, default.rollout_steps, default.dream_start, default.dream_fitness) == (
-        3, 1000, "episode-start", "quantile")
+    assert (default.loop_iterations, default.dream_start, default.dream_fitness, default.dream_trials) == (
+        3, "recorded", "mean", 40)
+    assert (default.dream_value, default.generations, default.eval_every) == (True, 15, 5)
+    # --rollout-steps: 200-step dreams in dream mode, whole 1000-step episodes in real mode, unless given
+    assert train_controller_cmaes.with_rollout_steps(default).rollout_steps == 200
+    real = train_controller_cmaes.Args(mode="real")
+    assert train_controller_cmaes.with_rollout_steps(real).rollout_steps == 1000
+    assert train_controller_cmaes.with_rollout_steps(dataclasses.replace(real, rollout_steps=300)).rollout_steps == 300
 
 
 def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path, monkeypatch):
@@ -68,6 +76,9 @@ def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path,
     assert sha256(paths["memory"]) == sha256(best["memory"])
     assert sha256(paths["controller"]) == sha256(best["controller"])
     assert final["training"]["dream_trained"] and final["training"]["fitness_source"] == "dream"
+    # stage 3's default value head is what stage 4's default dreams end on, in every iteration
+    assert load_checkpoint(paths["memory"], "memory")["value"]["discount"] == 0.98
+    assert final["training"]["dream"]["value_bootstrap"] and final["training"]["dream"]["start"] == "recorded"
     assert not final["training"]["expert_labels"] and not final["training"]["real_returns_as_fitness"]
     assert (checkpoints / "control_model_cmaes.png").is_file() and (loop / "dream_loop.png").is_file()
     state = json.loads((loop / "dream_loop_state.json").read_text())  # the final choice drove both iterations' Cs

@@ -189,9 +189,9 @@ def load_setup(args: Any) -> Setup:
     mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).float().to(device).eval()
     reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
     value_discount = float((memory_checkpoint.get("value") or {}).get("discount", 0.0))
-    if args.dream_value and (mdnrnn.value_head is None or not value_discount > 0):
+    if args.mode == "dream" and args.dream_value and (mdnrnn.value_head is None or not value_discount > 0):
         raise UsageError(f"--dream-value: {paths['memory']} has no value head; train M with "
-                         f"car_racing/train_memory.py --value-discount 0.98")
+                         f"car_racing/train_memory.py (its default --value-discount 0.98), or pass --no-dream-value")
     load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
     models_used = {kind: {"path": str(paths[kind]), "sha256": file_sha256(paths[kind])} for kind in ("vision", "memory")}
     trained_on = memory_checkpoint.get("vision", {}).get("sha256")
