@@ -79,6 +79,7 @@ from car_racing.training.loop import (
     Stage,
     checked_iterations,
     choose_best,
+    converged,
     iteration_dir,
     plot_loop,
     report_iteration,
@@ -106,6 +107,9 @@ class Args:
     """the loop's models, one folder per iteration, the loop state and its PNG"""
     iterations: int = 6
     """iterations (each: train M, evolve C in the dream, measure, record with C); a rerun continues up to this"""
+    patience: int = 0
+    """stop early once the kept C's real check has not improved for this many iterations (0 = run all
+    --iterations): the loop run to convergence, e.g. --iterations 20 --patience 5"""
     seed: int = 0
     """seeds every stage (each stage derives its own seed from it and the iteration)"""
     workers: int = field(default_factory=default_workers)
@@ -251,6 +255,8 @@ def check_args(args: Args) -> None:
                  "workers", "fidelity_episodes"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
+    if args.patience < 0:
+        raise UsageError(f"--patience {args.patience}: expected 0 (run every iteration) or more")
     if args.select_top < 0 or args.select_episodes < 1:
         raise UsageError(f"--select-top {args.select_top} / --select-episodes {args.select_episodes}: expected "
                          f"integers ≥ 0 / ≥ 1")
@@ -607,6 +613,10 @@ def main(args: Args) -> dict:
     bar = tqdm(keys, desc="dream loop", unit="stage", disable=not args.progress,
                initial=sum(state.done(f"{i}:{s.name}") for i, s in keys), total=len(keys))
     for iteration, stage in keys:
+        if iteration > 0 and converged(state, iteration - 1, args.patience) is not None:
+            break  # converged: no further iteration
+        if stage.feeds_next and converged(state, iteration, args.patience) is not None:
+            continue  # no next M to record for
         key = f"{iteration}:{stage.name}"
         if state.done(key) or (stage.name == "repair" and state.done(f"{iteration + 1}:memory")):
             continue  # (a repair switched on later starts with the first iteration whose data can still grow)
@@ -625,6 +635,11 @@ def main(args: Args) -> dict:
             plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     bar.close()
     metrics.close()
+    ran = [i for i in range(args.iterations) if state.done(f"{i}:controller")]
+    stopped = converged(state, ran[-1], args.patience) if ran else None
+    state.data["stopped_early"] = (None if stopped is None or len(ran) == args.iterations else
+                                   {"after_iteration": ran[-1], "best_checked_iteration": stopped,
+                                    "patience": args.patience})
     plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     selection = select_iterations(args, state) if args.select_top else None
     best = choose_best(args.checkpoint_dir, args.iterations, state,
@@ -632,8 +647,11 @@ def main(args: Args) -> dict:
     state.data["best_iteration"] = best
     state.data["best_by"] = "checks" if not selection else f"mean over {args.select_episodes} selection tracks"
     state.save()
-    print(f"\ndream loop: {args.iterations} iterations in {state.total_seconds() / 60:.1f} min of stage time")
-    for iteration in range(args.iterations):
+    print(f"\ndream loop: {len(ran)} iterations in {state.total_seconds() / 60:.1f} min of stage time")
+    if state.data["stopped_early"]:
+        print(f"converged: stopped after iteration {ran[-1]}; no check beat iteration {stopped}'s in the "
+              f"{args.patience} iterations after it (--patience {args.patience})")
+    for iteration in ran:
         print(report_iteration(state, iteration))
     for iteration, returns in (selection or {}).items():
         print(f"final choice: iteration {iteration}: check {state.result(f'{iteration}:controller')['best_real_score']:.1f}, "

@@ -143,6 +143,9 @@ class Args:
     shows M where its dream lies (docs/dream-repair.md). The loop lives in CHECKPOINT_DIR/dream_loop; the
     iteration whose C checked best gives CHECKPOINT_DIR its M and C (stage 3's M is kept there as
     memory_from_stage3.pth); --resume continues an interrupted loop"""
+    loop_patience: int = 0
+    """--loop-iterations > 1: stop the loop early once the kept C's check has not improved for this many iterations
+    (0 = run all of them; e.g. --loop-iterations 20 --loop-patience 5 runs the loop to convergence)"""
     loop_controller_start: Literal["warm", "zero", "both"] = "both"
     """--loop-iterations > 1: each later iteration's CMA-ES starts from the last kept C, from zero, or both (the
     better real check is kept): retraining M moves h, so neither start wins every time"""
@@ -258,7 +261,8 @@ def check_args(args: Args) -> None:
     if uses_repair_loop(args):
         if args.eval_every == 0:
             raise UsageError("--eval-every 0: the repair loop keeps the iteration whose C checks best; it needs checks")
-        for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes", "loop_select_top"):
+        for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes", "loop_select_top",
+                     "loop_patience"):
             if getattr(args, flag) < 0:
                 raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
         if args.loop_select_episodes < 1:
@@ -366,7 +370,8 @@ def run_repair_loop(args: Args) -> dict:
             raise UsageError(f"--init-from {controller_from}: no such controller checkpoint")
     state = dream_loop.main(dream_loop.Args(
         data_dir=str(Path(args.data_dir) / LOOP_DIR), checkpoint_dir=str(loop_dir), iterations=args.loop_iterations,
-        seed=args.seed, workers=args.workers, backend=args.backend, ray_address=args.ray_address, threads=args.threads,
+        patience=args.loop_patience, seed=args.seed, workers=args.workers, backend=args.backend,
+        ray_address=args.ray_address, threads=args.threads,
         init_data_dir=args.data_dir, vision_from=str(paths["vision"]), memory_from=str(stage3_memory),
         memory_epochs_first=0, memory_epochs=args.loop_memory_epochs, memory_dropout=float(memory.get("dropout", 0.0)),
         memory_value_discount=float((memory.get("value") or {}).get("discount", 0.0)), dream_value=args.dream_value,

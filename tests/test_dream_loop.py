@@ -237,6 +237,41 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
         dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, seed=5))
 
 
+def test_patience_stops_the_loop_when_checks_stop_improving_and_a_rerun_without_it_continues(tmp_path, monkeypatch):
+    from car_racing.common.runtime import CHECKPOINT_FILES
+
+    checks = {0: 300.0, 1: 500.0, 2: 480.0, 3: 490.0, 4: 900.0}
+    calls: list[str] = []
+
+    def scripted(name):
+        def run(args, iteration):
+            calls.append(f"{iteration}:{name}")
+            if name != "controller":
+                return {}
+            folder = Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for file in CHECKPOINT_FILES.values():
+                (folder / file).write_bytes(b"stand-in")
+            return {"best_real_score": checks[iteration], "real_checks": [], "dream_fitness_best": 0.0}
+        return run
+
+    monkeypatch.setattr(dream_loop, "STAGES", [dataclasses.replace(s, run=scripted(s.name)) for s in dream_loop.STAGES])
+    args = dream_loop.Args(data_dir=str(tmp_path / "data"), checkpoint_dir=str(tmp_path / "loop"), iterations=5,
+                           patience=2, workers=1, progress=False)
+    final = dream_loop.main(args)
+    # iteration 1 checked best; iterations 2 and 3 did not beat it: stop after 3, recording nothing for a next M
+    assert calls[-3:] == ["3:memory", "3:controller", "3:fidelity"] and not [c for c in calls if c.startswith("4:")]
+    assert final["stopped_early"] == {"after_iteration": 3, "best_checked_iteration": 1, "patience": 2}
+    assert final["best_iteration"] == 1
+    calls.clear()
+    assert dream_loop.main(args)["best_iteration"] == 1 and calls == []  # a rerun stops at the same place
+    final = dream_loop.main(dataclasses.replace(args, patience=0))  # without patience it runs every iteration
+    assert calls == ["3:record", "4:memory", "4:controller", "4:fidelity"]
+    assert final["stopped_early"] is None and final["best_iteration"] == 4
+    with pytest.raises(UsageError, match="--patience -1"):
+        dream_loop.main(dataclasses.replace(args, patience=-1))
+
+
 def test_warm_runs_dream_short_dreams_from_cs_own_episodes(tmp_path, tiny_data_dir):
     """--warm-dreams agent:N: a warm start dreams N-step dreams branched from C's recorded episodes, scored by their
     mean, as many as keep the dreamt steps; a run from zero (iteration 0, no C episodes yet) keeps the loop's dreams."""
