@@ -187,15 +187,10 @@ def converged(state: LoopState, iteration: int, patience: int) -> Optional[int]:
     """The loop's stopping rule (``--patience``): after ``iteration``'s C was checked, the iteration whose check is
     still the best when the last ``patience`` iterations have not beaten it (strictly), else None (0 = never stop).
     Read from the saved state only, so a resumed loop stops where the uninterrupted one would have."""
-    if patience <= 0 or not state.done(f"{iteration}:controller"):
+    checked = checked_iterations(state, iteration + 1)  # iterations without a checked C neither improve nor reset
+    if patience <= 0 or not state.done(f"{iteration}:controller") or not checked:
         return None
-    best, best_iteration = None, None
-    for i in range(iteration + 1):  # iterations without a check (no C checked) neither improve nor reset the count
-        score = state.result(f"{i}:controller").get("best_real_score") if state.done(f"{i}:controller") else None
-        if score is not None and (best is None or score > best):
-            best, best_iteration = score, i
-    if best_iteration is None:
-        return None
+    best_iteration = min(i for score, i in checked if score == checked[0][0])  # a tie is no improvement
     return best_iteration if iteration - best_iteration >= patience else None
 
 
