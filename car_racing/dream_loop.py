@@ -110,6 +110,10 @@ class Args:
     patience: int = 0
     """stop early once the kept C's real check has not improved for this many iterations (0 = run all
     --iterations): the loop run to convergence, e.g. --iterations 20 --patience 5"""
+    patience_delta: float = 0.0
+    """--patience: a check counts as an improvement only when it beats the best so far by more than this many
+    points (0 = any strict gain): the 8 check tracks saturate near the autopilot's ~926, where a few points are
+    noise that would restart the count every time"""
     seed: int = 0
     """seeds every stage (each stage derives its own seed from it and the iteration)"""
     workers: int = field(default_factory=default_workers)
@@ -232,6 +236,11 @@ class Args:
     real recorded states; each is replayed in the real env from the same state (the recorded actions up to the
     dream's start, then the dream's actions) and appended to the data (driver repair), so M learns where its
     dream lied (car_racing/training/repair.py)"""
+    check_episodes: int = 0
+    """every real check as data for M, per iteration after the recording (0 = off): each C this iteration's CMA-ES
+    run(s) checked after generation 0 gives its worst check track, and the worst this many of those are replayed in
+    the real env from their seed and actions and appended to the data (driver check): real failures of Cs the dream
+    paid, with no extra V, M or C work (car_racing/training/check_replays.py)"""
     fidelity_panel: int = 8
     """controllers in each iteration's dream-real measurement (0 = skip the measurement)"""
     fidelity_episodes: int = 2
@@ -261,7 +270,7 @@ def check_args(args: Args) -> None:
         raise UsageError(f"--select-top {args.select_top} / --select-episodes {args.select_episodes}: expected "
                          f"integers ≥ 0 / ≥ 1")
     for flag in ("random_episodes", "memory_epochs", "agent_episodes", "fidelity_panel", "eval_every", "threads",
-                 "repair_episodes"):
+                 "repair_episodes", "check_episodes", "patience_delta"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
     if args.controller_start not in CONTROLLER_STARTS:
@@ -347,7 +356,7 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
     """Record the given seeds that are not recorded yet (contiguous runs, appended), and merge whatever an
     interrupted run left pending: a rerun records only what is missing and never twice."""
     from car_racing import recorded_frames
-    from car_racing.recording.recorded_data import DEFAULT_SEQ_LEN, EpisodeStore
+    from car_racing.recording.recorded_data import merge_pending, recording_seq_len
 
     done = recorded_seeds(args.data_dir)
     seeds = [seed for seed in seeds if seed not in done]
@@ -357,22 +366,15 @@ def record_missing(args: Args, seeds: list[int], driver: str, noise: float, step
             runs[-1].append(seed)
         else:
             runs.append([seed])
-    seq_len = DEFAULT_SEQ_LEN
-    if has_recorded_data(args.data_dir):  # appended episodes keep the recording's window length
-        from car_racing.recording.recorded_data import load_memory_sequences
-
-        indices = load_memory_sequences(args.data_dir).indices
-        seq_len = int(indices.shape[1]) if indices.ndim == 2 and indices.shape[1] else seq_len
+    seq_len = recording_seq_len(args.data_dir)  # appended episodes keep the recording's window length
     for run in runs:
         recorded_frames.main(recorded_frames.Args(seq_len=seq_len,
             driver=driver, episodes=len(run), random_episodes=0, steps=steps, seed=run[0], data_dir=args.data_dir,
             workers=args.workers,
             backend=args.backend, ray_address=args.ray_address, append=has_recorded_data(args.data_dir), noise=noise,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else "checkpoints", progress=args.progress))
-    from car_racing.recording.recorded_data import pending_files
-
-    if has_recorded_data(args.data_dir) and pending_files(args.data_dir):
-        EpisodeStore(args.data_dir, append=True, seq_len=seq_len).commit()  # all were pending: merge them now
+    if has_recorded_data(args.data_dir):
+        merge_pending(args.data_dir)  # all were pending: merge them now
 
 
 def stage_vision(args: Args, iteration: int) -> dict:
@@ -566,6 +568,30 @@ def stage_repair(args: Args, iteration: int) -> dict:
             "real_return_mean": float(np.mean(real)) if real else None, "rows": result["rows"]}
 
 
+def stage_checks(args: Args, iteration: int) -> dict:
+    """This iteration's real checks, replayed into the data: real failures of the Cs the dream paid most."""
+    from car_racing.training.check_replays import CHECK_DRIVER, plan_check_replays, record_check_replays
+
+    folder = iteration_dir(args.checkpoint_dir, iteration)
+    # with --controller-start both, each run's own checkpoint (iter_NN/'s C is a link to the winner's)
+    runs = {start: folder / name for start, name in START_DIRS.items()
+            if checkpoint_paths(folder / name)["controller"].is_file()} or {"kept": folder}
+    checked = {start: load_checkpoint(checkpoint_paths(path)["controller"], "controller").get("checked") or []
+               for start, path in runs.items()}
+    plan = plan_check_replays(checked, args.check_episodes)
+    result = record_check_replays(args.data_dir, plan, iteration, progress=args.progress)
+    episodes = [e for e in load_recorded(args.data_dir, mmap=True).episodes
+                if e["driver"] == CHECK_DRIVER and int(e["noise"].get("check_iteration", -1)) == iteration]
+    checks = np.array([float(e["noise"]["check_return"]) for e in episodes])
+    replays = np.array([float(e["total_reward"]) for e in episodes])
+    return {"episodes": len(episodes), "recorded_now": result["recorded_now"],
+            "checks_available": sum(len(c) for c in checked.values()),
+            "check_return_mean": float(checks.mean()) if len(checks) else None,
+            "replay_return_mean": float(replays.mean()) if len(replays) else None,
+            "replays_differing": int(np.sum(np.abs(checks - replays) > 0.01)),
+            "rows": result["rows"]}
+
+
 def select_iterations(args: Args, state: LoopState) -> dict[int, list[float]]:
     """The final choice (--select-top): the iterations whose kept C checked best drive the selection tracks, each
     with its own V, M and C. Returns their returns by iteration; each candidate's are saved in the loop state as
@@ -591,7 +617,9 @@ def select_iterations(args: Args, state: LoopState) -> dict[int, list[float]]:
 
 STAGES = [Stage("data", stage_data, True), Stage("vision", stage_vision, True), Stage("memory", stage_memory),
           Stage("controller", stage_controller), Stage("fidelity", stage_fidelity),
-          Stage("record", stage_record, feeds_next=True), Stage("repair", stage_repair, feeds_next=True)]
+          Stage("record", stage_record, feeds_next=True), Stage("repair", stage_repair, feeds_next=True),
+          Stage("checks", stage_checks, feeds_next=True)]
+OPTIONAL_STAGES = {"repair": "repair_episodes", "checks": "check_episodes"}  # stages run only when their flag is > 0
 
 
 @uses_backend
@@ -609,17 +637,17 @@ def main(args: Args) -> dict:
     state.save()
     metrics = MetricsLog(args.checkpoint_dir, "dream_loop", tensorboard=args.tensorboard,
                          keep=lambda record: state.done(f"{record.get('step')}:{record.get('stage')}"))
-    keys = stage_keys([s for s in STAGES if s.name != "repair" or args.repair_episodes], args.iterations)
+    keys = stage_keys([s for s in STAGES if getattr(args, OPTIONAL_STAGES.get(s.name, "iterations"))], args.iterations)
     bar = tqdm(keys, desc="dream loop", unit="stage", disable=not args.progress,
                initial=sum(state.done(f"{i}:{s.name}") for i, s in keys), total=len(keys))
     for iteration, stage in keys:
-        if iteration > 0 and converged(state, iteration - 1, args.patience) is not None:
+        if iteration > 0 and converged(state, iteration - 1, args.patience, args.patience_delta) is not None:
             break  # converged: no further iteration
-        if stage.feeds_next and converged(state, iteration, args.patience) is not None:
+        if stage.feeds_next and converged(state, iteration, args.patience, args.patience_delta) is not None:
             continue  # no next M to record for
         key = f"{iteration}:{stage.name}"
-        if state.done(key) or (stage.name == "repair" and state.done(f"{iteration + 1}:memory")):
-            continue  # (a repair switched on later starts with the first iteration whose data can still grow)
+        if state.done(key) or (stage.name in OPTIONAL_STAGES and state.done(f"{iteration + 1}:memory")):
+            continue  # (a stage switched on later starts with the first iteration whose data can still grow)
         bar.set_description(f"dream loop: iteration {iteration}, {stage.name}")
         (tqdm.write if args.progress else print)(f"\n=== dream loop: iteration {iteration}/{args.iterations - 1}, "
                                                  f"{stage.name} ===")
@@ -630,16 +658,16 @@ def main(args: Args) -> dict:
                     seconds=time.time() - started)
         state.finish(key, time.time() - started, result)
         bar.update(1)
-        if stage.name in ("fidelity", "record", "repair") or (stage.name == "controller" and args.fidelity_panel == 0):
+        if stage.name in ("fidelity", "record", *OPTIONAL_STAGES) or (stage.name == "controller" and args.fidelity_panel == 0):
             (tqdm.write if args.progress else print)(report_iteration(state, iteration))
             plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     bar.close()
     metrics.close()
     ran = [i for i in range(args.iterations) if state.done(f"{i}:controller")]
-    stopped = converged(state, ran[-1], args.patience) if ran else None
+    stopped = converged(state, ran[-1], args.patience, args.patience_delta) if ran else None
     state.data["stopped_early"] = (None if stopped is None or len(ran) == args.iterations else
                                    {"after_iteration": ran[-1], "best_checked_iteration": stopped,
-                                    "patience": args.patience})
+                                    "patience": args.patience, "patience_delta": args.patience_delta})
     plot_loop(state, Path(args.checkpoint_dir) / PLOT_FILE, args.iterations)
     selection = select_iterations(args, state) if args.select_top else None
     best = choose_best(args.checkpoint_dir, args.iterations, state,
@@ -649,8 +677,8 @@ def main(args: Args) -> dict:
     state.save()
     print(f"\ndream loop: {len(ran)} iterations in {state.total_seconds() / 60:.1f} min of stage time")
     if state.data["stopped_early"]:
-        print(f"converged: stopped after iteration {ran[-1]}; no check beat iteration {stopped}'s in the "
-              f"{args.patience} iterations after it (--patience {args.patience})")
+        print(f"converged: stopped after iteration {ran[-1]}; no check beat iteration {stopped}'s by more than "
+              f"{args.patience_delta:g} in the {args.patience} iterations after it (--patience {args.patience})")
     for iteration in ran:
         print(report_iteration(state, iteration))
     for iteration, returns in (selection or {}).items():

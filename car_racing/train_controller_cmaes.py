@@ -146,6 +146,9 @@ class Args:
     loop_patience: int = 0
     """--loop-iterations > 1: stop the loop early once the kept C's check has not improved for this many iterations
     (0 = run all of them; e.g. --loop-iterations 20 --loop-patience 5 runs the loop to convergence)"""
+    loop_patience_delta: float = 0.0
+    """--loop-patience: a check counts as an improvement only when it beats the best so far by more than this
+    (0 = any strict gain; the 8 check tracks saturate near ~926, where a few points are noise)"""
     loop_controller_start: Literal["warm", "zero", "both"] = "both"
     """--loop-iterations > 1: each later iteration's CMA-ES starts from the last kept C, from zero, or both (the
     better real check is kept): retraining M moves h, so neither start wins every time"""
@@ -161,6 +164,10 @@ class Args:
     (CMA's final mean), with exploration noise"""
     loop_repair_episodes: int = 8
     """--loop-iterations > 1: dreams of the dream's choice replayed in the real env per iteration (0 = no repair)"""
+    loop_check_episodes: int = 0
+    """--loop-iterations > 1: the iteration's real checks as data for M: the worst check tracks of the Cs checked
+    after generation 0 (one per checked C), this many, replayed from their seed and actions into the loop's data
+    (dream_loop.py --check-episodes; 0 = the checks are not recorded)"""
     loop_select_top: int = 2
     """--loop-iterations > 1: the final choice: the iterations whose C checked best, this many, drive
     --loop-select-episodes further tracks each and the best mean is kept (0 = keep the best check, which is the best
@@ -262,7 +269,7 @@ def check_args(args: Args) -> None:
         if args.eval_every == 0:
             raise UsageError("--eval-every 0: the repair loop keeps the iteration whose C checks best; it needs checks")
         for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes", "loop_select_top",
-                     "loop_patience"):
+                     "loop_patience", "loop_patience_delta", "loop_check_episodes"):
             if getattr(args, flag) < 0:
                 raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
         if args.loop_select_episodes < 1:
@@ -370,7 +377,7 @@ def run_repair_loop(args: Args) -> dict:
             raise UsageError(f"--init-from {controller_from}: no such controller checkpoint")
     state = dream_loop.main(dream_loop.Args(
         data_dir=str(Path(args.data_dir) / LOOP_DIR), checkpoint_dir=str(loop_dir), iterations=args.loop_iterations,
-        patience=args.loop_patience, seed=args.seed, workers=args.workers, backend=args.backend,
+        patience=args.loop_patience, patience_delta=args.loop_patience_delta, seed=args.seed, workers=args.workers, backend=args.backend,
         ray_address=args.ray_address, threads=args.threads,
         init_data_dir=args.data_dir, vision_from=str(paths["vision"]), memory_from=str(stage3_memory),
         memory_epochs_first=0, memory_epochs=args.loop_memory_epochs, memory_dropout=float(memory.get("dropout", 0.0)),
@@ -384,7 +391,7 @@ def run_repair_loop(args: Args) -> dict:
         start_states=args.start_states, dream_start=args.dream_start, eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, eval_seed_base=args.eval_seed_base, eval_max_steps=args.eval_max_steps,
         agent_episodes=args.loop_agent_episodes, agent_steps=args.eval_max_steps,
-        repair_episodes=args.loop_repair_episodes, select_top=args.loop_select_top,
+        repair_episodes=args.loop_repair_episodes, check_episodes=args.loop_check_episodes, select_top=args.loop_select_top,
         select_episodes=args.loop_select_episodes, fidelity_panel=0, device=args.device, progress=args.progress,
         tensorboard=args.tensorboard))
     best = state.get("best_iteration")

@@ -14,6 +14,7 @@ from car_racing.common.cli import UsageError
 from car_racing.common.metrics import metrics_path, read_metrics
 from car_racing.common.runtime import load_checkpoint, save_checkpoint
 from car_racing.episodes.agent import checkpoint_paths
+from car_racing.episodes.rollout import EpisodeResult
 from car_racing.models.ffn import Controller, flat_to_population, population_actions
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE
@@ -355,12 +356,14 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
 
     checked = []
 
-    def fake_real_score(params, args, episodes):
+    def fake_real_check(params, args, episodes):
         checked.append(np.array(params))
         norm = float(np.linalg.norm(params))
-        return (-norm if initial_wins else norm), 0.0
+        return [EpisodeResult(seed=0, actions=np.zeros((1, 3), np.float32),
+                              rewards=np.array([-norm if initial_wins else norm], np.float32),
+                              lap_finished=False, terminated=False)]
 
-    monkeypatch.setattr(cmaes, "real_score", fake_real_score)
+    monkeypatch.setattr(cmaes, "real_check", fake_real_check)
     write_tiny_checkpoints(tmp_path / "checkpoints")
     result = main(run_args(tmp_path, tiny_data_dir, init="zero", generations=2, eval_every=1))
     assert len(checked) == 1 + 2 * 2 and not checked[0].any()  # generation 0, then best and mean per check

@@ -261,7 +261,8 @@ def test_patience_stops_the_loop_when_checks_stop_improving_and_a_rerun_without_
     final = dream_loop.main(args)
     # iteration 1 checked best; iterations 2 and 3 did not beat it: stop after 3, recording nothing for a next M
     assert calls[-3:] == ["3:memory", "3:controller", "3:fidelity"] and not [c for c in calls if c.startswith("4:")]
-    assert final["stopped_early"] == {"after_iteration": 3, "best_checked_iteration": 1, "patience": 2}
+    assert final["stopped_early"] == {"after_iteration": 3, "best_checked_iteration": 1, "patience": 2,
+                                      "patience_delta": 0.0}
     assert final["best_iteration"] == 1
     calls.clear()
     assert dream_loop.main(args)["best_iteration"] == 1 and calls == []  # a rerun stops at the same place
@@ -270,6 +271,21 @@ def test_patience_stops_the_loop_when_checks_stop_improving_and_a_rerun_without_
     assert final["stopped_early"] is None and final["best_iteration"] == 4
     with pytest.raises(UsageError, match="--patience -1"):
         dream_loop.main(dataclasses.replace(args, patience=-1))
+
+
+def test_patience_delta_counts_only_gains_above_it_as_improvements(tmp_path):
+    from car_racing.training.loop import LoopState, converged
+
+    state = LoopState(tmp_path / "state.json", dream_loop.Args(progress=False))
+    for iteration, score in enumerate([467.0, 740.0, 919.0, 918.7, 926.0, 925.9, 921.0, 929.5]):  # r23's, then more
+        state.finish(f"{iteration}:controller", 1.0, {"best_real_score": score})
+    assert converged(state, 7, patience=5) is None  # strict: 926.0 (it. 4) and 929.5 (it. 7) restart the count
+    assert converged(state, 6, patience=4, delta=0.0) is None
+    assert converged(state, 6, patience=4, delta=10.0) == 2  # +7 and +3 over 919.0 are within the check's noise
+    assert converged(state, 7, patience=5, delta=10.0) is None  # 929.5 is +10.5 over 919.0: an improvement
+    assert converged(state, 7, patience=5, delta=11.0) == 2
+    assert converged(state, 6, patience=5, delta=10.0) is None  # only 4 iterations after it
+    assert converged(state, 7, patience=5, delta=500.0) == 0  # nothing beat 467 by 500
 
 
 def test_warm_runs_dream_short_dreams_from_cs_own_episodes(tmp_path, tiny_data_dir):

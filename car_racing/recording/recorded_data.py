@@ -356,6 +356,21 @@ def pending_seeds(paths: list[Path]) -> list[int]:
     return seeds
 
 
+def recording_seq_len(data_dir: str | os.PathLike) -> int:
+    """The window length of the recording's memory sequences (episodes appended later keep it), or the default
+    for a folder with no recording yet."""
+    if not has_recorded_data(data_dir):
+        return DEFAULT_SEQ_LEN
+    indices = load_memory_sequences(data_dir).indices
+    return int(indices.shape[1]) if indices.ndim == 2 and indices.shape[1] else DEFAULT_SEQ_LEN
+
+
+def merge_pending(data_dir: str | os.PathLike) -> None:
+    """Merge the episodes an interrupted recorder saved but did not merge (nothing when there are none)."""
+    if pending_files(data_dir):
+        EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir)).commit()
+
+
 def recorded_seeds(data_dir: str) -> set[int]:
     """Seeds in the recording, including episodes an interrupted recorder saved but did not merge yet."""
     seeds = {int(e["seed"]) for e in load_recorded(data_dir, mmap=True).episodes} if has_recorded_data(data_dir) else set()

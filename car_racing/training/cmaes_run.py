@@ -17,7 +17,6 @@ generation, the RNG states, the history and the best parameters, so a resumed ru
 from __future__ import annotations
 
 import dataclasses
-import math
 import pickle
 import random
 import sys
@@ -40,7 +39,7 @@ from car_racing.common.runtime import (
     plot_curves,
     resolve_device,
 )
-from car_racing.episodes.rollout import Backend
+from car_racing.episodes.rollout import Backend, EpisodeResult
 from car_racing.models.ffn import Controller, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
@@ -89,10 +88,10 @@ def make_es(x0: np.ndarray, args: Any):
     return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=np.float64), args.sigma0, options)
 
 
-def real_score(params: np.ndarray, args: Any, episodes: RealFitness) -> tuple[float, float]:
-    """Mean and std of real-env returns of C(params) on the fixed check seeds, in the run's workers."""
+def real_check(params: np.ndarray, args: Any, episodes: RealFitness) -> list[EpisodeResult]:
+    """C(params)'s real-env episodes on the fixed check seeds (seed order), in the run's workers."""
     seeds = [args.eval_seed_base + i for i in range(args.eval_episodes)]
-    return episodes.score(params, seeds, args.eval_max_steps, args.smoothing)
+    return episodes.episodes(params, seeds, args.eval_max_steps, args.smoothing)
 
 
 def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
@@ -260,8 +259,11 @@ def validate_resume(state: dict, setup: Setup) -> None:
 
 
 def warn_check_seed_overlap(args: Any) -> None:
+    """Warn when a check track was recorded by a driver (the dream loop's own check replays, driver ``check``, are
+    the checks themselves and expected)."""
     if has_recorded_data(args.data_dir):
-        recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes}
+        recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes
+                          if e["driver"] != "check"}
         overlap = recorded_seeds & set(range(args.eval_seed_base, args.eval_seed_base + args.eval_episodes))
         if overlap:
             print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
@@ -309,8 +311,8 @@ class Run:
         run = cls(setup, make_es(x0, args), warm_start)
         metrics = MetricsLog(setup.checkpoint_dir, "controller", tensorboard=getattr(args, "tensorboard", False))
         if args.eval_every:  # the warm start is a candidate for the best real score too
-            score, spread = real_score(x0, args, setup.real_episodes())
-            run.keep_if_best(score, x0, f"initial mean ({args.init}) of generation 0 (real score {score:.1f})", spread)
+            episodes = real_check(x0, args, setup.real_episodes())
+            score, spread = run.keep_if_best(x0, f"initial mean ({args.init}) of generation 0", episodes)
             print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
                   f"over {args.eval_episodes} episodes")
             metrics.log(0, real_cma_mean=score, real_cma_mean_std=spread)  # a new run's file starts with this
@@ -318,12 +320,21 @@ class Run:
         run.save()
         return run
 
-    def keep_if_best(self, score: float, params: np.ndarray, source: str, spread: float = math.nan) -> None:
-        self.checked.append({"generation": self.generation, "source": source, "score": float(score),
-                             "std": float(spread), "params": np.asarray(params, dtype=np.float32)})
+    def keep_if_best(self, params: np.ndarray, name: str, episodes: list[EpisodeResult]) -> tuple[float, float]:
+        """Record the check of C(params) (``name``: which candidate of which generation) with each track's
+        return and actions (the dream loop replays them as data for M: ``car_racing/training/check_replays.py``);
+        keep the parameters when they score best so far. Returns the check's mean and std."""
+        returns = np.array([episode.total_reward for episode in episodes])
+        score, spread = float(returns.mean()), float(returns.std())
+        source = f"{name} (real score {score:.1f})"
+        self.checked.append({"generation": self.generation, "source": source, "score": score, "std": spread,
+                             "params": np.asarray(params, dtype=np.float32),
+                             "seeds": [int(episode.seed) for episode in episodes], "returns": returns.tolist(),
+                             "actions": [np.asarray(episode.actions, dtype=np.float32) for episode in episodes]})
         if self.best_real_score is None or score >= self.best_real_score:  # a tie goes to the later check
             self.best_real_score, self.best_params = score, np.array(params, dtype=np.float64)
             self.model_source = source
+        return score, spread
 
     def checkpoint(self) -> dict:
         setup, args = self.setup, self.setup.args
@@ -346,9 +357,8 @@ class Run:
         args, generation = self.setup.args, self.generation
         scores = {}
         for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
-            scores[name] = real_score(params, args, self.setup.real_episodes())
-            self.keep_if_best(scores[name][0], params, f"{name} of generation {generation} (real score {scores[name][0]:.1f})",
-                              scores[name][1])
+            scores[name] = self.keep_if_best(params, f"{name} of generation {generation}",
+                                             real_check(params, args, self.setup.real_episodes()))
         self.history["eval_generation"].append(generation)
         for name, (mean, std) in scores.items():
             self.history[f"real_{name}"].append(mean)

@@ -17,7 +17,7 @@ import torch
 
 from car_racing.common.cli import UsageError
 from car_racing.episodes.agent import make_agent_driver
-from car_racing.episodes.rollout import Backend, EpisodeWorkers
+from car_racing.episodes.rollout import Backend, EpisodeResult, EpisodeWorkers
 from car_racing.models.ffn import flat_to_population
 from car_racing.training.dream import dream_rollout
 
@@ -37,7 +37,7 @@ class RealFitness:
     """Mean real-env return of each candidate over the given seeds, in workers kept for the whole run
     (:class:`car_racing.episodes.rollout.EpisodeWorkers`: processes or Ray actors, each loading V and M once and
     swapping in each candidate's parameters; a generation's candidates reach them once, not per episode).
-    The run's real-env checks use the same workers (:meth:`score`): a second set would compete for the
+    The run's real-env checks use the same workers (:meth:`episodes`): a second set would compete for the
     same cores (and on a Ray cluster wait for CPUs the first set holds)."""
 
     def __init__(self, checkpoint_dir: str, num_params: int, workers: int, backend: Backend | None = None):
@@ -58,11 +58,14 @@ class RealFitness:
         """Each candidate's mean return over ``seeds`` (the same on every backend and worker count)."""
         return self.returns(candidates, seeds, max_steps, smoothing, stall_steps).mean(axis=1)
 
-    def score(self, params: np.ndarray, seeds: Sequence[int], max_steps: int, smoothing: float = 0.0
-              ) -> tuple[float, float]:
-        """Mean and std of C(params)'s returns over ``seeds``."""
-        totals = self.returns([params], seeds, max_steps, smoothing)[0]
-        return float(totals.mean()), float(totals.std())
+    def episodes(self, params: np.ndarray, seeds: Sequence[int], max_steps: int, smoothing: float = 0.0
+                 ) -> list[EpisodeResult]:
+        """C(params)'s episode on each of ``seeds``, in seed order (a check keeps each track's return and the
+        actions the env received: replayed from the seed, they re-create the episode as data for M)."""
+        results: list[EpisodeResult] = [None] * len(seeds)  # type: ignore[list-item]
+        for k, result in self.workers.run(seeds, max_steps, candidates=np.asarray(params)[None], smoothing=smoothing):
+            results[k] = result
+        return results
 
     def close(self) -> None:
         self.workers.close()

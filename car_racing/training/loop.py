@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pickle
 import time
 from dataclasses import dataclass
@@ -147,6 +148,10 @@ def report_iteration(state: LoopState, iteration: int) -> str:
                      for start, run in controller.get("starts", {}).items())
     recorded = (f"; recorded returns: C {number(record.get('return_mean'))}, dream's choice "
                 f"{number(record.get('return_mean_dream_choice'))}" if record else "")
+    check_data = stages.get(f"{iteration}:checks", {})
+    if check_data.get("episodes"):
+        recorded += (f"; checks as data: {check_data['episodes']} worst check tracks replayed (mean return "
+                     f"{number(check_data.get('replay_return_mean'))})")
     if repair.get("episodes"):
         recorded += (f"; repair: {repair['episodes']} dreams replayed, dream paid {number(repair.get('dream_return_mean'))}, "
                      f"the real env {number(repair.get('real_return_mean'))}")
@@ -183,14 +188,19 @@ def checked_iterations(state: LoopState, iterations: int) -> list[tuple[float, i
                   reverse=True)
 
 
-def converged(state: LoopState, iteration: int, patience: int) -> Optional[int]:
-    """The loop's stopping rule (``--patience``): after ``iteration``'s C was checked, the iteration whose check is
-    still the best when the last ``patience`` iterations have not beaten it (strictly), else None (0 = never stop).
-    Read from the saved state only, so a resumed loop stops where the uninterrupted one would have."""
-    checked = checked_iterations(state, iteration + 1)  # iterations without a checked C neither improve nor reset
-    if patience <= 0 or not state.done(f"{iteration}:controller") or not checked:
+def converged(state: LoopState, iteration: int, patience: int, delta: float = 0.0) -> Optional[int]:
+    """The loop's stopping rule (``--patience``, ``--patience-delta``): after ``iteration``'s C was checked, the
+    iteration whose check is still the best when the last ``patience`` iterations have not beaten it by more than
+    ``delta`` (0: strictly; a tie is no improvement), else None (patience 0 = never stop). Read from the saved
+    state only, so a resumed loop stops where the uninterrupted one would have."""
+    if patience <= 0 or not state.done(f"{iteration}:controller"):
         return None
-    best_iteration = min(i for score, i in checked if score == checked[0][0])  # a tie is no improvement
+    best_score, best_iteration = -math.inf, None
+    for score, i in sorted(checked_iterations(state, iteration + 1), key=lambda item: item[1]):  # in iteration order
+        if best_iteration is None or score > best_score + delta:  # unchecked iterations neither improve nor reset
+            best_score, best_iteration = score, i
+    if best_iteration is None:
+        return None
     return best_iteration if iteration - best_iteration >= patience else None
 
 

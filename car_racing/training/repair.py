@@ -32,7 +32,8 @@ from car_racing.recording.recorded_data import (
     RecordedEpisode,
     has_recorded_data,
     load_recorded,
-    pending_files,
+    merge_pending,
+    recording_seq_len,
 )
 from car_racing.training.dream import DONE_THRESHOLD, DreamNoise, sample_with_noise
 from car_racing.world.envs import MAX_EPISODE_STEPS, make_env
@@ -125,21 +126,11 @@ def plan_trials(episodes: list[dict], count: int, rng: np.random.Generator, from
 
 def recorded_repairs(data_dir: str | Path, iteration: int) -> set[int]:
     """The trials of ``iteration``'s repair already in the data (after merging what an interruption left pending)."""
-    if pending_files(data_dir):
-        EpisodeStore(data_dir, append=True, seq_len=_seq_len(data_dir)).commit()
+    merge_pending(data_dir)
     if not has_recorded_data(data_dir):
         return set()
     return {int(e["noise"]["repair_trial"]) for e in load_recorded(data_dir, mmap=True).episodes
             if e["driver"] == REPAIR_DRIVER and int(e["noise"].get("repair_iteration", -1)) == iteration}
-
-
-def _seq_len(data_dir: str | Path) -> int:
-    from car_racing.recording.recorded_data import DEFAULT_SEQ_LEN, load_memory_sequences
-
-    if not has_recorded_data(data_dir):
-        return DEFAULT_SEQ_LEN
-    indices = load_memory_sequences(data_dir).indices
-    return int(indices.shape[1]) if indices.ndim == 2 and indices.shape[1] else DEFAULT_SEQ_LEN
 
 
 def repair_iteration(data_dir: str | Path, mdnrnn: Any, mu: np.ndarray, params: np.ndarray, iteration: int, count: int,
@@ -170,7 +161,7 @@ def repair_iteration(data_dir: str | Path, mdnrnn: Any, mu: np.ndarray, params: 
     actions, dreamt, lengths = dream_actions(mdnrnn, params, torch.stack(starts_z),
                                              (torch.stack(starts_h), torch.stack(starts_c)), steps, temperature,
                                              generator, reward_scale=reward_scale, dropout=dropout)
-    store = EpisodeStore(data_dir, append=True, seq_len=_seq_len(data_dir))
+    store = EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir))
     env = make_environment()
     rows = []
     try:
