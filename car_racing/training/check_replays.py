@@ -24,15 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from car_racing.recording.recorded_data import (
-    EpisodeStore,
-    RecordedEpisode,
-    has_recorded_data,
-    load_recorded,
-    merge_pending,
-    recording_seq_len,
-)
-from car_racing.training.repair import replay
+from car_racing.recording.recorded_data import RecordedEpisode
+from car_racing.training.repair import recorded_trials, replay, replaying_into
 from car_racing.world.envs import make_env
 
 CHECK_DRIVER = "check"
@@ -70,12 +63,8 @@ def plan_check_replays(runs: Mapping[str, Sequence[dict]], count: int) -> list[C
 
 
 def recorded_check_replays(data_dir: str | Path, iteration: int) -> set[int]:
-    """The trials of ``iteration``'s check replays already in the data (after merging what an interruption left)."""
-    merge_pending(data_dir)
-    if not has_recorded_data(data_dir):
-        return set()
-    return {int(e["noise"]["check_trial"]) for e in load_recorded(data_dir, mmap=True).episodes
-            if e["driver"] == CHECK_DRIVER and int(e["noise"].get("check_iteration", -1)) == iteration}
+    """The trials of ``iteration``'s check replays already in the data."""
+    return recorded_trials(data_dir, CHECK_DRIVER, "check_iteration", "check_trial", iteration)
 
 
 def record_check_replays(data_dir: str | Path, plan: Sequence[CheckReplay], iteration: int, *,
@@ -86,10 +75,8 @@ def record_check_replays(data_dir: str | Path, plan: Sequence[CheckReplay], iter
     from tqdm.auto import tqdm
 
     done = recorded_check_replays(data_dir, iteration)
-    store = EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir))
-    env = make_environment()
     rows = []
-    try:
+    with replaying_into(data_dir, make_environment) as (store, env):
         for item in tqdm(plan, desc="check replays", unit="ep", disable=not progress):
             if item.trial in done:
                 continue
@@ -103,9 +90,5 @@ def record_check_replays(data_dir: str | Path, plan: Sequence[CheckReplay], iter
             rows.append({"trial": item.trial, "run": item.run, "generation": item.generation, "seed": item.seed,
                          "check_return": item.check_return, "replay_return": result.total_reward,
                          "steps": result.steps})
-    finally:
-        env.close()
-        if store.pending_files():
-            store.commit()
     return {"planned": len(plan), "recorded_now": len(rows), "already_recorded": len(done & {p.trial for p in plan}),
             "rows": rows}

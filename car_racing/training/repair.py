@@ -18,9 +18,10 @@ drawn from a generator seeded by the loop's seed and the iteration: a rerun drea
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -124,13 +125,35 @@ def plan_trials(episodes: list[dict], count: int, rng: np.random.Generator, from
     return trials
 
 
-def recorded_repairs(data_dir: str | Path, iteration: int) -> set[int]:
-    """The trials of ``iteration``'s repair already in the data (after merging what an interruption left pending)."""
+def recorded_trials(data_dir: str | Path, driver: str, iteration_key: str, trial_key: str, iteration: int) -> set[int]:
+    """The trials of one loop iteration's replays already in the data (episodes of ``driver`` whose meta has
+    ``iteration_key`` = ``iteration``; their ``trial_key``), after merging what an interruption left pending: a
+    rerun replays only the others."""
     merge_pending(data_dir)
     if not has_recorded_data(data_dir):
         return set()
-    return {int(e["noise"]["repair_trial"]) for e in load_recorded(data_dir, mmap=True).episodes
-            if e["driver"] == REPAIR_DRIVER and int(e["noise"].get("repair_iteration", -1)) == iteration}
+    return {int(e["noise"][trial_key]) for e in load_recorded(data_dir, mmap=True).episodes
+            if e["driver"] == driver and int(e["noise"].get(iteration_key, -1)) == iteration}
+
+
+def recorded_repairs(data_dir: str | Path, iteration: int) -> set[int]:
+    """The trials of ``iteration``'s repair already in the data."""
+    return recorded_trials(data_dir, REPAIR_DRIVER, "repair_iteration", "repair_trial", iteration)
+
+
+@contextmanager
+def replaying_into(data_dir: str | Path, make_environment: Callable[[], Any] = make_env
+                   ) -> Iterator[tuple[EpisodeStore, Any]]:
+    """``(store, env)`` to replay episodes into ``data_dir``: on exit, also after an interruption, the env is closed
+    and every saved episode merged (the next rerun skips them)."""
+    store = EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir))
+    env = make_environment()
+    try:
+        yield store, env
+    finally:
+        env.close()
+        if store.pending_files():
+            store.commit()
 
 
 def repair_iteration(data_dir: str | Path, mdnrnn: Any, mu: np.ndarray, params: np.ndarray, iteration: int, count: int,
@@ -161,10 +184,8 @@ def repair_iteration(data_dir: str | Path, mdnrnn: Any, mu: np.ndarray, params: 
     actions, dreamt, lengths = dream_actions(mdnrnn, params, torch.stack(starts_z),
                                              (torch.stack(starts_h), torch.stack(starts_c)), steps, temperature,
                                              generator, reward_scale=reward_scale, dropout=dropout)
-    store = EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir))
-    env = make_environment()
     rows = []
-    try:
+    with replaying_into(data_dir, make_environment) as (store, env):
         for trial in tqdm(trials, desc="repair (replaying dreams)", unit="ep", disable=not progress):
             if trial.trial in done:
                 continue
@@ -184,9 +205,5 @@ def repair_iteration(data_dir: str | Path, mdnrnn: Any, mu: np.ndarray, params: 
                                              "dream_return": dream_return, "dream_steps": length}))
             rows.append({"trial": trial.trial, "seed": int(episode["seed"]), "start_step": s, "dream_steps": length,
                          "real_steps": result.steps - s, "dream_return": dream_return, "real_return": real_return})
-    finally:
-        env.close()
-        if store.pending_files():
-            store.commit()
     return {"trials": len(trials), "recorded_now": len(rows), "already_recorded": len(done & {t.trial for t in trials}),
             "rows": rows}
