@@ -27,6 +27,9 @@ script's own ``main`` (each stays runnable on its own; the exact calls are in th
    real recorded states; each dream's actions are replayed in the real env from the very state the dream
    started from (the recorded episode's seed and actions up to the start, then the dream's actions) and
    the real episodes join the data: M sees what really follows the actions its dream paid for.
+6. ``checks`` (``--check-episodes`` > 0; :mod:`car_racing.training.check_replays`) — the real checks of this
+   iteration's CMA-ES run(s), driven anyway to choose what to keep, join the data too: each checked C's worst
+   check track, the worst ``--check-episodes`` of those, replayed from the seed and the actions the check kept.
 
 Each iteration lives in ``CHECKPOINT_DIR/iter_NN/`` (V hard-linked, M, C, their PNGs, ``fidelity.png``). The
 loop state ``CHECKPOINT_DIR/dream_loop_state.json`` (written atomically after every stage) lists the
@@ -37,6 +40,8 @@ correlation. The best iteration by its real check (same check tracks every time)
 ``CHECKPOINT_DIR/best/``; ship it with ``export_checkpoints.py --source-dir CHECKPOINT_DIR/best``. With
 ``--select-top K`` the K best-checked iterations first drive ``--select-episodes`` further tracks each (the final
 choice; their returns are in the loop state under ``selection``) and the best mean is copied instead.
+``--patience N`` stops the loop once N iterations in a row have not beaten the best check by more than
+``--patience-delta``.
 
 Rules kept (checkable from the controller checkpoint's ``training`` record): C never sees an expert's
 action and no real-env return is its fitness; the real env is used for the checks and to record data.

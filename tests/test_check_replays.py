@@ -70,11 +70,13 @@ def test_checks_keep_each_tracks_actions_and_their_replays_recreate_the_episodes
     assert sorted(e["noise"]["check_trial"] for e in data.episodes) == [0, 1, 2]  # each exactly once
 
 
-def test_loop_records_each_iterations_worst_checks_from_both_runs(tmp_path, tiny_data_dir):
+def test_loop_records_each_iterations_worst_checks_from_both_runs(tmp_path, tiny_data_dir, capsys):
     paths = write_tiny_checkpoints(tmp_path / "tiny")
     args = loop_args(tmp_path, tiny_data_dir, paths, controller_start="both", fidelity_panel=0, agent_episodes=1,
-                     eval_every=1, check_episodes=3, iterations=3)
+                     eval_every=1, check_episodes=3, repair_episodes=2, iterations=3)
     final = dream_loop.main(args)
+    # the check tracks are in the data now (and repairs may start from them), by design: no overlap warning
+    assert "also recording seeds" not in capsys.readouterr().err
     stages = final["stages"]
     assert "2:checks" not in stages  # the last iteration has no next M to record for
     episodes = load_recorded(args.data_dir, mmap=True).episodes

@@ -259,11 +259,12 @@ def validate_resume(state: dict, setup: Setup) -> None:
 
 
 def warn_check_seed_overlap(args: Any) -> None:
-    """Warn when a check track was recorded by a driver (the dream loop's own check replays, driver ``check``, are
-    the checks themselves and expected)."""
+    """Warn when a check track was recorded by a driver. The dream loop's check replays (driver ``check``) are the
+    checks themselves, and its repair replays (``repair``) reuse the seed of the episode they start from: both
+    expected."""
     if has_recorded_data(args.data_dir):
         recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes
-                          if e["driver"] != "check"}
+                          if e["driver"] not in ("check", "repair")}
         overlap = recorded_seeds & set(range(args.eval_seed_base, args.eval_seed_base + args.eval_episodes))
         if overlap:
             print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
