@@ -39,7 +39,8 @@ from its own saved state (M's latest epoch, CMA-ES's last generation, the record
 correlation. The best iteration by its real check (same check tracks every time) is copied to
 ``CHECKPOINT_DIR/best/``; ship it with ``export_checkpoints.py --source-dir CHECKPOINT_DIR/best``. With
 ``--select-top K`` the K best-checked iterations first drive ``--select-episodes`` further tracks each (the final
-choice; their returns are in the loop state under ``selection``) and the best mean is copied instead.
+choice, with the iteration the stopping rule counts as best; their returns are in the loop state under
+``selection``) and the best mean is copied instead.
 ``--patience N`` stops the loop once N iterations in a row have not beaten the best check by more than
 ``--patience-delta``.
 
@@ -85,6 +86,7 @@ from car_racing.training.loop import (
     checked_iterations,
     choose_best,
     converged,
+    counted_best,
     iteration_dir,
     plot_loop,
     report_iteration,
@@ -599,12 +601,18 @@ def stage_checks(args: Args, iteration: int) -> dict:
 
 def select_iterations(args: Args, state: LoopState) -> dict[int, list[float]]:
     """The final choice (--select-top): the iterations whose kept C checked best drive the selection tracks, each
-    with its own V, M and C. Returns their returns by iteration; each candidate's are saved in the loop state as
-    soon as it has driven (a rerun, also one with more iterations, drives only the missing ones)."""
+    with its own V, M and C, and so does the iteration the stopping rule counts as best when it is not among them
+    (with --patience-delta a later check within D of it is no better, yet may rank above it). Returns their returns
+    by iteration; each candidate's are saved in the loop state as soon as it has driven (a rerun, also one with more
+    iterations, drives only the missing ones)."""
     from car_racing.episodes.agent import evaluate_agent
     from car_racing.episodes.rollout import Backend
 
-    checked = checked_iterations(state, args.iterations)[:args.select_top]
+    ranked = checked_iterations(state, args.iterations)
+    checked = ranked[:args.select_top]
+    rule_best = counted_best(state, args.iterations - 1, args.patience_delta)
+    if rule_best is not None and rule_best not in [i for _, i in checked]:
+        checked += [(score, i) for score, i in ranked if i == rule_best]
     seeds = [SELECT_SEED_BASE + j for j in range(args.select_episodes)]
     saved = state.data.get("selection", {})
     if saved.get("seeds") != seeds or saved.get("max_steps") != args.eval_max_steps:

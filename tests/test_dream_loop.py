@@ -288,6 +288,41 @@ def test_patience_delta_counts_only_gains_above_it_as_improvements(tmp_path):
     assert converged(state, 7, patience=5, delta=500.0) == 0  # nothing beat 467 by 500
 
 
+def test_final_choice_includes_the_iteration_the_stopping_rule_counts_as_best(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from car_racing.common.runtime import CHECKPOINT_FILES
+
+    checks = {0: 300.0, 1: 500.0, 2: 505.0, 3: 503.0, 4: 504.0}  # 2-4 are within --patience-delta 10 of iteration 1
+    selection = {1: 700.0, 2: 600.0, 3: 650.0, 4: 640.0}
+
+    def scripted(name):
+        def run(args, iteration):
+            if name != "controller":
+                return {}
+            folder = Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for file in CHECKPOINT_FILES.values():
+                (folder / file).write_bytes(b"stand-in")
+            return {"best_real_score": checks[iteration], "real_checks": [], "dream_fitness_best": 0.0}
+        return run
+
+    def evaluate(folder, seeds, **kwargs):
+        iteration = int(Path(folder).name.split("_")[1])
+        return [SimpleNamespace(total_reward=selection[iteration]) for _ in seeds]
+
+    monkeypatch.setattr(dream_loop, "STAGES", [dataclasses.replace(s, run=scripted(s.name)) for s in dream_loop.STAGES])
+    monkeypatch.setattr("car_racing.episodes.agent.evaluate_agent", evaluate)
+    args = dream_loop.Args(data_dir=str(tmp_path / "data"), checkpoint_dir=str(tmp_path / "loop"), iterations=6,
+                           patience=2, patience_delta=10.0, select_top=1, select_episodes=2, workers=1, progress=False)
+    final = dream_loop.main(args)
+    assert final["stopped_early"]["best_checked_iteration"] == 1 and final["stopped_early"]["after_iteration"] == 3
+    # the top check (iteration 2) and the rule's best (iteration 1) drove the selection tracks; 1 won
+    assert set(final["selection"]["returns"]) == {"1", "2"} and final["best_iteration"] == 1
+    without = dream_loop.main(dataclasses.replace(args, checkpoint_dir=str(tmp_path / "strict"), patience_delta=0.0))
+    assert set(without["selection"]["returns"]) == {"2"}  # strictly, iteration 2 is the best: one candidate
+
+
 def test_warm_runs_dream_short_dreams_from_cs_own_episodes(tmp_path, tiny_data_dir):
     """--warm-dreams agent:N: a warm start dreams N-step dreams branched from C's recorded episodes, scored by their
     mean, as many as keep the dreamt steps; a run from zero (iteration 0, no C episodes yet) keeps the loop's dreams."""

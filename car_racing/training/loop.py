@@ -188,17 +188,25 @@ def checked_iterations(state: LoopState, iterations: int) -> list[tuple[float, i
                   reverse=True)
 
 
-def converged(state: LoopState, iteration: int, patience: int, delta: float = 0.0) -> Optional[int]:
-    """The loop's stopping rule (``--patience``, ``--patience-delta``): after ``iteration``'s C was checked, the
-    iteration whose check is still the best when the last ``patience`` iterations have not beaten it by more than
-    ``delta`` (0: strictly; a tie is no improvement), else None (patience 0 = never stop). Read from the saved
-    state only, so a resumed loop stops where the uninterrupted one would have."""
-    if patience <= 0 or not state.done(f"{iteration}:controller"):
-        return None
+def counted_best(state: LoopState, iteration: int, delta: float = 0.0) -> Optional[int]:
+    """The iteration whose check the stopping rule counts as the best up to ``iteration``: walking the checked
+    iterations in order, the last whose check beat the one counted before it by more than ``delta`` (0: strictly;
+    a tie is no improvement). None before any check."""
     best_score, best_iteration = -math.inf, None
     for score, i in sorted(checked_iterations(state, iteration + 1), key=lambda item: item[1]):  # in iteration order
         if best_iteration is None or score > best_score + delta:  # unchecked iterations neither improve nor reset
             best_score, best_iteration = score, i
+    return best_iteration
+
+
+def converged(state: LoopState, iteration: int, patience: int, delta: float = 0.0) -> Optional[int]:
+    """The loop's stopping rule (``--patience``, ``--patience-delta``): after ``iteration``'s C was checked, the
+    iteration whose check is still the best when the last ``patience`` iterations have not beaten it by more than
+    ``delta`` (:func:`counted_best`), else None (patience 0 = never stop). Read from the saved state only, so a
+    resumed loop stops where the uninterrupted one would have."""
+    if patience <= 0 or not state.done(f"{iteration}:controller"):
+        return None
+    best_iteration = counted_best(state, iteration, delta)
     if best_iteration is None:
         return None
     return best_iteration if iteration - best_iteration >= patience else None
