@@ -223,8 +223,9 @@ class Args:
     eval_max_steps: int = 1000
     """step limit of the check episodes"""
     select_top: int = 0
-    """the final choice: the iterations whose kept C checked best, this many, each drive --select-episodes further
-    tracks (seeds 7,000,000 + j) with their own V, M and C, and the best mean becomes best/ (0 = keep the best
+    """the final choice: the iterations whose kept C checked best, this many (and the one --patience-delta counts as
+    best), each drive --select-episodes further tracks (seeds 7,000,000 + j) with their own V, M and C, and the best
+    mean becomes best/ (0 = keep the best
     check: the best of a few noisy 8-track checks is optimistic, ~±70 each)"""
     select_episodes: int = 32
     """--select-top: selection tracks per candidate"""

@@ -170,8 +170,8 @@ class Args:
     (dream_loop.py --check-episodes; 0 = the checks are not recorded)"""
     loop_select_top: int = 2
     """--loop-iterations > 1: the final choice: the iterations whose C checked best, this many, drive
-    --loop-select-episodes further tracks each and the best mean is kept (0 = keep the best check, which is the best
-    of several noisy 8-track checks and so optimistic)"""
+    --loop-select-episodes further tracks each, with the iteration --loop-patience-delta counts as best, and the best
+    mean is kept (0 = keep the best check, which is the best of several noisy 8-track checks and so optimistic)"""
     loop_select_episodes: int = 32
     """--loop-select-top: tracks per candidate (seeds 7,000,000 + j: never recorded, trained on or checked)"""
     preset: Optional[Literal["seed", "paper"]] = None
