@@ -237,15 +237,15 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
         dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, seed=5))
 
 
-def test_patience_stops_the_loop_when_checks_stop_improving_and_a_rerun_without_it_continues(tmp_path, monkeypatch):
+def script_stages(monkeypatch, checks: dict[int, float], calls: list[str] | None = None) -> None:
+    """Replace the loop's stages by stand-ins: the controller stage writes stand-in V, M, C files and reports
+    ``checks[iteration]`` as its kept C's check; the others do nothing. Each call is appended to ``calls``."""
     from car_racing.common.runtime import CHECKPOINT_FILES
-
-    checks = {0: 300.0, 1: 500.0, 2: 480.0, 3: 490.0, 4: 900.0}
-    calls: list[str] = []
 
     def scripted(name):
         def run(args, iteration):
-            calls.append(f"{iteration}:{name}")
+            if calls is not None:
+                calls.append(f"{iteration}:{name}")
             if name != "controller":
                 return {}
             folder = Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
@@ -256,6 +256,12 @@ def test_patience_stops_the_loop_when_checks_stop_improving_and_a_rerun_without_
         return run
 
     monkeypatch.setattr(dream_loop, "STAGES", [dataclasses.replace(s, run=scripted(s.name)) for s in dream_loop.STAGES])
+
+
+def test_patience_stops_the_loop_when_checks_stop_improving_and_a_rerun_without_it_continues(tmp_path, monkeypatch):
+    checks = {0: 300.0, 1: 500.0, 2: 480.0, 3: 490.0, 4: 900.0}
+    calls: list[str] = []
+    script_stages(monkeypatch, checks, calls)
     args = dream_loop.Args(data_dir=str(tmp_path / "data"), checkpoint_dir=str(tmp_path / "loop"), iterations=5,
                            patience=2, workers=1, progress=False)
     final = dream_loop.main(args)
@@ -291,27 +297,14 @@ def test_patience_delta_counts_only_gains_above_it_as_improvements(tmp_path):
 def test_final_choice_includes_the_iteration_the_stopping_rule_counts_as_best(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from car_racing.common.runtime import CHECKPOINT_FILES
-
     checks = {0: 300.0, 1: 500.0, 2: 505.0, 3: 503.0, 4: 504.0}  # 2-4 are within --patience-delta 10 of iteration 1
     selection = {1: 700.0, 2: 600.0, 3: 650.0, 4: 640.0}
-
-    def scripted(name):
-        def run(args, iteration):
-            if name != "controller":
-                return {}
-            folder = Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for file in CHECKPOINT_FILES.values():
-                (folder / file).write_bytes(b"stand-in")
-            return {"best_real_score": checks[iteration], "real_checks": [], "dream_fitness_best": 0.0}
-        return run
 
     def evaluate(folder, seeds, **kwargs):
         iteration = int(Path(folder).name.split("_")[1])
         return [SimpleNamespace(total_reward=selection[iteration]) for _ in seeds]
 
-    monkeypatch.setattr(dream_loop, "STAGES", [dataclasses.replace(s, run=scripted(s.name)) for s in dream_loop.STAGES])
+    script_stages(monkeypatch, checks)
     monkeypatch.setattr("car_racing.episodes.agent.evaluate_agent", evaluate)
     args = dream_loop.Args(data_dir=str(tmp_path / "data"), checkpoint_dir=str(tmp_path / "loop"), iterations=6,
                            patience=2, patience_delta=10.0, select_top=1, select_episodes=2, workers=1, progress=False)

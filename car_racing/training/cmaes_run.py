@@ -44,9 +44,11 @@ from car_racing.models.ffn import Controller, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
+from car_racing.training.check_replays import CHECK_DRIVER
 from car_racing.training.dream import RecordedStates, start_pool, windows_of_drivers
 from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, RealFitness, trial_mean
 from car_racing.training.imitation import LinearFit, bc_targets
+from car_racing.training.repair import REPAIR_DRIVER
 
 PLOT_FILE = "control_model_cmaes.png"
 PLOT_EVERY = 10  # the PNG is also rewritten at every real-env check and at the end
@@ -264,7 +266,7 @@ def warn_check_seed_overlap(args: Any) -> None:
     expected."""
     if has_recorded_data(args.data_dir):
         recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes
-                          if e["driver"] not in ("check", "repair")}
+                          if e["driver"] not in (CHECK_DRIVER, REPAIR_DRIVER)}
         overlap = recorded_seeds & set(range(args.eval_seed_base, args.eval_seed_base + args.eval_episodes))
         if overlap:
             print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
