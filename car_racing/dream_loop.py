@@ -18,7 +18,8 @@ script's own ``main`` (each stays runnable on its own; the exact calls are in th
    one with the better check (same tracks) as the iteration's C. ``--dream-fitness`` makes the dream's
    fitness pessimistic over each candidate's dreams (a lower quantile or mean − k·std).
 3. ``fidelity`` — ``evaluate_world_model.py`` on this iteration's V, M and C: the dream-real rank
-   correlation of a panel of controllers (``--fidelity-panel``, 0 = skip).
+   correlation of a panel of controllers (``--fidelity-panel``, 0 = skip); the panel's real episodes join the
+   data (driver ``panel``; ``--no-panel-as-data`` to only measure).
 4. ``record`` — C drives ``--agent-episodes`` new tracks with exploration noise, appended to the data (C's
    mistakes become M's lessons in the next iteration): a ``--record-dream-choice`` share of them by CMA's
    final mean (``iter_NN/dream_choice/``: the C the dream prefers — when the dream is exploited, the very
@@ -253,6 +254,10 @@ class Args:
     """controllers in each iteration's dream-real measurement (0 = skip the measurement)"""
     fidelity_episodes: int = 2
     """real tracks per controller in the measurement"""
+    panel_as_data: bool = True
+    """the measurement's real episodes join the data (driver panel), except in the last iteration (no next M):
+    driving straight, circling and perturbed Cs are what M misjudges (--no-panel-as-data: drive them only to
+    measure)"""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda[:N] for V, M and the dreams"""
     progress: bool = True
@@ -515,21 +520,24 @@ def stage_controller(args: Args, iteration: int) -> dict:
 
 
 def stage_fidelity(args: Args, iteration: int) -> dict:
-    """The dream-real rank correlation of this iteration's V and M (panel incl. this and earlier Cs)."""
+    """The dream-real rank correlation of this iteration's V and M (panel incl. this and earlier Cs); with
+    --panel-as-data the panel's real episodes join the data for the next M (a rerun records only the missing)."""
     from car_racing import evaluate_world_model
 
     if args.fidelity_panel == 0:
         return {"skipped": True}
     folder = iteration_dir(args.checkpoint_dir, iteration)
     earlier = [str(checkpoint_paths(iteration_dir(args.checkpoint_dir, i))["controller"]) for i in range(iteration)]
+    record = args.panel_as_data and iteration < args.iterations - 1
     summary = evaluate_world_model.main(evaluate_world_model.Args(
         checkpoint_dir=str(folder), data_dir=args.data_dir, panel=args.fidelity_panel, episodes=args.fidelity_episodes,
         controllers=earlier[-2:], out=str(folder / "fidelity.png"), json_out=str(folder / "fidelity.json"),
         max_steps=args.eval_max_steps,
         seed=args.seed, workers=args.workers, backend=args.backend, ray_address=args.ray_address, device=args.device,
-        progress=args.progress))
+        progress=args.progress, record_into=args.data_dir if record else "", record_run=iteration))
     return {"rank_correlation": summary["rank_correlation"], "controllers": summary["controllers"],
-            "errors": summary["errors"]}
+            "errors": summary["errors"], "recorded_now": sum(r["recorded"] for r in summary["rows"]),
+            "panel_episodes": sum(len(r["episodes"]) for r in summary["rows"]) if record else 0}
 
 
 def stage_record(args: Args, iteration: int) -> dict:

@@ -27,6 +27,11 @@ It writes a scatter PNG (dream fitness against real return, one point per contro
 
 (Spearman's ρ over the panel, two decimals). A dream worth training in ranks controllers like the real env.
 
+With ``--record-into DATA_DIR`` the panel's real episodes are also appended to that recording, as driver
+``panel`` with ``{"panel_run", "panel_trial", "controller"}`` in their meta: driving straight, circling and
+perturbed Cs are the behaviours M misjudges, so they are data for M (the dream loop passes its data and
+iteration). A rerun with the same ``--record-run`` appends only the trials not yet there.
+
     python car_racing/evaluate_world_model.py --panel 12 --episodes 4
 """
 
@@ -41,8 +46,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import functools
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -58,13 +64,20 @@ from car_racing.common.runtime import (
     seed_everything,
 )
 from car_racing.episodes.rollout import Backend, EpisodeWorkers, default_workers, uses_backend
-from car_racing.recording.recorded_data import load_memory_sequences, load_recorded
+from car_racing.recording.recorded_data import (
+    RecordedEpisode,
+    appending_to,
+    load_memory_sequences,
+    load_recorded,
+    recorded_trials,
+)
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so --help stays light
     import torch
 
     from car_racing.models.mdn_rnn import MDNRNN
 
+PANEL_DRIVER = "panel"  # the driver name of the panel's episodes in a recording (--record-into)
 DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start")
 
 
@@ -118,6 +131,12 @@ class Args:
     """device of the dreams and of M's error measurement (real episodes run on the CPU)"""
     progress: bool = True
     """show tqdm progress bars"""
+    record_into: str = ""
+    """also append the panel's real episodes to this recorded data folder (driver ``panel``: data for M); empty =
+    drive them only to measure"""
+    record_run: int = 0
+    """--record-into: the episodes' ``panel_run`` (the dream loop's iteration); trials of this run already in the
+    data are not appended again"""
 
 
 def check_args(args: Args) -> None:
@@ -264,9 +283,31 @@ def memory_errors(vae: Any, mdnrnn: MDNRNN, frames: np.ndarray, actions: np.ndar
     return result
 
 
+@contextmanager
+def panel_recorder(data_dir: str, run: int) -> Iterator[Callable[[int, str, Any], bool]]:
+    """``record(trial, name, result)``: appends one panel episode to ``data_dir`` (driver ``panel``, meta
+    ``panel_run`` = ``run``) unless that trial is already there; returns whether it did. Without ``data_dir`` it
+    records nothing. Everything recorded is merged on exit, also after an interruption."""
+    if not data_dir:
+        yield lambda trial, name, result: False
+        return
+    done = recorded_trials(data_dir, PANEL_DRIVER, "panel_run", "panel_trial", run)
+    with appending_to(data_dir) as store:
+        def record(trial: int, name: str, result: Any) -> bool:
+            if trial in done:
+                return False
+            store.add(RecordedEpisode(seed=result.seed, driver=PANEL_DRIVER, frames=result.frames,
+                                      actions=result.actions, rewards=result.rewards, lap_finished=result.lap_finished,
+                                      terminated=result.terminated,
+                                      noise={"panel_run": run, "panel_trial": trial, "controller": name}))
+            return True
+        yield record
+
+
 def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn: MDNRNN, reward_clip: float,
                device: torch.device) -> list[dict[str, Any]]:
-    """Every controller's real episodes (same seeds for all) and M's errors on them."""
+    """Every controller's real episodes (same seeds for all) and M's errors on them; with --record-into, the
+    episodes are appended to that recording too (trial = controller index × episodes + track index)."""
     from car_racing.episodes.agent import make_agent_driver
 
     seeds = [args.eval_seed_base + i for i in range(args.episodes)]
@@ -276,14 +317,18 @@ def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn
     # One set of workers for the whole panel (V and M loaded once each); each controller is swapped in.
     workers = EpisodeWorkers(make_driver, min(args.workers, len(seeds)), backend=Backend.from_args(args))
     try:
-        for name, params in tqdm(panel, desc="real episodes (panel)", unit="C", disable=not args.progress):
-            results = [result for _, result in workers.run(seeds, args.max_steps, candidates=np.asarray(params)[None],
-                                                           ordered=True, record_frames=True)]
-            errors = [memory_errors(vae, mdnrnn, r.frames, r.actions, r.rewards, args.horizon, reward_clip, device)
-                      for r in results]
-            returns = np.array([r.total_reward for r in results])
-            rows.append({"name": name, "real_return": float(returns.mean()), "real_std": float(returns.std()),
-                         "laps": int(sum(r.lap_finished for r in results)), "episodes": errors})
+        with panel_recorder(args.record_into, args.record_run) as record:
+            for index, (name, params) in enumerate(tqdm(panel, desc="real episodes (panel)", unit="C",
+                                                        disable=not args.progress)):
+                results = [result for _, result in workers.run(seeds, args.max_steps, candidates=np.asarray(params)[None],
+                                                               ordered=True, record_frames=True)]
+                recorded = sum(record(index * len(seeds) + k, name, r) for k, r in enumerate(results))
+                errors = [memory_errors(vae, mdnrnn, r.frames, r.actions, r.rewards, args.horizon, reward_clip, device)
+                          for r in results]
+                returns = np.array([r.total_reward for r in results])
+                rows.append({"name": name, "real_return": float(returns.mean()), "real_std": float(returns.std()),
+                             "laps": int(sum(r.lap_finished for r in results)), "episodes": errors,
+                             "recorded": recorded})
     finally:
         workers.close()
     return rows
@@ -400,6 +445,9 @@ def main(args: Args) -> dict[str, Any]:
           f"{errors.get('one_step_mse', float('nan')):.4f}, {args.horizon}-step open-loop MSE "
           f"{errors.get('multi_step_mse', float('nan')):.4f}; reward MSE {errors['reward_mse']:.3f} per step, "
           f"episode return predicted − real {errors['return_error_mean']:+.1f} (|·| {errors['return_error_abs_mean']:.1f})")
+    if args.record_into:
+        print(f"recorded {sum(r['recorded'] for r in rows)} of the panel's {sum(len(r['episodes']) for r in rows)} real "
+              f"episodes into {args.record_into} (driver {PANEL_DRIVER}, run {args.record_run}; the others were there)")
     plot_scatter(rows, rho, Path(args.out), settings)
     summary = {"rank_correlation": rho, "controllers": len(rows), "settings": settings, "errors": errors, "rows": rows,
                "checkpoint_dir": str(args.checkpoint_dir), "episodes": args.episodes, "eval_seed_base": args.eval_seed_base}

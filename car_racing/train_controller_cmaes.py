@@ -168,6 +168,10 @@ class Args:
     """--loop-iterations > 1: the iteration's real checks as data for M: the worst check tracks of the Cs checked
     after generation 0 (one per checked C), this many, replayed from their seed and actions into the loop's data
     (dream_loop.py --check-episodes; 0 = the checks are not recorded)"""
+    loop_fidelity_panel: int = 0
+    """--loop-iterations > 1: each iteration's dream-real measurement (car_racing/evaluate_world_model.py): this many
+    controllers (zero, straight, circling, random, the kept Cs and perturbed copies) on 2 real tracks each, their
+    real episodes joining the loop's data for the next M (dream_loop.py --fidelity-panel; 0 = off, else ≥ 3)"""
     loop_select_top: int = 2
     """--loop-iterations > 1: the final choice: the iterations whose C checked best, this many, drive
     --loop-select-episodes further tracks each, with the iteration --loop-patience-delta counts as best, and the best
@@ -269,9 +273,11 @@ def check_args(args: Args) -> None:
         if args.eval_every == 0:
             raise UsageError("--eval-every 0: the repair loop keeps the iteration whose C checks best; it needs checks")
         for flag in ("loop_memory_epochs", "loop_agent_episodes", "loop_repair_episodes", "loop_select_top",
-                     "loop_patience", "loop_patience_delta", "loop_check_episodes"):
+                     "loop_patience", "loop_patience_delta", "loop_check_episodes", "loop_fidelity_panel"):
             if getattr(args, flag) < 0:
                 raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
+        if 0 < args.loop_fidelity_panel < 3:
+            raise UsageError(f"--loop-fidelity-panel {args.loop_fidelity_panel}: expected 0 (off) or at least 3")
         if args.loop_select_episodes < 1:
             raise UsageError(f"--loop-select-episodes {args.loop_select_episodes}: expected a positive integer")
         if args.loop_warm_dreams:
@@ -392,7 +398,7 @@ def run_repair_loop(args: Args) -> dict:
         eval_episodes=args.eval_episodes, eval_seed_base=args.eval_seed_base, eval_max_steps=args.eval_max_steps,
         agent_episodes=args.loop_agent_episodes, agent_steps=args.eval_max_steps,
         repair_episodes=args.loop_repair_episodes, check_episodes=args.loop_check_episodes, select_top=args.loop_select_top,
-        select_episodes=args.loop_select_episodes, fidelity_panel=0, device=args.device, progress=args.progress,
+        select_episodes=args.loop_select_episodes, fidelity_panel=args.loop_fidelity_panel, device=args.device, progress=args.progress,
         tensorboard=args.tensorboard))
     best = state.get("best_iteration")
     if best is None:

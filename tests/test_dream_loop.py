@@ -144,6 +144,49 @@ def test_fidelity_script_prints_its_line_and_writes_the_png(tmp_path, tiny_data_
         evaluate_world_model.main(evaluate_world_model.Args(checkpoint_dir=str(tmp_path), panel=2))
 
 
+class Interrupted(Exception):
+    """Stands in for Ctrl-C (pytest itself stops on a real KeyboardInterrupt)."""
+
+
+def test_fidelity_panel_episodes_join_the_data_once(tmp_path, tiny_data_dir, monkeypatch, capsys):
+    write_tiny_checkpoints(tmp_path)
+    before = len(load_recorded(tiny_data_dir, mmap=True).episodes)
+    args = evaluate_world_model.Args(
+        checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), panel=3, episodes=2, max_steps=12, horizon=4,
+        rollout_steps=6, dream_trials=3, start_states=32, out=str(tmp_path / "fidelity.png"), workers=1,
+        device="cpu", progress=False, record_into=str(tiny_data_dir), record_run=3)
+    original = evaluate_world_model.memory_errors
+
+    def interrupting(*a, **k):  # a crash while measuring the second controller's episodes
+        interrupting.calls += 1
+        if interrupting.calls == 3:
+            raise Interrupted
+        return original(*a, **k)
+
+    interrupting.calls = 0
+    monkeypatch.setattr(evaluate_world_model, "memory_errors", interrupting)
+    with pytest.raises(Interrupted):
+        evaluate_world_model.main(args)
+    panel = [e for e in load_recorded(tiny_data_dir, mmap=True).episodes if e["driver"] == "panel"]
+    assert sorted(e["noise"]["panel_trial"] for e in panel) == [0, 1, 2, 3]  # what was driven is kept
+    monkeypatch.undo()
+    summary = evaluate_world_model.main(args)  # the rerun drives the whole panel again, records only the missing
+    assert [r["recorded"] for r in summary["rows"]] == [0, 0, 2]
+    assert "recorded 2 of the panel's 6 real episodes" in capsys.readouterr().out
+    data = load_recorded(tiny_data_dir)
+    assert len(data.episodes) == before + 6
+    panel = sorted((e for e in data.episodes if e["driver"] == "panel"), key=lambda e: e["noise"]["panel_trial"])
+    assert [e["noise"]["panel_trial"] for e in panel] == list(range(6)) and {e["noise"]["panel_run"] for e in panel} == {3}
+    assert [int(e["seed"]) for e in panel] == [args.eval_seed_base, args.eval_seed_base + 1] * 3
+    for row, pair in zip(summary["rows"], (panel[0:2], panel[2:4], panel[4:6])):
+        # each controller's recorded episodes are the ones it was scored on
+        assert {e["noise"]["controller"] for e in pair} == {row["name"]}
+        assert np.mean([e["total_reward"] for e in pair]) == pytest.approx(row["real_return"], abs=1e-3)
+        assert all(e["length"] == 12 for e in pair)
+    assert evaluate_world_model.main(args)["rows"][0]["recorded"] == 0  # nothing twice
+    assert len(load_recorded(tiny_data_dir, mmap=True).episodes) == before + 6
+
+
 def test_spearman_rank_correlation():
     x = np.array([1.0, 2.0, 3.0, 4.0])
     assert evaluate_world_model.spearman(x, x ** 3) == pytest.approx(1.0)
@@ -163,10 +206,6 @@ def loop_args(tmp_path: Path, init_dir: Path, paths: dict, **overrides) -> dream
                    progress=False)
     options.update(overrides)
     return dream_loop.Args(**options)
-
-
-class Interrupted(Exception):
-    """Stands in for Ctrl-C (pytest itself stops on a real KeyboardInterrupt)."""
 
 
 def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny_data_dir, monkeypatch):
@@ -194,11 +233,14 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
                                      "1:memory"]
     data = load_recorded(args.data_dir, mmap=True)
     assert [e["driver"] for e in data.episodes].count("agent") == 2  # C's own episodes joined the data
+    assert [e["driver"] for e in data.episodes].count("panel") == 3  # and the fidelity panel's (3 Cs × 1 track)
 
     calls.clear()
     final = dream_loop.main(args)  # the rerun resumes: only the interrupted and later stages run
     assert calls == ["1:controller", "1:fidelity"]
     assert set(final["stages"]) >= {"1:controller", "1:fidelity"} and "1:record" not in final["stages"]
+    assert final["stages"]["0:fidelity"]["recorded_now"] == 3
+    assert final["stages"]["1:fidelity"]["panel_episodes"] == 0  # the last iteration has no next M to record for
     for iteration in (0, 1):
         folder = Path(args.checkpoint_dir) / f"iter_{iteration:02d}"
         controller = load_checkpoint(folder / "control_model_cmaes.pth", "controller")

@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -369,6 +370,29 @@ def merge_pending(data_dir: str | os.PathLike) -> None:
     """Merge the episodes an interrupted recorder saved but did not merge (nothing when there are none)."""
     if pending_files(data_dir):
         EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir)).commit()
+
+
+@contextmanager
+def appending_to(data_dir: str | os.PathLike) -> Iterator[EpisodeStore]:
+    """An :class:`EpisodeStore` appending to ``data_dir`` (its window length kept); on exit, also after an
+    interruption, every episode saved so far is merged (a rerun finds them in the data)."""
+    store = EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir))
+    try:
+        yield store
+    finally:
+        if store.pending_files():
+            store.commit()
+
+
+def recorded_trials(data_dir: str | os.PathLike, driver: str, run_key: str, trial_key: str, run: int) -> set[int]:
+    """The trials of one run (e.g. a loop iteration) of ``driver``'s episodes already in the data: episodes whose
+    meta has ``run_key`` = ``run``; their ``trial_key``. Pending episodes of an interruption are merged first, so
+    a rerun records only the others, never one twice."""
+    merge_pending(data_dir)
+    if not has_recorded_data(data_dir):
+        return set()
+    return {int(e["noise"][trial_key]) for e in load_recorded(data_dir, mmap=True).episodes
+            if e["driver"] == driver and int(e["noise"].get(run_key, -1)) == run}
 
 
 def recorded_seeds(data_dir: str) -> set[int]:

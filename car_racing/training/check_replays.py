@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from car_racing.recording.recorded_data import RecordedEpisode
-from car_racing.training.repair import recorded_trials, replay, replaying_into
+from car_racing.recording.recorded_data import RecordedEpisode, recorded_trials
+from car_racing.training.repair import replay, replaying_into
 from car_racing.world.envs import make_env
 
 CHECK_DRIVER = "check"

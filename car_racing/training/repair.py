@@ -31,10 +31,9 @@ from car_racing.models.ffn import flat_to_population, population_actions
 from car_racing.recording.recorded_data import (
     EpisodeStore,
     RecordedEpisode,
-    has_recorded_data,
+    appending_to,
     load_recorded,
-    merge_pending,
-    recording_seq_len,
+    recorded_trials,
 )
 from car_racing.training.dream import DONE_THRESHOLD, DreamNoise, sample_with_noise
 from car_racing.world.envs import MAX_EPISODE_STEPS, make_env
@@ -125,17 +124,6 @@ def plan_trials(episodes: list[dict], count: int, rng: np.random.Generator, from
     return trials
 
 
-def recorded_trials(data_dir: str | Path, driver: str, iteration_key: str, trial_key: str, iteration: int) -> set[int]:
-    """The trials of one loop iteration's replays already in the data (episodes of ``driver`` whose meta has
-    ``iteration_key`` = ``iteration``; their ``trial_key``), after merging what an interruption left pending: a
-    rerun replays only the others."""
-    merge_pending(data_dir)
-    if not has_recorded_data(data_dir):
-        return set()
-    return {int(e["noise"][trial_key]) for e in load_recorded(data_dir, mmap=True).episodes
-            if e["driver"] == driver and int(e["noise"].get(iteration_key, -1)) == iteration}
-
-
 def recorded_repairs(data_dir: str | Path, iteration: int) -> set[int]:
     """The trials of ``iteration``'s repair already in the data."""
     return recorded_trials(data_dir, REPAIR_DRIVER, "repair_iteration", "repair_trial", iteration)
@@ -146,14 +134,12 @@ def replaying_into(data_dir: str | Path, make_environment: Callable[[], Any] = m
                    ) -> Iterator[tuple[EpisodeStore, Any]]:
     """``(store, env)`` to replay episodes into ``data_dir``: on exit, also after an interruption, the env is closed
     and every saved episode merged (the next rerun skips them)."""
-    store = EpisodeStore(data_dir, append=True, seq_len=recording_seq_len(data_dir))
-    env = make_environment()
-    try:
-        yield store, env
-    finally:
-        env.close()
-        if store.pending_files():
-            store.commit()
+    with appending_to(data_dir) as store:
+        env = make_environment()
+        try:
+            yield store, env
+        finally:
+            env.close()
 
 
 def repair_iteration(data_dir: str | Path, mdnrnn: Any, mu: np.ndarray, params: np.ndarray, iteration: int, count: int,
