@@ -76,7 +76,7 @@ from car_racing.common.runtime import (
     refuse_shipped,
 )
 from car_racing.episodes.rollout import default_workers, uses_backend
-from car_racing.recording.recorded_data import has_recorded_data, load_recorded, recorded_seeds
+from car_racing.recording.recorded_data import has_recorded_data, load_recorded, recorded_run, recorded_seeds
 from car_racing.training.loop import (
     DREAM_CHOICE_DIR,
     PLOT_FILE,
@@ -563,7 +563,7 @@ def stage_repair(args: Args, iteration: int) -> dict:
     """The dream's choice's dreams, replayed in the real env from the states they started from, join the data."""
     from car_racing.common.runtime import load_model, resolve_device
     from car_racing.recording.latent_cache import load_or_build_latents
-    from car_racing.training.repair import repair_iteration
+    from car_racing.training.repair import REPAIR_DRIVER, repair_iteration
 
     folder = iteration_dir(args.checkpoint_dir, iteration)
     mdnrnn, memory = load_model(checkpoint_paths(folder)["memory"], "memory")
@@ -575,8 +575,7 @@ def stage_repair(args: Args, iteration: int) -> dict:
                               seed=args.seed, rollout_steps=args.rollout_steps, temperature=args.temperature,
                               dropout=args.dream_dropout, reward_scale=1.0 / scale,
                               from_start=args.dream_start == "episode-start", progress=args.progress)
-    episodes = [e for e in load_recorded(args.data_dir, mmap=True).episodes
-                if e["driver"] == "repair" and int(e["noise"].get("repair_iteration", -1)) == iteration]
+    episodes = recorded_run(args.data_dir, REPAIR_DRIVER, "repair_iteration", iteration)
     dream = [float(e["noise"]["dream_return"]) for e in episodes]
     real = [float(e["total_reward"]) for e in episodes]
     return {"episodes": len(episodes), "recorded_now": result["recorded_now"],
@@ -596,8 +595,7 @@ def stage_checks(args: Args, iteration: int) -> dict:
                for start, path in runs.items()}
     plan = plan_check_replays(checked, args.check_episodes)
     result = record_check_replays(args.data_dir, plan, iteration, progress=args.progress)
-    episodes = [e for e in load_recorded(args.data_dir, mmap=True).episodes
-                if e["driver"] == CHECK_DRIVER and int(e["noise"].get("check_iteration", -1)) == iteration]
+    episodes = recorded_run(args.data_dir, CHECK_DRIVER, "check_iteration", iteration)
     checks = np.array([float(e["noise"]["check_return"]) for e in episodes])
     replays = np.array([float(e["total_reward"]) for e in episodes])
     return {"episodes": len(episodes), "recorded_now": result["recorded_now"],

@@ -384,15 +384,20 @@ def appending_to(data_dir: str | os.PathLike) -> Iterator[EpisodeStore]:
             store.commit()
 
 
-def recorded_trials(data_dir: str | os.PathLike, driver: str, run_key: str, trial_key: str, run: int) -> set[int]:
-    """The trials of one run (e.g. a loop iteration) of ``driver``'s episodes already in the data: episodes whose
-    meta has ``run_key`` = ``run``; their ``trial_key``. Pending episodes of an interruption are merged first, so
-    a rerun records only the others, never one twice."""
+def recorded_run(data_dir: str | os.PathLike, driver: str, run_key: str, run: int) -> list[dict[str, Any]]:
+    """The meta of one run's (e.g. one loop iteration's) episodes of ``driver``: those whose meta (``noise``) has
+    ``run_key`` = ``run``, in recording order. Pending episodes of an interruption are merged first."""
     merge_pending(data_dir)
     if not has_recorded_data(data_dir):
-        return set()
-    return {int(e["noise"][trial_key]) for e in load_recorded(data_dir, mmap=True).episodes
-            if e["driver"] == driver and int(e["noise"].get(run_key, -1)) == run}
+        return []
+    return [e for e in load_recorded(data_dir, mmap=True).episodes
+            if e["driver"] == driver and int(e["noise"].get(run_key, -1)) == run]
+
+
+def recorded_trials(data_dir: str | os.PathLike, driver: str, run_key: str, trial_key: str, run: int) -> set[int]:
+    """The trials (meta ``trial_key``) of one run of ``driver``'s episodes already in the data
+    (:func:`recorded_run`): a rerun after an interruption records only the others, never one twice."""
+    return {int(e["noise"][trial_key]) for e in recorded_run(data_dir, driver, run_key, run)}
 
 
 def recorded_seeds(data_dir: str) -> set[int]:
