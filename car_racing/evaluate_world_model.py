@@ -446,8 +446,9 @@ def main(args: Args) -> dict[str, Any]:
           f"{errors.get('multi_step_mse', float('nan')):.4f}; reward MSE {errors['reward_mse']:.3f} per step, "
           f"episode return predicted − real {errors['return_error_mean']:+.1f} (|·| {errors['return_error_abs_mean']:.1f})")
     if args.record_into:
-        print(f"recorded {sum(r['recorded'] for r in rows)} of the panel's {sum(len(r['episodes']) for r in rows)} real "
-              f"episodes into {args.record_into} (driver {PANEL_DRIVER}, run {args.record_run}; the others were there)")
+        recorded, driven = sum(r["recorded"] for r in rows), sum(len(r["episodes"]) for r in rows)
+        print(f"recorded {recorded} of the panel's {driven} real episodes into {args.record_into} (driver "
+              f"{PANEL_DRIVER}, run {args.record_run}" + ("; the others were already there)" if recorded < driven else ")"))
     plot_scatter(rows, rho, Path(args.out), settings)
     summary = {"rank_correlation": rho, "controllers": len(rows), "settings": settings, "errors": errors, "rows": rows,
                "checkpoint_dir": str(args.checkpoint_dir), "episodes": args.episodes, "eval_seed_base": args.eval_seed_base}
