@@ -18,8 +18,8 @@ script's own ``main`` (each stays runnable on its own; the exact calls are in th
    one with the better check (same tracks) as the iteration's C. ``--dream-fitness`` makes the dream's
    fitness pessimistic over each candidate's dreams (a lower quantile or mean − k·std).
 3. ``fidelity`` — ``evaluate_world_model.py`` on this iteration's V, M and C: the dream-real rank
-   correlation of a panel of controllers (``--fidelity-panel``, 0 = skip); the panel's real episodes join the
-   data (driver ``panel``; ``--no-panel-as-data`` to only measure).
+   correlation of a panel of controllers (``--fidelity-panel``, 0 = skip); with ``--panel-as-data`` the panel's
+   real episodes join the data (driver ``panel``).
 4. ``record`` — C drives ``--agent-episodes`` new tracks with exploration noise, appended to the data (C's
    mistakes become M's lessons in the next iteration): a ``--record-dream-choice`` share of them by CMA's
    final mean (``iter_NN/dream_choice/``: the C the dream prefers — when the dream is exploited, the very
@@ -254,10 +254,11 @@ class Args:
     """controllers in each iteration's dream-real measurement (0 = skip the measurement)"""
     fidelity_episodes: int = 2
     """real tracks per controller in the measurement"""
-    panel_as_data: bool = True
-    """the measurement's real episodes join the data (driver panel), except in the last iteration (no next M):
-    driving straight, circling and perturbed Cs are what M misjudges (--no-panel-as-data: drive them only to
-    measure)"""
+    panel_as_data: bool = False
+    """the measurement's real episodes also join the data (driver panel; episodes identical to ones recorded before
+    are skipped), except in the last iteration (no next M): driving straight, circling and perturbed Cs are what M
+    misjudges. Off by default: measured in run r25 (docs/dream-repair.md), the panel's fixed 2 tracks became a
+    quarter of M's data and the loop checked worse"""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda[:N] for V, M and the dreams"""
     progress: bool = True
@@ -521,7 +522,7 @@ def stage_controller(args: Args, iteration: int) -> dict:
 
 def stage_fidelity(args: Args, iteration: int) -> dict:
     """The dream-real rank correlation of this iteration's V and M (panel incl. this and earlier Cs); with
-    --panel-as-data the panel's real episodes join the data for the next M (a rerun records only the missing)."""
+    --panel-as-data the panel's new real episodes join the data for the next M (a rerun records only the missing)."""
     from car_racing import evaluate_world_model
 
     if args.fidelity_panel == 0:

@@ -30,7 +30,9 @@ It writes a scatter PNG (dream fitness against real return, one point per contro
 With ``--record-into DATA_DIR`` the panel's real episodes are also appended to that recording, as driver
 ``panel`` with ``{"panel_run", "panel_trial", "controller"}`` in their meta: driving straight, circling and
 perturbed Cs are the behaviours M misjudges, so they are data for M (the dream loop passes its data and
-iteration). A rerun with the same ``--record-run`` appends only the trials not yet there.
+iteration). A rerun with the same ``--record-run`` appends only the trials not yet there, and an episode already
+recorded by an earlier run (same track, same actions: the bias-only controllers drive the fixed tracks identically
+every time) is not appended again.
 
     python car_racing/evaluate_world_model.py --panel 12 --episodes 4
 """
@@ -44,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import functools
+import hashlib
 import json
 import time
 from contextlib import contextmanager
@@ -67,6 +70,7 @@ from car_racing.episodes.rollout import Backend, EpisodeWorkers, default_workers
 from car_racing.recording.recorded_data import (
     RecordedEpisode,
     appending_to,
+    has_recorded_data,
     load_memory_sequences,
     load_recorded,
     recorded_trials,
@@ -283,23 +287,39 @@ def memory_errors(vae: Any, mdnrnn: MDNRNN, frames: np.ndarray, actions: np.ndar
     return result
 
 
+def episode_fingerprint(seed: int, actions: np.ndarray) -> str:
+    """The identity of a seeded real episode: its track and the actions the env received (it re-simulates exactly
+    from them), as a short hash."""
+    digest = hashlib.sha256(str(int(seed)).encode())
+    digest.update(np.ascontiguousarray(actions, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
 @contextmanager
 def panel_recorder(data_dir: str, run: int) -> Iterator[Callable[[int, str, Any], bool]]:
     """``record(trial, name, result)``: appends one panel episode to ``data_dir`` (driver ``panel``, meta
-    ``panel_run`` = ``run``) unless that trial is already there; returns whether it did. Without ``data_dir`` it
-    records nothing. Everything recorded is merged on exit, also after an interruption."""
+    ``panel_run`` = ``run``) unless that trial is already there, or the very same episode (same track, same actions:
+    :func:`episode_fingerprint`) from an earlier run: the bias-only controllers, and any C that did not change, drive
+    the panel's fixed tracks identically every time, and a copy adds only weight, no data. Returns whether it
+    recorded. Without ``data_dir`` it records nothing. Everything recorded is merged on exit, also after an
+    interruption."""
     if not data_dir:
         yield lambda trial, name, result: False
         return
     done = recorded_trials(data_dir, PANEL_DRIVER, "panel_run", "panel_trial", run)
+    known = {e["noise"].get("fingerprint") for e in load_recorded(data_dir, mmap=True).episodes
+             if e["driver"] == PANEL_DRIVER} if has_recorded_data(data_dir) else set()
     with appending_to(data_dir) as store:
         def record(trial: int, name: str, result: Any) -> bool:
-            if trial in done:
+            fingerprint = episode_fingerprint(result.seed, result.actions)
+            if trial in done or fingerprint in known:
                 return False
+            known.add(fingerprint)
             store.add(RecordedEpisode(seed=result.seed, driver=PANEL_DRIVER, frames=result.frames,
                                       actions=result.actions, rewards=result.rewards, lap_finished=result.lap_finished,
                                       terminated=result.terminated,
-                                      noise={"panel_run": run, "panel_trial": trial, "controller": name}))
+                                      noise={"panel_run": run, "panel_trial": trial, "controller": name,
+                                             "fingerprint": fingerprint}))
             return True
         yield record
 

@@ -170,8 +170,11 @@ class Args:
     (dream_loop.py --check-episodes; 0 = the checks are not recorded)"""
     loop_fidelity_panel: int = 0
     """--loop-iterations > 1: each iteration's dream-real measurement (car_racing/evaluate_world_model.py): this many
-    controllers (zero, straight, circling, random, the kept Cs and perturbed copies) on 2 real tracks each, their
-    real episodes joining the loop's data for the next M (dream_loop.py --fidelity-panel; 0 = off, else ≥ 3)"""
+    controllers (zero, straight, circling, random, the kept Cs and perturbed copies) on 2 real tracks each
+    (dream_loop.py --fidelity-panel; 0 = off, else ≥ 3); the rank correlation per iteration is in the loop's PNG"""
+    loop_panel_as_data: bool = False
+    """--loop-fidelity-panel: the panel's new real episodes also join the loop's data for the next M (dream_loop.py
+    --panel-as-data; measured in run r25, docs/dream-repair.md: off by default)"""
     loop_select_top: int = 2
     """--loop-iterations > 1: the final choice: the iterations whose C checked best, this many, drive
     --loop-select-episodes further tracks each, with the iteration --loop-patience-delta counts as best, and the best
@@ -398,7 +401,8 @@ def run_repair_loop(args: Args) -> dict:
         eval_episodes=args.eval_episodes, eval_seed_base=args.eval_seed_base, eval_max_steps=args.eval_max_steps,
         agent_episodes=args.loop_agent_episodes, agent_steps=args.eval_max_steps,
         repair_episodes=args.loop_repair_episodes, check_episodes=args.loop_check_episodes, select_top=args.loop_select_top,
-        select_episodes=args.loop_select_episodes, fidelity_panel=args.loop_fidelity_panel, device=args.device, progress=args.progress,
+        select_episodes=args.loop_select_episodes, fidelity_panel=args.loop_fidelity_panel,
+        panel_as_data=args.loop_panel_as_data, device=args.device, progress=args.progress,
         tensorboard=args.tensorboard))
     best = state.get("best_iteration")
     if best is None:

@@ -185,6 +185,13 @@ def test_fidelity_panel_episodes_join_the_data_once(tmp_path, tiny_data_dir, mon
         assert all(e["length"] == 12 for e in pair)
     assert evaluate_world_model.main(args)["rows"][0]["recorded"] == 0  # nothing twice
     assert len(load_recorded(tiny_data_dir, mmap=True).episodes) == before + 6
+    # the next run (the loop's next iteration) drives the same controllers the same way: identical episodes are
+    # not copied; a changed C's are new data
+    again = evaluate_world_model.main(dataclasses.replace(args, record_run=4))
+    assert [r["recorded"] for r in again["rows"]] == [0, 0, 0]
+    larger = evaluate_world_model.main(dataclasses.replace(args, record_run=5, panel=6))["rows"]
+    assert [r["name"] for r in larger][3:] == ["circling left", "random σ=0.03", "random σ=0.1"]
+    assert [r["recorded"] for r in larger] == [0, 0, 0, 2, 2, 2]  # only the controllers not driven before
 
 
 def test_spearman_rank_correlation():
@@ -210,7 +217,7 @@ def loop_args(tmp_path: Path, init_dir: Path, paths: dict, **overrides) -> dream
 
 def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny_data_dir, monkeypatch):
     paths = write_tiny_checkpoints(tmp_path / "tiny")
-    args = loop_args(tmp_path, tiny_data_dir, paths, select_top=2, select_episodes=2)
+    args = loop_args(tmp_path, tiny_data_dir, paths, select_top=2, select_episodes=2, panel_as_data=True)
     calls: list[str] = []
     interrupted: list[bool] = []
     original = {stage.name: stage.run for stage in dream_loop.STAGES}
