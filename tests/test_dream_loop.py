@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
 
+from bench import loop_table
 from car_racing import dream_loop, evaluate_world_model
 from car_racing.common.cli import UsageError
 from car_racing.common.metrics import metrics_path, read_metrics
@@ -284,6 +285,15 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
     assert [r["step"] for r in read_metrics(metrics_path(Path(args.checkpoint_dir) / "iter_01", "controller"))] == [0, 1, 2]
     with pytest.raises(UsageError, match="--seed 5"):  # a different loop cannot continue this one
         dream_loop.main(loop_args(tmp_path, tiny_data_dir, paths, seed=5))
+    # bench/loop_table.py reads the same state back as the docs' per-iteration table
+    table = loop_table.main(loop_table.Args(runs=(args.checkpoint_dir, args.checkpoint_dir)))
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    assert len(rows) == 3 * 2 and rows[0][0] == "| 0" and rows[1][0] == "| 1"
+    assert rows[0][4] == f"{final['stages']['0:controller']['best_real_score']:.1f} (zero)"
+    assert rows[0][7].endswith("; 3") and rows[1][5] == "—"  # 3 panel episodes recorded; no record in the last
+    assert f"| {final['stages']['1:controller']['best_real_score']:.1f} |" in table.split("kept check:")[-1]
+    with pytest.raises(UsageError, match="--runs .*no dream_loop_state.json"):
+        loop_table.main(loop_table.Args(runs=(str(tmp_path / "nowhere"),)))
 
 
 def script_stages(monkeypatch, checks: dict[int, float], calls: list[str] | None = None) -> None:
