@@ -84,7 +84,8 @@ def iteration_row(state: dict, iteration: int) -> list[str]:
     starts = controller.get("starts") or ({controller["start"]: controller} if controller.get("start") else {})
     kept = "—"
     if controller:
-        kept = f"{_number(controller.get('best_real_score'))} ({controller.get('start', 'warm')})"
+        its_start = str(controller.get("model_source", "")).startswith("initial mean")  # CMA never beat its start
+        kept = f"{_number(controller.get('best_real_score'))} ({controller.get('start', 'warm')}{': its start' * its_start})"
     record, repair = stage("record"), stage("repair")
     episodes = "—"
     if record:
