@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.training.loop import STATE_FILE
 
-STATE_FILE = "dream_loop_state.json"
 COLUMNS = ("it", "M (val MDN / reward MSE; frames)", "warm start: checks", "from zero: checks", "kept (check)",
            "C's episodes: C / dream's choice; repair: dream / real", "check replays: episodes (mean return; tracks)",
            "panel: ρ; 20-step MSE; recorded", "wall clock")
@@ -54,9 +54,14 @@ def read_state(run: str) -> dict:
     return state
 
 
+def iteration_of(key: str) -> int:
+    """The iteration of a loop state key ``"<iteration>:<stage>"``."""
+    return int(key.split(":", 1)[0])
+
+
 def iterations(state: dict) -> list[int]:
     """The iterations with at least one finished stage, in order."""
-    return sorted({int(key.split(":", 1)[0]) for key in state["stages"]})
+    return sorted({iteration_of(key) for key in state["stages"]})
 
 
 def _number(value: Optional[float], digits: int = 1) -> str:
@@ -103,7 +108,7 @@ def iteration_row(state: dict, iteration: int) -> list[str]:
     if fidelity:
         panel = (f"{_number(fidelity.get('rank_correlation'), 2)}; "
                  f"{_number(fidelity.get('errors', {}).get('multi_step_mse'), 3)}; {fidelity.get('recorded_now', 0)}")
-    seconds = sum(result["seconds"] for key, result in stages.items() if key.split(":", 1)[0] == str(iteration))
+    seconds = sum(result["seconds"] for key, result in stages.items() if iteration_of(key) == iteration)
     return [str(iteration), m_cell, _checks(starts.get("warm")), _checks(starts.get("zero")), kept, episodes,
             replays, panel, f"{seconds / 60:.1f} min"]
 
