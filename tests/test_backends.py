@@ -1,13 +1,17 @@
 """Real-env episodes on both backends (worker processes, Ray actors): identical results, dead workers
-replaced, a bad --ray-address refused in one line. One local 2-CPU Ray serves the whole module."""
+replaced, a bad --ray-address refused in one line. One local 2-CPU Ray serves the whole module, started in a
+temporary Ray folder that holds a stale cluster file, as a machine where `ray start` was stopped by Ctrl-C does
+(tests/test_ray_states.py: the other states of a machine and a cluster)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +34,25 @@ PROCESSES = Backend("processes")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray with 2 CPUs for the module (the scripts' own connection: repo on the workers' path)."""
-    assert connect_ray("", num_cpus=2)
-    yield
-    ray.shutdown()
+    """A local Ray with 2 CPUs for the module (the scripts' own connection: repo on the workers' path), in a
+    temporary Ray folder (RAY_TMPDIR) whose cluster file names a cluster that is gone: it must not be joined."""
+    folder = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths live under it
+    (Path(folder) / "ray").mkdir()
+    (Path(folder) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    saved = {name: os.environ.pop(name, None) for name in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    os.environ["RAY_TMPDIR"] = folder
+    try:
+        assert connect_ray("", num_cpus=2)
+        assert ray.cluster_resources()["CPU"] == 2  # a Ray of its own (joining would have failed or had other CPUs)
+        assert ray.get_runtime_context().gcs_address != "127.0.0.1:1"
+        yield
+    finally:
+        ray.shutdown()
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_evaluation_and_simulator_identical_on_both_backends(tiny_checkpoints, local_ray, capsys):

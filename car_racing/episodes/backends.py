@@ -12,10 +12,14 @@ call (a CMA-ES generation's candidate parameters): Ray puts it into its object s
 Backends:
 
 - ``processes`` (default): ``workers`` spawned processes on this machine (``workers == 1``: this process).
-- ``ray``: ``workers`` Ray actors of 1 CPU each. ``--ray-address ""`` starts a local Ray with ``workers``
-  CPUs; ``auto`` or ``HOST:PORT`` joins a running cluster (``ray start --head`` / ``ray start --address``;
-  see docs/scaling-with-ray.md). The actors import this repository from the path it has on
-  this host, so every node needs the repository and the virtual environment at the same paths.
+- ``ray``: ``workers`` Ray actors of 1 CPU each. ``--ray-address auto`` or ``HOST:PORT`` joins a running
+  cluster (``ray start --head`` / ``ray start --address``; see docs/scaling-with-ray.md); without it, the
+  cluster in ``RAY_ADDRESS`` (Ray's own convention, set inside Ray jobs), and without that a private local
+  Ray with ``workers`` CPUs, started for this run (``address="local"``) and shut down after it: a cluster
+  file left behind by an earlier ``ray start`` (``/tmp/ray/ray_current_cluster``) is never joined. The
+  actors import this repository from the path it has on this host, so every node needs the repository and
+  the virtual environment at the same paths; a node without one of :data:`REQUIRED_PACKAGES`, or a Ray
+  whose version differs from this host's, ends the run with one line naming it.
 
 Both backends give bit-identical results: a job depends only on its inputs (an episode on its seed
 and parameters), and every worker runs torch on 1 thread.
@@ -27,6 +31,12 @@ worker breaks the whole pool (``concurrent.futures`` raises ``BrokenProcessPool`
 forever as ``multiprocessing.Pool.imap`` does), so the pool is restarted and every unfinished job runs
 again. Workers that keep dying without any job finishing in between end the call with an error.
 
+**A cluster that stops answering** (its head died, the network is cut): the pool checks the head (its GCS
+port) every :data:`RAY_HEARTBEAT_S` and stops with a one-line :class:`RayClusterLost` once it has not answered
+for :data:`RAY_HEAD_LOST_S` (Ray itself would wait 60 s and then kill the process). Every result returned before
+is the caller's (the scripts have saved them: episodes as they finish, CMA-ES generations as they end);
+:func:`uses_backend` adds what the script saved and how to go on (``--resume``) to the line.
+
 **Ctrl-C** is the main process's: workers ignore SIGINT; the pool's owner closes it (processes are
 terminated, actors killed) and :func:`backend_session` shuts Ray down on the way out.
 """
@@ -37,12 +47,16 @@ import collections
 import concurrent.futures as futures
 import contextlib
 import functools
+import importlib.util
+import inspect
 import logging
 import multiprocessing as mp
 import os
 import signal
+import re
 import socket
 import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +68,20 @@ BACKENDS = ("processes", "ray")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAY_INSTALL = "pip install -r requirements-ray.txt"  # Ray is an optional extra (make test installs it)
 RAY_CONNECT_TIMEOUT_S = 5.0  # a bad --ray-address fails within this (Ray itself retries for minutes)
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: the cluster to join when --ray-address is not given
+RAY_HEARTBEAT_S = 2.0  # how often a Ray pool checks that the cluster's head still answers
+RAY_HEAD_LOST_S = 10.0  # a head unanswering this long ends the run (Ray kills the driver after 60 s)
+RAY_POLL_S = 1.0  # the longest a Ray pool waits for a result before checking the head again
+# what the actors need besides Ray and this repository (checked on each actor: one line names a missing one)
+REQUIRED_PACKAGES = ("numpy", "torch", "gymnasium", "Box2D")
 RAY_JOBS_IN_FLIGHT = 2  # jobs queued on each actor: the next one starts without a round trip to the driver
 PROCESS_POOL_RESTARTS = 3  # restarts of a broken process pool in a row with no job finished in between
 
 
 @dataclass(frozen=True)
 class Backend:
-    """Where real-env episodes run: ``kind`` ``processes`` or ``ray``; ``ray_address`` ``""`` (start a
-    local Ray), ``auto`` or ``HOST:PORT`` (join a running cluster)."""
+    """Where real-env episodes run: ``kind`` ``processes`` or ``ray``; ``ray_address`` ``auto`` or ``HOST:PORT``
+    (join a running cluster) or ``""`` (not given: ``RAY_ADDRESS`` if set, else a private local Ray)."""
 
     kind: str = "processes"
     ray_address: str = ""
@@ -89,8 +109,21 @@ class Backend:
         except ImportError:
             raise UsageError(f"--backend ray: needs the optional Ray package, which is not installed; "
                              f"run: {RAY_INSTALL}") from None
-        if self.ray_address:
-            check_ray_address(self.ray_address)
+        address, source = resolve_ray_address(self.ray_address)
+        if address:
+            check_ray_address(address, source)
+
+
+def resolve_ray_address(flag: str = "") -> tuple[str, str]:
+    """The Ray cluster a run joins and the words that name where that came from: ``--ray-address`` when
+    given, else ``RAY_ADDRESS`` from the environment (Ray's convention: set inside Ray jobs and on cluster
+    nodes); ``("", "")`` means neither: a private local Ray for this run (``RAY_ADDRESS=local`` too)."""
+    if flag:
+        return flag, f"--ray-address {flag}"
+    from_env = os.environ.get(RAY_ADDRESS_ENV, "").strip()
+    if from_env and from_env != "local":
+        return from_env, f"{RAY_ADDRESS_ENV}={from_env}"
+    return "", ""
 
 
 def _split_host_port(address: str) -> tuple[str, int] | None:
@@ -100,16 +133,27 @@ def _split_host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def check_ray_address(address: str) -> str:
+def check_ray_address(address: str, source: str = "") -> str:
     """The ``HOST:PORT`` that ``address`` (``auto`` or ``HOST:PORT``) names, once something accepts a TCP
-    connection there; else a one-line :class:`UsageError`. Ray's own ``ray.init`` retries an unreachable
-    address for minutes, hence this check first."""
-    flag = f"--ray-address {address}"
+    connection there; else a one-line :class:`UsageError` that starts with ``source`` (default: the
+    ``--ray-address`` flag). Ray's own ``ray.init`` retries an unreachable address for minutes, hence this
+    check first."""
+    flag = source or f"--ray-address {address}"
+    if flag.startswith(RAY_ADDRESS_ENV):
+        flag += " (from the environment)"
+    if address.startswith("ray://"):
+        raise UsageError(f"{flag}: Ray Client addresses (ray://) are not supported; give the cluster's "
+                         f"HOST:PORT (the port `ray start --head` printed, 6379 by default) or auto")
+    found_in = ""
     if address == "auto":
         try:
-            from ray._private.services import canonicalize_bootstrap_address
+            from ray._private.services import canonicalize_bootstrap_address, find_bootstrap_address
 
             found = canonicalize_bootstrap_address("auto")
+            if os.environ.get(RAY_ADDRESS_ENV, "").strip() not in ("", "auto"):
+                found_in = f" (from {RAY_ADDRESS_ENV})"
+            elif found and found == find_bootstrap_address(None):
+                found_in = f" (from {_cluster_file()}, left by the last `ray start`)"
         except Exception as err:  # a private helper: if it moved, let ray.init find the cluster itself
             if isinstance(err, (ImportError, AttributeError)):
                 return address
@@ -123,13 +167,38 @@ def check_ray_address(address: str) -> str:
     parsed = _split_host_port(target)
     if parsed is None:
         raise UsageError(f"{flag}: expected auto or HOST:PORT (e.g. 10.0.0.1:6379)")
-    try:
-        with socket.create_connection(parsed, timeout=RAY_CONNECT_TIMEOUT_S):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise UsageError(f"{flag}: no Ray cluster answers at {target} ({reason})") from None
+    reason = _unanswered(target, RAY_CONNECT_TIMEOUT_S)
+    if reason:
+        raise UsageError(f"{flag}: no Ray cluster answers at {target}{found_in} ({reason}){_env_hint(flag)}")
     return target
+
+
+def _env_hint(flag: str) -> str:
+    return f"; unset {RAY_ADDRESS_ENV} for a private local Ray, or give --ray-address" if flag.startswith(
+        RAY_ADDRESS_ENV) else ""
+
+
+def _unanswered(address: str, timeout: float) -> str:
+    """``""`` when something accepts a TCP connection at ``address`` (``HOST:PORT``) within ``timeout``
+    seconds, else why not (``Connection refused``, ``timed out``, ...)."""
+    parsed = _split_host_port(address)
+    if parsed is None:
+        return f"not HOST:PORT: {address}"
+    try:
+        with socket.create_connection(parsed, timeout=timeout):
+            return ""
+    except OSError as err:
+        return err.strerror or str(err) or type(err).__name__
+
+
+def _cluster_file() -> str:
+    """Where ``ray start`` records the last cluster it started (``/tmp/ray/ray_current_cluster``)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        return get_ray_address_file(None)
+    except Exception:  # a private helper: the words only
+        return "/tmp/ray/ray_current_cluster"
 
 
 def _first_line(err: BaseException) -> str:
@@ -140,30 +209,57 @@ def _first_line(err: BaseException) -> str:
 # --- the Ray connection ---------------------------------------------------------------------------------
 
 _sessions: list[Backend] = []  # open backend_session()s: while one is open, pools leave Ray running
+_joined: dict[str, str] = {}  # the cluster this process joined: {"address": ..., "source": ...} (messages)
+
+
+class RayClusterLost(UsageError):
+    """The Ray cluster stopped answering mid-run (its head died, the network is cut): one line, exit 2.
+    :func:`uses_backend` adds what the script saved and how to go on."""
 
 
 def connect_ray(address: str = "", num_cpus: int | None = None) -> bool:
-    """Connect this process to Ray unless it already is: join the cluster at ``address`` (``auto`` or
-    ``HOST:PORT``), or with ``""`` start a local Ray with ``num_cpus`` CPUs. Returns True when this call
-    connected (the caller then shuts Ray down when done). Workers find this repository on their path."""
+    """Connect this process to Ray unless it already is: join the cluster that ``address`` (``auto`` or
+    ``HOST:PORT``) or, without it, ``RAY_ADDRESS`` names (never passing ``num_cpus``: a cluster has its
+    own), or start a private local Ray with ``num_cpus`` CPUs (``address="local"``: whatever cluster file
+    an earlier ``ray start`` left behind is not read). Returns True when this call connected (the caller
+    then shuts Ray down when done). Workers find this repository on their path."""
     import ray
 
     if ray.is_initialized():
         return False
     options: dict[str, Any] = dict(job_config=ray.job_config.JobConfig(code_search_path=[str(REPO_ROOT)]))
-    if address:
-        check_ray_address(address)
+    target, source = resolve_ray_address(address)
+    _joined.clear()
+    if target:
+        check_ray_address(target, source)
         try:
-            ray.init(address=address, logging_level=logging.WARNING, **options)
+            ray.init(address=target, logging_level=logging.WARNING, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UsageError(f"--ray-address {address}: could not join the Ray cluster ({_first_line(err)})") from None
+            raise UsageError(f"{source}: {_join_error(err)}{_env_hint(source)}") from None
+        _joined.update(address=ray.get_runtime_context().gcs_address, source=source)
         resources = ray.cluster_resources()
-        print(f"ray: joined the cluster at {address}: {int(resources.get('CPU', 0))} CPUs on "
+        print(f"ray: joined the cluster at {target}: {int(resources.get('CPU', 0))} CPUs on "
               f"{len([n for n in ray.nodes() if n.get('Alive')])} nodes", file=sys.stderr)
     else:
         # ERROR: a local Ray's start-up warnings (e.g. its token authentication notice) are not the user's concern
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, **options)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, **options)
     return True
+
+
+_VERSION_MISMATCH = re.compile(r"cluster was started with:\s*Ray: (\S+)\s*Python: (\S+)\s*This process on (.*?) "
+                               r"was started with:\s*Ray: (\S+)\s*Python: (\S+)", re.S)
+
+
+def _join_error(err: BaseException) -> str:
+    """Why ``ray.init`` could not join: both versions when they differ (Ray's own message spans lines)."""
+    found = _VERSION_MISMATCH.search(str(err))
+    if not found:
+        return f"could not join the Ray cluster ({_first_line(err)})"
+    cluster_ray, cluster_python, _, ray_here, python_here = found.groups()
+    which = "Ray" if cluster_ray != ray_here else "Python"
+    return (f"the cluster runs Ray {cluster_ray} on Python {cluster_python} but this machine has Ray {ray_here} on "
+            f"Python {python_here}: every host needs the same {which} (requirements-ray.txt pins the Ray version; "
+            f"run: {RAY_INSTALL})")
 
 
 @contextlib.contextmanager
@@ -185,13 +281,39 @@ def backend_session(backend: Backend) -> Iterator[Backend]:
             ray.shutdown()
 
 
+# what each script has saved when the cluster is lost, and how it goes on (the script's file name)
+GOING_ON = {
+    "train_controller_cmaes": "every finished generation is saved: rerun with --resume to go on",
+    "dream_loop": "every finished stage and generation is saved: rerun the same command to go on (it resumes)",
+    "recorded_frames": "every finished episode is saved: rerun with --append to record more after them",
+}
+
+
+def going_on(args: Any) -> str:
+    """What the script whose ``args`` these are saved before a lost cluster, and how to go on."""
+    try:
+        script = Path(inspect.getfile(type(args))).stem
+    except (TypeError, OSError):
+        script = ""
+    how = GOING_ON.get(script, "rerun the same command" if not hasattr(args, "resume") else
+                       "rerun with --resume to go on")
+    return f"{how}, on a new cluster or with --backend processes (no Ray)"
+
+
 def uses_backend(main: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Decorator for a script's ``main(args)``: runs it inside :func:`backend_session` for the backend its
-    ``args`` name (``--backend``, ``--ray-address``)."""
+    ``args`` name (``--backend``, ``--ray-address``). A lost Ray cluster ends the outermost script with one
+    line that says what was saved and how to go on."""
     @functools.wraps(main)
     def wrapper(args: Any) -> Any:
-        with backend_session(Backend.from_args(args)):
-            return main(args)
+        outermost = not _sessions
+        try:
+            with backend_session(Backend.from_args(args)):
+                return main(args)
+        except RayClusterLost as err:
+            if not outermost:
+                raise
+            raise RayClusterLost(f"{err}; {going_on(args)}") from None
     return wrapper
 
 
@@ -392,37 +514,116 @@ class _ProcessPool:
 
 # Ray -------------------------------------------------------------------------------------------------------
 
-class RayWorker:
-    """A Ray actor's body (wrapped with ``ray.remote`` in :class:`_RayPool`): the worker state built once."""
+def missing_packages(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` (top-level packages) that this Python cannot import."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
 
-    def __init__(self, init: Callable[..., Any], init_args: tuple, run: Callable[[Any, Any, Any], Any]):
+
+class RayWorker:
+    """A Ray actor's body (wrapped with ``ray.remote`` in :class:`_RayPool`): the worker state built once.
+
+    ``payload`` is ``(init, init_args, run)`` pickled by the driver and unpickled here, after checking that
+    this node has ``required`` (the packages they import): a node without one gets a one-line
+    :class:`UsageError` naming it instead of an import traceback. That error, or any raised by ``init``,
+    is raised by every :meth:`run` (the pool raises it as the processes backend would)."""
+
+    def __init__(self, payload: bytes, required: Sequence[str] = REQUIRED_PACKAGES):
         with contextlib.suppress(ValueError):  # only possible in the main thread
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.state, self.run_job = init(*init_args), run
+        self.state: Any = None
+        self.problem: BaseException | None = None
+        missing = missing_packages(required)
+        if missing:
+            self.problem = UsageError(
+                f"--backend ray: the Ray node {_node_ip()} has no {' and no '.join(missing)} (Python "
+                f"{sys.executable}); every node needs this project's packages at the same paths: pip install "
+                f"-r requirements.txt -r requirements-ray.txt")
+            return
+        try:
+            import ray.cloudpickle
+
+            init, init_args, self.run_job = ray.cloudpickle.loads(payload)
+            self.state = init(*init_args)
+        except Exception as err:  # raised by run(): the caller sees init's own error
+            self.problem = err
+            return
         _one_torch_thread()
 
     def run(self, job: Any, shared: Any) -> Any:
+        if self.problem is not None:
+            raise self.problem
         return self.run_job(self.state, job, shared)
 
     def pid(self) -> int:
         return os.getpid()
 
 
+def _node_ip() -> str:
+    try:
+        import ray.util
+
+        return ray.util.get_node_ip_address()
+    except Exception:
+        return socket.gethostname()
+
+
+class _HeadWatch:
+    """Whether the Ray cluster's head still answers (a TCP connection to its GCS port): :meth:`poll` raises
+    :class:`RayClusterLost` once it has not for :data:`RAY_HEAD_LOST_S` (checked at most every
+    :data:`RAY_HEARTBEAT_S`); :attr:`lost` then tells the pool to leave Ray's calls alone."""
+
+    def __init__(self, address: str, source: str):
+        self.address, self.source = address, source
+        self.checked = time.monotonic()
+        self.silent_since: float | None = None
+        self.lost = False
+
+    def poll(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.address or (not force and now - self.checked < RAY_HEARTBEAT_S):
+            return
+        self.checked = now
+        reason = _unanswered(self.address, min(RAY_HEARTBEAT_S, RAY_CONNECT_TIMEOUT_S))
+        if not reason:
+            self.silent_since = None
+            return
+        if self.silent_since is None:
+            self.silent_since = now
+        if now - self.silent_since >= RAY_HEAD_LOST_S:
+            self.lost = True
+            where = f"the Ray cluster at {self.address} ({self.source})" if self.source else \
+                f"the local Ray of this run (its head at {self.address})"
+            raise RayClusterLost(f"{where} stopped answering during the run ({reason} for {RAY_HEAD_LOST_S:.0f} s: "
+                                 f"its head died or the network is cut)")
+
+    def wait_alive(self) -> None:
+        """Return once the head answers; raise :class:`RayClusterLost` if it stays silent (an actor just died:
+        replacing it on a cluster without a head would wait until Ray kills this process)."""
+        while True:
+            self.poll(force=True)
+            if self.silent_since is None:
+                return
+            time.sleep(0.5)
+
+
 class _RayPool:
     """``workers`` actors of 1 CPU each (at most the cluster's CPUs); jobs go to whichever actor is free,
-    :data:`RAY_JOBS_IN_FLIGHT` at a time per actor; a dead actor is replaced and its jobs run again."""
+    :data:`RAY_JOBS_IN_FLIGHT` at a time per actor; a dead actor is replaced and its jobs run again; a
+    cluster whose head stops answering ends the call with :class:`RayClusterLost`."""
 
     def __init__(self, init: Callable[..., Any], init_args: tuple, run: Callable[[Any, Any, Any], Any],
                  workers: int, address: str):
         import ray
+        import ray.cloudpickle
 
         self.owns_ray = connect_ray(address, workers)
+        self.watch = _HeadWatch(ray.get_runtime_context().gcs_address or "", _joined.get("source", ""))
         cpus = int(ray.cluster_resources().get("CPU", workers))
         if workers > cpus:
             print(f"ray: --workers {workers} but the cluster has {cpus} CPUs: starting {cpus} actors", file=sys.stderr)
         self.workers = max(1, min(workers, cpus))
         self.actor_class = ray.remote(num_cpus=1, max_restarts=0)(RayWorker)
-        self.init_args = (init, init_args, run)
+        self.init_args = (ray.cloudpickle.dumps((init, init_args, run)), tuple(REQUIRED_PACKAGES))
         self.actors = [self.actor_class.remote(*self.init_args) for _ in range(self.workers)]
         self.incarnation = [0] * self.workers  # bumped when a slot's actor is replaced
         self.replacements = 0
@@ -434,6 +635,7 @@ class _RayPool:
         import ray
         from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
+        self.watch.wait_alive()
         shared_ref = ray.put(shared) if shared is not None else None  # into the object store once per call
         queue = collections.deque(range(len(jobs)))
         in_flight: dict[Any, tuple[int, int, int]] = {}  # ref → (job index, slot, incarnation)
@@ -452,7 +654,8 @@ class _RayPool:
         try:
             submit()
             while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=RAY_POLL_S)
+                self.watch.poll()
                 for ref in ready:
                     if ref not in in_flight:  # dropped with its dead actor below
                         continue
@@ -460,6 +663,9 @@ class _RayPool:
                     try:
                         result = ray.get(ref)
                     except (RayActorError, WorkerCrashedError) as err:
+                        if getattr(err, "actor_init_failed", False):  # the actor could not even be built here
+                            raise _actor_init_error(err) from None
+                        self.watch.wait_alive()  # the head gone: stop here, not replace actors nobody can start
                         deaths_without_progress += 1
                         if deaths_without_progress > self.workers + 2:
                             raise RuntimeError(f"Ray actors died {deaths_without_progress} times in a row without "
@@ -476,9 +682,10 @@ class _RayPool:
                     yield index, result
                 submit()
         finally:
-            for ref in in_flight:  # stopped early (Ctrl-C, an error, the caller stopped): drop queued jobs
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref)
+            if not self.watch.lost:
+                for ref in in_flight:  # stopped early (Ctrl-C, an error, the caller stopped): drop queued jobs
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref)
 
     def _replace(self, slot: int, incarnation: int, index: int, in_flight: dict, queue: collections.deque,
                  load: list[int]) -> None:
@@ -506,9 +713,23 @@ class _RayPool:
 
         if not ray.is_initialized():
             return
-        for actor in self.actors:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
+        if not self.watch.lost:  # (without a head these calls could wait for it)
+            for actor in self.actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
         self.actors = []
         if self.owns_ray and not _sessions:
             ray.shutdown()
+
+
+def _actor_init_error(err: BaseException) -> Exception:
+    """An actor that Ray could not build on its node (the class failed to load there): one line naming the
+    missing module when that is the reason."""
+    text = str(err)
+    missing = re.search(r"No module named '([^']+)'", text)
+    if missing:
+        name = missing.group(1).split(".")[0]
+        where = (f"this repository ({REPO_ROOT}) must be at the same path on every node" if name == "car_racing"
+                 else f"every node needs this project's packages: pip install -r requirements.txt -r requirements-ray.txt")
+        return UsageError(f"--backend ray: a Ray node cannot import {name}: {where}")
+    return RuntimeError(f"a Ray actor could not be started: {_first_line(err)}")
