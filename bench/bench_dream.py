@@ -44,14 +44,14 @@ import torch
 
 from bench.common import timed
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import build_model, load_checkpoint, resolve_device
+from car_racing.common.runtime import build_model, load_checkpoint, resolve_device, save_resume_state
 from car_racing.episodes.agent import checkpoint_paths
 from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recording.latent_cache import load_or_build_latents
 from car_racing.recording.recorded_data import load_memory_sequences
 from car_racing.train_controller_cmaes import Args as TrainArgs
-from car_racing.training.cmaes_run import make_es, save_run_checkpoint
+from car_racing.training.cmaes_run import make_es
 from car_racing.training.dream import (
     FusedDreamWeights,
     StartStates,
@@ -212,7 +212,7 @@ def measure(args: Args) -> dict:
             t2 = time.perf_counter()
             es.tell(candidates, (-fitness[:-1]).tolist())
             t3 = time.perf_counter()
-            save_run_checkpoint({"kind": "controller", "es_state": es.pickle_dumps()}, Path(tmp) / "c.pth")
+            save_resume_state({"es_state": es.pickle_dumps()}, Path(tmp) / "c.resume.pkl")  # what a run saves per generation
             t4 = time.perf_counter()
             times["ask/tell"] += (t1 - t0) + (t3 - t2)
             times["dream"] += t2 - t1

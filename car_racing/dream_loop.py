@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.metrics import MetricsLog
+from car_racing.common.plain_data import resume_path
 from car_racing.common.runtime import (
     MEMORY_LATEST_FILE,
     checkpoint_paths,
@@ -468,7 +469,7 @@ def evolve_in_dream(args: Args, iteration: int, folder: Path, start_from: Option
     from car_racing import train_controller_cmaes as cmaes
 
     out = checkpoint_paths(folder)["controller"]
-    resume = out.is_file() and "es_state" in load_checkpoint(out, "controller")
+    resume = resume_path(out).is_file()  # the run's own resume file: continue it
     dreams = dream_settings(args, warm=start_from is not None)
     if dreams["dream_start_drivers"]:
         drivers = {e["driver"] for e in load_recorded(args.data_dir, mmap=True).episodes}

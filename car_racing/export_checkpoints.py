@@ -29,7 +29,7 @@ from car_racing.common.cli import run_main
 from car_racing.common.runtime import CHECKPOINT_FILES, checkpoint_paths, load_checkpoint, load_model, save_checkpoint
 
 # resume-only state: never needed to drive or to look at the models
-DROPPED_KEYS = ("optimizer_state", "es_state", "rng", "rng_state", "best_params", "checked")
+DROPPED_KEYS = ("optimizer_state", "es_state", "rng", "rng_state", "best_params", "checked", "cma_mean")
 
 
 @dataclass

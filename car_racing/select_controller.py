@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.runtime import atomic_path, checkpoint_paths, load_checkpoint, refuse_shipped
+from car_racing.common.runtime import atomic_path, checkpoint_paths, load_checkpoint, refuse_shipped, save_checkpoint
 from car_racing.episodes.rollout import Backend, default_workers, uses_backend
 from car_racing.training.loop import SELECT_SEED_BASE
 
@@ -104,8 +104,6 @@ def load_results(path: Path, settings: dict) -> dict[str, list[float]]:
 @uses_backend
 def main(args: Args) -> dict:
     """Rank the candidates on the selection tracks, write the winner; returns the selection record."""
-    import torch
-
     from car_racing.episodes.agent import make_agent_driver
     from car_racing.models.ffn import Controller, num_controller_params
     from car_racing.training.fitness import RealFitness
@@ -166,8 +164,7 @@ def main(args: Args) -> dict:
                    selection=record)
         if isinstance(run.get("training"), dict):
             run["training"]["selection"] = {k: v for k, v in record.items() if k != "config"}
-        with atomic_path(path) as tmp:
-            torch.save(run, tmp, pickle_protocol=5)
+        save_checkpoint(run, path)
         print(f"wrote {path}")
     return record
 

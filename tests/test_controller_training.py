@@ -12,7 +12,8 @@ import torch
 
 from car_racing.common.cli import UsageError
 from car_racing.common.metrics import metrics_path, read_metrics
-from car_racing.common.runtime import load_checkpoint, save_checkpoint
+from car_racing.common.plain_data import resume_path
+from car_racing.common.runtime import load_checkpoint, load_resume_state, save_checkpoint
 from car_racing.episodes.agent import checkpoint_paths
 from car_racing.episodes.rollout import EpisodeResult
 from car_racing.models.ffn import Controller, flat_to_population, population_actions
@@ -302,12 +303,16 @@ def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir)
     assert first["bc"]["samples"] == load_memory_sequences(tiny_data_dir).indices.size  # every step of every window
     assert first["models"]["memory"]["sha256"] == file_sha256(paths["memory"])
     assert (tmp_path / "checkpoints" / "control_model_cmaes.png").is_file()
-    es = pickle.loads(first["es_state"])
+    # the checkpoint is plain data; CMA-ES's and the RNGs' state sit in the run's resume file beside it
+    assert "es_state" not in first and "rng_state" not in first
+    resume_file = resume_path(paths["controller"])
+    saved_es_state = load_resume_state(resume_file)["es_state"]
+    es = pickle.loads(saved_es_state)
     assert es.countiter == 2
-    saved_es_state = first["es_state"]
+    np.testing.assert_array_equal(first["cma_mean"], es.mean)
 
     resumed = main(run_args(tmp_path, tiny_data_dir, init="bc", generations=4, resume=True))
-    assert resumed["generation"] == 4 and pickle.loads(resumed["es_state"]).countiter == 4
+    assert resumed["generation"] == 4 and pickle.loads(load_resume_state(resume_file)["es_state"]).countiter == 4
     assert resumed["history"]["fitness_best"][:2] == first["history"]["fitness_best"]
     assert resumed["history"]["eval_generation"] == [2, 4]
     records = read_metrics(metrics_path(tmp_path / "checkpoints", "controller"))  # one line per generation
@@ -322,7 +327,7 @@ def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir)
     write_tiny_checkpoints(straight_dir / "checkpoints")
     straight = main(run_args(straight_dir, tiny_data_dir, init="bc", generations=4, eval_every=0))
     assert straight["history"]["fitness_best"] == resumed["history"]["fitness_best"]
-    np.testing.assert_array_equal(pickle.loads(straight["es_state"]).mean, pickle.loads(resumed["es_state"]).mean)
+    np.testing.assert_array_equal(straight["cma_mean"], resumed["cma_mean"])
     assert pickle.loads(saved_es_state).countiter == 2
     controller = load_checkpoint(paths["controller"], "controller")
     Controller(**controller["model_args"]).load_state_dict(controller["model_state"])

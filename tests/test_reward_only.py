@@ -70,7 +70,7 @@ def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path
     best = max(record["table"], key=lambda row: row["mean"] - row["std"])
     assert record["kept"] == best["source"] and saved["model_source"].startswith(best["source"])
     kept = next(entry for entry in run["checked"] if entry["source"] == best["source"])
-    torch.testing.assert_close(saved["best_params"], kept["params"].astype("float64"))
+    torch.testing.assert_close(saved["best_params"], kept["params"].double())  # (plain data: tensors)
 
     # a rerun reuses the saved returns (an interrupted selection continues, it does not drive again)
     from car_racing.training import fitness

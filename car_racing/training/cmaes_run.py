@@ -10,8 +10,11 @@ initial mean (generation 0), so the warm start competes too. The checkpoint's ``
 parameters with the best mean real score so far (a tie goes to the later check); with no check, CMA's
 current mean (``model_source`` says which). The checks only choose what to keep: they are never fitness.
 
-**Resume.** The checkpoint is written atomically after every generation with the CMA-ES state, the
-generation, the RNG states, the history and the best parameters, so a resumed run continues the same run.
+**Resume.** After every generation the run writes, atomically, its resume file
+(``control_model_cmaes.resume.pkl``: the CMA-ES state, the RNG states and everything else of the run) and then the
+checkpoint (plain data: the kept C, the history, the checks, CMA's mean, the training record), so ``--resume``
+continues the same run from the resume file. Only ``--resume`` reads that file, a pickle of the run's own, so
+``--resume`` trusts its folder; the checkpoint is what anyone may load (``weights_only=True``) and hand on.
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ from tqdm.auto import tqdm
 from car_racing.common.cli import UsageError
 from car_racing.common.metrics import MetricsLog
 from car_racing.common.runtime import (
-    atomic_path,
     build_model,
     checkpoint_paths,
     load_checkpoint,
+    load_resume_state,
     plot_curves,
     resolve_device,
+    save_checkpoint,
+    save_resume_state,
 )
+from car_racing.common.plain_data import resume_path
 from car_racing.episodes.rollout import Backend, EpisodeResult
 from car_racing.models.ffn import Controller, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
@@ -60,13 +66,6 @@ def bc_visitor(fit: LinearFit, eps: float):
         x = torch.cat([batch.z, batch.h], dim=-1).reshape(-1, batch.z.shape[-1] + batch.h.shape[-1])
         fit.add(x, bc_targets(batch.actions.reshape(-1, batch.actions.shape[-1]).cpu(), eps))
     return visit
-
-
-def save_run_checkpoint(checkpoint: dict, path: Path) -> None:
-    """:func:`car_racing.common.runtime.save_checkpoint` with pickle protocol 5: the tens of MB of CMA-ES state
-    (bytes) are written about 5× faster than with torch's default protocol (this runs every generation)."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp, pickle_protocol=5)
 
 
 def rng_states() -> dict[str, Any]:
@@ -247,7 +246,7 @@ def validate_resume(state: dict, setup: Setup) -> None:
     """One-line errors when a saved run cannot continue with these flags and models."""
     args, out_path = setup.args, setup.out_path
     if "es_state" not in state:
-        raise UsageError(f"{out_path}: holds no CMA-ES state to resume; drop --resume to start a new run")
+        raise UsageError(f"{resume_path(out_path)}: holds no CMA-ES state to resume; drop --resume to start a new run")
     for kind in ("vision", "memory"):
         if state.get("models", {}).get(kind, {}).get("sha256") != setup.models_used[kind]["sha256"]:
             raise UsageError(f"{out_path}: the run used a different {kind} checkpoint than {setup.paths[kind]}; "
@@ -271,6 +270,16 @@ def warn_check_seed_overlap(args: Any) -> None:
         if overlap:
             print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
                   f"recording seeds", file=sys.stderr)
+
+
+def fill_cma_mean(path: Path, mean: np.ndarray) -> None:
+    """A checkpoint converted from the older format (car_racing/convert_checkpoints.py) has no CMA mean yet (it
+    was inside the pickled CMA-ES state, which the converter does not unpickle): the resumed run fills it in,
+    leaving the rest of the checkpoint (a selection written into it, say) as it is."""
+    if path.is_file():
+        checkpoint = load_checkpoint(path, "controller")
+        if checkpoint.get("cma_mean", ()) is None:
+            save_checkpoint({**checkpoint, "cma_mean": np.asarray(mean, dtype=np.float64)}, path)
 
 
 HISTORY_KEYS = ("generation", "fitness_best", "fitness_mean", "fitness_cma_mean", "sigma", "seconds", "eval_generation",
@@ -299,11 +308,18 @@ class Run:
 
     @classmethod
     def resume(cls, setup: Setup) -> "Run":
-        state = load_checkpoint(setup.out_path, "controller")
+        """The run saved in ``setup.out_path``'s resume file (the run's own pickle: ``--resume`` trusts its folder)."""
+        path = resume_path(setup.out_path)
+        if not path.is_file():
+            found = "only a checkpoint (" + str(setup.out_path) + ")" if setup.out_path.is_file() else "nothing"
+            raise UsageError(f"{path}: no CMA-ES run to resume here ({found}); drop --resume to start a new run")
+        state = load_resume_state(path)
         validate_resume(state, setup)
         restore_rng_states(state["rng_state"])
         print(f"resuming {setup.out_path} after generation {int(state['generation'])}")
-        return cls(setup, pickle.loads(state["es_state"]), state.get("bc"), int(state["generation"]),
+        es = pickle.loads(state["es_state"])
+        fill_cma_mean(setup.out_path, es.mean)
+        return cls(setup, es, state.get("bc"), int(state["generation"]),
                    state["history"], state.get("best_real_score"), state.get("best_params"),
                    state.get("model_source", "cma_mean (no real-env check yet)"), state.get("checked"))
 
@@ -340,19 +356,26 @@ class Run:
         return score, spread
 
     def checkpoint(self) -> dict:
+        """The controller checkpoint: plain data (loads with ``weights_only=True``), no CMA-ES or RNG state."""
         setup, args = self.setup, self.setup.args
         controller = Controller(*setup.sizes)
         controller.set_flat_params(self.best_params if self.best_params is not None else self.es.mean)
         return {"kind": "controller", "model_args": setup.model_args, "model_state": controller.state_dict(),
                 "model_source": self.model_source, "best_params": self.best_params,
-                "best_real_score": self.best_real_score, "checked": self.checked, "es_state": self.es.pickle_dumps(),
-                "generation": self.generation, "history": self.history, "rng_state": rng_states(),
+                "best_real_score": self.best_real_score, "checked": self.checked,
+                "cma_mean": np.asarray(self.es.mean, dtype=np.float64),  # the dream's own choice (the loop saves it)
+                "generation": self.generation, "history": self.history,
                 "config": dataclasses.asdict(args), "models": setup.models_used, "bc": self.warm_start,
                 "training": training_record(args, self.warm_start, self.generation),
                 "reward_scale": setup.reward_scale}
 
     def save(self) -> None:
-        save_run_checkpoint(self.checkpoint(), self.setup.out_path)
+        """The resume file first (the whole run, with CMA-ES's and the RNGs' state), then the checkpoint: a crash
+        between the two leaves a checkpoint one generation behind, which the resumed run rewrites."""
+        checkpoint = self.checkpoint()
+        save_resume_state({**checkpoint, "es_state": self.es.pickle_dumps(), "rng_state": rng_states()},
+                          resume_path(self.setup.out_path))
+        save_checkpoint(checkpoint, self.setup.out_path)
 
     def check(self, best_candidate: np.ndarray) -> float:
         """Real-env check of the generation's best candidate and CMA's mean; keeps the best; returns the

@@ -185,7 +185,8 @@ def run_dagger(checkpoint_dir: str | os.PathLike, num_params: int, rounds: int, 
     history: list[DaggerRound] = []
     if resume is not None:
         fit = LinearFit.from_state_dict(resume["fit"])
-        history = [DaggerRound(**record) for record in resume["rounds"]]
+        history = [DaggerRound(**{**record, "params": np.asarray(record["params"], dtype=np.float64)})
+                   for record in resume["rounds"]]  # (saved as plain data: params as a tensor)
         params = np.asarray(history[-1].params, dtype=np.float64)
     for index in range(len(history), rounds + 1):
         round_seeds = [int(s) for s in seeds(index)][:episodes]

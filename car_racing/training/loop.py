@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +108,8 @@ def save_dream_choice(final: dict, folder: Path) -> None:
 
 
     controller = Controller(**final["model_args"])
-    controller.set_flat_params(pickle.loads(final["es_state"]).mean)
-    choice = {key: value for key, value in final.items() if key not in ("es_state", "rng_state", "best_params")}
+    controller.set_flat_params(final["cma_mean"])
+    choice = {key: value for key, value in final.items() if key != "best_params"}
     choice.update(model_state=controller.state_dict(),
                   model_source=f"CMA mean of generation {final['generation']} (the dream's choice; not chosen by a check)")
     target = folder / DREAM_CHOICE_DIR

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from car_racing.common.cli import UsageError
-from car_racing.common.runtime import load_model, plot_curves
+from car_racing.common.plain_data import Refused, load_plain
+from car_racing.common.runtime import load_model, plot_curves, save_checkpoint
 from car_racing.episodes.rollout import Backend
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
 from car_racing.training.carry import carry_controller
-from car_racing.training.cmaes_run import Setup, save_run_checkpoint
+from car_racing.training.cmaes_run import Setup
 from car_racing.training.imitation import LinearFit, linear_to_flat, run_dagger
 
 DAGGER_PLOT_FILE = "control_model_dagger.png"
@@ -44,7 +44,9 @@ def load_dagger_state(checkpoint_dir: Path, args: Any, models_used: dict) -> dic
     if not (args.resume and args.init == "dagger" and path.is_file()):
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_plain(path)  # plain data, like every model file: loading it runs nothing
+    except Refused as refused:
+        raise UsageError(str(refused)) from None
     except Exception as err:
         raise UsageError(f"{path}: not a readable DAgger state ({type(err).__name__}); delete it to start over") from None
     if state.get("models") != models_used:
@@ -71,7 +73,7 @@ def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Any, models_u
         print(f"DAgger round {record.round} ({record.driver} drove): return {returns.mean():.1f} ± {returns.std():.1f} "
               f"(min {returns.min():.1f}) over {len(returns)} episodes; refit on {record.samples} pairs, "
               f"pre-squash R² steer/gas/brake {' / '.join(f'{r:.2f}' for r in record.target_r2)}", flush=True)
-        save_run_checkpoint({**state, "config": {key: getattr(args, key) for key in DAGGER_SETTINGS},
+        save_checkpoint({**state, "config": {key: getattr(args, key) for key in DAGGER_SETTINGS},
                              "models": models_used, "seconds": seconds + time.time() - started},
                             checkpoint_dir / DAGGER_STATE_FILE)
         rounds = state["rounds"]

@@ -1,0 +1,247 @@
+"""Model files as plain data: written so that ``torch.load(weights_only=True)`` reads them, and read only that way.
+
+A checkpoint someone hands you must not be able to run code on your machine. Python's pickle can call any
+function while it loads, so every model file (V, M, C: trained, exported or shipped) holds only what torch's
+``weights_only`` unpickler rebuilds without calling anything of the file's choosing: tensors and plain containers
+(dict, list, tuple, str, int, float, bool, None, bytes). :func:`plain` converts what the stages produce (numpy
+arrays become tensors, numpy scalars Python numbers, paths strings) and refuses anything else, so a checkpoint that
+would need code is caught when it is written, not when someone loads it.
+
+What a run's own resume needs and cannot be plain (CMA-ES's internal state, Python's and numpy's RNG states) lives
+in a *resume file* beside the checkpoint (:func:`resume_path`; written and read by
+:func:`car_racing.common.runtime.save_resume_state` / ``load_resume_state``), which only ``--resume`` of that run
+reads: that file is a pickle, so ``--resume`` trusts its folder. Exports never copy it.
+
+A file that ``weights_only`` refuses is looked at without running it (:func:`globals_in`: every global the pickle
+names, each replaced by an inert stand-in) and refused in one line naming what it would call
+(:class:`Refused`). Files written before this format (numpy arrays inside; the CMA-ES state in the controller
+checkpoint) are told apart from hostile ones: they name only numpy's array and scalar constructors, and
+``car_racing/convert_checkpoints.py`` rewrites them once (:func:`load_legacy`, a restricted unpickler that can
+build arrays and tensors and nothing else).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+
+CONVERT_SCRIPT = "car_racing/convert_checkpoints.py"
+RESUME_SUFFIX = ".resume.pkl"  # control_model_cmaes.pth's resume file: control_model_cmaes.resume.pkl
+
+# What the pickles of older checkpoints name besides torch's own tensor machinery: numpy arrays and scalars.
+# These build data, never call anything else; the converter's unpickler allows them and torch's, nothing more.
+LEGACY_NUMPY_GLOBALS = frozenset({
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
+    "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar",
+    "numpy._core.numeric._frombuffer", "numpy.core.numeric._frombuffer"})  # (an array under pickle protocol 5)
+TORCH_DATA_GLOBALS = frozenset({
+    "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor", "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state", "torch.device", "torch.Size", "torch.float16", "torch.float32",
+    "torch.float64", "torch.bfloat16", "torch.int64", "torch.int32", "torch.uint8", "torch.bool",
+    "collections.OrderedDict", "builtins.set", "builtins.frozenset", "_codecs.encode"})
+STORAGE_NAMES = ("Storage", "UntypedStorage")  # torch.FloatStorage, torch.ByteStorage, …, torch.UntypedStorage
+
+
+class Refused(Exception):
+    """A file that is not plain data: its pickle names something that is not a tensor or a plain container."""
+
+    def __init__(self, path: Path, found: list[str], legacy: bool):
+        self.path, self.found, self.legacy = path, found, legacy
+        if legacy:
+            what = "numpy objects" if any(name.startswith("numpy.") for name in found) else "no numpy objects"
+            message = (f"{path}: written before model files held plain data only ({what}, "
+                       f"{'pickle protocol 5' if 'pickle protocol 5' in found else 'pickle protocol 2'}); "
+                       f"convert it once: python {CONVERT_SCRIPT} --paths {path}")
+        else:
+            message = (f"{path}: refused, loading it would call {', '.join(found)} (a model file may hold only "
+                       f"tensors and plain data); nothing in it was run")
+        super().__init__(message)
+
+
+def _is_data_global(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    if name in TORCH_DATA_GLOBALS or name in LEGACY_NUMPY_GLOBALS:
+        return True
+    if module == "numpy.dtypes" and attr.endswith("DType"):  # numpy ≥ 1.25 pickles a dtype by its class
+        return True
+    return module == "torch" and attr.endswith(STORAGE_NAMES)
+
+
+def plain(value: Any, where: str = "checkpoint") -> Any:
+    """``value`` as plain data for ``torch.save``: numpy arrays → tensors, numpy scalars → Python numbers, paths →
+    strings, tuples and lists and dicts kept (their contents converted), tensors detached onto the CPU. Anything
+    else is a :class:`TypeError` naming where it sits (a bug in the stage that wrote it, not a user's mistake)."""
+    import torch
+
+    if isinstance(value, np.generic):  # before float: numpy's float64 is a float, but pickles as a numpy scalar
+        return value.item()
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return value
+    for base in (bool, int, float, str, bytes):  # a subclass (an enum member, …) pickles by its class: the plain value
+        if isinstance(value, base):
+            return base(value.value if hasattr(value, "value") and isinstance(value.value, base) else value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError(f"{where}: a numpy array of Python objects is not plain data")
+        return torch.from_numpy(np.ascontiguousarray(value).copy())
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, collections.OrderedDict):  # state_dicts: weights_only rebuilds OrderedDict
+        return collections.OrderedDict((k, plain(v, f"{where}.{k}")) for k, v in value.items())
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: key {key!r} of type {type(key).__name__} (expected str or int)")
+            out[key] = plain(item, f"{where}.{key}")
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(f"{where}: {type(value).__module__}.{type(value).__qualname__} is not plain data "
+                    f"(tensors, numpy arrays, numbers, strings and containers of them)")
+
+
+class _Inert:
+    """What every global of a scanned pickle becomes: called, built or indexed, it records nothing and runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
+        return _Inert()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+class _ScanningUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.names: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.names.append(f"{module}.{name}")
+        return _Inert
+
+    def persistent_load(self, pid: Any) -> Any:
+        return _Inert()
+
+
+def _pickles_of(path: Path) -> list[bytes]:
+    """The pickle(s) inside a torch file: ``*/data.pkl`` of the zip format, else the whole file (legacy format)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return [archive.read(name) for name in archive.namelist() if name.endswith("data.pkl")]
+    return [path.read_bytes()]
+
+
+def globals_in(path: str | os.PathLike) -> list[str]:
+    """Every global (``module.name``) the file's pickle names, in order of first appearance, found without
+    running any of them (each is swapped for an inert stand-in while the pickle is walked)."""
+    names: list[str] = []
+    for data in _pickles_of(Path(path)):
+        scanner = _ScanningUnpickler(io.BytesIO(data))
+        try:
+            scanner.load()
+        except Exception:  # a stand-in in an odd place, a truncated file: what was seen so far is the answer
+            pass
+        names += [n for n in scanner.names if n not in names]
+    return names
+
+
+def refusal(path: Path) -> Refused | None:
+    """Why ``weights_only`` refused ``path``, found without running it: a :class:`Refused` naming the globals that
+    build something other than data; a ``legacy`` one when the file is data written the older way (numpy objects,
+    or pickle protocol 5, which torch's reader does not take); None when neither (truncated or corrupt)."""
+    names = globals_in(path)
+    code = [name for name in names if not _is_data_global(name)]
+    if code:
+        return Refused(path, code, legacy=False)
+    numpy_objects = [name for name in names if name.startswith("numpy.")]
+    protocol_5 = any(data[:2] == b"\x80\x05" for data in _pickles_of(path))
+    if numpy_objects or protocol_5:
+        return Refused(path, numpy_objects + (["pickle protocol 5"] if protocol_5 else []), legacy=True)
+    return None
+
+
+def load_plain(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; raises :class:`Refused` (one line: what it would call) when the
+    file is not plain data, and lets other read errors (truncated, corrupt) through for the caller to word."""
+    import torch
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about protocol 5 before refusing it: the refusal says enough
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        refused = refusal(path)
+        if refused is not None:
+            raise refused from None
+        raise
+
+
+def resume_path(checkpoint_path: str | os.PathLike) -> Path:
+    """The resume file beside a checkpoint: ``control_model_cmaes.pth`` → ``control_model_cmaes.resume.pkl``."""
+    path = Path(checkpoint_path)
+    return path.with_name(path.stem + RESUME_SUFFIX)
+
+
+# --- older files: read once by the converter, arrays and tensors only ------------------------------------------
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and scalars and torch tensors; any other global is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if not _is_data_global(full):
+            raise pickle.UnpicklingError(f"refused global {full}")
+        return super().find_class(module, name)
+
+
+class _LegacyPickleModule:
+    """What ``torch.load(pickle_module=…)`` needs: an ``Unpickler`` (ours) and ``load`` for the oldest format."""
+
+    Unpickler = _LegacyUnpickler
+    __name__ = "car_racing_legacy_pickle"
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _LegacyUnpickler(file, **kwargs).load()
+
+
+def load_legacy(path: str | os.PathLike) -> Any:
+    """An older model file (numpy arrays inside, any pickle protocol) read with an unpickler that can build only
+    numpy arrays and scalars, torch tensors and plain containers: :class:`Refused` for anything else."""
+    import torch
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule)
+    except pickle.UnpicklingError:
+        refused = refusal(path)
+        if refused is not None and not refused.legacy:
+            raise refused from None
+        raise
