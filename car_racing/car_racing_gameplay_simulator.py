@@ -93,6 +93,11 @@ class Args:
     """step limit per episode (the env's own limit is 1000)"""
     device: str = "cpu"
     """torch device for the agent: cpu (fastest for batch-1 inference), auto or cuda[:N]"""
+    evaluation_out: Optional[str] = None
+    """write the evaluation record here as JSON (e.g. checkpoints/pretrained/default/evaluation.json): mean, std,
+    min, median, max, laps, every episode's return, the seeds, step limit and smoothing, the sha256 of the three
+    checkpoints, the date, this command and the torch/gymnasium versions (what the README's table and the demo
+    read; nothing is written when the drive is stopped early)"""
 
 
 def score_line(rewards: list[float]) -> str:
@@ -123,8 +128,28 @@ def film_strip(result: EpisodeResult, frames: int, scale: int) -> np.ndarray:
                          for t in steps], gap=STRIP_GAP)
 
 
+def typed_command(args: Args) -> str:
+    """The command line as the user typed it (``python`` and ``sys.argv``) when this script is the program;
+    else (called in-process, e.g. by the demo or a test) the equivalent command built from ``args``' flags that
+    differ from their defaults."""
+    import dataclasses
+    import shlex
+
+    if Path(sys.argv[0]).name == Path(__file__).name:
+        return shlex.join(["python", *sys.argv])
+    flags = []
+    for spec in dataclasses.fields(Args):
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()  # type: ignore[misc]
+        value, flag = getattr(args, spec.name), "--" + spec.name.replace("_", "-")
+        if value == default:
+            continue
+        flags += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+    return shlex.join(["python", "car_racing/car_racing_gameplay_simulator.py", *flags])
+
+
 @uses_backend
 def main(args: Args) -> float:
+    command = typed_command(args)  # before the defaults are filled in below
     args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision', 'memory', 'controller'))  # yours, else the shipped agent
     from car_racing.episodes.agent import iter_agent_episodes, make_agent_driver
 
@@ -140,6 +165,8 @@ def main(args: Args) -> float:
         raise UsageError(f"--video-scale {args.video_scale}: expected at least 1")
     if args.video is not None and Path(args.video).suffix.lower() != ".mp4":
         raise UsageError(f"--video {args.video}: expected a path ending in .mp4")
+    if args.evaluation_out is not None and Path(args.evaluation_out).suffix.lower() != ".json":
+        raise UsageError(f"--evaluation-out {args.evaluation_out}: expected a path ending in .json")
     check_strip_args(args.strip, args.strip_frames, args.strip_scale)
     device = resolve_device(args.device)
     # All three checkpoints are loaded and checked before any env work (one-line error naming the file).
@@ -161,6 +188,8 @@ def main(args: Args) -> float:
           f"seeds {seeds[0]}..{seeds[-1]}, smoothing {smoothing}, workers {min(workers, len(seeds))}"
           + (" (ray)" if backend.is_ray else ""))
     rewards: list[float] = []
+    steps: list[int] = []
+    finished: list[bool] = []
     laps = 0
     with contextlib.ExitStack() as stack:
         # The video is written under a temporary name and appears only when every episode is in it.
@@ -179,6 +208,8 @@ def main(args: Args) -> float:
                                        disable=None if args.progress else True, file=sys.stderr))
         for index, result in enumerate(episodes):
             rewards.append(result.total_reward)
+            steps.append(result.steps)
+            finished.append(bool(result.lap_finished))
             laps += int(result.lap_finished)
             lap = "  lap finished" if result.lap_finished else ""
             tqdm.write(f"episode {index + 1}/{len(seeds)}  seed {result.seed}  reward {result.total_reward:.1f}"
@@ -202,6 +233,16 @@ def main(args: Args) -> float:
         print(f"video: {args.video}")
     if args.strip is not None:
         print(f"strip: {args.strip}")
+    if args.evaluation_out is not None:
+        if len(rewards) < len(seeds):
+            print(f"evaluation: not written ({len(rewards)} of {len(seeds)} episodes driven)")
+        else:
+            from car_racing.episodes.evaluation import make_evaluation, write_evaluation
+
+            write_evaluation(make_evaluation(args.checkpoint_dir, returns=rewards, steps=steps, laps=finished,
+                                             seeds=seeds, max_steps=args.max_steps, smoothing=smoothing,
+                                             device=str(device), command=command), args.evaluation_out)
+            print(f"evaluation: {args.evaluation_out}")
     print(score_line(rewards))
     return float(np.mean(rewards))
 
