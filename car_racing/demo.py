@@ -78,11 +78,11 @@ PRESET: dict[str, Any] = {
     "memory_video": {"max_steps": 300, "dream_steps": 50, "temperature": 1.0},
 }
 
-# The shipped agents a user can compare with (100 held-out tracks, docs/): (folder, what it is, mean score).
-SHIPPED_AGENTS = (("dream", "trained only in M's dream, from scratch: the five stages' defaults, the loop to 6 iterations",
-                   883.4),
-                  ("reward-only", "a dream-trained C fine-tuned by real reward alone", 811.8),
-                  ("default", "DAgger with the scripted expert, then real-env CMA-ES", 917.6))
+# The shipped agents a user can compare with: (folder in checkpoints/pretrained/, what it is). Their scores are read
+# from each one's evaluation record (checkpoints/pretrained/<folder>/evaluation.json), never typed here.
+SHIPPED_AGENTS = (("dream", "trained only in M's dream, from scratch: the five stages' defaults, the loop to 6 iterations"),
+                  ("reward-only", "a dream-trained C fine-tuned by real reward alone"),
+                  ("default", "DAgger with the scripted expert, then real-env CMA-ES"))
 
 
 @dataclass
@@ -299,9 +299,28 @@ def run_stages(run_dir: Path, preset: Mapping[str, Any], stages: list[Stage] | N
     return done
 
 
+def shipped_score(name: str) -> str:
+    """One shipped agent's measured score, from its evaluation record (the only file the demo reads outside its run
+    folder): ``MEAN ± STD over N tracks (seeds A–B), L laps``, or why there is no number (a missing or bad record)."""
+    from car_racing.common.runtime import SHIPPED_DIR
+    from car_racing.episodes.evaluation import EVALUATION_FILE, read_evaluation
+
+    path = SHIPPED_DIR / name / EVALUATION_FILE
+    if not path.is_file():
+        return f"no score: its evaluation record, checkpoints/pretrained/{name}/{EVALUATION_FILE}, is missing"
+    try:
+        record = read_evaluation(path)
+    except UsageError as err:
+        return f"no score: {err}"
+    first, last = record["seeds"]
+    return (f"{record['mean']:.1f} ± {record['std']:.1f} over {record['episodes']} tracks (seeds {first}–{last}), "
+            f"{record['laps_finished']} laps")
+
+
 def verdict(score_line: str, episodes: Any, kept: str = "") -> str:
-    """The demo's last word on its agent: the score, said plainly, beside the shipped agents' scores
-    (``kept``: the controller stage's summary, to say so when no checked candidate beat the all-zero C)."""
+    """The demo's last word on its agent: the score, said plainly, beside the shipped agents' scores as their
+    evaluation records give them (``kept``: the controller stage's summary, to say so when no checked candidate beat
+    the all-zero C)."""
     import re
 
     found = re.search(r"score: (-?[0-9.]+)", score_line)
@@ -318,8 +337,9 @@ def verdict(score_line: str, episodes: Any, kept: str = "") -> str:
         lines.append("No candidate evolved in the dream beat the all-zero controller on the real checks, so the kept C "
                      "is all zeros (straight ahead, half gas, half brake).")
     lines.append("The five stages with their full defaults (run r23 in docs/dream-repair.md, 55 min on 2 cores) scored "
-                 "733.1 ± 194.5 on the simulator's 10 tracks; the shipped agents, for comparison (100 held-out tracks):")
-    lines += [f"  {score:6.1f}  checkpoints/pretrained/{name}: {what}" for name, what, score in SHIPPED_AGENTS]
+                 "733.1 ± 194.5 on the simulator's 10 tracks; the shipped agents, for comparison (their evaluation "
+                 "records, checkpoints/pretrained/*/evaluation.json):")
+    lines += [f"  checkpoints/pretrained/{name}: {shipped_score(name)}; {what}" for name, what in SHIPPED_AGENTS]
     lines.append("  drive one: python car_racing/car_racing_gameplay_simulator.py --checkpoint-dir "
                  "checkpoints/pretrained/dream --render")
     return "\n".join(lines)

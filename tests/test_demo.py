@@ -92,6 +92,30 @@ def test_failing_stage_names_itself(tmp_path):
 def test_verdict_says_plainly_how_the_run_compares():
     low = demo.verdict("score: -35.3 ± 2.9 over 3 episodes", 3, "kept: initial mean (zero) of generation 0")
     assert "it barely drives" in low and "the kept C is all zeros" in low
-    assert all(f"checkpoints/pretrained/{name}" in low for name, _, _ in demo.SHIPPED_AGENTS)
+    assert all(f"checkpoints/pretrained/{name}" in low for name, _ in demo.SHIPPED_AGENTS)
     good = demo.verdict("score: 700.0 ± 50.0 over 3 episodes", 3, "kept: cma_mean of generation 15")
     assert "it drives." in good and "all zeros" not in good
+
+
+def test_verdict_quotes_the_shipped_agents_evaluation_records(tmp_path, monkeypatch):
+    """The shipped agents' scores come from their evaluation records; a missing or corrupt one is said, not guessed."""
+    from car_racing.common import runtime
+    from car_racing.episodes.evaluation import EVALUATION_FILE, summarize
+
+    monkeypatch.setattr(runtime, "SHIPPED_DIR", tmp_path)
+    returns = [900.0, 950.0, 920.0]
+    record = {"kind": "evaluation", "format": 1, **summarize(returns), "laps_finished": 2, "episodes": 3,
+              "seeds": [10000, 10002], "max_steps": 1000, "smoothing": 0.0, "device": "cpu", "returns": returns,
+              "steps": [1000, 900, 950], "laps": [False, True, True], "checkpoint_dir": "x", "sha256": {},
+              "date": "2025-01-01T00:00:00Z", "command": "python car_racing/car_racing_gameplay_simulator.py",
+              "versions": {}}
+    (tmp_path / "dream").mkdir()
+    (tmp_path / "dream" / EVALUATION_FILE).write_text(json.dumps(record))
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / EVALUATION_FILE).write_text("{not json")
+    text = demo.verdict("score: 700.0 ± 50.0 over 3 episodes", 3)
+    lines = {name: next(line for line in text.splitlines() if f"checkpoints/pretrained/{name}:" in line)
+             for name, _ in demo.SHIPPED_AGENTS}
+    assert "923.3 ± 20.5 over 3 tracks (seeds 10000–10002), 2 laps" in lines["dream"]
+    assert "no score" in lines["reward-only"] and "missing" in lines["reward-only"]
+    assert "no score" in lines["default"] and "not a readable evaluation record" in lines["default"]
