@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +19,11 @@ from car_racing.common.cli import UsageError
 from car_racing.common.runtime import CHECKPOINT_FILES, checkpoint_paths, save_checkpoint
 from car_racing.common.video import video_codec, video_info
 from car_racing.episodes.agent import Agent, evaluate_agent, load_agent_models, make_agent_driver
+from car_racing.episodes.evaluation import read_evaluation, stale_files
 from car_racing.models.ffn import Controller, flat_to_population, population_actions
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE, frames_to_tensor
+from car_racing.recording.latent_cache import file_sha256
 from car_racing.world.envs import preprocess_frame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,8 +182,10 @@ def _run_simulator(*flags: str) -> subprocess.CompletedProcess:
 
 def test_simulator_runs_one_short_episode_and_prints_the_score(tiny_checkpoints, tmp_path):
     video = tmp_path / "runs" / "agent.mp4"
-    proc = _run_simulator("--checkpoint-dir", str(tiny_checkpoints), "--episodes", "1", "--max-steps", "30",
-                          "--workers", "1", "--video", str(video), "--video-scale", "2")
+    evaluation = tmp_path / "records" / "evaluation.json"
+    flags = ("--checkpoint-dir", str(tiny_checkpoints), "--episodes", "1", "--max-steps", "30", "--workers", "1",
+             "--video", str(video), "--video-scale", "2", "--evaluation-out", str(evaluation))
+    proc = _run_simulator(*flags)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert SCORE_RE.match(lines[-1]), lines[-1]
@@ -188,11 +194,58 @@ def test_simulator_runs_one_short_episode_and_prints_the_score(tiny_checkpoints,
     assert "seed 10000" in episode_line and "steps 30" in episode_line
     reward = float(re.search(r"reward (-?\d+\.\d)", episode_line).group(1))
     assert lines[-1].startswith(f"score: {reward:.1f} ± 0.0")
-    assert lines[-2] == f"video: {video}"
-    assert lines[-3] == f"min {reward:.1f}, median {reward:.1f}, max {reward:.1f}; laps finished 0 of 1"
+    assert lines[-2] == f"evaluation: {evaluation}"
+    assert lines[-3] == f"video: {video}"
+    assert lines[-4] == f"min {reward:.1f}, median {reward:.1f}, max {reward:.1f}; laps finished 0 of 1"
     assert video_info(video)[:3] == (30, 192, 192)  # 30 frames, 96×96 upscaled ×2
     assert video_codec(video) == ("h264", "yuv420p")  # plays in browsers
     assert [p.name for p in video.parent.iterdir()] == ["agent.mp4"]  # the temporary file was renamed
+    # The record names the command as typed (python and the script's argv), and it is the only file written there.
+    record = read_evaluation(evaluation)
+    assert record["command"] == shlex.join(["python", str(SIMULATOR), *flags])
+    assert f"{record['mean']:.1f}" == f"{reward:.1f}" and record["steps"] == [30]
+    assert [p.name for p in evaluation.parent.iterdir()] == ["evaluation.json"]
+
+
+def test_evaluation_record_round_trip_and_one_line_errors(tiny_checkpoints, tmp_path):
+    """--evaluation-out writes what the simulator measured; read_evaluation checks it, and a missing, corrupt,
+    hand-edited or foreign record is one line naming the file; the sha256s tell a re-exported agent."""
+    out = tmp_path / "evaluation.json"
+    mean = main(Args(checkpoint_dir=str(tiny_checkpoints), episodes=2, max_steps=5, workers=1, seed=10003,
+                     smoothing=0.2, progress=False, evaluation_out=str(out)))
+    record = read_evaluation(out)
+    assert record["mean"] == pytest.approx(mean) and record["episodes"] == 2 and record["seeds"] == [10003, 10004]
+    assert (record["max_steps"], record["smoothing"], record["laps_finished"], record["steps"]) == (5, 0.2, 0, [5, 5])
+    assert record["mean"] == pytest.approx(np.mean(record["returns"])) and record["laps"] == [False, False]
+    assert record["std"] == pytest.approx(np.std(record["returns"]))
+    assert record["sha256"] == {path.name: file_sha256(path) for path in checkpoint_paths(tiny_checkpoints).values()}
+    assert stale_files(record, tiny_checkpoints) == []
+    assert set(record["versions"]) >= {"torch", "gymnasium"} and record["date"].endswith("Z")
+    # called in-process: the command is rebuilt from the flags that differ from their defaults
+    assert record["command"].startswith("python car_racing/car_racing_gameplay_simulator.py --episodes 2 --seed 10003")
+    assert f"--evaluation-out {out}" in record["command"]
+
+    write_tiny_checkpoints(tiny_checkpoints, seed=1)  # a re-exported agent: the record no longer describes it
+    assert stale_files(record, tiny_checkpoints) == sorted(CHECKPOINT_FILES.values())
+
+    def one_line_error(text: str, match: str) -> None:
+        out.write_text(text)
+        with pytest.raises(UsageError, match=match) as raised:
+            read_evaluation(out)
+        assert "\n" not in str(raised.value) and str(out) in str(raised.value)
+
+    good = json.dumps(record)
+    one_line_error(good[:40], "not a readable evaluation record")  # truncated
+    one_line_error("[1, 2]", "not an evaluation record")
+    one_line_error(json.dumps(dict(record, mean=999.0)), "disagrees with its own episodes: mean 999.0")
+    one_line_error(json.dumps(dict(record, laps_finished=2)), "laps_finished 2")
+    one_line_error(json.dumps({k: v for k, v in record.items() if k != "sha256"}), "missing or malformed sha256")
+    one_line_error(json.dumps(dict(record, returns=record["returns"][:1])), "2 episodes holds 1 returns")
+    out.unlink()
+    with pytest.raises(UsageError, match="no evaluation record here"):
+        read_evaluation(out)
+    with pytest.raises(UsageError, match="--evaluation-out x.txt: expected a path ending in .json"):
+        main(Args(checkpoint_dir=str(tiny_checkpoints), episodes=1, max_steps=2, workers=1, evaluation_out="x.txt"))
 
 
 def test_simulator_bad_checkpoint_dir_is_one_line_error(tmp_path):
