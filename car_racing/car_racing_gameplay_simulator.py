@@ -26,6 +26,11 @@ Videos (``--video``) are H.264 MP4s that play in browsers (:mod:`car_racing.comm
 ``--strip PATH`` writes a PNG film strip of the first episode (seed ``--seed``): ``--strip-frames`` raw
 frames evenly spaced from its first to its last step, upscaled ×``--strip-scale``, side by side, each
 labelled with its step and the episode return so far.
+
+``--evaluation-out PATH`` writes the run's evaluation record as JSON (:mod:`car_racing.episodes.evaluation`): the
+summary and every episode, how they were run, the sha256 of the three checkpoints, the date and this command. Each
+shipped agent carries the one that scored it over the 100 held-out tracks (``checkpoints/pretrained/<agent>/
+evaluation.json``); the README's table and the demo quote it.
 """
 
 from __future__ import annotations
