@@ -89,9 +89,11 @@ def make_evaluation(checkpoint_dir: str | os.PathLike, *, returns: Sequence[floa
 
 
 def write_evaluation(record: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write ``record`` as indented JSON, atomically: an interrupted run never leaves half a record."""
+    """Write ``record`` as JSON, one field a line (the 100 returns on one line, so a diff of two records reads),
+    atomically: an interrupted run never leaves half a record."""
+    fields = ",\n".join(f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}" for key, value in record.items())
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(dict(record), indent=1, ensure_ascii=False) + "\n")
+        tmp.write_text("{\n" + fields + "\n}\n")
 
 
 def _number(value: Any) -> bool:
