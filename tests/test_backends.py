@@ -19,6 +19,7 @@ import pytest
 
 from car_racing import car_racing_gameplay_simulator as simulator
 from car_racing.common.cli import UsageError
+from car_racing.episodes import backends
 from car_racing.episodes.agent import evaluate_agent, make_agent_driver
 from car_racing.episodes.backends import Backend, backend_session, connect_ray
 from car_racing.episodes.rollout import EpisodeWorkers
@@ -124,6 +125,19 @@ def test_worker_killed_mid_generation_is_replaced_and_the_generation_completes(t
         np.testing.assert_array_equal(returned[k].rewards, reference[k].rewards)
         np.testing.assert_array_equal(returned[k].actions, reference[k].actions)
     np.testing.assert_array_equal(after[0].rewards, reference[0].rewards)
+
+
+def test_actor_on_a_node_without_a_package_is_one_line(tiny_checkpoints, local_ray, monkeypatch):
+    """Each actor checks the packages the episodes need before unpickling its work (a node of a cluster without
+    them would fail with an import traceback, and its replacements too)."""
+    monkeypatch.setattr(backends, "REQUIRED_PACKAGES", ("numpy", "no_such_package_38"))
+    with _agent_workers(tiny_checkpoints, RAY) as workers:
+        with pytest.raises(UsageError) as raised:
+            list(workers.run([10001], 5))
+        assert workers.replacements == 0  # a missing package is not a fault that a new actor would fix
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("--backend ray: the Ray node ")
+    assert " has no no_such_package_38 " in message and "pip install -r requirements.txt -r requirements-ray.txt" in message
 
 
 def test_bad_ray_address_is_one_line_and_exit_2(tiny_checkpoints):
