@@ -56,9 +56,9 @@ class Refused(Exception):
     def __init__(self, path: Path, found: list[str], legacy: bool):
         self.path, self.found, self.legacy = path, found, legacy
         if legacy:
-            what = "numpy objects" if any(name.startswith("numpy.") for name in found) else "no numpy objects"
-            message = (f"{path}: written before model files held plain data only ({what}, "
-                       f"{'pickle protocol 5' if 'pickle protocol 5' in found else 'pickle protocol 2'}); "
+            what = [part for part, present in (("numpy objects", any(n.startswith("numpy.") for n in found)),
+                                               ("pickle protocol 5", "pickle protocol 5" in found)) if present]
+            message = (f"{path}: written before model files held plain data only ({' and '.join(what)}); "
                        f"convert it once: python {CONVERT_SCRIPT} --paths {path}")
         else:
             message = (f"{path}: refused, loading it would call {', '.join(found)} (a model file may hold only "
