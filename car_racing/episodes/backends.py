@@ -72,6 +72,9 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: the cluster to join when 
 RAY_HEARTBEAT_S = 2.0  # how often a Ray pool checks that the cluster's head still answers
 RAY_HEAD_LOST_S = 10.0  # a head unanswering this long ends the run (Ray kills the driver after 60 s)
 RAY_POLL_S = 1.0  # the longest a Ray pool waits for a result before checking the head again
+# Ray kills a driver whose head has not answered for 60 s, also while the run does no Ray work (training M,
+# dreaming): with this, such a run goes on with its work and stops in one line when it next needs the cluster
+RAY_DRIVER_PATIENCE = ("RAY_gcs_rpc_server_reconnect_timeout_s", str(30 * 24 * 3600))
 # what the actors need besides Ray and this repository (checked on each actor: one line names a missing one)
 REQUIRED_PACKAGES = ("numpy", "torch", "gymnasium", "Box2D")
 RAY_JOBS_IN_FLIGHT = 2  # jobs queued on each actor: the next one starts without a round trip to the driver
@@ -138,9 +141,7 @@ def check_ray_address(address: str, source: str = "") -> str:
     connection there; else a one-line :class:`UsageError` that starts with ``source`` (default: the
     ``--ray-address`` flag). Ray's own ``ray.init`` retries an unreachable address for minutes, hence this
     check first."""
-    flag = source or f"--ray-address {address}"
-    if flag.startswith(RAY_ADDRESS_ENV):
-        flag += " (from the environment)"
+    flag = _named(source or f"--ray-address {address}")
     if address.startswith("ray://"):
         raise UsageError(f"{flag}: Ray Client addresses (ray://) are not supported; give the cluster's "
                          f"HOST:PORT (the port `ray start --head` printed, 6379 by default) or auto")
@@ -171,6 +172,11 @@ def check_ray_address(address: str, source: str = "") -> str:
     if reason:
         raise UsageError(f"{flag}: no Ray cluster answers at {target}{found_in} ({reason}){_env_hint(flag)}")
     return target
+
+
+def _named(source: str) -> str:
+    """``source`` for a message: ``RAY_ADDRESS=...`` says it came from the environment."""
+    return f"{source} (from the environment)" if source.startswith(RAY_ADDRESS_ENV) else source
 
 
 def _env_hint(flag: str) -> str:
@@ -233,17 +239,33 @@ def connect_ray(address: str = "", num_cpus: int | None = None) -> bool:
     if target:
         check_ray_address(target, source)
         try:
-            ray.init(address=target, logging_level=logging.WARNING, **options)
+            with _environment(*RAY_DRIVER_PATIENCE):
+                ray.init(address=target, logging_level=logging.WARNING, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UsageError(f"{source}: {_join_error(err)}{_env_hint(source)}") from None
+            raise UsageError(f"{_named(source)}: {_join_error(err)}{_env_hint(source)}") from None
         _joined.update(address=ray.get_runtime_context().gcs_address, source=source)
         resources = ray.cluster_resources()
         print(f"ray: joined the cluster at {target}: {int(resources.get('CPU', 0))} CPUs on "
               f"{len([n for n in ray.nodes() if n.get('Alive')])} nodes", file=sys.stderr)
     else:
         # ERROR: a local Ray's start-up warnings (e.g. its token authentication notice) are not the user's concern
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, **options)
+        with _environment(*RAY_DRIVER_PATIENCE):
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR,
+                     **options)
     return True
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment inside (unless the user set it), as it was after."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 _VERSION_MISMATCH = re.compile(r"cluster was started with:\s*Ray: (\S+)\s*Python: (\S+)\s*This process on (.*?) "
@@ -254,7 +276,9 @@ def _join_error(err: BaseException) -> str:
     """Why ``ray.init`` could not join: both versions when they differ (Ray's own message spans lines)."""
     found = _VERSION_MISMATCH.search(str(err))
     if not found:
-        return f"could not join the Ray cluster ({_first_line(err)})"
+        hint = ("; a cluster with token authentication also needs RAY_AUTH_MODE=token here and its token (see "
+                "docs/scaling-with-ray.md)" if os.environ.get("RAY_AUTH_MODE") != "token" else "")
+        return f"could not join the Ray cluster ({_first_line(err)}){hint}"
     cluster_ray, cluster_python, _, ray_here, python_here = found.groups()
     which = "Ray" if cluster_ray != ray_here else "Python"
     return (f"the cluster runs Ray {cluster_ray} on Python {cluster_python} but this machine has Ray {ray_here} on "
@@ -618,6 +642,7 @@ class _RayPool:
 
         self.owns_ray = connect_ray(address, workers)
         self.watch = _HeadWatch(ray.get_runtime_context().gcs_address or "", _joined.get("source", ""))
+        self.watch.wait_alive()  # (a run that joined earlier may have lost its head since, e.g. while training M)
         cpus = int(ray.cluster_resources().get("CPU", workers))
         if workers > cpus:
             print(f"ray: --workers {workers} but the cluster has {cpus} CPUs: starting {cpus} actors", file=sys.stderr)
