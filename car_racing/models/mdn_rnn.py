@@ -22,6 +22,11 @@ Both take an optional ``head_mask`` (B, H): a dropout mask on h before the heads
 sequence (Dropout's Dream Land: train M with a per-sequence mask, dream with a per-dream mask, so each
 dream is one draw of a slightly different M). The recurrence and the h a controller sees are never
 masked. :func:`head_dropout_mask` draws one.
+
+:meth:`MDNRNN.dream_step` is one step of every dream in the project (CMA-ES's reference dream, the repair step, the
+film, a person driving M in ``drive_in_dream.py``): M steps, the done test against :data:`DONE_THRESHOLD`, and z_{t+1}
+sampled at temperature τ from pre-drawn noise (:func:`sample_with_noise`) or from a generator
+(:meth:`MDNRNN.sample_next_z`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from torch import nn
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (B, H)
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+# a dream ends after the first step with sigmoid(done_logit) > DONE_THRESHOLD (that step's reward counts; not sampled)
+DONE_THRESHOLD = 0.5
 
 
 class MDNOutput(NamedTuple):
@@ -55,6 +62,23 @@ class MDNOutput(NamedTuple):
     reward: torch.Tensor
     done_logit: torch.Tensor
     hidden: torch.Tensor
+
+
+class DreamTransition(NamedTuple):
+    """One dream step (:meth:`MDNRNN.dream_step`). Leading dim (B,).
+
+    output:           M's :class:`MDNOutput` after consuming (z_t, a_t) (r_t, done_t, the mixture of z_{t+1}).
+    state:            the new (h, c).
+    done_probability: sigmoid(done_logit).
+    done:             bool, ``done_probability > DONE_THRESHOLD``: the dream ends after this step.
+    next_z:           z_{t+1} sampled at τ (None when not asked for).
+    """
+
+    output: MDNOutput
+    state: tuple[torch.Tensor, torch.Tensor]
+    done_probability: torch.Tensor
+    done: torch.Tensor
+    next_z: torch.Tensor | None
 
 
 class MDNRNN(nn.Module):
@@ -136,6 +160,21 @@ class MDNRNN(nn.Module):
                                lstm.bias_hh_l0)
         return self.heads(h, head_mask), (h, c)
 
+    def dream_step(self, z: torch.Tensor, action: torch.Tensor, state: State | None, temperature: float, *,
+                   head_mask: torch.Tensor | None = None, noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   generator: torch.Generator | None = None, sample: bool = True) -> DreamTransition:
+        """One step of a dream: :meth:`step` on z (B, L), action (B, A), state; the done test; and z_{t+1} sampled at
+        ``temperature`` from ``noise`` = (uniforms, standard normals), each broadcastable to (B, L)
+        (:func:`sample_with_noise`: a dream's pre-drawn random numbers), or else from ``generator``
+        (:meth:`sample_next_z`); ``sample=False`` skips the sampling (a dream's last step)."""
+        output, state = self.step(z, action, state, head_mask)
+        probability = torch.sigmoid(output.done_logit)
+        next_z = None
+        if sample:
+            next_z = (sample_with_noise(output.logit_pi, output.mu, output.log_sigma, temperature, *noise)
+                      if noise is not None else self.sample_next_z(output, temperature, generator))
+        return DreamTransition(output, state, probability, probability > DONE_THRESHOLD, next_z)
+
     @staticmethod
     def sample_next_z(output: MDNOutput, temperature: float = 1.0, generator: torch.Generator | None = None
                       ) -> torch.Tensor:
@@ -155,6 +194,23 @@ class MDNRNN(nn.Module):
         sigma = log_sigma.gather(-1, k).squeeze(-1).exp() * math.sqrt(temperature)
         eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
         return mean + sigma * eps
+
+
+def sample_with_noise(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, temperature: float,
+                      mixture_uniform: torch.Tensor, gaussian: torch.Tensor) -> torch.Tensor:
+    """z (..., L) from M's mixture (``logit_pi``, ``mu``, ``log_sigma`` each (..., L, K)) at ``temperature``
+    using the given noise (``mixture_uniform``, ``gaussian`` broadcastable to (..., L)): per latent dimension the
+    component whose CDF interval of ``softmax(logit_pi / τ)`` holds the uniform, and ``z = μ_k + σ_k·√τ·ε``.
+    τ ≤ 0 gives the mean of the most likely component (as :meth:`MDNRNN.sample_next_z`)."""
+    if temperature <= 0:
+        component = logit_pi.argmax(dim=-1, keepdim=True)
+        return mu.gather(-1, component).squeeze(-1)
+    probs = torch.softmax(logit_pi / temperature, dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    component = (mixture_uniform.unsqueeze(-1) > cdf).sum(dim=-1, keepdim=True).clamp_(max=probs.shape[-1] - 1)
+    mean = mu.gather(-1, component).squeeze(-1)
+    sigma = log_sigma.gather(-1, component).squeeze(-1).exp()
+    return mean + sigma * (temperature ** 0.5) * gaussian
 
 
 def head_dropout_mask(batch: int, hidden_size: int, dropout: float, generator: torch.Generator | None = None,
@@ -196,4 +252,5 @@ def mdn_loss(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, 
     return (nll * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-__all__ = ["MDNRNN", "MDNOutput", "State", "head_dropout_mask", "mdn_loss", "mdn_log_prob"]
+__all__ = ["DONE_THRESHOLD", "DreamTransition", "MDNRNN", "MDNOutput", "State", "head_dropout_mask", "mdn_loss",
+           "mdn_log_prob", "sample_with_noise"]

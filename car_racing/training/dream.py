@@ -47,10 +47,9 @@ import numpy as np
 import torch
 
 from car_racing.common.cli import UsageError
-from car_racing.models.ffn import population_actions, squash_actions
-from car_racing.models.mdn_rnn import head_dropout_mask
-
-DONE_THRESHOLD = 0.5
+from car_racing.models.ffn import flat_to_population, population_actions, squash_actions
+from car_racing.models.mdn_rnn import DONE_THRESHOLD, head_dropout_mask
+from car_racing.models.mdn_rnn import sample_with_noise as sample_with_noise  # re-exported: the dream's sampler
 
 
 # --- recorded states --------------------------------------------------------------------------------
@@ -248,22 +247,6 @@ class DreamNoise:
         return DreamNoise(self.mixture.to(device), self.gaussian.to(device), mask)
 
 
-def sample_with_noise(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, temperature: float,
-                      mixture_uniform: torch.Tensor, gaussian: torch.Tensor) -> torch.Tensor:
-    """z (..., L) from M's mixture (``logit_pi``, ``mu``, ``log_sigma`` each (..., L, K)) at ``temperature``
-    using the given noise (``mixture_uniform``, ``gaussian`` broadcastable to (..., L)). τ ≤ 0 gives the
-    mean of the most likely component (as :meth:`MDNRNN.sample_next_z`)."""
-    if temperature <= 0:
-        component = logit_pi.argmax(dim=-1, keepdim=True)
-        return mu.gather(-1, component).squeeze(-1)
-    probs = torch.softmax(logit_pi / temperature, dim=-1)
-    cdf = probs.cumsum(dim=-1)
-    component = (mixture_uniform.unsqueeze(-1) > cdf).sum(dim=-1, keepdim=True).clamp_(max=probs.shape[-1] - 1)
-    mean = mu.gather(-1, component).squeeze(-1)
-    sigma = log_sigma.gather(-1, component).squeeze(-1).exp()
-    return mean + sigma * (temperature ** 0.5) * gaussian
-
-
 # --- rollouts ----------------------------------------------------------------------------------------------
 
 def terminal_value(mdnrnn: Any, hidden: torch.Tensor, head_mask: torch.Tensor | None, value_discount: float,
@@ -273,38 +256,100 @@ def terminal_value(mdnrnn: Any, hidden: torch.Tensor, head_mask: torch.Tensor | 
     return mdnrnn.value_rate(hidden, head_mask).float() * (reward_scale / (1.0 - value_discount))
 
 
+@dataclass
+class DreamTrace:
+    """What :func:`imagine` dreamt: P policies × N dreams of up to T steps (all tensors on the dream's device).
+
+    ``actions`` (P, N, T, A) what the policy did at step t; ``z`` (P, N, T, L) the z it saw (``z[..., 0, :]`` the
+    start); ``rewards`` (P, N, T) M's r_t × ``reward_scale``; ``done_probability`` (P, N, T) sigmoid(done_t) — at
+    every step run, also after a dream's end while another dream of the batch went on (steps never run: zeros);
+    ``lengths`` (P, N) the steps a dream paid for (its done step included; T if M never said done); ``ended`` (P, N)
+    bool: the dream ended on M's done signal (its done step is ``lengths − 1``);
+    ``value`` (P, N) M's value of the last state, added to a dream still alive after T steps (0 otherwise, and
+    without a value discount); ``returns`` (P, N) the dream's fitness: its rewards up to its end, plus ``value``.
+    ``steps_run`` how many steps ran (fewer than T when every dream ended before).
+    """
+
+    actions: torch.Tensor
+    z: torch.Tensor
+    rewards: torch.Tensor
+    done_probability: torch.Tensor
+    lengths: torch.Tensor
+    ended: torch.Tensor
+    value: torch.Tensor
+    returns: torch.Tensor
+    steps_run: int
+
+
+LinearPolicy = tuple[torch.Tensor, torch.Tensor]  # (weights (P, L+H, A), biases (P, A)): P linear Cs
+
+
 @torch.no_grad()
-def _rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
-             start_state: tuple[torch.Tensor, torch.Tensor], noise: DreamNoise, temperature: float,
-             reward_scale: float, value_discount: float = 0.0) -> torch.Tensor:
-    """Fitness (P, N) of the P candidates in ``weights`` (P, L+H, A), ``biases`` (P, A), each driving the
-    N trials that start at ``start_z`` (N, L), ``start_state`` ((N, H), (N, H)), as one batch of P·N rows."""
-    population, trials = weights.shape[0], start_z.shape[0]
-    latent, hidden = start_z.shape[1], start_state[0].shape[1]
-    rows = population * trials
-    z = start_z.repeat(population, 1)  # (P·N, L), candidate-major
-    state = (start_state[0].repeat(population, 1), start_state[1].repeat(population, 1))
-    fitness = torch.zeros(rows, device=start_z.device)
-    alive = torch.ones(rows, dtype=torch.bool, device=start_z.device)
+def imagine(mdnrnn: Any, policy: LinearPolicy | torch.Tensor, start_z: torch.Tensor,
+            start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
+            noise: DreamNoise | torch.Generator | None, *, dropout: float = 0.0, reward_scale: float = 1.0,
+            value_discount: float = 0.0) -> DreamTrace:
+    """The dream: ``policy`` drives M from ``start_z`` (N, L), ``start_state`` ((N, H), (N, H)) for ``steps`` steps
+    (the module docstring's semantics), returning the whole :class:`DreamTrace`.
+
+    ``policy``: P linear Cs ``(weights (P, L+H, A), biases (P, A))`` acting on ``[z_t, h_t]``, every one driving the
+    same N dreams (rows candidate-major: P·N dreams in one batch), or a fixed action sequence (T, A) or (N, T, A)
+    (P = 1). ``noise``: the dreams' :class:`DreamNoise`, or a generator (or None) to draw it from
+    (``DreamNoise.draw(steps, N, L, generator, dropout, H)``: the CMA-ES fitness's draw; ``dropout`` is used only
+    there). Each step is :meth:`MDNRNN.dream_step` with the pre-drawn noise. This is the reference dream;
+    :func:`_fused_rollout` is its fast path for the returns alone (a test holds them equal).
+    """
+    trials, latent = start_z.shape
+    hidden = start_state[0].shape[1]
+    if not isinstance(noise, DreamNoise):
+        noise = DreamNoise.draw(steps, trials, latent, noise, dropout, hidden)
+    noise = noise.to(start_z.device)
+    if isinstance(policy, torch.Tensor):
+        fixed = policy.float().to(start_z.device).expand(trials, *policy.shape[-2:])  # (N, T, A)
+        population, action_size = 1, fixed.shape[-1]
+    else:
+        weights, biases = policy
+        population, action_size = weights.shape[0], weights.shape[-1]
+    rows, device = population * trials, start_z.device
+    z = start_z.float().repeat(population, 1)  # (P·N, L), candidate-major
+    state = (start_state[0].float().repeat(population, 1), start_state[1].float().repeat(population, 1))
     head_mask = None if noise.head_mask is None else noise.head_mask.repeat(population, 1)
-    for t in range(noise.mixture.shape[0]):
-        actions = population_actions(weights, biases, z.view(population, trials, latent),
-                                     state[0].view(population, trials, hidden))
-        out, state = mdnrnn.step(z, actions.reshape(rows, -1), state, head_mask=head_mask)
-        fitness += torch.where(alive, out.reward * reward_scale, torch.zeros_like(fitness))
-        alive &= torch.sigmoid(out.done_logit) <= DONE_THRESHOLD
+    seen_z, actions = torch.zeros(rows, steps, latent, device=device), torch.zeros(rows, steps, action_size, device=device)
+    rewards, done_probability = torch.zeros(rows, steps, device=device), torch.zeros(rows, steps, device=device)
+    returns, value = torch.zeros(rows, device=device), torch.zeros(rows, device=device)
+    lengths = torch.full((rows,), steps, dtype=torch.long, device=device)
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    steps_run = 0
+    for t in range(steps):
+        if isinstance(policy, torch.Tensor):
+            action = fixed[:, t].repeat(population, 1)
+        else:
+            action = population_actions(weights, biases, z.view(population, trials, latent),
+                                        state[0].view(population, trials, hidden)).reshape(rows, -1)
+        last = t + 1 == steps
+        step = mdnrnn.dream_step(z, action, state, temperature, head_mask=head_mask, sample=not last,
+                                 noise=(noise.mixture[t].repeat(population, 1), noise.gaussian[t].repeat(population, 1)))
+        reward = step.output.reward * reward_scale
+        seen_z[:, t], actions[:, t], rewards[:, t], done_probability[:, t] = z, action, reward, step.done_probability
+        returns += torch.where(alive, reward, torch.zeros_like(returns))
+        lengths[alive & step.done] = t + 1
+        alive &= ~step.done
+        state, z, steps_run = step.state, step.next_z, t + 1
         if not bool(alive.any()):
             break
-        if t + 1 == noise.mixture.shape[0]:
-            if value_discount > 0:
-                value = terminal_value(mdnrnn, state[0], head_mask, value_discount, reward_scale)
-                fitness += torch.where(alive, value, torch.zeros_like(fitness))
-            break
-        shape = (population, trials, latent)
-        z = sample_with_noise(out.logit_pi.view(*shape, -1), out.mu.view(*shape, -1),
-                              out.log_sigma.view(*shape, -1), temperature,
-                              noise.mixture[t], noise.gaussian[t]).reshape(rows, latent)
-    return fitness.view(population, trials)
+        if last and value_discount > 0:
+            value = torch.where(alive, terminal_value(mdnrnn, state[0], head_mask, value_discount, reward_scale), value)
+            returns += value
+    shape = (population, trials)
+    return DreamTrace(actions.view(*shape, steps, -1), seen_z.view(*shape, steps, latent), rewards.view(*shape, steps),
+                      done_probability.view(*shape, steps), lengths.view(shape), ~alive.view(shape), value.view(shape),
+                      returns.view(shape), steps_run)
+
+
+def controller_policy(controller: Any) -> LinearPolicy:
+    """A :class:`car_racing.models.ffn.Controller` as a population of one for :func:`imagine`."""
+    flat = torch.as_tensor(controller.get_flat_params()[None], dtype=torch.float32, device=controller.fc.weight.device)
+    return flat_to_population(flat, controller.latent_size, controller.hidden_size, controller.action_size)
 
 
 DREAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -421,7 +466,7 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
                    start_state: tuple[torch.Tensor, torch.Tensor], noise: DreamNoise, temperature: float,
                    reward_scale: float, dtype: torch.dtype | str = torch.float32, value_discount: float = 0.0
                    ) -> torch.Tensor:
-    """:func:`_rollout`'s dream (same semantics, same noise) with :class:`FusedDreamWeights`: fitness (P, N)."""
+    """:func:`imagine`'s dream (same semantics, same noise) with :class:`FusedDreamWeights`, returns only: (P, N)."""
     fused = fused_dream_weights(mdnrnn, dtype)
     population, trials = weights.shape[0], start_z.shape[0]
     L, H, K, A = fused.latent, fused.hidden, fused.mixtures, fused.actions
@@ -475,6 +520,26 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
     return fitness.view(population, trials)
 
 
+
+def memory_dream_scales(memory_checkpoint: dict) -> tuple[float, float]:
+    """(reward scale of a dream, γ of M's value head or 0) from M's checkpoint: M predicts reward × its ``reward.scale``,
+    so a dream multiplies by 1/scale to pay real reward units; ``value.discount`` is 0 for an M without a value head."""
+    scale = float((memory_checkpoint.get("reward") or {}).get("scale", 1.0))
+    return 1.0 / scale, float((memory_checkpoint.get("value") or {}).get("discount", 0.0))
+
+
+def trained_dream(controller_checkpoint: dict | None, memory_checkpoint: dict) -> dict[str, float]:
+    """The dream C was trained in, for :func:`imagine`: ``temperature``, ``dropout``, ``value_discount`` and
+    ``reward_scale`` from C's saved config (a ``--mode dream`` run: its τ, ``--dream-dropout``, and M's γ when it ran
+    with ``--dream-value``) and M's checkpoint. A C not trained in a dream (or saved before these settings):
+    τ 1, no dropout, no value."""
+    config = (controller_checkpoint or {}).get("config") or {}
+    if config.get("mode") != "dream":
+        config = {}
+    reward_scale, discount = memory_dream_scales(memory_checkpoint)
+    return {"temperature": float(config.get("temperature", 1.0)), "dropout": float(config.get("dream_dropout", 0.0)),
+            "value_discount": discount if config.get("dream_value", False) else 0.0, "reward_scale": reward_scale}
+
 def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                   start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
                   generator: torch.Generator | None, *, reward_scale: float = 1.0,
@@ -490,14 +555,15 @@ def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, star
     whole batch (float32 only). ``dropout`` p: one mask per dream on h before M's heads; ``value_discount`` γ > 0:
     dreams still alive at the end add M's value of their last state (module docstring).
     """
+    if not fused:
+        if dream_dtype(dtype) != torch.float32:
+            raise ValueError("the unfused dream runs in float32 only")
+        return imagine(mdnrnn, (weights, biases), start_z, start_state, steps, temperature, generator, dropout=dropout,
+                       reward_scale=reward_scale, value_discount=value_discount).returns
     noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator, dropout,
                             start_state[0].shape[1]).to(start_z.device)
-    if fused:
-        return _fused_rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale,
-                              dtype, value_discount)
-    if dream_dtype(dtype) != torch.float32:
-        raise ValueError("the unfused dream runs in float32 only")
-    return _rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale, value_discount)
+    return _fused_rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale, dtype,
+                          value_discount)
 
 
 def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
@@ -505,54 +571,23 @@ def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torc
                                 generator: torch.Generator | None, *, reward_scale: float = 1.0,
                                 batch_trials: bool = True, dropout: float = 0.0, value_discount: float = 0.0
                                 ) -> torch.Tensor:
-    """Reference: the same dream as :func:`dream_rollout`, one candidate at a time (a Python loop over
-    candidates, each stepping its N trials as a batch of N rows; with ``batch_trials=False`` one
-    rollout at a time, batch 1). Same random numbers, same fitness (P, N)."""
+    """Reference: the same dream as :func:`dream_rollout`, :func:`imagine` one candidate at a time (a Python loop
+    over candidates, each stepping its N trials as a batch of N rows; with ``batch_trials=False`` one rollout at a
+    time, batch 1). Same random numbers, same fitness (P, N)."""
     noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator, dropout,
                             start_state[0].shape[1]).to(start_z.device)
+    settings = dict(reward_scale=reward_scale, value_discount=value_discount)
     results = []
     for p in range(weights.shape[0]):
+        policy = (weights[p:p + 1], biases[p:p + 1])
         if batch_trials:
-            results.append(_rollout(mdnrnn, weights[p:p + 1], biases[p:p + 1], start_z, start_state, noise,
-                                    temperature, reward_scale, value_discount))
+            results.append(imagine(mdnrnn, policy, start_z, start_state, steps, temperature, noise, **settings).returns)
             continue
         row = []
         for n in range(start_z.shape[0]):
             trial_noise = DreamNoise(noise.mixture[:, n:n + 1], noise.gaussian[:, n:n + 1],
                                      None if noise.head_mask is None else noise.head_mask[n:n + 1])
-            row.append(_rollout(mdnrnn, weights[p:p + 1], biases[p:p + 1], start_z[n:n + 1],
-                                (start_state[0][n:n + 1], start_state[1][n:n + 1]), trial_noise,
-                                temperature, reward_scale, value_discount))
+            row.append(imagine(mdnrnn, policy, start_z[n:n + 1], (start_state[0][n:n + 1], start_state[1][n:n + 1]),
+                               steps, temperature, trial_noise, **settings).returns)
         results.append(torch.cat(row, dim=1))
     return torch.cat(results, dim=0)
-
-
-@torch.no_grad()
-def dream_closed_loop(mdnrnn: Any, controller: Any, start_z: torch.Tensor, steps: int, temperature: float,
-                      generator: torch.Generator | None = None, *, dropout: float = 0.0,
-                      start_state: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
-    """One C driving one dream, step by step, keeping what it saw (for films and inspection, not training).
-
-    From ``start_z`` (1, L) (and ``start_state``, default M's zero state, as at an episode's first frame) C acts
-    on ``[z_t, h_t]``, M steps and samples ``z_{t+1}`` at ``temperature``; with ``dropout`` p one mask over h
-    before M's heads for the whole dream (as in training). It runs past M's done signal so a film can show what
-    follows; ``done_prob`` says where the training dream would have stopped paying.
-
-    Returns numpy arrays: ``z`` (T, L) the z C saw at each step, ``actions`` (T, A), ``reward`` (T,) M's
-    predicted r_t (the checkpoint's units), ``done_prob`` (T,).
-    """
-    device = start_z.device
-    state = mdnrnn.initial_state(1, device) if start_state is None else start_state
-    mask = head_dropout_mask(1, mdnrnn.hidden_size, dropout, generator, device)
-    z = start_z
-    zs, actions, rewards, dones = [], [], [], []
-    for _ in range(steps):
-        action = controller(z, state[0])
-        zs.append(z[0].cpu().numpy())
-        actions.append(action[0].cpu().numpy())
-        out, state = mdnrnn.step(z, action, state, head_mask=mask)
-        rewards.append(float(out.reward[0]))
-        dones.append(float(torch.sigmoid(out.done_logit[0])))
-        z = type(mdnrnn).sample_next_z(out, temperature, generator)
-    return {"z": np.stack(zs), "actions": np.stack(actions), "reward": np.asarray(rewards, dtype=np.float32),
-            "done_prob": np.asarray(dones, dtype=np.float32)}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from car_racing.episodes.rollout import EpisodeResult, run_episode
-from car_racing.models.ffn import flat_to_population, population_actions
+from car_racing.models.ffn import flat_to_population
 from car_racing.recording.recorded_data import (
     EpisodeStore,
     RecordedEpisode,
@@ -35,7 +35,7 @@ from car_racing.recording.recorded_data import (
     load_recorded,
     recorded_trials,
 )
-from car_racing.training.dream import DONE_THRESHOLD, DreamNoise, sample_with_noise
+from car_racing.training.dream import imagine
 from car_racing.world.envs import MAX_EPISODE_STEPS, make_env
 
 REPAIR_DRIVER = "repair"
@@ -59,34 +59,18 @@ def replay(env: Any, seed: int, actions: np.ndarray) -> EpisodeResult:
     return run_episode(env, ReplayDriver(actions), seed, len(actions), record_frames=True)
 
 
-@torch.no_grad()
 def dream_actions(mdnrnn: Any, params: np.ndarray, start_z: torch.Tensor, start_state: tuple[torch.Tensor, torch.Tensor],
                   steps: int, temperature: float, generator: torch.Generator | None, *, reward_scale: float = 1.0,
                   dropout: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """C(params) dreams N trials from ``start_z`` (N, L), ``start_state`` ((N, H), (N, H)), as the training dreams
-    do (same noise draw, one dropout mask per dream, M's done head ends a dream after the step it fires):
-    ``(actions (N, steps, A), rewards (N, steps) in real units, lengths (N,))``: trial k's dream is its first
-    ``lengths[k]`` steps (the done step included)."""
-    trials, latent = start_z.shape
-    hidden = start_state[0].shape[1]
-    noise = DreamNoise.draw(steps, trials, latent, generator, dropout, hidden)
-    weights, biases = flat_to_population(torch.as_tensor(np.asarray(params)[None], dtype=torch.float32), latent, hidden)
-    z, state = start_z.float(), (start_state[0].float(), start_state[1].float())
-    actions = torch.zeros(trials, steps, weights.shape[-1])
-    rewards = torch.zeros(trials, steps)
-    lengths = torch.full((trials,), steps, dtype=torch.long)
-    alive = torch.ones(trials, dtype=torch.bool)
-    for t in range(steps):
-        action = population_actions(weights, biases, z[None], state[0][None])[0]
-        out, state = mdnrnn.step(z, action, state, head_mask=noise.head_mask)
-        actions[:, t], rewards[:, t] = action, out.reward * reward_scale
-        ended = alive & (torch.sigmoid(out.done_logit) > DONE_THRESHOLD)
-        lengths[ended] = t + 1
-        alive &= ~ended
-        if not bool(alive.any()):
-            break
-        z = sample_with_noise(out.logit_pi, out.mu, out.log_sigma, temperature, noise.mixture[t], noise.gaussian[t])
-    return actions.numpy(), rewards.numpy(), lengths.numpy()
+    """C(params) dreams N trials from ``start_z`` (N, L), ``start_state`` ((N, H), (N, H)): the training dream
+    (:func:`car_racing.training.dream.imagine`: same noise draw, one dropout mask per dream, M's done head ends a
+    dream after the step it fires): ``(actions (N, steps, A), rewards (N, steps) in real units, lengths (N,))``:
+    trial k's dream is its first ``lengths[k]`` steps (the done step included)."""
+    latent, hidden = start_z.shape[1], start_state[0].shape[1]
+    policy = flat_to_population(torch.as_tensor(np.asarray(params)[None], dtype=torch.float32), latent, hidden)
+    trace = imagine(mdnrnn, policy, start_z.float(), start_state, steps, temperature, generator, dropout=dropout,
+                    reward_scale=reward_scale)
+    return trace.actions[0].cpu().numpy(), trace.rewards[0].cpu().numpy(), trace.lengths[0].cpu().numpy()
 
 
 @torch.no_grad()
