@@ -93,7 +93,8 @@ class Args:
     """where the episodes run (--render always drives in this process): processes on this machine, or ray (actors on a local Ray or a cluster; same
     results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
-    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
+    """--backend ray: auto or HOST:PORT = join a running cluster; empty = the cluster in RAY_ADDRESS when that is set,
+    else a private local Ray with --workers CPUs for this run (never a cluster an earlier `ray start` left behind)"""
     max_steps: int = 1000
     """step limit per episode (the env's own limit is 1000)"""
     device: str = "cpu"

@@ -131,7 +131,8 @@ class Args:
     """where every stage's real episodes run: processes on this machine, or ray (actors on a local Ray or a cluster,
     one Ray connection for the whole loop; same results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
-    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
+    """--backend ray: auto or HOST:PORT = join a running cluster; empty = the cluster in RAY_ADDRESS when that is set,
+    else a private local Ray with --workers CPUs for this run (never a cluster an earlier `ray start` left behind)"""
     threads: int = 0
     """torch CPU threads for V, M and the dreams (0 = torch's default)"""
     # --- iteration 0: data and V

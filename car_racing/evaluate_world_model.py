@@ -130,7 +130,8 @@ class Args:
     """where the real episodes run: processes on this machine, or ray (actors on a local Ray or a cluster; same
     results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
-    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
+    """--backend ray: auto or HOST:PORT = join a running cluster; empty = the cluster in RAY_ADDRESS when that is set,
+    else a private local Ray with --workers CPUs for this run (never a cluster an earlier `ray start` left behind)"""
     device: str = "auto"
     """device of the dreams and of M's error measurement (real episodes run on the CPU)"""
     progress: bool = True

@@ -101,7 +101,8 @@ class Args:
     """where the headless drivers' episodes run: processes on this machine, or ray (actors on a local Ray or a cluster; same
     results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
-    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
+    """--backend ray: auto or HOST:PORT = join a running cluster; empty = the cluster in RAY_ADDRESS when that is set,
+    else a private local Ray with --workers CPUs for this run (never a cluster an earlier `ray start` left behind)"""
     append: bool = False
     """add the new episodes after the existing data instead of replacing it"""
     noise: float = 1.0

@@ -73,7 +73,8 @@ class Args:
     backend: Literal["processes", "ray"] = "processes"
     """where the episodes run: local worker processes or Ray actors (car_racing/episodes/backends.py)"""
     ray_address: str = ""
-    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
+    """--backend ray: auto or HOST:PORT = join a running cluster; empty = the cluster in RAY_ADDRESS when that is set,
+    else a private local Ray with --workers CPUs for this run (never a cluster an earlier `ray start` left behind)"""
     dry_run: bool = False
     """print the ranking without changing the checkpoint"""
 

@@ -133,7 +133,8 @@ class Args:
     """where real-env episodes (--mode real, checks, DAgger) run: processes on this machine, or ray (actors on a
     local Ray or a cluster; same results; see docs/scaling-with-ray.md)"""
     ray_address: str = ""
-    """--backend ray: empty = start a local Ray with --workers CPUs; auto or HOST:PORT = join a running cluster"""
+    """--backend ray: auto or HOST:PORT = join a running cluster; empty = the cluster in RAY_ADDRESS when that is set,
+    else a private local Ray with --workers CPUs for this run (never a cluster an earlier `ray start` left behind)"""
     loop_iterations: int = 3
     """1 = one CMA-ES run in M's dream (the seed's stage 4). N > 1 (dream mode, --init zero or checkpoint; --mode real
     and --init bc/dagger always run one pass) = the repair loop of car_racing/dream_loop.py inside this stage, N

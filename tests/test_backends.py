@@ -137,7 +137,8 @@ def test_actor_on_a_node_without_a_package_is_one_line(tiny_checkpoints, local_r
         assert workers.replacements == 0  # a missing package is not a fault that a new actor would fix
     message = str(raised.value)
     assert "\n" not in message and message.startswith("--backend ray: the Ray node ")
-    assert " has no no_such_package_38 " in message and "pip install -r requirements.txt -r requirements-ray.txt" in message
+    assert " has no no_such_package_38 " in message
+    assert "pip install -r requirements.txt -r requirements-ray.txt" in message
 
 
 def test_bad_ray_address_is_one_line_and_exit_2(tiny_checkpoints):

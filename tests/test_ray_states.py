@@ -87,8 +87,8 @@ class Head:
         self.port = ports[0]
         self.address = f"127.0.0.1:{self.port}"
         self.env = _clean_env(RAY_TMPDIR=str(self.folder))
-        command = [str(RAY_CLI), "start", "--head", "--block", "--temp-dir", str(self.folder / "ray"), "--num-cpus", "2",
-                   "--include-dashboard=false", "--disable-usage-stats"]
+        command = [str(RAY_CLI), "start", "--head", "--block", "--temp-dir", str(self.folder / "ray"),
+                   "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
         for flag, port in zip(HEAD_PORT_FLAGS, ports):
             command += [flag, str(port)]
         self.log = open(self.folder / "head.log", "w")
@@ -154,7 +154,8 @@ def _run(script: Path, *flags: str, env: dict[str, str], timeout: float = 120,
          prelude: str = "") -> subprocess.CompletedProcess:
     """``script`` with ``flags`` as a user runs it; ``prelude`` (Python) runs first in the same process."""
     argv = [str(script), *flags]
-    code = f"import runpy, sys; {prelude + '; ' if prelude else ''}sys.argv = {argv!r}; runpy.run_path({str(script)!r}, run_name='__main__')"
+    code = (f"import runpy, sys; {prelude + '; ' if prelude else ''}sys.argv = {argv!r}; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=timeout)
 
@@ -247,10 +248,10 @@ def test_version_mismatch_is_one_line_naming_both_versions(tiny_checkpoints, hea
                 "--ray-address", head.address, env=_clean_env(), prelude="import ray; ray.__version__ = '2.59.1'")
     assert proc.returncode == 2, proc.stderr
     python = ".".join(map(str, sys.version_info[:3]))
-    assert _errors(proc)[-1] == (
-        f"car_racing_gameplay_simulator.py: error: --ray-address {head.address}: the cluster runs Ray {ray.__version__} "
-        f"on Python {python} but this machine has Ray 2.59.1 on Python {python}: every host needs the same Ray "
-        f"(requirements-ray.txt pins the Ray version; run: pip install -r requirements-ray.txt)")
+    assert _errors(proc) == [
+        f"car_racing_gameplay_simulator.py: error: --ray-address {head.address}: the cluster runs Ray "
+        f"{ray.__version__} on Python {python} but this machine has Ray 2.59.1 on Python {python}: every host needs "
+        f"the same Ray (requirements-ray.txt pins the Ray version; run: pip install -r requirements-ray.txt)"]
 
 
 def test_join_error_names_both_python_versions():
@@ -323,6 +324,10 @@ def test_ray_address_of_a_live_head_then_the_head_killed_mid_generation_and_resu
         assert resumed["history"][key] == unbroken["history"][key], key
     np.testing.assert_array_equal(resumed["best_params"], unbroken["best_params"])
     assert resumed["best_real_score"] == unbroken["best_real_score"]
+    assert len(resumed["checked"]) == len(unbroken["checked"]) == 2 * settings["generations"] + 1
+    for after, before in zip(resumed["checked"], unbroken["checked"]):  # every checked C: CMA's mean, its best
+        assert after["source"] == before["source"]
+        np.testing.assert_array_equal(after["params"], before["params"])
 
 
 def test_lost_cluster_line_says_how_each_script_goes_on():

@@ -754,7 +754,7 @@ def _actor_init_error(err: BaseException) -> Exception:
     missing = re.search(r"No module named '([^']+)'", text)
     if missing:
         name = missing.group(1).split(".")[0]
-        where = (f"this repository ({REPO_ROOT}) must be at the same path on every node" if name == "car_racing"
-                 else f"every node needs this project's packages: pip install -r requirements.txt -r requirements-ray.txt")
+        where = (f"this repository ({REPO_ROOT}) must be at the same path on every node" if name == "car_racing" else
+                 "every node needs this project's packages: pip install -r requirements.txt -r requirements-ray.txt")
         return UsageError(f"--backend ray: a Ray node cannot import {name}: {where}")
     return RuntimeError(f"a Ray actor could not be started: {_first_line(err)}")
