@@ -5,8 +5,9 @@ Prints dream steps/s (one dream step = one candidate-trial advancing one time st
 
 - batched float32:   :func:`car_racing.training.dream.dream_rollout`, P·N rows per M step (fused weights);
 - batched bfloat16:  the same with ``dtype=torch.bfloat16`` (LSTM and MDN-head products in bf16);
-- batched M.step:    the whole batch through the reference step (``fused=False``: ``M.step``,
-                     ``population_actions``, ``sample_with_noise``), to show what the fusion adds;
+- batched M.step:    the whole batch through the reference dream (``fused=False``: :func:`imagine`, whose step is
+                     ``population_actions`` and ``MDNRNN.dream_step``; it also keeps the trace), to show what
+                     the fusion adds;
 - per-candidate:     :func:`car_racing.training.dream.dream_rollout_per_candidate`, a Python loop over the P
                      candidates, each stepping its N trials as one batch (reference step);
 - per-rollout:       the same loop with one rollout (batch 1) at a time, as the seed's naive

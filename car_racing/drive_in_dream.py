@@ -15,7 +15,9 @@ Keys (besides arrows/WASD or the gamepad to drive, P pause, Esc or closing the w
   replays them; it is stepped only while awake), with the real return so far;
 - ``R``: restart the dream from the start frame.
 
-The side panel shows M's predicted reward this step and summed, the done probability, τ and dropout.
+The side panel shows M's predicted reward this step and summed, the done probability, τ and dropout. Each step
+is the step every dream takes (:meth:`car_racing.models.mdn_rnn.MDNRNN.dream_step`); where M first says done (the
+done probability above 0.5) a training dream would have ended: the status line says so, and you may drive on.
 ``--record out.mp4`` writes the session (what the window shows, with its status line) as H.264.
 The end prints the summed predicted reward (and the real return when you woke up).
 
@@ -178,7 +180,9 @@ class DreamSession:
                 (" (episode ended)" if self.replay.ended else "")
         dropout = f"on (p {world.dropout:g})" if world.dropout_on else "off"
         status = (f"{self.description}   dream step {len(world.actions)}   M reward {reward:+.2f}   "
-                  f"summed {world.summed_reward:.1f}   done {done:.2f}\n"
+                  f"summed {world.summed_reward:.1f}   done {done:.2f}"
+                  + (f" (M said done at step {world.ended_at}: a training dream ends there)"
+                     if world.ended_at is not None else "") + "\n"
                   f"τ {world.temperature:.1f} (-/=)   dropout {dropout} (O)   W wake up   R restart   P pause   Esc end")
         picture = compose(self.frame, real, status, awake_text)
         bars = action_bars(action) + [Bar(f"M reward {reward:+.2f}", reward, -1.0, 4.0, (250, 200, 60)),
@@ -254,7 +258,7 @@ def main(args: Args) -> dict:
         replay.close()
     summary = {"steps": len(world.actions), "actions": np.array(world.actions).reshape(-1, 3),
                "rewards": np.array(world.rewards), "done_probabilities": np.array(world.done_probabilities),
-               "summed_reward": world.summed_reward, "start_z": world.start_z.cpu().numpy(),
+               "summed_reward": world.summed_reward, "ended_at": world.ended_at, "start_z": world.start_z.cpu().numpy(),
                "start_state": tuple(s.cpu().numpy() for s in world.start_state), "seed": seed,
                "context_actions": context_actions, "temperature": world.temperature,
                "real_return": replay.dream_return if session.woke else None, "record": args.record}

@@ -7,8 +7,9 @@ checkpoints, e.g. earlier CMA-ES runs) and copies of those perturbed at growing 
 - drives the same ``--episodes`` real tracks (seeds ``--eval-seed-base`` …, away from every training,
   check and recording seed) → its real return;
 - drives the same dreams, with *the very fitness training uses* (:func:`car_racing.training.dream.dream_rollout`:
-  start states from the recorded data, ``--rollout-steps``, ``--dream-trials``, τ, dream dropout; by default
-  the settings saved in the controller checkpoint, else the training script's defaults) → its dream fitness.
+  start states from the recorded data, ``--rollout-steps``, ``--dream-trials``, τ, dream dropout, M's value ending
+  the dreams still alive (``--dream-value``); by default the settings saved in the controller checkpoint, else the
+  training script's defaults) → its dream fitness.
 
 It prints each controller's real return and dream fitness, then M's errors on the panel's real episodes
 (z = V's μ of each frame, M fed the real actions):
@@ -82,7 +83,8 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used, so --
     from car_racing.models.mdn_rnn import MDNRNN
 
 PANEL_DRIVER = "panel"  # the driver name of the panel's episodes in a recording (--record-into)
-DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start")
+DREAM_SETTINGS = ("rollout_steps", "dream_trials", "temperature", "dream_dropout", "start_states", "dream_start",
+                  "dream_value")
 
 
 @dataclass
@@ -116,6 +118,8 @@ class Args:
     """size of the start-state pool (default: as in training)"""
     dream_start: Optional[Literal["recorded", "episode-start"]] = None
     """recorded or episode-start (default: as in training; see train_controller_cmaes.py --dream-start)"""
+    dream_value: Optional[bool] = None
+    """end the dreams still alive on M's value of their last state (default: as in training, when M has a value head)"""
     horizon: int = 20
     """steps of the open-loop multi-step prediction"""
     max_steps: int = 1000
@@ -355,14 +359,14 @@ def real_panel(args: Args, panel: list[tuple[str, np.ndarray]], vae: Any, mdnrnn
     return rows
 
 
-def dream_panel(args: Args, panel: list[tuple[str, np.ndarray]], mdnrnn: MDNRNN, reward_scale: float,
+def dream_panel(args: Args, panel: list[tuple[str, np.ndarray]], mdnrnn: MDNRNN, memory_checkpoint: dict,
                 settings: dict[str, Any], device: torch.device) -> np.ndarray:
     """Dream fitness (P,) of every controller: the training fitness, same start states and noise for all."""
     import torch
 
     from car_racing.models.ffn import flat_to_population
     from car_racing.recording.latent_cache import load_or_build_latents
-    from car_racing.training.dream import dream_rollout, start_pool
+    from car_racing.training.dream import dream_rollout, memory_dream_scales, start_pool
 
     mu, _ = load_or_build_latents(args.data_dir, checkpoint_paths(args.checkpoint_dir)["vision"], device,
                                   progress=args.progress)
@@ -376,9 +380,11 @@ def dream_panel(args: Args, panel: list[tuple[str, np.ndarray]], mdnrnn: MDNRNN,
     start_z, start_state = pool.pick(settings["dream_trials"], generator)
     flat = torch.as_tensor(np.stack([p for _, p in panel]), dtype=torch.float32, device=device)
     weights, biases = flat_to_population(flat, mdnrnn.latent_size, mdnrnn.hidden_size)
+    reward_scale, discount = memory_dream_scales(memory_checkpoint)
     fitness = dream_rollout(mdnrnn, weights, biases, start_z, start_state, settings["rollout_steps"],
-                            settings["temperature"], generator, reward_scale=1.0 / reward_scale,
-                            dropout=settings["dream_dropout"])
+                            settings["temperature"], generator, reward_scale=reward_scale,
+                            dropout=settings["dream_dropout"],
+                            value_discount=discount if settings["dream_value"] else 0.0)
     return fitness.mean(dim=1).double().cpu().numpy()
 
 
@@ -420,6 +426,7 @@ def main(args: Args) -> dict[str, Any]:
     """Run the measurement; returns every figure (also printed, and in --json-out)."""
     args.checkpoint_dir = agent_dir(args.checkpoint_dir, ('vision', 'memory', 'controller'))  # yours, else the shipped agent
     from car_racing.models.ffn import num_controller_params
+    from car_racing.training.dream import memory_dream_scales
 
     check_args(args)
     seed_everything(args.seed)
@@ -429,7 +436,6 @@ def main(args: Args) -> dict[str, Any]:
     mdnrnn, memory_checkpoint = load_model(paths["memory"], "memory", device)
     mdnrnn = mdnrnn.float()
     vae = vae.float()
-    reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))
     reward_clip = float(memory_checkpoint.get("reward", {}).get("clip", 0.0) or 0.0)
     num_params = num_controller_params(mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
 
@@ -445,15 +451,22 @@ def main(args: Args) -> dict[str, Any]:
     panel = build_panel(args, num_params, trained)
 
     started = time.time()
-    fitness = dream_panel(args, panel, mdnrnn, reward_scale, settings, device)
+    has_value = mdnrnn.value_head is not None and memory_dream_scales(memory_checkpoint)[1] > 0
+    if settings["dream_value"] and not has_value:
+        if args.dream_value:
+            raise UsageError(f"--dream-value: {paths['memory']} has no value head")
+        settings["dream_value"] = False  # as training would have: an M without a value head ends no dream on it
+    fitness = dream_panel(args, panel, mdnrnn, memory_checkpoint, settings, device)
     dream_seconds = time.time() - started
     rows = real_panel(args, panel, vae, mdnrnn, reward_clip, device)
     for row, value in zip(rows, fitness):
         row["dream_fitness"] = float(value)
     rho = spearman(np.array([r["dream_fitness"] for r in rows]), np.array([r["real_return"] for r in rows]))
+    ending = ", ending on M's value" if settings["dream_value"] else ""
 
     print(f"\ndream: {settings['dream_trials']} dreams × {settings['rollout_steps']} steps, τ = {settings['temperature']:g}, "
-          f"dropout {settings['dream_dropout']:g} ({dream_seconds:.1f}s); real: {args.episodes} tracks from seed "
+          f"dropout {settings['dream_dropout']:g}{ending} ({dream_seconds:.1f}s); real: {args.episodes} tracks from "
+          f"seed "
           f"{args.eval_seed_base}")
     print(f"{'controller':<34} {'real return':>17} {'laps':>5} {'dream fitness':>14} {'Σ r̂ − Σ r':>11}")
     for row in rows:

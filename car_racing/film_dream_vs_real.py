@@ -52,7 +52,8 @@ class Args:
     """dropout p on M's h before its heads for the whole dream (default: C's training dream's; 0 for a C not trained
     in a dream)"""
     dream_value: Optional[bool] = None
-    """end a dream still alive after --steps on M's value of its last state (default: as C was trained, --dream-value)"""
+    """end a dream still alive after --steps on M's value of its last state (default: as C was trained,
+    --dream-value)"""
     out: str = "runs/dream_vs_real.mp4"
     """output video (the returns PNG is written beside it, _returns.png)"""
     scale: int = 3
@@ -103,7 +104,8 @@ def film_row(checkpoint_dir: Path, args: Args) -> dict:
         real_images = to_images(agent.vae.decode(real_mu))
         dream_images = to_images(agent.vae.decode(trace.z[0, 0, :length]))
     return {"name": str(checkpoint_dir), "real_images": real_images, "dream_images": dream_images,
-            "real_return": np.cumsum(real.rewards), "dream_return": np.cumsum(trace.rewards[0, 0, :length].cpu().numpy()),
+            "real_return": np.cumsum(real.rewards),
+            "dream_return": np.cumsum(trace.rewards[0, 0, :length].cpu().numpy()),
             "dream_value": float(trace.value[0, 0]), "dream_total": float(trace.returns[0, 0]),
             "dream_done_step": length - 1 if bool(trace.ended[0, 0]) else None, "dream": dream}
 
@@ -182,9 +184,10 @@ def main(args: Args) -> dict:
     for name, result in summary.items():
         ending = (f"ended by M's done signal at step {result['dream_done_step']}"
                   if result["dream_done_step"] is not None else f"M's value at the end {result['dream_value']:.1f}")
+        dream = result["dream"]
         print(f"{name}: real return {result['real_return']:.1f} over {result['real_steps']} steps, dream return "
-              f"{result['dream_return']:.1f} over {result['dream_steps']} ({ending}; τ {result['dream']['temperature']:g}, "
-              f"dropout {result['dream']['dropout']:g})")
+              f"{result['dream_return']:.1f} over {result['dream_steps']} ({ending}; τ {dream['temperature']:g}, "
+              f"dropout {dream['dropout']:g})")
     print(f"wrote {out} and {plot}")
     return {"video": str(out), "plot": str(plot), "rows": summary}
 

@@ -13,7 +13,7 @@ from car_racing import drive_in_dream
 from car_racing.common.cli import UsageError
 from car_racing.common.runtime import load_model
 from car_racing.common.video import video_info
-from car_racing.models.mdn_rnn import MDNRNN
+from car_racing.models.mdn_rnn import DONE_THRESHOLD, MDNRNN
 from car_racing.world.envs import make_env, preprocess_frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,6 +46,8 @@ def test_dream_driven_by_keys_sums_m_own_rollout_and_wakes_up_to_the_real_env(tm
             z = MDNRNN.sample_next_z(output, 1.0 if t < 10 else 1.1, generator)
     assert summary["summed_reward"] == pytest.approx(total, rel=1e-5, abs=1e-5)
     assert summary["summed_reward"] == pytest.approx(float(summary["rewards"].sum()), rel=1e-6)
+    done = np.flatnonzero(summary["done_probabilities"] > DONE_THRESHOLD)  # where a training dream would have ended
+    assert summary["ended_at"] == (int(done[0]) if len(done) else None)
 
     # the dream started from V's μ of the real frame after 5 standing steps on track 3, with M's state after them
     env = make_env()
@@ -79,3 +81,27 @@ def test_without_a_display_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
     with pytest.raises(UsageError, match="--record"):
         drive_in_dream.main(drive_in_dream.Args(checkpoint_dir=str(tmp_path / "ck"), record="x.avi"))
+
+
+def test_the_dream_world_says_where_a_training_dream_ends():
+    """DreamWorld steps with MDNRNN.dream_step: M's done signal (the one DONE_THRESHOLD) marks where a training dream
+    would have ended; a person drives on."""
+    from test_controller_training import TINY_VAE, tiny_memory
+
+    from car_racing.models.vae import VAE
+    from car_racing.world.dream_world import DreamWorld
+
+    torch.manual_seed(0)
+    memory = tiny_memory()
+    world = DreamWorld(VAE(**TINY_VAE), memory, seed=1)
+    world.start(np.zeros((1, 64, 64, 3), dtype=np.uint8), [])
+    with torch.no_grad():
+        memory.done_head.weight.zero_()
+        memory.done_head.bias.fill_(-5.0)
+    steps = [world.step(np.array([0.0, 0.5, 0.0])) for _ in range(3)]
+    assert world.ended_at is None and not any(step.done for step in steps)
+    with torch.no_grad():
+        memory.done_head.bias.fill_(5.0)
+    steps = [world.step(np.array([0.0, 0.5, 0.0])) for _ in range(2)]
+    assert world.ended_at == 3 and all(step.done for step in steps) and len(world.actions) == 5
+    assert world.restart() is not None and world.ended_at is None

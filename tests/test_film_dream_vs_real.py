@@ -10,7 +10,7 @@ import torch
 
 from car_racing import film_dream_vs_real as film
 from car_racing.common.cli import UsageError
-from car_racing.common.runtime import checkpoint_paths, load_checkpoint, save_checkpoint
+from car_racing.common.runtime import load_checkpoint, save_checkpoint
 from car_racing.common.video import read_video
 from car_racing.episodes.agent import evaluate_agent, load_agent_models
 from car_racing.models.mdn_rnn import MDNRNN
@@ -84,7 +84,8 @@ def test_the_film_shows_the_dream_c_was_trained_in(tmp_path):
     assert row["dream_return"] == pytest.approx(float(trace.returns[0, 0]), rel=1e-5, abs=1e-5)
     # explicit flags win over C's record
     plain = film.main(film.Args(checkpoint_dirs=[str(folder)], seed=3, steps=10, out=str(tmp_path / "b.mp4"), scale=1,
-                                fps=10, temperature=1.0, dream_dropout=0.0, dream_value=False))["rows"][folder.as_posix()]
+                                fps=10, temperature=1.0, dream_dropout=0.0, dream_value=False))
+    plain = plain["rows"][folder.as_posix()]
     assert plain["dream"] == {**settings, "temperature": 1.0, "dropout": 0.0, "value_discount": 0.0}
     assert plain["dream_value"] == 0.0
 

@@ -252,5 +252,14 @@ def mdn_loss(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, 
     return (nll * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-__all__ = ["DONE_THRESHOLD", "DreamTransition", "MDNRNN", "MDNOutput", "State", "head_dropout_mask", "mdn_loss",
-           "mdn_log_prob", "sample_with_noise"]
+__all__ = [
+    "DONE_THRESHOLD",
+    "MDNRNN",
+    "DreamTransition",
+    "MDNOutput",
+    "State",
+    "head_dropout_mask",
+    "mdn_log_prob",
+    "mdn_loss",
+    "sample_with_noise",
+]

@@ -1,20 +1,27 @@
 """Dreams: the controller C drives inside the memory model M instead of the real env.
 
-Two parts:
+Three parts:
 
 - **Recorded states.** :func:`iter_recorded_states` runs M over the recorded memory sequences with
   the recorded actions (z from the cached V means μ) and yields every step's input ``z_t`` with M's
   state ``(h_t, c_t)`` *before* it consumes ``(z_t, a_t)`` — exactly the ``(z_t, h_t)`` the agent sees
   at real-env time. :func:`collect_start_states` keeps a random pool of them as dream start states;
   the behaviour-cloning warm start fits C on all of them.
-- **Rollouts.** :func:`dream_rollout` steps the whole population × trials through M as one batch of
-  ``P·N`` rows per time step. :func:`dream_rollout_per_candidate` is the reference loop over
-  candidates (the straightforward step: ``M.step``, :func:`population_actions`,
-  :func:`sample_with_noise`, one candidate at a time) used by the benchmark and the tests.
+- **The dream.** :func:`imagine` is the one dream of the project: C (a population of linear Cs, or a fixed action
+  sequence) drives M from given start states, each step :meth:`MDNRNN.dream_step` (M's step, the done test against
+  the one :data:`DONE_THRESHOLD`, z sampled from the pre-drawn :class:`DreamNoise`), and it returns the whole
+  :class:`DreamTrace` (actions, z, rewards, done probabilities, lengths, M's value, returns). Everything that dreams
+  uses it: CMA-ES fitness (:func:`dream_rollout`, through its fast path), the repair step
+  (:func:`car_racing.training.repair.dream_actions`), the fidelity panel (``evaluate_world_model.py``) and the film
+  (``film_dream_vs_real.py``, with C's own training settings: :func:`trained_dream`), so a film shows exactly the
+  dream C was trained in. A person driving M (``drive_in_dream.py``, :class:`car_racing.world.dream_world.DreamWorld`)
+  takes the same step, with generator noise.
+- **Fitness.** :func:`dream_rollout` steps the whole population × trials through M as one batch of ``P·N`` rows per
+  time step: by default (``fused=True``) with :func:`_fused_rollout`, the fast path that computes :func:`imagine`'s
+  returns alone (:class:`FusedDreamWeights`; a test holds the two equal); ``fused=False`` runs :func:`imagine`.
+  :func:`dream_rollout_per_candidate` runs :func:`imagine` one candidate at a time (the benchmark's baseline).
 
-The batched path (``fused=True``, the default) is a faster form of the same dream (:class:`FusedDreamWeights`).
-
-Dream semantics (both paths):
+Dream semantics (every path):
 
 - every candidate starts its ``N`` trials from the same ``N`` start states and sees the same noise
   (common random numbers): the noise is pre-drawn from ``generator`` as tensors of shape
@@ -29,7 +36,7 @@ Dream semantics (both paths):
   by the candidates (common random numbers), after the z noise, so p = 0 leaves the noise unchanged;
 - fitness = sum over steps of M's predicted reward ``r_t`` (in real reward units: the prediction is
   multiplied by ``reward_scale``, the memory checkpoint's convention), ended by M's done head: a
-  trial is done after the first step with ``sigmoid(done_logit) > 0.5`` (deterministic threshold, not
+  trial is done after the first step with ``sigmoid(done_logit) > DONE_THRESHOLD`` (0.5; deterministic, not
   sampled); that step's reward counts and every later reward is masked;
 - ``value_discount`` γ > 0 (an M trained with a value head, ``train_memory.py --value-discount``): a dream
   still alive after its last step ends on M's value of its last state, ``value_rate(h_T) / (1 − γ)`` (the same
@@ -48,8 +55,7 @@ import torch
 
 from car_racing.common.cli import UsageError
 from car_racing.models.ffn import flat_to_population, population_actions, squash_actions
-from car_racing.models.mdn_rnn import DONE_THRESHOLD, head_dropout_mask
-from car_racing.models.mdn_rnn import sample_with_noise as sample_with_noise  # re-exported: the dream's sampler
+from car_racing.models.mdn_rnn import DONE_THRESHOLD, head_dropout_mask, sample_with_noise  # noqa: F401 (re-exported)
 
 
 # --- recorded states --------------------------------------------------------------------------------
@@ -314,7 +320,8 @@ def imagine(mdnrnn: Any, policy: LinearPolicy | torch.Tensor, start_z: torch.Ten
     z = start_z.float().repeat(population, 1)  # (P·N, L), candidate-major
     state = (start_state[0].float().repeat(population, 1), start_state[1].float().repeat(population, 1))
     head_mask = None if noise.head_mask is None else noise.head_mask.repeat(population, 1)
-    seen_z, actions = torch.zeros(rows, steps, latent, device=device), torch.zeros(rows, steps, action_size, device=device)
+    seen_z = torch.zeros(rows, steps, latent, device=device)
+    actions = torch.zeros(rows, steps, action_size, device=device)
     rewards, done_probability = torch.zeros(rows, steps, device=device), torch.zeros(rows, steps, device=device)
     returns, value = torch.zeros(rows, device=device), torch.zeros(rows, device=device)
     lengths = torch.full((rows,), steps, dtype=torch.long, device=device)
@@ -327,8 +334,8 @@ def imagine(mdnrnn: Any, policy: LinearPolicy | torch.Tensor, start_z: torch.Ten
             action = population_actions(weights, biases, z.view(population, trials, latent),
                                         state[0].view(population, trials, hidden)).reshape(rows, -1)
         last = t + 1 == steps
-        step = mdnrnn.dream_step(z, action, state, temperature, head_mask=head_mask, sample=not last,
-                                 noise=(noise.mixture[t].repeat(population, 1), noise.gaussian[t].repeat(population, 1)))
+        step_noise = (noise.mixture[t].repeat(population, 1), noise.gaussian[t].repeat(population, 1))
+        step = mdnrnn.dream_step(z, action, state, temperature, head_mask=head_mask, noise=step_noise, sample=not last)
         reward = step.output.reward * reward_scale
         seen_z[:, t], actions[:, t], rewards[:, t], done_probability[:, t] = z, action, reward, step.done_probability
         returns += torch.where(alive, reward, torch.zeros_like(returns))
@@ -522,8 +529,8 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
 
 
 def memory_dream_scales(memory_checkpoint: dict) -> tuple[float, float]:
-    """(reward scale of a dream, γ of M's value head or 0) from M's checkpoint: M predicts reward × its ``reward.scale``,
-    so a dream multiplies by 1/scale to pay real reward units; ``value.discount`` is 0 for an M without a value head."""
+    """(reward scale of a dream, γ of M's value head or 0) from M's checkpoint: M predicts reward × its
+    ``reward.scale``, so a dream multiplies by 1/scale to pay real reward units; γ 0: M has no value head."""
     scale = float((memory_checkpoint.get("reward") or {}).get("scale", 1.0))
     return 1.0 / scale, float((memory_checkpoint.get("value") or {}).get("discount", 0.0))
 

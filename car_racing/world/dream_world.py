@@ -1,9 +1,11 @@
 """M as the world: a person (or any driver) steps the memory model instead of the env.
 
 :class:`DreamWorld` starts from a real frame and M's state after the real steps before it (the *context*),
-then each :meth:`DreamWorld.step` feeds M the current z and the action, takes M's predicted reward r_t and
-done probability sigmoid(done_t), samples z_{t+1} at temperature τ (:meth:`MDNRNN.sample_next_z`) and
-decodes it with V: the frame shown is V's picture of what M dreamed. Dropout (Dropout's Dream Land) draws
+then each :meth:`DreamWorld.step` is the step every dream of the project takes (:meth:`MDNRNN.dream_step`): M reads
+the current z and the action, predicts the reward r_t and the done probability sigmoid(done_t), tests it against
+:data:`DONE_THRESHOLD` and samples z_{t+1} at temperature τ (from the generator); V decodes z_{t+1}: the frame shown is
+V's picture of what M dreamed. Where M says done, a training dream would have ended (``ended_at``); a person may
+drive on. Dropout (Dropout's Dream Land) draws
 one mask on h before M's heads when it is switched on, kept until it is switched off, so one dream is one
 draw of a slightly different M. All sampling uses one seeded generator: the same seed and actions give the
 same dream.
@@ -28,11 +30,13 @@ from car_racing.world.envs import make_env, preprocess_frame
 
 @dataclass
 class DreamStep:
-    """What one dream step gave: V's decoding of the sampled z_{t+1}, M's r_t and P(done_t)."""
+    """What one dream step gave: V's decoding of the sampled z_{t+1}, M's r_t and P(done_t), and whether M said done
+    (P(done_t) > DONE_THRESHOLD: a training dream ends after this step)."""
 
     frame: np.ndarray  # uint8 (64, 64, 3)
     reward: float
     done_probability: float
+    done: bool = False
 
 
 class RealReplay:
@@ -112,6 +116,7 @@ class DreamWorld:
         self.actions: list[np.ndarray] = []
         self.rewards: list[float] = []
         self.done_probabilities: list[float] = []
+        self.ended_at: int | None = None  # the step where M first said done (a training dream ends after it)
         return self.decode(self.z)
 
     def _draw_mask(self) -> torch.Tensor | None:
@@ -125,14 +130,16 @@ class DreamWorld:
     @torch.no_grad()
     def step(self, action: np.ndarray) -> DreamStep:
         action = np.asarray(action, dtype=np.float32).reshape(3)
-        out, self.state = self.memory.step(self.z, torch.as_tensor(action, device=self.device)[None], self.state,
-                                           self.mask)
-        self.z = MDNRNN.sample_next_z(out, self.temperature, self.generator).to(self.z.dtype)
-        reward, done = float(out.reward[0]), float(torch.sigmoid(out.done_logit[0]))
+        step = self.memory.dream_step(self.z, torch.as_tensor(action, device=self.device)[None], self.state,
+                                      self.temperature, head_mask=self.mask, generator=self.generator)
+        self.z, self.state = step.next_z.to(self.z.dtype), step.state
+        reward, probability, done = float(step.output.reward[0]), float(step.done_probability[0]), bool(step.done[0])
+        if done and self.ended_at is None:
+            self.ended_at = len(self.actions)
         self.actions.append(action)
         self.rewards.append(reward)
-        self.done_probabilities.append(done)
-        return DreamStep(self.decode(self.z), reward, done)
+        self.done_probabilities.append(probability)
+        return DreamStep(self.decode(self.z), reward, probability, done)
 
     @property
     def summed_reward(self) -> float:
