@@ -52,8 +52,8 @@ import inspect
 import logging
 import multiprocessing as mp
 import os
-import signal
 import re
+import signal
 import socket
 import sys
 import time
