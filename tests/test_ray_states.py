@@ -212,6 +212,21 @@ def test_cluster_file_of_a_live_cluster_is_not_joined_without_an_address(tiny_ch
     assert _episode_lines(on_ray.stdout) == reference_lines != []
 
 
+def test_auto_names_the_stale_cluster_file_it_read(tmp_path, monkeypatch):
+    """--ray-address auto reads the cluster file as Ray does: when that cluster is gone, the line says where the
+    address came from."""
+    (tmp_path / "ray").mkdir()
+    dead = f"127.0.0.1:{_free_ports(1)[0]}"
+    (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(UsageError) as raised:
+        Backend("ray", "auto").check()
+    assert re.fullmatch(rf"--ray-address auto: no Ray cluster answers at \S+:{dead.split(':')[1]} \(from "
+                        rf"{tmp_path}/ray/ray_current_cluster, left by the last `ray start`\) \(Connection refused\)",
+                        str(raised.value)), raised.value
+
+
 # --- RAY_ADDRESS (a live head: the killed-head test below joins through it) -----------------------------------
 
 def test_ray_address_of_a_dead_head_is_one_line_and_exit_2(tiny_checkpoints, tmp_path):

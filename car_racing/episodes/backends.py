@@ -153,7 +153,7 @@ def check_ray_address(address: str, source: str = "") -> str:
             found = canonicalize_bootstrap_address("auto")
             if os.environ.get(RAY_ADDRESS_ENV, "").strip() not in ("", "auto"):
                 found_in = f" (from {RAY_ADDRESS_ENV})"
-            elif found and found == find_bootstrap_address(None):
+            elif found and find_bootstrap_address(None):  # Ray's order: RAY_ADDRESS, then the file
                 found_in = f" (from {_cluster_file()}, left by the last `ray start`)"
         except Exception as err:  # a private helper: if it moved, let ray.init find the cluster itself
             if isinstance(err, (ImportError, AttributeError)):
