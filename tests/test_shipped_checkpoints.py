@@ -10,9 +10,11 @@ import torch
 
 from car_racing.common.runtime import checkpoint_paths, load_checkpoint
 from car_racing.episodes.agent import evaluate_agent, load_agent_models
+from car_racing.episodes.evaluation import EVALUATION_FILE, read_evaluation, stale_files
 from car_racing.recording.latent_cache import file_sha256
 
-PRETRAINED = Path(__file__).resolve().parent.parent / "checkpoints" / "pretrained"
+REPO = Path(__file__).resolve().parent.parent
+PRETRAINED = REPO / "checkpoints" / "pretrained"
 SHIPPED = PRETRAINED / "default"  # DAgger, then real-env CMA-ES
 DREAM = PRETRAINED / "dream"  # the agent whose C was trained only in M's dream
 REWARD_ONLY = PRETRAINED / "reward-only"  # that C, then real-env CMA-ES: reward alone, no expert label
@@ -68,6 +70,37 @@ def test_the_reward_only_agent_never_saw_an_expert_label():
     assert lineage["dream_trained"] and lineage["warm_start"] == "zero"
     # the default agent's V file (git stores it once): the reward-only agent's M is an earlier dream agent's
     assert file_sha256(checkpoint_paths(REWARD_ONLY)["vision"]) == file_sha256(checkpoint_paths(SHIPPED)["vision"])
+
+
+def readme_shipped_table() -> dict[str, dict[str, str]]:
+    """The README's table of the shipped agents: agent folder name → its cells as written (score "MEAN ± STD",
+    min, median, laps "L of N"), bold marks removed."""
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [cell.strip().replace("**", "").strip("`") for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and cells[0].startswith("checkpoints/pretrained/"):
+            name = cells[0].removeprefix("checkpoints/pretrained/").strip("/")
+            rows[name] = dict(zip(("score", "min", "median", "laps"), cells[1:5]))
+    return rows
+
+
+@pytest.mark.parametrize("folder", AGENTS, ids=lambda folder: folder.name)
+def test_shipped_agent_carries_its_evaluation_and_the_readme_quotes_it(folder):
+    """Every shipped agent has the record the simulator wrote when it scored the agent over the 100 held-out tracks
+    (--evaluation-out), made from the very files beside it (a re-exported agent needs a new evaluation), and the
+    README's table shows what that record says, to the decimal."""
+    record = read_evaluation(folder / EVALUATION_FILE)
+    assert stale_files(record, folder) == [], f"{folder}: the checkpoints changed since {EVALUATION_FILE} was measured"
+    assert (record["episodes"], record["seeds"], record["max_steps"]) == (100, [10000, 10099], 1000)
+    row = readme_shipped_table().get(folder.name)
+    assert row is not None, f"README.md: no row for checkpoints/pretrained/{folder.name}/ in the shipped agents' table"
+    measured = {"score": f"{record['mean']:.1f} ± {record['std']:.1f}", "min": f"{record['min']:.1f}",
+                "median": f"{record['median']:.1f}", "laps": f"{record['laps_finished']} of {record['episodes']}"}
+    assert row == measured, f"README.md's row for {folder.name} disagrees with {folder / EVALUATION_FILE}"
+
+
+def test_readme_table_lists_every_shipped_agent():
+    assert set(readme_shipped_table()) == {folder.name for folder in AGENTS}
 
 
 @pytest.mark.parametrize("folder", AGENTS, ids=lambda folder: folder.name)
