@@ -220,6 +220,10 @@ def test_auto_names_the_stale_cluster_file_it_read(tmp_path, monkeypatch):
     (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # no other Ray running here (with exactly one, Ray's `auto` would take it over the file: the module's head)
+    from ray._private import services
+
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset())
     with pytest.raises(UsageError) as raised:
         Backend("ray", "auto").check()
     assert re.fullmatch(rf"--ray-address auto: no Ray cluster answers at \S+:{dead.split(':')[1]} \(from "
@@ -343,6 +347,37 @@ def test_ray_address_of_a_live_head_then_the_head_killed_mid_generation_and_resu
     for after, before in zip(resumed["checked"], unbroken["checked"]):  # every checked C: CMA's mean, its best
         assert after["source"] == before["source"]
         np.testing.assert_array_equal(after["params"], before["params"])
+
+
+def test_head_watch_bears_a_blip_and_stops_after_a_silence(monkeypatch):
+    monkeypatch.setattr(backends, "RAY_HEAD_LOST_S", 0.5)
+    monkeypatch.setattr(backends, "RAY_HEARTBEAT_S", 0.1)
+
+    def listen(port: int = 0) -> socket.socket:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        return listener
+
+    head = listen()
+    port = head.getsockname()[1]
+    watch = backends._HeadWatch(f"127.0.0.1:{port}", f"--ray-address 127.0.0.1:{port}")
+    watch.wait_alive()  # it answers: back at once
+    head.close()
+    watch.poll(force=True)  # silent, not for long yet: no stop
+    assert watch.silent_since is not None and not watch.lost
+    head = listen(port)
+    watch.poll(force=True)  # back: the silence is forgotten
+    assert watch.silent_since is None
+    head.close()
+    started = time.monotonic()
+    with pytest.raises(RayClusterLost) as raised:
+        watch.wait_alive()
+    assert 0.5 <= time.monotonic() - started < 5 and watch.lost
+    assert str(raised.value) == (f"the Ray cluster at 127.0.0.1:{port} (--ray-address 127.0.0.1:{port}) stopped "
+                                 f"answering during the run (Connection refused for 0.5 s: its head died or the network "
+                                 f"is cut)")
 
 
 def test_lost_cluster_line_says_how_each_script_goes_on():

@@ -153,7 +153,7 @@ def check_ray_address(address: str, source: str = "") -> str:
             found = canonicalize_bootstrap_address("auto")
             if os.environ.get(RAY_ADDRESS_ENV, "").strip() not in ("", "auto"):
                 found_in = f" (from {RAY_ADDRESS_ENV})"
-            elif found and find_bootstrap_address(None):  # Ray's order: RAY_ADDRESS, then the file
+            elif found and found == canonicalize_bootstrap_address(find_bootstrap_address(None) or "local"):
                 found_in = f" (from {_cluster_file()}, left by the last `ray start`)"
         except Exception as err:  # a private helper: if it moved, let ray.init find the cluster itself
             if isinstance(err, (ImportError, AttributeError)):
@@ -617,7 +617,7 @@ class _HeadWatch:
             self.lost = True
             where = f"the Ray cluster at {self.address} ({self.source})" if self.source else \
                 f"the local Ray of this run (its head at {self.address})"
-            raise RayClusterLost(f"{where} stopped answering during the run ({reason} for {RAY_HEAD_LOST_S:.0f} s: "
+            raise RayClusterLost(f"{where} stopped answering during the run ({reason} for {RAY_HEAD_LOST_S:g} s: "
                                  f"its head died or the network is cut)")
 
     def wait_alive(self) -> None:
@@ -680,7 +680,6 @@ class _RayPool:
             submit()
             while in_flight:
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=RAY_POLL_S)
-                self.watch.poll()
                 for ref in ready:
                     if ref not in in_flight:  # dropped with its dead actor below
                         continue
@@ -705,6 +704,7 @@ class _RayPool:
                     load[slot] -= 1
                     deaths_without_progress = 0
                     yield index, result
+                self.watch.poll()  # (after the results that came: they are the caller's even if the head is gone)
                 submit()
         finally:
             if not self.watch.lost:
