@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import contextlib
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -48,35 +49,40 @@ from car_racing.episodes.rollout import default_workers
 # About 15 minutes on 2 CPU cores (docs/stages.md#the-demo-make-demo has the measured times and score).
 PRESET: dict[str, Any] = {
     "seed": 0,
-    # 16 noisy autopilot episodes × 500 steps + 4 random-driver ones (M sees the car off the road) = 10,000
+    # 24 noisy autopilot episodes × 500 steps + 6 random-driver ones (M sees the car off the road) = 15,000
     # frames; windows of 100 steps for M.
-    "record": {"driver": "autopilot", "episodes": 16, "steps": 500, "random_episodes": 4, "noise": 1.0,
-               "seq_len": 100, "workers": None},  # None = number of CPUs
+    "record": {"driver": "autopilot", "episodes": 24, "steps": 500, "random_episodes": 6, "noise": 1.0,
+               "seq_len": 100, "workers": None},  # None = the cores this process may use
     # A few epochs at a higher learning rate than the full run; β reaches 1 within the run, so z is a
     # real posterior (with β ≈ 0 the latents would be useless to M and C). threads 0 = the script's auto.
     "vision": {"epochs": 4, "kl_anneal_epochs": 2, "free_bits": 0.5, "lr": 1e-3, "batch_size": 100, "threads": 0},
-    # ~90 training windows: small batches so that M gets a few hundred gradient steps; dropout on h before the
-    # heads, as the full run. One torch thread for M and C: their small batches gain little from a second
-    # one, and lose many times over when another process shares the 2 cores.
-    "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "dropout": 0.05, "value_discount": 0.0, "threads": 1},
-    # Stage 4 from zero on this run's V and M: the repair loop (2 iterations) with the dream the demo was measured
-    # with (whole episodes from the start line, 8 dreams per candidate with one dropout mask each, their
-    # 0.25-quantile as the fitness, no value head: stage 4's earlier defaults; its short dreams are not yet
-    # measured at the demo's size), a smaller population and fewer generations; real checks on 3 tracks of 500
-    # steps choose what is kept; C's episodes and the repair replays join M's data. No expert label reaches C.
-    "controller": {"loop_iterations": 2, "population": 12, "generations": 16, "eval_every": 8, "eval_episodes": 3,
-                   "dream_start": "episode-start", "rollout_steps": 1000, "dream_trials": 8,
-                   "dream_fitness": "quantile", "dream_value": False,
+    # ~135 training windows: small batches so that M gets a few hundred gradient steps; dropout on h before the
+    # heads and a value head (γ 0.98), as the full run: stage 4's short dreams end on M's value. One torch thread
+    # for M and C: their small batches gain little from a second one, and lose many times over when another
+    # process shares the 2 cores.
+    "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "dropout": 0.05, "value_discount": 0.98, "threads": 1},
+    # Stage 4 from zero on this run's V and M: the repair loop (2 iterations) with stage 4's own dream (200-step
+    # dreams from recorded states, 16 per candidate with one dropout mask each, their mean, ended on M's value),
+    # a smaller population and fewer generations; real checks on 3 tracks of 500 steps choose what is kept; C's
+    # episodes and the repair replays join M's data. No expert label reaches C. (Sizes tried, with their scores:
+    # docs/stages.md#the-demo-make-demo.)
+    "controller": {"loop_iterations": 2, "population": 16, "generations": 10, "eval_every": 5, "eval_episodes": 3,
+                   "dream_start": "recorded", "rollout_steps": 200, "dream_trials": 16, "dream_fitness": "mean",
+                   "dream_value": True, "dream_dropout": 0.1,
                    "eval_max_steps": 500, "loop_controller_start": "zero", "loop_memory_epochs": 5,
                    "loop_agent_episodes": 6, "loop_repair_episodes": 4, "loop_select_top": 0,
-                   "workers": None,  # None = CPUs
+                   "workers": None,  # None = the cores this process may use
                    "threads": 1, "progress": False},
     # Held-out tracks (seeds 10000..) with a video of every episode.
-    "simulator": {"episodes": 3, "max_steps": 1000, "workers": None, "video_scale": 3},
+    "simulator": {"episodes": 5, "max_steps": 1000, "workers": None, "video_scale": 3},
     "vision_png": {"columns": 8},
     "vision_video": {"max_steps": 300},
     "memory_video": {"max_steps": 300, "dream_steps": 50, "temperature": 1.0},
 }
+
+# The demo with PRESET, timed from its first stage to its last line on a fresh clone, 2-core CPU, nothing else
+# running (docs/stages.md#the-demo-make-demo); what it says it expects before it starts is scaled from this.
+MEASURED: dict[str, float] = {"cores": 2, "minutes": 13.0}
 
 # The shipped agents a user can compare with: (folder in checkpoints/pretrained/, what it is). Their scores are read
 # from each one's evaluation record (checkpoints/pretrained/<folder>/evaluation.json), never typed here.
@@ -93,11 +99,39 @@ class Args:
     """folder in which the run folder demo-YYYYmmdd-HHMMSS is created"""
 
 
+# What the run folder ends with, in the order a person would look at it (the last lines name them).
+SHOWCASE = (("agent_driving.mp4", "its agent driving the held-out tracks"),
+            ("memory_dream.mp4", "M dreaming beside the real frames of a recorded episode"),
+            ("vision_reconstructions.png", "what V sees: held-out frames and V's reconstructions"),
+            ("checkpoints/dream_loop/dream_loop.png", "the loop's curve: C's real checks and dream fitness per iteration"))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset``, a container's CPU set), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return default_workers()
+
+
+def expectation(cores: int, load: float) -> str:
+    """What the demo says before it starts: how long it expects to take here, from :data:`MEASURED` (minutes on
+    2 free cores) scaled by the free cores (this process's cores less the load average, at least one; the work
+    spreads over 2 at most)."""
+    free = max(1.0, min(float(cores), 2.0) - max(0.0, load))
+    minutes = MEASURED["minutes"] * MEASURED["cores"] / min(free, MEASURED["cores"])
+    line = (f"expect about {minutes:.0f} min here ({cores} core{'s' if cores != 1 else ''}, load {load:.1f}: "
+            f"~{free:.1f} free); measured {MEASURED['minutes']:.0f} min on {MEASURED['cores']} free cores")
+    if free < 1.5:
+        line += "; with one core free it runs, slower"
+    return line
+
+
 def _settings(preset: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """The preset's section for one stage, with ``workers: None`` replaced by the number of CPUs."""
+    """The preset's section for one stage, with ``workers: None`` replaced by the cores this process may use."""
     settings = dict(preset[key])
     if "workers" in settings and settings["workers"] is None:
-        settings["workers"] = default_workers()
+        settings["workers"] = usable_cores()
     return settings
 
 
@@ -352,6 +386,8 @@ def main(args: Args, preset: Mapping[str, Any] | None = None) -> Path:
     run_dir = new_run_dir(Path(args.runs_dir))
     (run_dir / "preset.json").write_text(json.dumps(preset, indent=1))
     print(f"demo run folder: {run_dir}  (settings: PRESET in car_racing/demo.py, copied to preset.json)")
+    if preset is PRESET:
+        print(expectation(usable_cores(), os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), flush=True)
     done = run_stages(run_dir, preset)
     total = time.perf_counter() - started
 
@@ -365,6 +401,10 @@ def main(args: Args, preset: Mapping[str, Any] | None = None) -> Path:
     for stage, _, summary in done:
         if stage.key == "simulator":
             print(verdict(summary, preset["simulator"].get("episodes"), kept))
+    print("\nwatch it:")
+    for path, what in SHOWCASE:
+        if (run_dir / path).is_file():
+            print(f"  {run_dir / path}  {what}")
     print(f"everything is in {run_dir}")
     return run_dir
 

@@ -239,8 +239,10 @@ def record_batch(session: RecordingSession, driver: str, make_driver: Callable[[
     # The env's own 1000-step limit would cut longer episodes: lift it when more steps are asked for.
     env_kwargs = {"max_episode_steps": args.steps} if args.steps > MAX_EPISODE_STEPS else {}
     session.progress.set_description(f"recording ({driver})")
+    # In seed order, whatever the worker count: the same --seed gives the same files with 1 worker or many, and an
+    # interrupted recording keeps a run of consecutive seeds, so --append continues exactly where it stopped.
     results = run_episodes(make_driver, seeds, args.steps, workers=workers, env_kwargs=env_kwargs, backend=backend,
-                           record_frames=True)
+                           record_frames=True, ordered=True)
     with contextlib.closing(results):
         for number, result in enumerate(results, start=1):
             if result.steps > 0:

@@ -62,6 +62,10 @@ def test_tiny_demo_writes_only_into_its_run_folder(tmp_path, monkeypatch, capsys
         assert name in files
     out = capsys.readouterr().out
     assert "score: " in out and f"everything is in {run_dir}" in out
+    last = out.strip().splitlines()[-6:]  # the last lines say where to look
+    assert last[0] == "watch it:" and str(run_dir / "agent_driving.mp4") in last[1]
+    assert any(str(run_dir / "memory_dream.mp4") in line for line in last)
+    assert any(str(run_dir / "checkpoints/dream_loop/dream_loop.png") in line for line in last)
     assert "this run trained (V, M and C from its own recording)" in out and "checkpoints/pretrained/dream" in out
     from car_racing.common.runtime import load_checkpoint
 
@@ -119,3 +123,11 @@ def test_verdict_quotes_the_shipped_agents_evaluation_records(tmp_path, monkeypa
     assert "923.3 ± 20.5 over 3 tracks (seeds 10000–10002), 2 laps" in lines["dream"]
     assert "no score" in lines["reward-only"] and "missing" in lines["reward-only"]
     assert "no score" in lines["default"] and "not a readable evaluation record" in lines["default"]
+
+
+def test_it_says_how_long_it_expects_to_take_before_it_starts():
+    two = demo.expectation(2, 0.0)
+    assert two.startswith(f"expect about {demo.MEASURED['minutes']:.0f} min here") and "one core" not in two
+    busy = demo.expectation(2, 1.0)  # another process holds one of the two cores
+    assert f"expect about {2 * demo.MEASURED['minutes']:.0f} min" in busy and "with one core free it runs, slower" in busy
+    assert demo.expectation(1, 0.0) == demo.expectation(2, 1.0).replace("2 cores, load 1.0", "1 core, load 0.0")

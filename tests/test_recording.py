@@ -98,6 +98,13 @@ def test_autopilot_recording_writes_every_file_and_meta_agrees(recorded):
     assert data.frames.std() > 10, "frames show the track, not a blank screen"
 
 
+def test_the_same_seed_gives_the_same_files_with_one_worker_or_two(recorded, tmp_path):
+    """Episodes are stored in seed order whatever finishes first: the files do not depend on --workers (and an
+    interrupted recording holds consecutive seeds, so --append continues exactly where it stopped)."""
+    record(tmp_path / "two", workers=2)
+    assert snapshot(tmp_path / "two") == snapshot(recorded)
+
+
 def test_replaying_seed_and_actions_reproduces_frames_exactly(recorded):
     data = load_recorded(recorded)
     env = make_env(fast=False)  # gymnasium's stock renderer: the ground truth the data must match
