@@ -3,8 +3,11 @@
 
 Older checkpoints (a run of yours from before this change) held numpy arrays and numpy numbers, and a CMA-ES run's
 controller checkpoint also held the CMA-ES state and the RNG states, pickled. Every loader now refuses such a file
-with one line pointing here. This reads each file with an unpickler that can build numpy arrays, torch tensors and
-plain containers and nothing else (a file that names anything more is refused, and nothing in it runs), then:
+with one line pointing here. This reads each file with ``weights_only=True``, numpy's array and scalar constructors
+allowed (a file that names anything more is refused, and nothing in it runs). A CMA-ES or DAgger run's own files were
+written with pickle protocol 5, which torch's ``weights_only`` reader cannot parse: those are converted only with
+``--trust-own-runs`` (for runs of your own, the trust ``--resume`` places in its folder), and even then through an
+unpickler that builds numpy arrays, tensors and plain containers and nothing else. Then:
 
 - numpy arrays become tensors and numpy numbers Python numbers (the values are unchanged);
 - a CMA-ES run's state (``es_state``, ``rng_state``) moves into the run's resume file beside it
@@ -15,6 +18,7 @@ Files already in the new format are left alone; the shipped agents in ``checkpoi
 
     python car_racing/convert_checkpoints.py                       # every *.pth under checkpoints/
     python car_racing/convert_checkpoints.py --paths runs/full/checkpoints my_run/control_model_cmaes.pth
+    python car_racing/convert_checkpoints.py --trust-own-runs   # also your own CMA-ES runs' files (protocol 5)
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class Args:
     """model files (*.pth) or folders to search for them (recursively)"""
     keep_original: bool = True
     """keep each original beside its converted file as NAME.pth.legacy"""
+    trust_own_runs: bool = False
+    """also convert CMA-ES and DAgger run files written before (pickle protocol 5, which torch's weights_only reader
+    cannot parse): only for runs of your own, read as --resume reads its folder (still building nothing but
+    arrays, tensors and plain containers); without it they are refused and left as they are"""
 
 
 def model_files(paths: tuple[str, ...]) -> list[Path]:
@@ -72,9 +80,9 @@ def numpy_objects(value: Any) -> int:
     return 0
 
 
-def convert(path: Path, keep_original: bool) -> str:
+def convert(path: Path, keep_original: bool, trust_own_run: bool = False) -> str:
     """Convert one older file in place; returns what was done, in words."""
-    data = load_legacy(path)
+    data = load_legacy(path, trust_own_run)
     done = [f"{numpy_objects(data)} numpy objects → tensors and numbers"]
     if isinstance(data, dict) and any(key in data for key in RESUME_KEYS):
         resume = resume_path(path)
@@ -112,7 +120,7 @@ def main(args: Args) -> dict[str, list[str]]:
             refusals.append(f"{path}: not a readable model file ({type(err).__name__})")
             continue
         try:
-            print(f"converted {path}: {convert(path, args.keep_original)}")
+            print(f"converted {path}: {convert(path, args.keep_original, args.trust_own_runs)}")
         except Refused as refused:
             outcome["refused"].append(str(path))
             refusals.append(str(refused))

@@ -188,8 +188,13 @@ def test_an_older_cmaes_run_is_refused_then_converted_once_and_resumes_as_before
     resume_path(paths["controller"]).unlink()
     with pytest.raises(Exception, match="written before model files held plain data only.*convert_checkpoints.py"):
         load_checkpoint(paths["controller"], "controller")
+    # a run's own protocol-5 state is converted only when the user says the run is theirs
+    with pytest.raises(Exception, match="control_model_cmaes.pth: .*pickle protocol 5.*--trust-own-runs"):
+        convert_checkpoints.main(convert_checkpoints.Args(paths=(str(tmp_path / "checkpoints"),)))
+    assert not resume_path(paths["controller"]).exists() and not Path(str(paths["controller"]) + ".legacy").exists()
 
-    outcome = convert_checkpoints.main(convert_checkpoints.Args(paths=(str(tmp_path / "checkpoints"),)))
+    outcome = convert_checkpoints.main(convert_checkpoints.Args(paths=(str(tmp_path / "checkpoints"),),
+                                                                trust_own_runs=True))
     assert outcome["converted"] == [str(paths["controller"])] and len(outcome["plain"]) == 2
     said = capsys.readouterr().out
     assert f"converted {paths['controller']}" in said and "CMA-ES and RNG state" in said and ".legacy" in said

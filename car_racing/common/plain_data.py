@@ -16,8 +16,8 @@ A file that ``weights_only`` refuses is looked at without running it (:func:`glo
 names, each replaced by an inert stand-in) and refused in one line naming what it would call
 (:class:`Refused`). Files written before this format (numpy arrays inside; the CMA-ES state in the controller
 checkpoint) are told apart from hostile ones: they name only numpy's array and scalar constructors, and
-``car_racing/convert_checkpoints.py`` rewrites them once (:func:`load_legacy`, a restricted unpickler that can
-build arrays and tensors and nothing else).
+``car_racing/convert_checkpoints.py`` rewrites them once (:func:`load_legacy`: ``weights_only`` with numpy's array
+constructors allowed; a run's own protocol-5 files only on the user's word that the run is theirs).
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class Refused(Exception):
                                                ("pickle protocol 5", "pickle protocol 5" in found)) if present]
             message = (f"{path}: written before model files held plain data only ({' and '.join(what)}); "
                        f"convert it once: python {CONVERT_SCRIPT} --paths {path}")
+            if "pickle protocol 5" in found:  # a run's own state: torch's weights_only reader cannot parse it
+                message += (f" {TRUST_FLAG} (only for a run of your own: a CMA-ES or DAgger run wrote it into its "
+                            f"folder, and it is read as --resume reads that folder)")
         else:
             message = (f"{path}: refused, loading it would call {', '.join(found)} (a model file may hold only "
                        f"tensors and plain data); nothing in it was run")
@@ -207,7 +210,18 @@ def resume_path(checkpoint_path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + RESUME_SUFFIX)
 
 
-# --- older files: read once by the converter, arrays and tensors only ------------------------------------------
+# --- older files: read once by the converter ----------------------------------------------------------------
+
+TRUST_FLAG = "--trust-own-runs"
+
+
+def _numpy_data_classes() -> list[Any]:
+    """numpy's array and scalar constructors and dtype classes: what older files name besides torch's own."""
+    from numpy._core import multiarray
+
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+            *(getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType"))]
+
 
 class _LegacyUnpickler(pickle.Unpickler):
     """Builds numpy arrays and scalars and torch tensors; any other global is refused before it is looked up."""
@@ -230,18 +244,26 @@ class _LegacyPickleModule:
         return _LegacyUnpickler(file, **kwargs).load()
 
 
-def load_legacy(path: str | os.PathLike) -> Any:
-    """An older model file (numpy arrays inside, any pickle protocol) read with an unpickler that can build only
-    numpy arrays and scalars, torch tensors and plain containers: :class:`Refused` for anything else."""
+def load_legacy(path: str | os.PathLike, trust_own_run: bool = False) -> Any:
+    """An older model file, read once for conversion.
+
+    Pickle protocol 2 (V, M, exported files: anything that may have been handed on) is read with
+    ``weights_only=True``, numpy's array and scalar constructors allowed through torch's own ``safe_globals``.
+    Protocol 5, which torch's ``weights_only`` reader cannot parse, was written only by a CMA-ES or DAgger run into
+    its own folder: such a file is the run's state, read only with ``trust_own_run`` (the trust ``--resume`` places
+    in its folder), and then still through an unpickler that builds numpy arrays, tensors and plain containers
+    and nothing else. Raises :class:`Refused` for a file that names anything else."""
     import torch
 
     path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule)
-    except pickle.UnpicklingError:
-        refused = refusal(path)
-        if refused is not None and not refused.legacy:
-            raise refused from None
-        raise
+    refused = refusal(path)
+    if refused is not None and not refused.legacy:
+        raise refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if refused is None or "pickle protocol 5" not in refused.found:
+            with torch.serialization.safe_globals(_numpy_data_classes()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        if not trust_own_run:
+            raise Refused(path, refused.found, legacy=True)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule)
