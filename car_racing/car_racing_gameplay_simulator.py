@@ -195,8 +195,7 @@ def main(args: Args) -> float:
           + (" (ray)" if backend.is_ray else ""))
     rewards: list[float] = []
     steps: list[int] = []
-    finished: list[bool] = []
-    laps = 0
+    finished: list[bool] = []  # per episode: lap finished
     with contextlib.ExitStack() as stack:
         # The video is written under a temporary name and appears only when every episode is in it.
         video = None if args.video is None else stack.enter_context(VideoWriter(args.video, fps=VIDEO_FPS))
@@ -216,7 +215,6 @@ def main(args: Args) -> float:
             rewards.append(result.total_reward)
             steps.append(result.steps)
             finished.append(bool(result.lap_finished))
-            laps += int(result.lap_finished)
             lap = "  lap finished" if result.lap_finished else ""
             tqdm.write(f"episode {index + 1}/{len(seeds)}  seed {result.seed}  reward {result.total_reward:.1f}"
                        f"  steps {result.steps}{lap}", file=sys.stdout)
@@ -234,7 +232,7 @@ def main(args: Args) -> float:
                 break
     values = np.asarray(rewards)
     print(f"min {values.min():.1f}, median {np.median(values):.1f}, max {values.max():.1f}; laps finished "
-          f"{laps} of {len(values)}")
+          f"{sum(finished)} of {len(values)}")
     if args.video is not None:
         print(f"video: {args.video}")
     if args.strip is not None:
