@@ -32,7 +32,7 @@ from car_racing.episodes.rollout import default_workers
 from car_racing.recording.latent_cache import load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
 from car_racing.training.carry import carry_controller
-from car_racing.training.loop import iteration_dir
+from car_racing.training.loop_state import iteration_dir
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.training.loop import STATE_FILE
+from car_racing.training.loop_state import STATE_FILE
 
 COLUMNS = ("it", "M (val MDN / reward MSE; frames)", "warm start: checks", "from zero: checks", "kept (check)",
            "C's episodes: C / dream's choice; repair: dream / real", "check replays: episodes (mean return; tracks)",

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import atomic_path, checkpoint_paths, load_checkpoint, refuse_shipped, save_checkpoint
 from car_racing.episodes.rollout import Backend, default_workers, uses_backend
-from car_racing.training.loop import SELECT_SEED_BASE
+from car_racing.training.loop_state import SELECT_SEED_BASE
 
 RESULTS_FILE = "select_controller.json"
 CRITERIA = {

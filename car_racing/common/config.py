@@ -695,6 +695,23 @@ def run_stage(main: Callable[[Config], Any], sections: Sequence[str], descriptio
         sys.exit(130)
 
 
+def workers_of(run: Run) -> int:
+    """``run.workers``, or (0) the cores this process may use."""
+    import os
+
+    if run.workers:
+        return run.workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def rollout_steps(config: Config) -> int:
+    """Steps of a training episode of C: a dream's length in dream mode, a real episode's limit in real mode."""
+    return config.dream.steps if config.cmaes.mode == "dream" else config.cmaes.real_steps
+
+
 def replace(config: Config, **values: Any) -> Config:
     """``config`` with dotted keys written ``section__field`` replaced (types checked; ranges are not re-checked:
     the library derives per-iteration configs with it)."""

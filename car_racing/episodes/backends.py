@@ -117,6 +117,11 @@ class Backend:
             check_ray_address(address, source)
 
 
+def backend_of(run: Any) -> Backend:
+    """The backend a config's ``run`` section names (:class:`car_racing.common.config.Run`)."""
+    return Backend(run.backend, run.ray_address)
+
+
 def resolve_ray_address(flag: str = "") -> tuple[str, str]:
     """The Ray cluster a run joins and the words that name where that came from: ``--ray-address`` when
     given, else ``RAY_ADDRESS`` from the environment (Ray's convention: set inside Ray jobs and on cluster
@@ -319,7 +324,8 @@ def going_on(args: Any) -> str:
         script = Path(inspect.getfile(type(args))).stem
     except (TypeError, OSError):
         script = ""
-    how = GOING_ON.get(script, "rerun the same command" if not hasattr(args, "resume") else
+    resumable = hasattr(args, "resume") or hasattr(args, "run")
+    how = GOING_ON.get(script, "rerun the same command" if not resumable else
                        "rerun with --resume to go on")
     return f"{how}, on a new cluster or with --backend processes (no Ray)"
 
@@ -332,7 +338,8 @@ def uses_backend(main: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def wrapper(args: Any) -> Any:
         outermost = not _sessions
         try:
-            with backend_session(Backend.from_args(args)):
+            run = getattr(args, "run", None)  # a Config names its backend in its run section
+            with backend_session(backend_of(run) if run is not None else Backend.from_args(args)):
                 return main(args)
         except RayClusterLost as err:
             if not outermost:

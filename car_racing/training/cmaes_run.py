@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError
+from car_racing.common.config import Config, as_dict, get, rollout_steps, workers_of
 from car_racing.common.metrics import MetricsLog
 from car_racing.common.runtime import (
     build_model,
@@ -45,7 +46,8 @@ from car_racing.common.runtime import (
     save_resume_state,
 )
 from car_racing.common.plain_data import resume_path
-from car_racing.episodes.rollout import Backend, EpisodeResult
+from car_racing.episodes.backends import backend_of
+from car_racing.episodes.rollout import EpisodeResult
 from car_racing.models.ffn import Controller, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
@@ -79,20 +81,20 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
 
 
-def make_es(x0: np.ndarray, args: Any):
+def make_es(x0: np.ndarray, config: Config, sigma0: float | None = None):
     import cma
 
-    options = {"popsize": args.population, "seed": args.seed + 1,  # pycma: seed 0 would mean "time"
-               "verbose": -9, "randn": np.random.RandomState(args.seed % 2**32).randn}
-    if args.cma_diagonal:
+    options = {"popsize": config.cmaes.population, "seed": config.run.seed + 1,  # pycma: seed 0 would mean "time"
+               "verbose": -9, "randn": np.random.RandomState(config.run.seed % 2**32).randn}
+    if config.cmaes.diagonal:
         options["CMA_diagonal"] = True
-    return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=np.float64), args.sigma0, options)
+    return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=np.float64), config.cmaes.sigma0 if sigma0 is None else sigma0, options)
 
 
-def real_check(params: np.ndarray, args: Any, episodes: RealFitness) -> list[EpisodeResult]:
+def real_check(params: np.ndarray, config: Config, episodes: RealFitness) -> list[EpisodeResult]:
     """C(params)'s real-env episodes on the fixed check seeds (seed order), in the run's workers."""
-    seeds = [args.eval_seed_base + i for i in range(args.eval_episodes)]
-    return episodes.episodes(params, seeds, args.eval_max_steps, args.smoothing)
+    seeds = [config.checks.seed_base + i for i in range(config.checks.episodes)]
+    return episodes.episodes(params, seeds, config.checks.max_steps, config.cmaes.smoothing)
 
 
 def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
@@ -115,7 +117,7 @@ def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
 class Setup:
     """What every part of a run shares: V/M files, M itself, sizes, and (lazily) the dream start pool."""
 
-    args: Any
+    config: Config
     device: torch.device
     checkpoint_dir: Path
     paths: dict[str, Path]
@@ -130,8 +132,8 @@ class Setup:
     def real_episodes(self) -> RealFitness:
         """The workers of every real episode of the run after the warm start (--mode real fitness, checks)."""
         if self.real is None:
-            self.real = RealFitness(str(self.checkpoint_dir), self.num_params, self.args.workers,
-                                    Backend.from_args(self.args))
+            self.real = RealFitness(str(self.checkpoint_dir), self.num_params, workers_of(self.config.run),
+                                    backend_of(self.config.run))
         return self.real
 
     def close_real(self) -> None:
@@ -142,28 +144,28 @@ class Setup:
     def load_start_pool(self, fit: LinearFit | None = None) -> None:
         """Fill ``setup.pool`` with ``--start-states`` recorded (z, h) states (M run over the recorded windows);
         with ``fit``, every recorded (z, h) → action pair is added to it in the same pass (--init bc)."""
-        setup, args, mdnrnn = self, self.args, self.mdnrnn
-        mu, _ = load_or_build_latents(args.data_dir, setup.paths["vision"], setup.device, args.batch_size,
-                                      progress=args.progress)
+        setup, config, mdnrnn = self, self.config, self.mdnrnn
+        mu, _ = load_or_build_latents(config.run.data_dir, setup.paths["vision"], setup.device, config.dream.batch_size,
+                                      progress=config.run.progress)
         if mu.shape[1] != mdnrnn.latent_size:
             raise UsageError(f"{setup.paths['memory']}: M expects latent size {mdnrnn.latent_size} but V encodes "
                              f"{mu.shape[1]}; rerun car_racing/train_memory.py")
-        sequences = load_memory_sequences(args.data_dir)
+        sequences = load_memory_sequences(config.run.data_dir)
         if len(sequences.indices) == 0:
-            raise UsageError(f"--data-dir {args.data_dir}: no memory sequences; record more data")
+            raise UsageError(f"--data-dir {config.run.data_dir}: no memory sequences; record more data")
         started = time.time()
-        episodes = load_recorded(args.data_dir, mmap=True).episodes
-        drivers = tuple(args.dream_start_drivers)
+        episodes = load_recorded(config.run.data_dir, mmap=True).episodes
+        drivers = tuple(config.dream.start_drivers)
         eligible = windows_of_drivers(sequences.indices, episodes, drivers) if drivers else None
-        if eligible is not None and not eligible.any() and args.dream_start == "recorded":
+        if eligible is not None and not eligible.any() and config.dream.start == "recorded":
             raise UsageError(f"--dream-start-drivers {' '.join(drivers)}: no recorded episode of these drivers in "
-                             f"--data-dir {args.data_dir}")
-        pool = start_pool(args.dream_start, mdnrnn, mu, sequences.indices, sequences.actions,
-                          [int(e["start"]) for e in episodes], args.start_states,
-                          np.random.default_rng([args.seed, 1]), device=setup.device, batch_size=args.batch_size,
-                          visit=bc_visitor(fit, args.bc_eps) if fit else None, eligible=eligible)
-        where = f" of {', '.join(drivers)} episodes" if drivers and args.dream_start == "recorded" else ""
-        print(f"{len(pool)} dream start states ({args.dream_start}{where}) from {sequences.indices.size} recorded "
+                             f"--data-dir {config.run.data_dir}")
+        pool = start_pool(config.dream.start, mdnrnn, mu, sequences.indices, sequences.actions,
+                          [int(e["start"]) for e in episodes], config.dream.start_states,
+                          np.random.default_rng([config.run.seed, 1]), device=setup.device, batch_size=config.dream.batch_size,
+                          visit=bc_visitor(fit, config.cmaes.bc_eps) if fit else None, eligible=eligible)
+        where = f" of {', '.join(drivers)} episodes" if drivers and config.dream.start == "recorded" else ""
+        print(f"{len(pool)} dream start states ({config.dream.start}{where}) from {sequences.indices.size} recorded "
               f"steps ({time.time() - started:.1f}s)")
         setup.pool = pool.to(setup.device)
 
@@ -180,16 +182,16 @@ class Setup:
         return self.paths["controller"]
 
 
-def load_setup(args: Any) -> Setup:
+def load_setup(config: Config) -> Setup:
     """Load M (and check V beside it) from ``--checkpoint-dir``; one-line errors for missing or unfit files."""
-    device = resolve_device(args.device)
-    checkpoint_dir = Path(args.checkpoint_dir)
+    device = resolve_device(config.run.device)
+    checkpoint_dir = Path(config.run.checkpoint_dir)
     paths = checkpoint_paths(checkpoint_dir)
     memory_checkpoint = load_checkpoint(paths["memory"], "memory")
     mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).float().to(device).eval()
     reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
     value_discount = float((memory_checkpoint.get("value") or {}).get("discount", 0.0))
-    if args.mode == "dream" and args.dream_value and (mdnrnn.value_head is None or not value_discount > 0):
+    if config.cmaes.mode == "dream" and config.dream.value and (mdnrnn.value_head is None or not value_discount > 0):
         raise UsageError(f"--dream-value: {paths['memory']} has no value head; train M with "
                          f"car_racing/train_memory.py (its default --value-discount 0.98), or pass --no-dream-value")
     load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
@@ -199,44 +201,44 @@ def load_setup(args: Any) -> Setup:
         raise UsageError(f"{paths['memory']}: M was trained on a different V than {paths['vision']}; "
                          f"rerun car_racing/train_memory.py")
     sizes = (mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
-    return Setup(args, device, checkpoint_dir, paths, mdnrnn, reward_scale, models_used, sizes, value_discount)
+    return Setup(config, device, checkpoint_dir, paths, mdnrnn, reward_scale, models_used, sizes, value_discount)
 
 
-def training_record(args: Any, warm_start: dict | None, generation: int) -> dict:
+def training_record(config: Config, warm_start: dict | None, generation: int) -> dict:
     """How this C was made, for a reader to check from the file: fitness source, warm start (and its own
     record, recursively), generations, whether any expert label or real-env return shaped it, and the
     dream's settings. ``dream_trained``: no expert labels anywhere in the lineage and no real-env return ever
     used as fitness (real-env checks only choose what to keep). ``reward_only``: no expert labels anywhere —
     C learnt from rewards alone, dreamt or real (the paper's setting); ``real_fitness_episodes`` counts the
     real episodes whose returns were fitness, over the lineage."""
-    warm_start = warm_start or {"method": args.init}
+    warm_start = warm_start or {"method": config.cmaes.init}
     source = warm_start.get("source_training") or {}
-    expert = bool(warm_start.get("expert_labels", args.init != "zero"))
-    real_fitness = args.mode == "real" and generation > 0 or bool(source.get("real_returns_as_fitness", False))
-    real_episodes = generation * args.population * args.real_trials if args.mode == "real" else 0
-    record = {"fitness_source": args.mode, "warm_start": args.init, "generations": generation,
+    expert = bool(warm_start.get("expert_labels", config.cmaes.init != "zero"))
+    real_fitness = config.cmaes.mode == "real" and generation > 0 or bool(source.get("real_returns_as_fitness", False))
+    real_episodes = generation * config.cmaes.population * config.cmaes.real_trials if config.cmaes.mode == "real" else 0
+    record = {"fitness_source": config.cmaes.mode, "warm_start": config.cmaes.init, "generations": generation,
               "expert_labels": expert, "real_returns_as_fitness": real_fitness,
               "dream_trained": not expert and not real_fitness,
               # the paper's rule: C learnt from rewards alone (real or dreamt), no expert label anywhere in the lineage
               "reward_only": not expert,
               "real_fitness_episodes": real_episodes + int(source.get("real_fitness_episodes", 0)),
-              "real_checks": {"every": args.eval_every, "episodes": args.eval_episodes, "seed_base": args.eval_seed_base,
+              "real_checks": {"every": config.checks.every, "episodes": config.checks.episodes, "seed_base": config.checks.seed_base,
                               "role": "choose which parameters to keep, never fitness"},
               "total_generations": generation + int(source.get("total_generations", 0))}
-    if args.mode == "real":
-        record["real"] = {"trials": args.real_trials, "rollout_steps": args.rollout_steps, "population": args.population,
-                          "sigma0": args.sigma0, "diagonal": args.cma_diagonal, "smoothing": args.smoothing,
-                          "stall_steps": args.stall_steps,
-                          "seed_range": [args.eval_seed_base + REAL_TRAIN_SEED_OFFSET,
-                                         args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + REAL_TRAIN_SEED_RANGE]}
-    if args.mode == "dream":
-        record["dream"] = {"rollout_steps": args.rollout_steps, "trials": args.dream_trials,
-                           "temperature": args.temperature, "dropout": args.dream_dropout,
-                           "start_states": args.start_states, "start": args.dream_start,
-                           "start_drivers": list(args.dream_start_drivers), "data_dir": args.data_dir,
-                           "fitness": {"aggregate": args.dream_fitness, "q": args.dream_fitness_q,
-                                       "k": args.dream_fitness_k},
-                           "value_bootstrap": args.dream_value}
+    if config.cmaes.mode == "real":
+        record["real"] = {"trials": config.cmaes.real_trials, "rollout_steps": rollout_steps(config), "population": config.cmaes.population,
+                          "sigma0": config.cmaes.sigma0, "diagonal": config.cmaes.diagonal, "smoothing": config.cmaes.smoothing,
+                          "stall_steps": config.cmaes.stall_steps,
+                          "seed_range": [config.checks.seed_base + REAL_TRAIN_SEED_OFFSET,
+                                         config.checks.seed_base + REAL_TRAIN_SEED_OFFSET + REAL_TRAIN_SEED_RANGE]}
+    if config.cmaes.mode == "dream":
+        record["dream"] = {"rollout_steps": rollout_steps(config), "trials": config.dream.trials,
+                           "temperature": config.dream.temperature, "dropout": config.dream.dropout,
+                           "start_states": config.dream.start_states, "start": config.dream.start,
+                           "start_drivers": list(config.dream.start_drivers), "data_dir": config.run.data_dir,
+                           "fitness": {"aggregate": config.dream.fitness, "q": config.dream.fitness_q,
+                                       "k": config.dream.fitness_k},
+                           "value_bootstrap": config.dream.value}
     if source:
         record["warm_start_training"] = source
     return record
@@ -244,31 +246,33 @@ def training_record(args: Any, warm_start: dict | None, generation: int) -> dict
 
 def validate_resume(state: dict, setup: Setup) -> None:
     """One-line errors when a saved run cannot continue with these flags and models."""
-    args, out_path = setup.args, setup.out_path
+    config, out_path = setup.config, setup.out_path
     if "es_state" not in state:
         raise UsageError(f"{resume_path(out_path)}: holds no CMA-ES state to resume; drop --resume to start a new run")
     for kind in ("vision", "memory"):
         if state.get("models", {}).get(kind, {}).get("sha256") != setup.models_used[kind]["sha256"]:
             raise UsageError(f"{out_path}: the run used a different {kind} checkpoint than {setup.paths[kind]}; "
                              f"drop --resume to start over")
-    for key in ("population", "mode"):
-        if state["config"].get(key) != getattr(args, key):
-            raise UsageError(f"--{key} {getattr(args, key)}: the resumed run used {state['config'].get(key)}; "
+    saved = state["config"]
+    for key in ("cmaes.population", "cmaes.mode"):
+        section, name = key.split(".")
+        if saved.get(section, {}).get(name) != get(config, key):
+            raise UsageError(f"--{key} {get(config, key)}: the resumed run used {saved.get(section, {}).get(name)}; "
                              f"pass the same value or drop --resume")
     if state["model_args"] != setup.model_args:
         raise UsageError(f"{out_path}: controller sizes {state['model_args']} do not fit M {setup.model_args}")
 
 
-def warn_check_seed_overlap(args: Any) -> None:
+def warn_check_seed_overlap(config: Config) -> None:
     """Warn when a check track was recorded by a driver. The dream loop's check replays (driver ``check``) are the
     checks themselves, and its repair replays (``repair``) reuse the seed of the episode they start from: both
     expected."""
-    if has_recorded_data(args.data_dir):
-        recorded_seeds = {int(e["seed"]) for e in load_recorded(args.data_dir, mmap=True).episodes
+    if has_recorded_data(config.run.data_dir):
+        recorded_seeds = {int(e["seed"]) for e in load_recorded(config.run.data_dir, mmap=True).episodes
                           if e["driver"] not in (CHECK_DRIVER, REPAIR_DRIVER)}
-        overlap = recorded_seeds & set(range(args.eval_seed_base, args.eval_seed_base + args.eval_episodes))
+        overlap = recorded_seeds & set(range(config.checks.seed_base, config.checks.seed_base + config.checks.episodes))
         if overlap:
-            print(f"warning: --eval-seed-base {args.eval_seed_base}: check seeds {sorted(overlap)[:5]} are also "
+            print(f"warning: --eval-seed-base {config.checks.seed_base}: check seeds {sorted(overlap)[:5]} are also "
                   f"recording seeds", file=sys.stderr)
 
 
@@ -326,14 +330,14 @@ class Run:
     @classmethod
     def start(cls, setup: Setup, x0: np.ndarray, warm_start: dict | None) -> "Run":
         """A new run from ``x0``; with checks on, the warm start is real-checked first (generation 0)."""
-        args = setup.args
-        run = cls(setup, make_es(x0, args), warm_start)
-        metrics = MetricsLog(setup.checkpoint_dir, "controller", tensorboard=getattr(args, "tensorboard", False))
-        if args.eval_every:  # the warm start is a candidate for the best real score too
-            episodes = real_check(x0, args, setup.real_episodes())
-            score, spread = run.keep_if_best(x0, f"initial mean ({args.init}) of generation 0", episodes)
-            print(f"generation 0: real score of CMA's initial mean ({args.init}) {score:.1f} ± {spread:.1f} "
-                  f"over {args.eval_episodes} episodes")
+        config = setup.config
+        run = cls(setup, make_es(x0, config), warm_start)
+        metrics = MetricsLog(setup.checkpoint_dir, "controller", tensorboard=config.run.tensorboard)
+        if config.checks.every:  # the warm start is a candidate for the best real score too
+            episodes = real_check(x0, config, setup.real_episodes())
+            score, spread = run.keep_if_best(x0, f"initial mean ({config.cmaes.init}) of generation 0", episodes)
+            print(f"generation 0: real score of CMA's initial mean ({config.cmaes.init}) {score:.1f} ± {spread:.1f} "
+                  f"over {config.checks.episodes} episodes")
             metrics.log(0, real_cma_mean=score, real_cma_mean_std=spread)  # a new run's file starts with this
         metrics.close()
         run.save()
@@ -357,7 +361,7 @@ class Run:
 
     def checkpoint(self) -> dict:
         """The controller checkpoint: plain data (loads with ``weights_only=True``), no CMA-ES or RNG state."""
-        setup, args = self.setup, self.setup.args
+        setup, config = self.setup, self.setup.config
         controller = Controller(*setup.sizes)
         controller.set_flat_params(self.best_params if self.best_params is not None else self.es.mean)
         return {"kind": "controller", "model_args": setup.model_args, "model_state": controller.state_dict(),
@@ -365,8 +369,8 @@ class Run:
                 "best_real_score": self.best_real_score, "checked": self.checked,
                 "cma_mean": np.asarray(self.es.mean, dtype=np.float64),  # the dream's own choice (the loop saves it)
                 "generation": self.generation, "history": self.history,
-                "config": dataclasses.asdict(args), "models": setup.models_used, "bc": self.warm_start,
-                "training": training_record(args, self.warm_start, self.generation),
+                "config": as_dict(config), "models": setup.models_used, "bc": self.warm_start,
+                "training": training_record(config, self.warm_start, self.generation),
                 "reward_scale": setup.reward_scale}
 
     def save(self) -> None:
@@ -380,29 +384,29 @@ class Run:
     def check(self, best_candidate: np.ndarray) -> float:
         """Real-env check of the generation's best candidate and CMA's mean; keeps the best; returns the
         best candidate's score."""
-        args, generation = self.setup.args, self.generation
+        config, generation = self.setup.config, self.generation
         scores = {}
         for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
             scores[name] = self.keep_if_best(params, f"{name} of generation {generation}",
-                                             real_check(params, args, self.setup.real_episodes()))
+                                             real_check(params, config, self.setup.real_episodes()))
         self.history["eval_generation"].append(generation)
         for name, (mean, std) in scores.items():
             self.history[f"real_{name}"].append(mean)
             self.history[f"real_{name}_std"].append(std)
-        (tqdm.write if args.progress else print)(
+        (tqdm.write if config.run.progress else print)(
             f"generation {generation}: real score best candidate {scores['best_candidate'][0]:.1f} "
             f"± {scores['best_candidate'][1]:.1f}, CMA mean {scores['cma_mean'][0]:.1f} "
-            f"± {scores['cma_mean'][1]:.1f} over {args.eval_episodes} episodes; best so far {self.best_real_score:.1f}")
+            f"± {scores['cma_mean'][1]:.1f} over {config.checks.episodes} episodes; best so far {self.best_real_score:.1f}")
         return scores["best_candidate"][0]
 
     def evolve(self, fitness_source: Any) -> None:
         """Generations up to ``--generations``: ask, score, tell, check every ``--eval-every``, save."""
-        args, es, history = self.setup.args, self.es, self.history
-        bar = tqdm(range(self.generation, args.generations), desc=f"CMA-ES ({args.mode})", unit="gen",
-                   initial=self.generation, total=args.generations, disable=not args.progress)
+        config, es, history = self.setup.config, self.es, self.history
+        bar = tqdm(range(self.generation, config.cmaes.generations), desc=f"CMA-ES ({config.cmaes.mode})", unit="gen",
+                   initial=self.generation, total=config.cmaes.generations, disable=not config.run.progress)
         last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
         metrics = MetricsLog(self.setup.checkpoint_dir, "controller", resume_after=self.generation,
-                             tensorboard=getattr(args, "tensorboard", False))
+                             tensorboard=config.run.tensorboard)
         try:
             for generation in bar:
                 candidates = [np.asarray(x) for x in es.ask()]
@@ -416,13 +420,13 @@ class Run:
                                    ("fitness_best_trial_mean", trial_mean(fitness_source, best)),
                                    ("seconds", self._clock_base + time.time() - self._clock_start)):
                     history[key].append(value)
-                checked = bool(args.eval_every) and self.generation % args.eval_every == 0
+                checked = bool(config.checks.every) and self.generation % config.checks.every == 0
                 if checked:
                     last_real = self.check(candidates[best])
                 metrics.log(self.generation, {key: history[key][-1] for key in METRIC_KEYS + (CHECK_KEYS if checked else ())})
                 self.save()
-                if checked or self.generation % PLOT_EVERY == 0 or self.generation == args.generations:
-                    plot_history(history, self.setup.checkpoint_dir / PLOT_FILE, args.mode)
+                if checked or self.generation % PLOT_EVERY == 0 or self.generation == config.cmaes.generations:
+                    plot_history(history, self.setup.checkpoint_dir / PLOT_FILE, config.cmaes.mode)
                 bar.set_postfix(best=f"{fitness[best]:.2f}", mean=f"{fitness.mean():.2f}",
                                 real="-" if last_real is None else f"{last_real:.1f}")
         finally:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from car_racing.common.cli import UsageError
+from car_racing.common.config import rollout_steps
 from car_racing.episodes.agent import make_agent_driver
 from car_racing.episodes.rollout import Backend, EpisodeResult, EpisodeWorkers
 from car_racing.models.ffn import flat_to_population
@@ -74,15 +74,6 @@ class RealFitness:
 DREAM_FITNESS = ("mean", "quantile", "mean-minus-std")
 
 
-def check_dream_fitness(args: Any) -> None:
-    """One-line errors for --dream-fitness and its q / k (this stage's and the dream loop's flags)."""
-    if args.dream_fitness not in DREAM_FITNESS:
-        raise UsageError(f"--dream-fitness {args.dream_fitness}: expected one of {', '.join(DREAM_FITNESS)}")
-    if not 0 <= args.dream_fitness_q <= 1:
-        raise UsageError(f"--dream-fitness-q {args.dream_fitness_q}: expected a quantile in [0, 1]")
-    if not args.dream_fitness_k >= 0:
-        raise UsageError(f"--dream-fitness-k {args.dream_fitness_k}: expected k ≥ 0")
-
 
 def aggregate_dream_fitness(trials: torch.Tensor, how: str = "mean", q: float = 0.25, k: float = 1.0) -> np.ndarray:
     """Each row's fitness from its (P, N) dream returns: the mean, the q-quantile (linear interpolation between
@@ -119,21 +110,21 @@ class DreamFitness:
 
     def trials(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> torch.Tensor:
         """Every candidate's (and, last row, CMA's mean's) return in each of the generation's dreams, (P + 1, N)."""
-        setup, args = self.setup, self.setup.args
-        generator = generation_generator(args.seed, generation)
-        start_z, start_state = setup.pool.pick(args.dream_trials, generator)
+        setup, config = self.setup, self.setup.config
+        generator = generation_generator(config.run.seed, generation)
+        start_z, start_state = setup.pool.pick(config.dream.trials, generator)
         flat = torch.as_tensor(np.stack(candidates + [mean]), dtype=torch.float32, device=setup.device)
         weights, biases = flat_to_population(flat, *setup.sizes)
-        return dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, args.rollout_steps,
-                             args.temperature, generator, reward_scale=1.0 / setup.reward_scale,
-                             dtype=args.dream_dtype, dropout=args.dream_dropout,
-                             value_discount=setup.value_discount if args.dream_value else 0.0)
+        return dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, rollout_steps(config),
+                             config.dream.temperature, generator, reward_scale=1.0 / setup.reward_scale,
+                             dtype=config.dream.dtype, dropout=config.dream.dropout,
+                             value_discount=setup.value_discount if config.dream.value else 0.0)
 
     def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
-        args = self.setup.args
+        config = self.setup.config
         trials = self.trials(candidates, mean, generation)
         self.last_trial_means = aggregate_dream_fitness(trials, "mean")
-        fitness = aggregate_dream_fitness(trials, args.dream_fitness, args.dream_fitness_q, args.dream_fitness_k)
+        fitness = aggregate_dream_fitness(trials, config.dream.fitness, config.dream.fitness_q, config.dream.fitness_k)
         return fitness[:-1], float(fitness[-1])
 
     def close(self) -> None:
@@ -153,15 +144,15 @@ class RealEnvFitness:
     name = "real"
 
     def __init__(self, setup: Setup):
-        self.args = setup.args
+        self.config = setup.config
         self.episodes = setup.real_episodes()
 
     def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
-        args = self.args
-        rng = np.random.default_rng([args.seed, generation])
-        seeds = args.eval_seed_base + REAL_TRAIN_SEED_OFFSET + rng.choice(REAL_TRAIN_SEED_RANGE, args.real_trials,
+        config = self.config
+        rng = np.random.default_rng([config.run.seed, generation])
+        seeds = config.checks.seed_base + REAL_TRAIN_SEED_OFFSET + rng.choice(REAL_TRAIN_SEED_RANGE, config.cmaes.real_trials,
                                                                           replace=False)
-        return self.episodes(candidates, seeds.tolist(), args.rollout_steps, args.smoothing, args.stall_steps), math.nan
+        return self.episodes(candidates, seeds.tolist(), rollout_steps(config), config.cmaes.smoothing, config.cmaes.stall_steps), math.nan
 
     def close(self) -> None:
         pass  # the workers are the run's (Setup.close_real)

@@ -1,226 +1,514 @@
-"""The machinery of the dream loop (``dream_loop.py``): its saved state, its stages in order, the
-dream's choice, the per-iteration report and plot, and the choice of the best iteration.
+"""Stage 4's repair loop as one library function, :func:`run`: C learns in M's dream, M learns from C's mistakes.
 
-The loop state (``CHECKPOINT_DIR/dream_loop_state.json``, written atomically after every stage) lists the
-finished stages with their wall clock and results, so a rerun skips them and resumes the interrupted one.
+Iteration 0 dreams in stage 3's M (kept as ``CHECKPOINT_DIR/dream_loop/memory_from_stage3.pth``) with stage 2's V,
+starting from the recording in DATA_DIR (hard-linked into ``DATA_DIR/dream_loop``, where the loop's data grows).
+Every iteration then runs these stages, each resumable on its own:
+
+1. ``memory`` — iterations after 0: M continues from the previous iteration's M on all data so far for
+   ``loop.memory_epochs`` (dropout and value head as stage 3's M).
+2. ``controller`` — CMA-ES in M's dream only (:func:`car_racing.training.controller.one_pass`), from zero
+   (``cmaes.sigma0``), from the last kept C carried onto the new M (``loop.sigma0_warm``), or both
+   (``loop.controller_start``; the better real check is kept). Real checks only choose what is kept.
+3. ``fidelity`` (``loop.fidelity_panel`` > 0) — the dream-real rank correlation of a panel of controllers.
+4. ``record`` — the kept C and the dream's choice (CMA's final mean) drive ``loop.agent_episodes`` new tracks
+   with exploration noise, appended to the data: C's mistakes become M's lessons.
+5. ``repair`` (``loop.repair_episodes`` > 0) — the dream's choice's dreams replayed in the real env from the
+   states they started from (:mod:`car_racing.training.repair`): M sees what really follows what its dream paid.
+6. ``checks`` (``loop.check_episodes`` > 0) — the iteration's worst real checks replayed as data.
+
+The loop state ``CHECKPOINT_DIR/dream_loop/dream_loop_state.json`` lists the finished stages; ``--resume``
+continues an interrupted loop. At the end the best-checked iterations drive the selection tracks
+(``loop.select_top``) and the winner's M and C become CHECKPOINT_DIR's. Rules kept (checkable from C's checkpoint):
+C never sees an expert's action and no real-env return is its fitness.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError
+from car_racing.common.config import Config, as_dict, replace, resolved_path, workers_of, write_resolved
+from car_racing.common.metrics import MetricsLog
+from car_racing.common.plain_data import resume_path
 from car_racing.common.runtime import (
-    CHECKPOINT_FILES,
-    atomic_path,
+    MEMORY_LATEST_FILE,
     checkpoint_paths,
     link_or_copy,
-    plot_curves,
-    save_checkpoint,
+    load_checkpoint,
+)
+from car_racing.episodes.backends import backend_of
+from car_racing.recording.recorded_data import has_recorded_data, load_recorded, recorded_run, recorded_seeds
+from car_racing.training.loop_state import (
+    DREAM_CHOICE_DIR,
+    PLOT_FILE,
+    SELECT_SEED_BASE,
+    STATE_FILE,
+    LoopState,
+    Stage,
+    checked_iterations,
+    choose_best,
+    converged,
+    counted_best,
+    iteration_dir,
+    plot_loop,
+    report_iteration,
+    run_summary,
+    save_dream_choice,
+    stage_keys,
 )
 
-STATE_FILE = "dream_loop_state.json"
-# the final choice's tracks (dream_loop.py --select-top, select_controller.py): never recorded, trained on, checked
-# or held out
-SELECT_SEED_BASE = 7_000_000
-PLOT_FILE = "dream_loop.png"
-DREAM_CHOICE_DIR = "dream_choice"
+LOOP_DIR = "dream_loop"  # the loop's folder inside CHECKPOINT_DIR and DATA_DIR
+STAGE3_MEMORY_FILE = "memory_from_stage3.pth"  # stage 3's M, kept in the loop's folder: iteration 0 dreams in it
+AGENT_SEED_BASE = 5_000_000  # iteration i records C's episodes on seeds BASE + 1000·i + j (see agent_seed_base)
+START_DIRS = {"warm": "warm", "zero": "from_zero"}  # loop.controller_start both: each run's folder in iter_NN/
+FIXED_SETTINGS = ("run.seed", "run.data_dir")  # settings a continued loop must keep
 
 
-class LoopState:
-    """Finished stages and their results, in ``CHECKPOINT_DIR/dream_loop_state.json`` (atomic writes)."""
+@dataclass(frozen=True)
+class Loop:
+    """One loop's config and places: its folders, stage 3's M and the C it starts from."""
 
-    def __init__(self, path: Path, args: Any, fixed_settings: Sequence[str] = ()):
-        self.path = path
-        if path.is_file():
-            try:
-                self.data = json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                raise UsageError(f"{path}: unreadable loop state ({err}); delete it to start over") from None
-            for key in fixed_settings:  # settings a continued loop must keep
-                if self.data["config"].get(key) != getattr(args, key):
-                    raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)}: this loop ({path}) was started with "
-                                     f"{self.data['config'].get(key)}; pass the same or use another --checkpoint-dir")
+    config: Config  # the user's config (CHECKPOINT_DIR and DATA_DIR are stage 4's)
+    memory_dropout: float  # M's training settings in later iterations: stage 3's M's own
+    memory_value_discount: float
+    controller_from: Optional[Path]  # iteration 0's C (--cmaes.init checkpoint), else None: from zero
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.run.checkpoint_dir) / LOOP_DIR
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.run.data_dir) / LOOP_DIR
+
+    @property
+    def stage3_memory(self) -> Path:
+        return self.dir / STAGE3_MEMORY_FILE
+
+    @property
+    def iterations(self) -> int:
+        return self.config.loop.iterations
+
+
+# --- the stages -----------------------------------------------------------------------------------------------
+
+
+def stage_data(loop: Loop, iteration: int) -> dict:
+    """The recording of DATA_DIR, hard-linked into the loop's data folder (which then grows)."""
+    from car_racing.recording.latent_cache import LATENTS_FILE
+    from car_racing.recording.recorded_data import (
+        ARRAY_FILES,
+        META_FILE,
+        SEQ_ACTIONS_FILE,
+        SEQ_DONES_FILE,
+        SEQ_INDICES_FILE,
+        SEQ_REWARDS_FILE,
+    )
+
+    source = Path(loop.config.run.data_dir)
+    names = [f for f, *_ in ARRAY_FILES.values()] + [SEQ_INDICES_FILE, SEQ_ACTIONS_FILE, SEQ_REWARDS_FILE,
+                                                      SEQ_DONES_FILE, LATENTS_FILE, META_FILE]  # meta last
+    for name in names:
+        if (source / name).is_file():
+            link_or_copy(source / name, loop.data_dir / name)
+    data = load_recorded(loop.data_dir, mmap=True)
+    return {"episodes": len(data.episodes), "frames": len(data), "agent_seed_base": agent_seed_base(loop)}
+
+
+def agent_seed_base(loop: Loop) -> int:
+    """First seed of C's recorded episodes: AGENT_SEED_BASE, or past every seed of the initial data (a loop
+    started from another loop's recording must not take that loop's episodes for its own). Fixed when the loop
+    starts (kept in its state), so a recording that grows later does not move it."""
+    state_path = loop.dir / STATE_FILE
+    if state_path.is_file():
+        saved = json.loads(state_path.read_text())["stages"].get("0:data", {}).get("agent_seed_base")
+        if saved is not None:
+            return int(saved)
+    seeds = [int(e["seed"]) for e in load_recorded(loop.config.run.data_dir, mmap=True).episodes]
+    return max(AGENT_SEED_BASE, 1000 * (max(seeds) // 1000 + 1)) if seeds else AGENT_SEED_BASE
+
+
+def record_missing(loop: Loop, seeds: list[int], noise: float, checkpoint_dir: Path) -> None:
+    """The C in ``checkpoint_dir`` drives the given seeds not recorded yet (contiguous runs, appended), and whatever
+    an interrupted run left pending is merged: a rerun records only what is missing and never twice."""
+    from car_racing.episodes.recording import record
+    from car_racing.recording.recorded_data import merge_pending, recording_seq_len
+
+    done = recorded_seeds(loop.data_dir)
+    runs: list[list[int]] = []
+    for seed in sorted(seed for seed in seeds if seed not in done):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
         else:
-            self.data = {"config": dataclasses.asdict(args), "stages": {}, "started": time.time()}
-        self.data["config"] = dataclasses.asdict(args)
-
-    def done(self, key: str) -> bool:
-        return key in self.data["stages"]
-
-    def result(self, key: str) -> dict:
-        return self.data["stages"][key]
-
-    def finish(self, key: str, seconds: float, result: dict) -> None:
-        self.data["stages"][key] = {"seconds": seconds, **result}
-        self.save()
-
-    def save(self) -> None:
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(self.data, indent=1))
-
-    def total_seconds(self) -> float:
-        return float(sum(stage["seconds"] for stage in self.data["stages"].values()))
+            runs.append([seed])
+    seq_len = recording_seq_len(loop.data_dir)  # appended episodes keep the recording's window length
+    for run in runs:
+        record(replace(loop.config, run__seed=run[0], run__data_dir=str(loop.data_dir),
+                       run__checkpoint_dir=str(checkpoint_dir), record__driver="agent", record__episodes=len(run),
+                       record__random_episodes=0, record__steps=loop.config.checks.max_steps, record__noise=noise,
+                       record__seq_len=seq_len, record__append=True))
+    merge_pending(loop.data_dir)  # all were pending: merge them now
 
 
-def iteration_dir(checkpoint_dir: str | Path, iteration: int) -> Path:
-    """``CHECKPOINT_DIR/iter_NN``: one iteration's V (linked), M, C and PNGs."""
-    return Path(checkpoint_dir) / f"iter_{iteration:02d}"
+def stage_vision(loop: Loop, iteration: int) -> dict:
+    """Stage 2's V, linked into the loop's folder (V is trained on frames only; the loop never retrains it)."""
+    source = checkpoint_paths(loop.config.run.checkpoint_dir)["vision"]
+    load_checkpoint(source, "vision")
+    link_or_copy(source, checkpoint_paths(loop.dir)["vision"])
+    return {"from": str(source)}
 
 
-@dataclass
-class Stage:
-    """One stage of an iteration; ``first_only`` stages run in iteration 0 only, ``feeds_next`` stages (new data
-    for the next M) not in the last iteration."""
+def stage_memory(loop: Loop, iteration: int) -> dict:
+    """Iteration 0: stage 3's M as it is; later: M continues from the previous iteration's M on all data so far."""
+    from car_racing.training.memory import train_memory
 
-    name: str
-    run: Callable[[Any, int], dict]  # (the loop's Args, iteration) → results for the loop state
-    first_only: bool = False
-    feeds_next: bool = False
-
-
-def stage_keys(stages: Sequence[Stage], iterations: int) -> list[tuple[int, Stage]]:
-    """(iteration, stage) of the whole loop in order; the last iteration records nothing (no next M)."""
-    keys = []
-    for iteration in range(iterations):
-        for stage in stages:
-            if stage.first_only and iteration > 0:
-                continue
-            if stage.feeds_next and iteration == iterations - 1:
-                continue
-            keys.append((iteration, stage))
-    return keys
-
-
-def save_dream_choice(final: dict, folder: Path) -> None:
-    """CMA's final mean — the C the dream prefers, real-checked or not — as ``folder/dream_choice/`` (V and M
-    linked): when the dream is exploited this is the C whose episodes show M its mistake."""
-    from car_racing.models.ffn import Controller  # (torch: only when a loop runs, not for --help)
+    folder = iteration_dir(loop.dir, iteration)
+    link_or_copy(checkpoint_paths(loop.dir)["vision"], checkpoint_paths(folder)["vision"])
+    if iteration == 0:
+        source = load_checkpoint(loop.stage3_memory, "memory")
+        link_or_copy(loop.stage3_memory, checkpoint_paths(folder)["memory"])
+        history, epoch = source.get("history", {}), int(source.get("epoch", 0))
+        return {"epochs": 0, "from": str(loop.stage3_memory),
+                **{f"val_{k}": history[f"val_{k}"][epoch - 1] for k in ("mdn", "reward", "done")
+                   if epoch and f"val_{k}" in history}}
+    previous = checkpoint_paths(iteration_dir(loop.dir, iteration - 1))["memory"]
+    config = loop.config
+    best = train_memory(replace(
+        config, run__data_dir=str(loop.data_dir), run__checkpoint_dir=str(folder), run__seed=config.run.seed + iteration,
+        run__resume=(folder / MEMORY_LATEST_FILE).is_file(), memory__epochs=max(config.loop.memory_epochs, 1),
+        memory__init_from=str(previous), memory__vision_checkpoint="", memory__dropout=loop.memory_dropout,
+        memory__value_discount=loop.memory_value_discount, memory__freeze_lstm=config.loop.memory_heads_only))
+    history, epoch = best["history"], int(best["epoch"])
+    return {"epochs": config.loop.memory_epochs, "best_epoch": epoch, "val_mdn": history["val_mdn"][epoch - 1],
+            "val_reward": history["val_reward"][epoch - 1], "val_done": history["val_done"][epoch - 1],
+            "frames": best.get("data", {}).get("num_frames")}
 
 
+def warm_dreams(config: Config) -> dict:
+    """The dream of a warm-started run under ``loop.warm_dreams`` START:STEPS (as many dreams as keep the dreamt
+    steps of ``dream.steps`` × ``dream.trials``, scored by their mean), as config overrides."""
+    from car_racing.training.dream import WARM_DREAM_STARTS, dream_start_settings, parse_dream_setting
 
-    controller = Controller(**final["model_args"])
-    controller.set_flat_params(final["cma_mean"])
-    choice = {key: value for key, value in final.items() if key != "best_params"}
-    choice.update(model_state=controller.state_dict(),
-                  model_source=f"CMA mean of generation {final['generation']} (the dream's choice; not chosen by a check)")
-    target = folder / DREAM_CHOICE_DIR
-    for kind in ("vision", "memory"):
-        link_or_copy(checkpoint_paths(folder)[kind], checkpoint_paths(target)[kind])
-    save_checkpoint(choice, checkpoint_paths(target)["controller"])
-
-
-def run_summary(final: dict) -> dict:
-    """A CMA-ES run's results (its final checkpoint dict) for the loop state."""
-    history = final["history"]
-    trial_means = history.get("fitness_best_trial_mean") or []
-    return {"best_real_score": final["best_real_score"], "model_source": final["model_source"],
-            "dream_fitness_best": history["fitness_best"][-1] if history["fitness_best"] else None,
-            "dream_fitness_best_trial_mean": trial_means[-1] if trial_means else None,
-            "dream_fitness_cma_mean": history["fitness_cma_mean"][-1] if history["fitness_cma_mean"] else None,
-            "real_checks": list(zip(history["eval_generation"], history["real_best_candidate"], history["real_cma_mean"])),
-            "dream_trained": final["training"]["dream_trained"]}
+    start, steps = parse_dream_setting(config.loop.warm_dreams, "--loop.warm-dreams", WARM_DREAM_STARTS)
+    settings = dream_start_settings(start)  # dream_start, dream_start_drivers
+    return {"dream__steps": steps, "dream__trials": max(1, config.dream.steps * config.dream.trials // steps),
+            "dream__start": settings["dream_start"], "dream__start_drivers": tuple(settings["dream_start_drivers"]),
+            "dream__fitness": "mean"}
 
 
-def report_iteration(state: LoopState, iteration: int) -> str:
-    """One line per iteration: the dream's fitness, the real checks, the kept C and its start, the dream-real ρ,
-    the recorded returns and the repair's dream-vs-real returns."""
-    stages = state.data["stages"]
-    controller = stages.get(f"{iteration}:controller", {})
-    rho = stages.get(f"{iteration}:fidelity", {}).get("rank_correlation")
-    record = stages.get(f"{iteration}:record", {})
-    repair = stages.get(f"{iteration}:repair", {})
+def evolve_in_dream(loop: Loop, iteration: int, folder: Path, start_from: Optional[Path],
+                    start_memory: Optional[Path] = None) -> dict:
+    """One CMA-ES run in this iteration's dream (V and M in ``folder``): from ``start_from``'s C with
+    ``loop.sigma0_warm`` (carried from ``start_memory``, the M it was evolved on, onto this M unless
+    ``cmaes.carry`` is off; dreams and generations as ``loop.warm_dreams`` and ``loop.warm_generations`` say), or
+    from zero with ``cmaes.sigma0``; resumes its own saved run. Returns its final checkpoint."""
+    from car_racing.training.controller import one_pass
 
-    def number(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}"
-
-    checks = ", ".join(f"g{g}: {b:.0f}/{m:.0f}" for g, b, m in controller.get("real_checks", [])) or "-"
-    starts = "".join(f"; {start} start: kept {number(run.get('best_real_score'))}, dream {number(run.get('dream_fitness_best'))}"
-                     for start, run in controller.get("starts", {}).items())
-    recorded = (f"; recorded returns: C {number(record.get('return_mean'))}, dream's choice "
-                f"{number(record.get('return_mean_dream_choice'))}" if record else "")
-    check_data = stages.get(f"{iteration}:checks", {})
-    if check_data.get("episodes"):
-        recorded += (f"; checks as data: {check_data['episodes']} worst check tracks replayed (mean return "
-                     f"{number(check_data.get('replay_return_mean'))})")
-    if repair.get("episodes"):
-        recorded += (f"; repair: {repair['episodes']} dreams replayed, dream paid {number(repair.get('dream_return_mean'))}, "
-                     f"the real env {number(repair.get('real_return_mean'))}")
-    return (f"iteration {iteration}: dream fitness (best candidate, last gen) {number(controller.get('dream_fitness_best'))} "
-            f"(mean of its dreams {number(controller.get('dream_fitness_best_trial_mean'))}); "
-            f"real checks {checks} (best candidate / CMA mean); "
-            f"kept {number(controller.get('best_real_score'))} ({controller.get('start', 'warm')} start{starts}); "
-            f"dream-real rank correlation {'-' if rho is None else f'{rho:.2f}'}{recorded}")
+    config = loop.config
+    warm = start_from is not None
+    dreams = warm_dreams(config) if warm and config.loop.warm_dreams else {"dream__start_drivers": ()}
+    if dreams["dream__start_drivers"]:
+        drivers = {e["driver"] for e in load_recorded(loop.data_dir, mmap=True).episodes}
+        if not drivers & set(dreams["dream__start_drivers"]):  # nothing of C's own yet: dreams from any recording
+            dreams["dream__start_drivers"] = ()
+    generations = config.loop.warm_generations if warm and config.loop.warm_generations else config.cmaes.generations
+    return one_pass(replace(
+        config, loop__iterations=1, cmaes__mode="dream", cmaes__generations=generations,
+        cmaes__sigma0=config.loop.sigma0_warm if warm else config.cmaes.sigma0,
+        cmaes__init="checkpoint" if warm else "zero", cmaes__init_from=str(start_from) if warm else "",
+        cmaes__init_memory=str(start_memory) if start_memory else "", **dreams,
+        run__data_dir=str(loop.data_dir), run__checkpoint_dir=str(folder), run__seed=config.run.seed + 1000 * iteration,
+        run__resume=resume_path(checkpoint_paths(folder)["controller"]).is_file()))
 
 
-def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
-    """``dream_loop.png``: per iteration the real checks, the dream fitness and the dream-real ρ."""
-    stages = state.data["stages"]
-    its = [i for i in range(iterations) if f"{i}:controller" in stages]
-    if not its:
-        return
-    kept = [stages[f"{i}:controller"]["best_real_score"] for i in its]
-    dream = [stages[f"{i}:controller"]["dream_fitness_best"] for i in its]
-    last_check = [(stages[f"{i}:controller"]["real_checks"] or [[0, np.nan, np.nan]])[-1][1] for i in its]
-    rho_its = [i for i in its if stages.get(f"{i}:fidelity", {}).get("rank_correlation") is not None]
-    curves = {"kept C: real check score": kept, "last check, best candidate": last_check,
-              "dream fitness, best candidate (last gen)": dream,
-              "dream-real rank correlation × 1000": [1000 * stages[f"{i}:fidelity"]["rank_correlation"] for i in rho_its]}
-    x = {name: its for name in curves}
-    x["dream-real rank correlation × 1000"] = rho_its
-    plot_curves(curves, path, title="dream loop: real checks, dream fitness, dream-real ρ", xlabel="iteration",
-                ylabel="return (ρ × 1000)", x=x)
+def stage_controller(loop: Loop, iteration: int) -> dict:
+    """C by CMA-ES in this iteration's dream: from the previous iteration's kept C, from zero, or both (the
+    better on the real checks is kept, linked into iter_NN/; each run resumes on its own after an interruption)."""
+    folder = iteration_dir(loop.dir, iteration)
+    previous = checkpoint_paths(iteration_dir(loop.dir, iteration - 1))["controller"] if iteration else loop.controller_from
+    # the M the previous C was evolved on (iteration 0: the one --cmaes.init-from's checkpoint names)
+    previous_memory = checkpoint_paths(iteration_dir(loop.dir, iteration - 1))["memory"] if iteration else None
+    controller_start = loop.config.loop.controller_start
+    if controller_start != "both" or previous is None:
+        start = "zero" if previous is None or controller_start == "zero" else "warm"
+        final = evolve_in_dream(loop, iteration, folder, previous if start == "warm" else None, previous_memory)
+        save_dream_choice(final, folder)
+        return {**run_summary(final), "start": start}
+    finals, summaries = {}, {}
+    for start, name in START_DIRS.items():
+        sub = folder / name
+        for kind in ("vision", "memory"):
+            link_or_copy(checkpoint_paths(folder)[kind], checkpoint_paths(sub)[kind])
+        finals[start] = evolve_in_dream(loop, iteration, sub, previous if start == "warm" else None, previous_memory)
+        summaries[start] = run_summary(finals[start])
+    scores = {start: (-math.inf if s["best_real_score"] is None else s["best_real_score"]) for start, s in summaries.items()}
+    winner = "zero" if scores["zero"] > scores["warm"] else "warm"
+    sub = folder / START_DIRS[winner]
+    for name in (checkpoint_paths(sub)["controller"].name, "control_model_cmaes.png"):
+        if (sub / name).is_file():
+            link_or_copy(sub / name, folder / name)
+    save_dream_choice(finals[winner], folder)
+    return {**summaries[winner], "start": winner, "starts": summaries}
 
 
-def checked_iterations(state: LoopState, iterations: int) -> list[tuple[float, int]]:
-    """``(kept C's check score, iteration)`` of every finished iteration whose C was real-checked, best first."""
-    return sorted(((state.result(f"{i}:controller")["best_real_score"], i) for i in range(iterations)
-                   if state.done(f"{i}:controller") and state.result(f"{i}:controller")["best_real_score"] is not None),
-                  reverse=True)
+def stage_fidelity(loop: Loop, iteration: int) -> dict:
+    """The dream-real rank correlation of this iteration's V and M (a panel incl. this and earlier Cs); with
+    ``loop.panel_as_data`` the panel's new real episodes join the data for the next M."""
+    from car_racing.training.fidelity import measure_fidelity
+
+    config = loop.config
+    folder = iteration_dir(loop.dir, iteration)
+    earlier = [str(checkpoint_paths(iteration_dir(loop.dir, i))["controller"]) for i in range(iteration)]
+    record = config.loop.panel_as_data and iteration < loop.iterations - 1
+    summary = measure_fidelity(
+        folder, loop.data_dir, config.dream, panel=config.loop.fidelity_panel, episodes=config.loop.fidelity_episodes,
+        controllers=earlier[-2:], out=folder / "fidelity.png", json_out=folder / "fidelity.json",
+        max_steps=config.checks.max_steps, seed=config.run.seed, workers=workers_of(config.run),
+        backend=backend_of(config.run), device=config.run.device, progress=config.run.progress,
+        record_into=str(loop.data_dir) if record else "", record_run=iteration)
+    return {"rank_correlation": summary["rank_correlation"], "controllers": summary["controllers"],
+            "errors": summary["errors"], "recorded_now": sum(r["recorded"] for r in summary["rows"]),
+            "panel_episodes": sum(len(r["episodes"]) for r in summary["rows"]) if record else 0}
 
 
-def counted_best(state: LoopState, iteration: int, delta: float = 0.0) -> Optional[int]:
-    """The iteration whose check the stopping rule counts as the best up to ``iteration``: walking the checked
-    iterations in order, the last whose check beat the one counted before it by more than ``delta`` (0: strictly;
-    a tie is no improvement). None before any check."""
-    best_score, best_iteration = -math.inf, None
-    for score, i in sorted(checked_iterations(state, iteration + 1), key=lambda item: item[1]):  # in iteration order
-        if best_iteration is None or score > best_score + delta:  # unchecked iterations neither improve nor reset
-            best_score, best_iteration = score, i
-    return best_iteration
+def stage_record(loop: Loop, iteration: int) -> dict:
+    """C (with exploration noise) drives new tracks; the episodes join the data."""
+    settings = loop.config.loop
+    if settings.agent_episodes == 0:
+        return {"episodes": 0}
+    first = agent_seed_base(loop) + 1000 * iteration
+    choice = int(round(settings.record_dream_choice * settings.agent_episodes))  # seeds first … first+choice−1
+    folder = iteration_dir(loop.dir, iteration)
+    for seeds, source in ((range(first, first + choice), folder / DREAM_CHOICE_DIR),
+                          (range(first + choice, first + settings.agent_episodes), folder)):
+        record_missing(loop, list(seeds), settings.agent_noise, source)
+    seeds = set(range(first, first + settings.agent_episodes))
+    episodes = {int(e["seed"]): e for e in load_recorded(loop.data_dir, mmap=True).episodes if int(e["seed"]) in seeds}
+    returns = [float(episodes[s]["total_reward"]) for s in sorted(episodes)]
+    result = {"episodes": len(episodes), "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns))}
+    if choice:
+        result["return_mean_dream_choice"] = float(np.mean(returns[:choice]))
+    return result
 
 
-def converged(state: LoopState, iteration: int, patience: int, delta: float = 0.0) -> Optional[int]:
-    """The loop's stopping rule (``--patience``, ``--patience-delta``): after ``iteration``'s C was checked, the
-    iteration whose check is still the best when the last ``patience`` iterations have not beaten it by more than
-    ``delta`` (:func:`counted_best`), else None (patience 0 = never stop). Read from the saved state only, so a
-    resumed loop stops where the uninterrupted one would have."""
-    if patience <= 0 or not state.done(f"{iteration}:controller"):
-        return None
-    best_iteration = counted_best(state, iteration, delta)
-    if best_iteration is None:
-        return None
-    return best_iteration if iteration - best_iteration >= patience else None
+def stage_repair(loop: Loop, iteration: int) -> dict:
+    """The dream's choice's dreams, replayed in the real env from the states they started from, join the data."""
+    from car_racing.common.runtime import load_model, resolve_device
+    from car_racing.recording.latent_cache import load_or_build_latents
+    from car_racing.training.repair import REPAIR_DRIVER, repair_iteration
+
+    config = loop.config
+    folder = iteration_dir(loop.dir, iteration)
+    mdnrnn, memory = load_model(checkpoint_paths(folder)["memory"], "memory")
+    controller, _ = load_model(checkpoint_paths(folder / DREAM_CHOICE_DIR)["controller"], "controller")
+    mu, _ = load_or_build_latents(loop.data_dir, checkpoint_paths(folder)["vision"], resolve_device(config.run.device),
+                                  progress=config.run.progress)
+    scale = float(memory.get("reward", {}).get("scale", 1.0))
+    result = repair_iteration(loop.data_dir, mdnrnn, mu, controller.get_flat_params(), iteration,
+                              config.loop.repair_episodes, seed=config.run.seed, rollout_steps=config.dream.steps,
+                              temperature=config.dream.temperature, dropout=config.dream.dropout,
+                              reward_scale=1.0 / scale, from_start=config.dream.start == "episode-start",
+                              progress=config.run.progress)
+    episodes = recorded_run(loop.data_dir, REPAIR_DRIVER, "repair_iteration", iteration)
+    dream = [float(e["noise"]["dream_return"]) for e in episodes]
+    real = [float(e["total_reward"]) for e in episodes]
+    return {"episodes": len(episodes), "recorded_now": result["recorded_now"],
+            "dream_return_mean": float(np.mean(dream)) if dream else None,
+            "real_return_mean": float(np.mean(real)) if real else None, "rows": result["rows"]}
 
 
-def choose_best(checkpoint_dir: str | Path, iterations: int, state: LoopState,
-                selection: Optional[dict[int, float]] = None) -> Optional[int]:
-    """The iteration whose kept C scored best on the (same) check tracks, or, given ``selection`` (iteration →
-    mean return on the final choice's tracks), the best of those; its V, M, C linked into best/."""
-    scored = checked_iterations(state, iterations)
-    if selection:
-        scored = [(score, i) for i, score in selection.items()]
-    if not scored:
-        return None
-    _, best = max(scored)
-    for name in CHECKPOINT_FILES.values():
-        link_or_copy(iteration_dir(checkpoint_dir, best) / name, Path(checkpoint_dir) / "best" / name)
-    return best
+def stage_checks(loop: Loop, iteration: int) -> dict:
+    """This iteration's real checks, replayed into the data: real failures of the Cs the dream paid most."""
+    from car_racing.training.check_replays import CHECK_DRIVER, plan_check_replays, record_check_replays
+
+    folder = iteration_dir(loop.dir, iteration)
+    # with loop.controller_start both, each run's own checkpoint (iter_NN/'s C is a link to the winner's)
+    runs = {start: folder / name for start, name in START_DIRS.items()
+            if checkpoint_paths(folder / name)["controller"].is_file()} or {"kept": folder}
+    checked = {start: load_checkpoint(checkpoint_paths(path)["controller"], "controller").get("checked") or []
+               for start, path in runs.items()}
+    plan = plan_check_replays(checked, loop.config.loop.check_episodes)
+    result = record_check_replays(loop.data_dir, plan, iteration, progress=loop.config.run.progress)
+    episodes = recorded_run(loop.data_dir, CHECK_DRIVER, "check_iteration", iteration)
+    checks = np.array([float(e["noise"]["check_return"]) for e in episodes])
+    replays = np.array([float(e["total_reward"]) for e in episodes])
+    return {"episodes": len(episodes), "recorded_now": result["recorded_now"],
+            "checks_available": sum(len(c) for c in checked.values()),
+            "check_return_mean": float(checks.mean()) if len(checks) else None,
+            "replay_return_mean": float(replays.mean()) if len(replays) else None,
+            "replays_differing": int(np.sum(np.abs(checks - replays) > 0.01)),
+            "rows": result["rows"]}
+
+
+def select_iterations(loop: Loop, state: LoopState) -> dict[int, list[float]]:
+    """The final choice (``loop.select_top``): the iterations whose kept C checked best drive the selection
+    tracks, each with its own V, M and C, and so does the iteration the stopping rule counts as best when it is
+    not among them. Returns their returns by iteration; each candidate's are saved in the loop state as soon as it
+    has driven (a rerun, also one with more iterations, drives only the missing ones)."""
+    from car_racing.episodes.agent import evaluate_agent
+
+    config = loop.config
+    ranked = checked_iterations(state, loop.iterations)
+    checked = ranked[:config.loop.select_top]
+    rule_best = counted_best(state, loop.iterations - 1, config.loop.patience_delta)
+    if rule_best is not None and rule_best not in [i for _, i in checked]:
+        checked += [(score, i) for score, i in ranked if i == rule_best]
+    seeds = [SELECT_SEED_BASE + j for j in range(config.loop.select_episodes)]
+    saved = state.data.get("selection", {})
+    if saved.get("seeds") != seeds or saved.get("max_steps") != config.checks.max_steps:
+        saved = {"seeds": seeds, "max_steps": config.checks.max_steps, "returns": {}}
+    state.data["selection"] = saved
+    for score, iteration in checked:
+        if str(iteration) not in saved["returns"]:
+            print(f"final choice: iteration {iteration}'s C (check {score:.1f}) drives {len(seeds)} selection tracks")
+            results = evaluate_agent(iteration_dir(loop.dir, iteration), seeds, max_steps=config.checks.max_steps,
+                                     workers=workers_of(config.run), backend=backend_of(config.run))
+            saved["returns"][str(iteration)] = [float(r.total_reward) for r in results]
+            state.save()
+    return {iteration: saved["returns"][str(iteration)] for _, iteration in checked}
+
+
+STAGES = [Stage("data", stage_data, True), Stage("vision", stage_vision, True), Stage("memory", stage_memory),
+          Stage("controller", stage_controller), Stage("fidelity", stage_fidelity),
+          Stage("record", stage_record, feeds_next=True), Stage("repair", stage_repair, feeds_next=True),
+          Stage("checks", stage_checks, feeds_next=True)]
+OPTIONAL_STAGES = {"fidelity": "fidelity_panel", "repair": "repair_episodes", "checks": "check_episodes"}  # run when > 0
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+
+def start(config: Config) -> Loop:
+    """The loop in CHECKPOINT_DIR/dream_loop: a new one (stage 2's V and stage 3's M must be there; stage 3's M is
+    kept in the loop's folder) or, with ``run.resume``, the one there. One-line errors for what is missing."""
+    paths = checkpoint_paths(config.run.checkpoint_dir)
+    loop_dir = Path(config.run.checkpoint_dir) / LOOP_DIR
+    stage3_memory = loop_dir / STAGE3_MEMORY_FILE
+    if (loop_dir / STATE_FILE).is_file():
+        if not config.run.resume:
+            raise UsageError(f"{loop_dir}: holds a repair loop already: --resume continues it; to start over, remove "
+                             f"it and {Path(config.run.data_dir) / LOOP_DIR}")
+        memory = load_checkpoint(stage3_memory, "memory")
+    else:
+        for kind, stage in (("vision", "train_vision.py (stage 2)"), ("memory", "train_memory.py (stage 3)")):
+            if not paths[kind].is_file():
+                raise UsageError(f"{paths[kind]}: missing; run {stage} first")
+        if not has_recorded_data(config.run.data_dir):
+            raise UsageError(f"--data-dir {config.run.data_dir}: holds no recording (car_racing/recorded_frames.py)")
+        memory = load_checkpoint(paths["memory"], "memory")  # one-line error for a file that is not an M
+        link_or_copy(paths["memory"], stage3_memory)
+    controller_from = None
+    if config.cmaes.init == "checkpoint":
+        controller_from = Path(config.cmaes.init_from) if config.cmaes.init_from else paths["controller"]
+        if not controller_from.is_file():
+            raise UsageError(f"--cmaes.init-from {controller_from}: no such controller checkpoint")
+    value_discount = float((memory.get("value") or {}).get("discount", 0.0))
+    if config.dream.value and not value_discount > 0:
+        raise UsageError(f"--dream.value: {stage3_memory} has no value head (stage 3: --memory.value-discount γ > 0), "
+                         f"or pass --no-dream.value")
+    return Loop(config, float(memory.get("dropout", 0.0)), value_discount, controller_from)
+
+
+def run(config: Config) -> dict:
+    """Stage 4's repair loop: run (or continue) it, then the final choice's M and C become CHECKPOINT_DIR's.
+    Returns C's final checkpoint."""
+    loop = start(config)
+    write_resolved(config, resolved_path(config.run.checkpoint_dir, "controller"))
+    state = iterate(loop)
+    best = state.get("best_iteration")
+    if best is None:
+        raise UsageError(f"{loop.dir}: no iteration's C was checked in the real env; nothing to keep")
+    paths = checkpoint_paths(config.run.checkpoint_dir)
+    best_dir = loop.dir / "best"
+    for kind in ("memory", "controller"):  # atomic: a crash leaves either the old file or the new one
+        link_or_copy(checkpoint_paths(best_dir)[kind], paths[kind])
+    plot = iteration_dir(loop.dir, best) / "control_model_cmaes.png"
+    if plot.is_file():
+        link_or_copy(plot, Path(config.run.checkpoint_dir) / plot.name)
+    final = load_checkpoint(paths["controller"], "controller")
+    returns = state.get("selection", {}).get("returns", {}).get(str(best))
+    why = (f"checked best ({final['best_real_score']:.1f} on {config.checks.episodes} tracks)" if returns is None else
+           f"won the final choice ({sum(returns) / len(returns):.1f} over {len(returns)} selection tracks; "
+           f"{final['best_real_score']:.1f} on its {config.checks.episodes} check tracks)")
+    print(f"stage 4: iteration {best} of the repair loop {why}; its M and C are now {paths['memory']} and "
+          f"{paths['controller']} (stage 3's M: {loop.stage3_memory}; the loop's curves: {loop.dir / PLOT_FILE})")
+    return final
+
+
+def iterate(loop: Loop) -> dict:
+    """The iterations, stage by stage (each skipped when the loop state says it is done), the stopping rule and the
+    final choice; returns the loop state."""
+    import torch
+
+    config = loop.config
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    threads = torch.get_num_threads()
+    loop.dir.mkdir(parents=True, exist_ok=True)
+    state = LoopState(loop.dir / STATE_FILE, as_dict(config), FIXED_SETTINGS)
+    state.save()
+    patience, delta = config.loop.patience, config.loop.patience_delta
+    metrics = MetricsLog(loop.dir, "dream_loop", tensorboard=config.run.tensorboard,
+                         keep=lambda record: state.done(f"{record.get('step')}:{record.get('stage')}"))
+    keys = stage_keys([s for s in STAGES if getattr(config.loop, OPTIONAL_STAGES.get(s.name, "iterations"))],
+                      loop.iterations)
+    say = tqdm.write if config.run.progress else print
+    bar = tqdm(keys, desc="dream loop", unit="stage", disable=not config.run.progress,
+               initial=sum(state.done(f"{i}:{s.name}") for i, s in keys), total=len(keys))
+    for iteration, stage in keys:
+        if iteration > 0 and converged(state, iteration - 1, patience, delta) is not None:
+            break  # converged: no further iteration
+        if stage.feeds_next and converged(state, iteration, patience, delta) is not None:
+            continue  # no next M to record for
+        key = f"{iteration}:{stage.name}"
+        if state.done(key) or (stage.name in ("repair", "checks") and state.done(f"{iteration + 1}:memory")):
+            continue  # (a stage switched on later starts with the first iteration whose data can still grow)
+        bar.set_description(f"dream loop: iteration {iteration}, {stage.name}")
+        say(f"\n=== dream loop: iteration {iteration}/{loop.iterations - 1}, {stage.name} ===")
+        torch.set_num_threads(threads)  # a stage's thread choice must not leak into the next
+        started = time.time()
+        result = stage.run(loop, iteration)
+        metrics.log(iteration, {f"{stage.name}/{k}": v for k, v in result.items()}, stage=stage.name,
+                    seconds=time.time() - started)
+        state.finish(key, time.time() - started, result)
+        bar.update(1)
+        if stage.name in ("fidelity", "record", "repair", "checks") or (stage.name == "controller"
+                                                                        and config.loop.fidelity_panel == 0):
+            say(report_iteration(state, iteration))
+            plot_loop(state, loop.dir / PLOT_FILE, loop.iterations)
+    bar.close()
+    metrics.close()
+    ran = [i for i in range(loop.iterations) if state.done(f"{i}:controller")]
+    stopped = converged(state, ran[-1], patience, delta) if ran else None
+    state.data["stopped_early"] = (None if stopped is None or len(ran) == loop.iterations else
+                                   {"after_iteration": ran[-1], "best_checked_iteration": stopped,
+                                    "patience": patience, "patience_delta": delta})
+    plot_loop(state, loop.dir / PLOT_FILE, loop.iterations)
+    selection = select_iterations(loop, state) if config.loop.select_top else None
+    best = choose_best(loop.dir, loop.iterations, state,
+                       None if selection is None else {i: float(np.mean(r)) for i, r in selection.items()})
+    state.data["best_iteration"] = best
+    state.data["best_by"] = "checks" if not selection else f"mean over {config.loop.select_episodes} selection tracks"
+    state.save()
+    print(f"\ndream loop: {len(ran)} iterations in {state.total_seconds() / 60:.1f} min of stage time")
+    if state.data["stopped_early"]:
+        print(f"converged: stopped after iteration {ran[-1]}; no check beat iteration {stopped}'s by more than "
+              f"{delta:g} in the {patience} iterations after it (--loop.patience {patience})")
+    for iteration in ran:
+        print(report_iteration(state, iteration))
+    for iteration, returns in (selection or {}).items():
+        print(f"final choice: iteration {iteration}: check {state.result(f'{iteration}:controller')['best_real_score']:.1f}, "
+              f"selection {np.mean(returns):.1f} ± {np.std(returns):.1f} (min {np.min(returns):.1f}) "
+              f"over {len(returns)} tracks")
+    if best is not None:
+        print(f"best iteration by the {state.data['best_by']}: {best} (kept C checked "
+              f"{state.result(f'{best}:controller')['best_real_score']:.1f}); V, M, C linked into {loop.dir / 'best'}")
+    return state.data

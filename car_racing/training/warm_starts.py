@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from car_racing.common.cli import UsageError
+from car_racing.common.config import Config, flag_of, get, workers_of
 from car_racing.common.plain_data import Refused, load_plain
 from car_racing.common.runtime import load_model, plot_curves, save_checkpoint
-from car_racing.episodes.rollout import Backend
+from car_racing.episodes.backends import backend_of
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
 from car_racing.training.carry import carry_controller
@@ -34,14 +35,14 @@ DAGGER_STATE_FILE = "control_model_dagger.pth"  # the DAgger aggregate, saved ev
 DAGGER_SEED_OFFSET = 2_000_000  # DAgger round r uses seeds BASE + 2_000_000 + 1000·r + i
 
 
-DAGGER_SETTINGS = ("dagger_episodes", "dagger_noise", "bc_ridge", "bc_eps", "eval_seed_base", "eval_max_steps",
-                   "smoothing")  # a continued DAgger run must keep these
+DAGGER_SETTINGS = ("cmaes.dagger_episodes", "cmaes.dagger_noise", "cmaes.bc_ridge", "cmaes.bc_eps", "checks.seed_base",
+                   "checks.max_steps", "cmaes.smoothing")  # a continued DAgger run must keep these
 
 
-def load_dagger_state(checkpoint_dir: Path, args: Any, models_used: dict) -> dict | None:
+def load_dagger_state(checkpoint_dir: Path, config: Config, models_used: dict) -> dict | None:
     """The saved DAgger run to continue (``--resume --init dagger``), or None when there is none."""
     path = checkpoint_dir / DAGGER_STATE_FILE
-    if not (args.resume and args.init == "dagger" and path.is_file()):
+    if not (config.run.resume and config.cmaes.init == "dagger" and path.is_file()):
         return None
     try:
         state = load_plain(path)  # plain data, like every model file: loading it runs nothing
@@ -52,28 +53,28 @@ def load_dagger_state(checkpoint_dir: Path, args: Any, models_used: dict) -> dic
     if state.get("models") != models_used:
         raise UsageError(f"{path}: the DAgger run used other V/M checkpoints; delete it or drop --resume")
     for key in DAGGER_SETTINGS:
-        if state["config"].get(key) != getattr(args, key):
-            raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)}: the saved DAgger run used "
+        if state["config"].get(key) != get(config, key):
+            raise UsageError(f"{flag_of(key)} {get(config, key)}: the saved DAgger run used "
                              f"{state['config'].get(key)}; pass the same value or drop --resume")
     return state
 
 
-def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Any, models_used: dict,
+def dagger_warm_start(checkpoint_dir: Path, num_params: int, config: Config, models_used: dict,
                       resume: dict | None = None) -> tuple[np.ndarray, dict]:
     """C fitted by DAgger (:func:`car_racing.training.imitation.run_dagger`); returns (flat params, summary).
 
     The aggregate and the rounds are saved atomically to CHECKPOINT_DIR/control_model_dagger.pth after
     every round (``resume`` continues from it), with a plot of each round's returns."""
     def seeds(round_index: int) -> list[int]:
-        first = args.eval_seed_base + DAGGER_SEED_OFFSET + 1000 * round_index
-        return list(range(first, first + args.dagger_episodes))
+        first = config.checks.seed_base + DAGGER_SEED_OFFSET + 1000 * round_index
+        return list(range(first, first + config.cmaes.dagger_episodes))
 
     def report(record, state: dict) -> None:
         returns = np.asarray(record.returns)
         print(f"DAgger round {record.round} ({record.driver} drove): return {returns.mean():.1f} ± {returns.std():.1f} "
               f"(min {returns.min():.1f}) over {len(returns)} episodes; refit on {record.samples} pairs, "
               f"pre-squash R² steer/gas/brake {' / '.join(f'{r:.2f}' for r in record.target_r2)}", flush=True)
-        save_checkpoint({**state, "config": {key: getattr(args, key) for key in DAGGER_SETTINGS},
+        save_checkpoint({**state, "config": {key: get(config, key) for key in DAGGER_SETTINGS},
                              "models": models_used, "seconds": seconds + time.time() - started},
                             checkpoint_dir / DAGGER_STATE_FILE)
         rounds = state["rounds"]
@@ -86,11 +87,11 @@ def dagger_warm_start(checkpoint_dir: Path, num_params: int, args: Any, models_u
     started, seconds = time.time(), float(resume.get("seconds", 0.0)) if resume else 0.0
     if resume is not None:
         print(f"continuing the DAgger run in {checkpoint_dir / DAGGER_STATE_FILE} after round {len(resume['rounds']) - 1}")
-    history = run_dagger(checkpoint_dir, num_params, args.dagger_rounds, args.dagger_episodes, seeds,
-                         ridge=args.bc_ridge, eps=args.bc_eps, expert_noise=args.dagger_noise,
-                         max_steps=args.eval_max_steps, smoothing=args.smoothing, workers=args.workers,
-                         backend=Backend.from_args(args), resume=resume, on_round=report)
-    summary = {"method": "dagger", "ridge": args.bc_ridge, "eps": args.bc_eps, "noise": args.dagger_noise,
+    history = run_dagger(checkpoint_dir, num_params, config.cmaes.dagger_rounds, config.cmaes.dagger_episodes, seeds,
+                         ridge=config.cmaes.bc_ridge, eps=config.cmaes.bc_eps, expert_noise=config.cmaes.dagger_noise,
+                         max_steps=config.checks.max_steps, smoothing=config.cmaes.smoothing, workers=workers_of(config.run),
+                         backend=backend_of(config.run), resume=resume, on_round=report)
+    summary = {"method": "dagger", "ridge": config.cmaes.bc_ridge, "eps": config.cmaes.bc_eps, "noise": config.cmaes.dagger_noise,
                "samples": history[-1].samples, "target_r2": history[-1].target_r2,
                "seconds": seconds + time.time() - started,
                "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "params"} for r in history]}
@@ -107,11 +108,11 @@ def zero_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dic
 
 def bc_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
     """C fitted by least squares to the recorded drivers' actions (module docstring)."""
-    args = setup.args
+    config = setup.config
     fit = LinearFit(setup.mdnrnn.latent_size + setup.mdnrnn.hidden_size, setup.mdnrnn.action_size)
     setup.load_start_pool(fit)
-    weight, bias = fit.solve(args.bc_ridge)
-    info = {"method": "bc", "expert_labels": True, "samples": fit.count, "ridge": args.bc_ridge, "eps": args.bc_eps,
+    weight, bias = fit.solve(config.cmaes.bc_ridge)
+    info = {"method": "bc", "expert_labels": True, "samples": fit.count, "ridge": config.cmaes.bc_ridge, "eps": config.cmaes.bc_eps,
             "target_mse": fit.residual_mse(weight, bias).tolist(), "target_r2": fit.r2(weight, bias).tolist()}
     print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
           f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in info['target_r2'])}")
@@ -120,13 +121,13 @@ def bc_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]
 
 def dagger_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
     """C fitted by DAgger with the autopilot as the expert (:func:`dagger_warm_start`)."""
-    x0, info = dagger_warm_start(setup.checkpoint_dir, setup.num_params, setup.args, setup.models_used, dagger_state)
+    x0, info = dagger_warm_start(setup.checkpoint_dir, setup.num_params, setup.config, setup.models_used, dagger_state)
     return x0, {**info, "expert_labels": True}
 
 
 def checkpoint_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
     """The C of an existing controller checkpoint (``--init-from``); its training record is carried along."""
-    source = Path(setup.args.init_from) if setup.args.init_from else setup.out_path
+    source = Path(setup.config.cmaes.init_from) if setup.config.cmaes.init_from else setup.out_path
     start_controller, start = load_model(source, "controller")
     if start["model_args"] != setup.model_args:
         raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {setup.model_args}")
@@ -145,33 +146,33 @@ def carried_params(setup: Setup, source: Path, start: dict, params: np.ndarray) 
     """The --init-from C carried onto this run's M (:mod:`car_racing.training.carry`) when it was evolved on
     another M (--init-memory, else the M its checkpoint names, if that file is unchanged); else ``params`` as
     they are. Returns the parameters and the carry's record (None: not carried)."""
-    args = setup.args
+    config = setup.config
     recorded = start.get("models", {}).get("memory", {})
-    old_path = Path(args.init_memory) if args.init_memory else Path(recorded["path"]) if recorded.get("path") else None
+    old_path = Path(config.cmaes.init_memory) if config.cmaes.init_memory else Path(recorded["path"]) if recorded.get("path") else None
     current_sha = setup.models_used["memory"]["sha256"]
-    if not args.init_carry or old_path is None or (not args.init_memory and recorded.get("sha256") == current_sha):
+    if not config.cmaes.carry or old_path is None or (not config.cmaes.init_memory and recorded.get("sha256") == current_sha):
         return params, None
     if not old_path.is_file():
         print(f"--init-from {source}: the M it was evolved on ({old_path}) is not there; C starts as it is, not carried "
               f"onto {setup.paths['memory']}")
         return params, None
     old_sha = file_sha256(old_path)
-    if not args.init_memory and old_sha != recorded.get("sha256"):
+    if not config.cmaes.init_memory and old_sha != recorded.get("sha256"):
         print(f"--init-from {source}: {old_path} changed since C was evolved on it; C starts as it is, not carried")
         return params, None
     if old_sha == current_sha:
         return params, None
     started = time.time()
     old_mdnrnn, _ = load_model(old_path, "memory", setup.device)
-    mu, _ = load_or_build_latents(args.data_dir, setup.paths["vision"], setup.device, args.batch_size,
-                                  progress=args.progress)
-    data = load_recorded(args.data_dir, mmap=True)
+    mu, _ = load_or_build_latents(config.run.data_dir, setup.paths["vision"], setup.device, config.dream.batch_size,
+                                  progress=config.run.progress)
+    data = load_recorded(config.run.data_dir, mmap=True)
     carried, record = carry_controller(params, old_mdnrnn.float(), setup.mdnrnn, mu, data.actions,
                                        [(e["start"], e["length"]) for e in data.episodes])
     print(f"--init checkpoint: C carried from {old_path} onto {setup.paths['memory']} by least squares on its own "
-          f"outputs over {record['samples']} recorded steps of {args.data_dir} (R² steer/gas/brake "
+          f"outputs over {record['samples']} recorded steps of {config.run.data_dir} (R² steer/gas/brake "
           f"{' / '.join(f'{r:.3f}' for r in record['target_r2'])}; {time.time() - started:.0f}s)")
-    return carried, {**record, "from_memory": {"path": str(old_path), "sha256": old_sha}, "data_dir": args.data_dir}
+    return carried, {**record, "from_memory": {"path": str(old_path), "sha256": old_sha}, "data_dir": config.run.data_dir}
 
 
 WARM_STARTS = {"zero": zero_start, "bc": bc_start, "dagger": dagger_start, "checkpoint": checkpoint_start}
