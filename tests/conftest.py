@@ -51,3 +51,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def stage4_config(data_dir, checkpoint_dir, **overrides):
+    """A tiny stage-4 config: the seed's one pass (the defaults run the repair loop) at test sizes, CPU, one worker,
+    no bars; ``overrides`` are dotted keys written ``section__field`` (``dream__trials=3``)."""
+    from car_racing.common import config
+
+    options = dict(run__data_dir=str(data_dir), run__checkpoint_dir=str(checkpoint_dir), run__device="cpu",
+                   run__workers=1, run__progress=False, cmaes__population=6, cmaes__generations=2, dream__steps=6,
+                   dream__trials=3, dream__start_states=64, dream__batch_size=8, checks__every=2, checks__episodes=1,
+                   checks__max_steps=15)
+    options.update(overrides)
+    return config.preset("seed", **options)

@@ -3,8 +3,8 @@ every generation (:class:`Run`: ask, score, tell, real-check, save) and the reco
 (:func:`training_record`). ``train_controller_cmaes.py`` composes a warm start
 (:mod:`car_racing.training.warm_starts`) and a fitness source (:mod:`car_racing.training.fitness`) with it.
 
-**Real-env checks.** Every ``--eval-every`` generations the generation's best candidate and CMA's mean
-each drive ``--eval-episodes`` real episodes on the fixed seeds ``eval-seed-base, eval-seed-base + 1, …``
+**Real-env checks.** Every ``--checks.every`` generations the generation's best candidate and CMA's mean
+each drive ``--checks.episodes`` real episodes on the fixed seeds ``eval-seed-base, eval-seed-base + 1, …``
 (the same tracks every time, so scores compare across generations). A new run first checks CMA's
 initial mean (generation 0), so the warm start competes too. The checkpoint's ``model_state`` holds the
 parameters with the best mean real score so far (a tie goes to the later check); with no check, CMA's
@@ -126,11 +126,11 @@ class Setup:
     models_used: dict
     sizes: tuple[int, int, int]
     value_discount: float = 0.0  # γ of M's value head (0: none), from M's checkpoint
-    pool: Any = None  # StartStates on ``device`` once loaded (dream fitness, --init bc)
+    pool: Any = None  # StartStates on ``device`` once loaded (dream fitness, --cmaes.init bc)
     real: RealFitness | None = None  # the run's real-env workers, started at first use (close_real ends them)
 
     def real_episodes(self) -> RealFitness:
-        """The workers of every real episode of the run after the warm start (--mode real fitness, checks)."""
+        """The workers of every real episode of the run after the warm start (--cmaes.mode real fitness, checks)."""
         if self.real is None:
             self.real = RealFitness(str(self.checkpoint_dir), self.num_params, workers_of(self.config.run),
                                     backend_of(self.config.run))
@@ -142,8 +142,8 @@ class Setup:
             self.real = None
 
     def load_start_pool(self, fit: LinearFit | None = None) -> None:
-        """Fill ``setup.pool`` with ``--start-states`` recorded (z, h) states (M run over the recorded windows);
-        with ``fit``, every recorded (z, h) → action pair is added to it in the same pass (--init bc)."""
+        """Fill ``setup.pool`` with ``--dream.start-states`` recorded (z, h) states (M run over the recorded windows);
+        with ``fit``, every recorded (z, h) → action pair is added to it in the same pass (--cmaes.init bc)."""
         setup, config, mdnrnn = self, self.config, self.mdnrnn
         mu, _ = load_or_build_latents(config.run.data_dir, setup.paths["vision"], setup.device, config.dream.batch_size,
                                       progress=config.run.progress)
@@ -158,7 +158,7 @@ class Setup:
         drivers = tuple(config.dream.start_drivers)
         eligible = windows_of_drivers(sequences.indices, episodes, drivers) if drivers else None
         if eligible is not None and not eligible.any() and config.dream.start == "recorded":
-            raise UsageError(f"--dream-start-drivers {' '.join(drivers)}: no recorded episode of these drivers in "
+            raise UsageError(f"--dream.start-drivers {' '.join(drivers)}: no recorded episode of these drivers in "
                              f"--data-dir {config.run.data_dir}")
         pool = start_pool(config.dream.start, mdnrnn, mu, sequences.indices, sequences.actions,
                           [int(e["start"]) for e in episodes], config.dream.start_states,
@@ -192,8 +192,8 @@ def load_setup(config: Config) -> Setup:
     reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
     value_discount = float((memory_checkpoint.get("value") or {}).get("discount", 0.0))
     if config.cmaes.mode == "dream" and config.dream.value and (mdnrnn.value_head is None or not value_discount > 0):
-        raise UsageError(f"--dream-value: {paths['memory']} has no value head; train M with "
-                         f"car_racing/train_memory.py (its default --value-discount 0.98), or pass --no-dream-value")
+        raise UsageError(f"--dream.value: {paths['memory']} has no value head; train M with "
+                         f"car_racing/train_memory.py (its default --memory.value-discount 0.98), or pass --no-dream.value")
     load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
     models_used = {kind: {"path": str(paths[kind]), "sha256": file_sha256(paths[kind])} for kind in ("vision", "memory")}
     trained_on = memory_checkpoint.get("vision", {}).get("sha256")
@@ -272,7 +272,7 @@ def warn_check_seed_overlap(config: Config) -> None:
                           if e["driver"] not in (CHECK_DRIVER, REPAIR_DRIVER)}
         overlap = recorded_seeds & set(range(config.checks.seed_base, config.checks.seed_base + config.checks.episodes))
         if overlap:
-            print(f"warning: --eval-seed-base {config.checks.seed_base}: check seeds {sorted(overlap)[:5]} are also "
+            print(f"warning: --checks.seed-base {config.checks.seed_base}: check seeds {sorted(overlap)[:5]} are also "
                   f"recording seeds", file=sys.stderr)
 
 
@@ -400,7 +400,7 @@ class Run:
         return scores["best_candidate"][0]
 
     def evolve(self, fitness_source: Any) -> None:
-        """Generations up to ``--generations``: ask, score, tell, check every ``--eval-every``, save."""
+        """Generations up to ``--cmaes.generations``: ask, score, tell, check every ``--checks.every``, save."""
         config, es, history = self.setup.config, self.es, self.history
         bar = tqdm(range(self.generation, config.cmaes.generations), desc=f"CMA-ES ({config.cmaes.mode})", unit="gen",
                    initial=self.generation, total=config.cmaes.generations, disable=not config.run.progress)

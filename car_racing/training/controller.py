@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 from car_racing.common.cli import UsageError
-from car_racing.common.config import Config, resolved_path, write_resolved
+from car_racing.common.config import Config, resolved_path, validate, write_resolved
 
 STAGE = "controller"  # the resolved config: CHECKPOINT_DIR/controller.config.toml
 
@@ -74,6 +74,7 @@ def train_controller(config: Config) -> dict:
     from car_racing.common.metrics import require_tensorboard
     from car_racing.common.runtime import refuse_shipped
 
+    validate(config)  # (a config built in Python, not through the command line or config.preset)
     check(config)
     refuse_shipped(config.run.checkpoint_dir)
     if config.run.tensorboard:

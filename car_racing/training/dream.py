@@ -38,7 +38,7 @@ Dream semantics (every path):
   multiplied by ``reward_scale``, the memory checkpoint's convention), ended by M's done head: a
   trial is done after the first step with ``sigmoid(done_logit) > DONE_THRESHOLD`` (0.5; deterministic, not
   sampled); that step's reward counts and every later reward is masked;
-- ``value_discount`` γ > 0 (an M trained with a value head, ``train_memory.py --value-discount``): a dream
+- ``value_discount`` γ > 0 (an M trained with a value head, ``train_memory.py --memory.value-discount``): a dream
   still alive after its last step ends on M's value of its last state, ``value_rate(h_T) / (1 − γ)`` (the same
   dropout mask), so a short dream is paid for what its final state is worth, not only for the rewards it reached
   (Dreamer's bootstrap).
@@ -176,12 +176,12 @@ def collect_start_states(mdnrnn: Any, mu: np.ndarray | torch.Tensor, indices: np
 DREAM_STARTS = ("recorded", "episode-start")
 # where a dream setting START:STEPS starts: the start line, any recorded state, or C's own recorded episodes
 SETTING_STARTS = ("episode-start", "recorded", "agent")
-# a warm start's short dreams (dream_loop.py --warm-dreams) start from real states, never the start line
+# a warm start's short dreams (dream_loop.py --loop.warm-dreams) start from real states, never the start line
 WARM_DREAM_STARTS = ("recorded", "agent")
 
 
 def parse_dream_setting(text: str, flag: str, starts: tuple[str, ...] = SETTING_STARTS) -> tuple[str, int]:
-    """A dream setting ``START:STEPS`` (``dream_loop.py --warm-dreams``, ``bench/local_fidelity.py --dreams``) →
+    """A dream setting ``START:STEPS`` (``dream_loop.py --loop.warm-dreams``, ``bench/local_fidelity.py --dreams``) →
     (start, steps), with a one-line error naming ``flag`` for anything else."""
     start, _, steps = text.partition(":")
     if start not in starts or not steps.isdigit() or int(steps) < 1:
@@ -191,7 +191,7 @@ def parse_dream_setting(text: str, flag: str, starts: tuple[str, ...] = SETTING_
 
 
 def dream_start_settings(start: str) -> dict:
-    """Stage 4's ``--dream-start`` and ``--dream-start-drivers`` for a setting's START (:data:`SETTING_STARTS`)."""
+    """Stage 4's ``--dream.start`` and ``--dream.start-drivers`` for a setting's START (:data:`SETTING_STARTS`)."""
     return {"dream_start": "episode-start" if start == "episode-start" else "recorded",
             "dream_start_drivers": ("agent",) if start == "agent" else ()}
 
@@ -537,8 +537,8 @@ def memory_dream_scales(memory_checkpoint: dict) -> tuple[float, float]:
 
 def trained_dream(controller_checkpoint: dict | None, memory_checkpoint: dict) -> dict[str, float]:
     """The dream C was trained in, for :func:`imagine`: ``temperature``, ``dropout``, ``value_discount`` and
-    ``reward_scale`` from C's saved config (a ``--mode dream`` run: its τ, ``--dream-dropout``, and M's γ when it ran
-    with ``--dream-value``) and M's checkpoint. A C not trained in a dream (or saved before these settings):
+    ``reward_scale`` from C's saved config (a ``--cmaes.mode dream`` run: its τ, ``--dream.dropout``, and M's γ when it ran
+    with ``--dream.value``) and M's checkpoint. A C not trained in a dream (or saved before these settings):
     τ 1, no dropout, no value."""
     config = (controller_checkpoint or {}).get("config") or {}
     if config.get("mode") != "dream":

@@ -24,7 +24,7 @@ from car_racing.training.dream import dream_rollout
 if TYPE_CHECKING:
     from car_racing.training.cmaes_run import Setup
 
-REAL_TRAIN_SEED_OFFSET = 10_000  # real-mode training seeds start this far above --eval-seed-base
+REAL_TRAIN_SEED_OFFSET = 10_000  # real-mode training seeds start this far above --checks.seed-base
 REAL_TRAIN_SEED_RANGE = 1_000_000
 
 
@@ -90,12 +90,12 @@ def aggregate_dream_fitness(trials: torch.Tensor, how: str = "mean", q: float = 
 
 
 class DreamFitness:
-    """Fitness of each candidate over ``--dream-trials`` dreams in M: their mean, or a pessimistic aggregate
-    (``--dream-fitness``); the CMA mean drives the same dreams, for the curve. ``last_trial_means`` keeps the
+    """Fitness of each candidate over ``--dream.trials`` dreams in M: their mean, or a pessimistic aggregate
+    (``--dream.fitness``); the CMA mean drives the same dreams, for the curve. ``last_trial_means`` keeps the
     plain mean of the last generation's dreams (what the dream pays on average, beside the fitness CMA ranks by).
 
     Each dream starts from a real (z, h) state of the start pool (:meth:`Setup.load_start_pool`) and M samples
-    the next z at ``--temperature``; a dream's return is the sum of M's predicted rewards (real reward units)
+    the next z at ``--dream.temperature``; a dream's return is the sum of M's predicted rewards (real reward units)
     until M's done head fires (that step's reward counts). All candidates of a generation share the start
     states and the noise (one generator seeded from ``--seed`` and the generation), and the population ×
     trials step through M as one batch."""
@@ -138,7 +138,7 @@ def trial_mean(fitness_source: Any, index: int) -> float:
 
 
 class RealEnvFitness:
-    """Mean real-env return of each candidate over ``--real-trials`` tracks drawn per generation (all
+    """Mean real-env return of each candidate over ``--cmaes.real-trials`` tracks drawn per generation (all
     candidates drive the same tracks), in a worker pool kept for the whole run."""
 
     name = "real"

@@ -1,7 +1,7 @@
 """The repair step: replay in the real env what C did in M's dream, so M learns where its dream lied.
 
 A dream starts from a real state: step ``s`` of a recorded episode (``s = 0`` for dreams from the start
-line, ``--dream-start episode-start``), with z = V's μ of that frame and M's state after reading the
+line, ``--dream.start episode-start``), with z = V's μ of that frame and M's state after reading the
 episode's recorded frames and actions up to it. C then drives in the dream and its actions are kept.
 A recorded episode re-simulates exactly from its seed and its actions (seeded resets are deterministic),
 so the real env reaches the same state by replaying the recorded actions ``a_0 … a_{s−1}``; from there

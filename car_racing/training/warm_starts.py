@@ -1,4 +1,4 @@
-"""Warm starts for C's CMA-ES run (``--init``): CMA's initial mean and a record of how it was found.
+"""Warm starts for C's CMA-ES run (``--cmaes.init``): CMA's initial mean and a record of how it was found.
 
 ``zero`` knows nothing (the paper's start). ``bc`` fits C to the recorded actions: least squares of the
 linear layer's pre-squash outputs on ``[z_t, h_t]`` (z = V's μ, h from running M over the recorded windows
@@ -40,7 +40,7 @@ DAGGER_SETTINGS = ("cmaes.dagger_episodes", "cmaes.dagger_noise", "cmaes.bc_ridg
 
 
 def load_dagger_state(checkpoint_dir: Path, config: Config, models_used: dict) -> dict | None:
-    """The saved DAgger run to continue (``--resume --init dagger``), or None when there is none."""
+    """The saved DAgger run to continue (``--resume --cmaes.init dagger``), or None when there is none."""
     path = checkpoint_dir / DAGGER_STATE_FILE
     if not (config.run.resume and config.cmaes.init == "dagger" and path.is_file()):
         return None
@@ -114,7 +114,7 @@ def bc_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]
     weight, bias = fit.solve(config.cmaes.bc_ridge)
     info = {"method": "bc", "expert_labels": True, "samples": fit.count, "ridge": config.cmaes.bc_ridge, "eps": config.cmaes.bc_eps,
             "target_mse": fit.residual_mse(weight, bias).tolist(), "target_r2": fit.r2(weight, bias).tolist()}
-    print(f"--init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
+    print(f"--cmaes.init bc: least-squares fit of C on {fit.count} recorded steps; pre-squash target R² "
           f"steer/gas/brake {' / '.join(f'{r:.2f}' for r in info['target_r2'])}")
     return linear_to_flat(weight, bias), info
 
@@ -126,12 +126,12 @@ def dagger_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, d
 
 
 def checkpoint_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarray, dict]:
-    """The C of an existing controller checkpoint (``--init-from``); its training record is carried along."""
+    """The C of an existing controller checkpoint (``--cmaes.init-from``); its training record is carried along."""
     source = Path(setup.config.cmaes.init_from) if setup.config.cmaes.init_from else setup.out_path
     start_controller, start = load_model(source, "controller")
     if start["model_args"] != setup.model_args:
-        raise UsageError(f"--init-from {source}: controller sizes {start['model_args']} do not fit M {setup.model_args}")
-    print(f"--init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")
+        raise UsageError(f"--cmaes.init-from {source}: controller sizes {start['model_args']} do not fit M {setup.model_args}")
+    print(f"--cmaes.init checkpoint: CMA starts from C in {source} ({start.get('model_source', 'no source recorded')})")
     source_training = start.get("training")
     params, carried = carried_params(setup, source, start, start_controller.get_flat_params())
     return params, {
@@ -143,8 +143,8 @@ def checkpoint_start(setup: Setup, dagger_state: dict | None) -> tuple[np.ndarra
 
 
 def carried_params(setup: Setup, source: Path, start: dict, params: np.ndarray) -> tuple[np.ndarray, dict | None]:
-    """The --init-from C carried onto this run's M (:mod:`car_racing.training.carry`) when it was evolved on
-    another M (--init-memory, else the M its checkpoint names, if that file is unchanged); else ``params`` as
+    """The --cmaes.init-from C carried onto this run's M (:mod:`car_racing.training.carry`) when it was evolved on
+    another M (--cmaes.init-memory, else the M its checkpoint names, if that file is unchanged); else ``params`` as
     they are. Returns the parameters and the carry's record (None: not carried)."""
     config = setup.config
     recorded = start.get("models", {}).get("memory", {})
@@ -153,12 +153,12 @@ def carried_params(setup: Setup, source: Path, start: dict, params: np.ndarray) 
     if not config.cmaes.carry or old_path is None or (not config.cmaes.init_memory and recorded.get("sha256") == current_sha):
         return params, None
     if not old_path.is_file():
-        print(f"--init-from {source}: the M it was evolved on ({old_path}) is not there; C starts as it is, not carried "
+        print(f"--cmaes.init-from {source}: the M it was evolved on ({old_path}) is not there; C starts as it is, not carried "
               f"onto {setup.paths['memory']}")
         return params, None
     old_sha = file_sha256(old_path)
     if not config.cmaes.init_memory and old_sha != recorded.get("sha256"):
-        print(f"--init-from {source}: {old_path} changed since C was evolved on it; C starts as it is, not carried")
+        print(f"--cmaes.init-from {source}: {old_path} changed since C was evolved on it; C starts as it is, not carried")
         return params, None
     if old_sha == current_sha:
         return params, None
@@ -169,7 +169,7 @@ def carried_params(setup: Setup, source: Path, start: dict, params: np.ndarray) 
     data = load_recorded(config.run.data_dir, mmap=True)
     carried, record = carry_controller(params, old_mdnrnn.float(), setup.mdnrnn, mu, data.actions,
                                        [(e["start"], e["length"]) for e in data.episodes])
-    print(f"--init checkpoint: C carried from {old_path} onto {setup.paths['memory']} by least squares on its own "
+    print(f"--cmaes.init checkpoint: C carried from {old_path} onto {setup.paths['memory']} by least squares on its own "
           f"outputs over {record['samples']} recorded steps of {config.run.data_dir} (R² steer/gas/brake "
           f"{' / '.join(f'{r:.3f}' for r in record['target_r2'])}; {time.time() - started:.0f}s)")
     return carried, {**record, "from_memory": {"path": str(old_path), "sha256": old_sha}, "data_dir": config.run.data_dir}
