@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import stage4_config
 
 from car_racing.common.cli import UsageError
 from car_racing.common.metrics import metrics_path, read_metrics
@@ -21,7 +22,9 @@ from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.models.vae import VAE
 from car_racing.recording.latent_cache import file_sha256
 from car_racing.recording.recorded_data import load_memory_sequences, load_recorded
-from car_racing.train_controller_cmaes import Args, main
+from car_racing.common import config
+from car_racing.common.config import Config, ConfigError
+from car_racing.train_controller_cmaes import main
 from car_racing.training.dream import (
     collect_start_states,
     dream_rollout,
@@ -229,7 +232,7 @@ def test_recorded_states_are_m_states_before_each_step(tiny_data_dir):
 
 
 def test_start_states_can_be_limited_to_one_drivers_episodes(tiny_data_dir, tmp_path):
-    """--dream-start-drivers: every start state comes from a window of the named driver's episodes, and the
+    """--dream.start-drivers: every start state comes from a window of the named driver's episodes, and the
     windows are attributed to the episode their first step lies in."""
     mdn = tiny_memory()
     sequences = load_memory_sequences(tiny_data_dir)
@@ -248,13 +251,14 @@ def test_start_states_can_be_limited_to_one_drivers_episodes(tiny_data_dir, tmp_
     rows = [int(np.flatnonzero((np.abs(mu - z.numpy()) < 1e-6).all(1))[0]) for z in pool.z]
     assert all(begin <= r < end for r in rows)
     assert not windows_of_drivers(sequences.indices, episodes, ("nobody",)).any()
-    # stage 4: a driver the data does not hold, or a malformed --loop-warm-dreams, is a one-line usage error
+    # stage 4: a driver the data does not hold is a one-line usage error; a malformed loop.warm_dreams is refused
+    # by the config itself, naming the key
     write_tiny_checkpoints(tmp_path / "checkpoints")
-    with pytest.raises(UsageError, match="--dream-start-drivers nobody"):
-        main(run_args(tmp_path, tiny_data_dir, generations=1, eval_every=0, dream_start="recorded",
-                      dream_start_drivers=("nobody",)))
-    with pytest.raises(UsageError, match="--loop-warm-dreams"):
-        main(run_args(tmp_path, tiny_data_dir, loop_iterations=2, loop_warm_dreams="agent:none"))
+    with pytest.raises(UsageError, match="--dream.start-drivers nobody"):
+        main(run_args(tmp_path, tiny_data_dir, cmaes__generations=1, checks__every=0, dream__start="recorded",
+                      dream__start_drivers=("nobody",)))
+    with pytest.raises(ConfigError, match=r"^loop\.warm_dreams = 'agent:none': expected .*START:STEPS"):
+        run_args(tmp_path, tiny_data_dir, loop__iterations=2, loop__warm_dreams="agent:none")
 
 
 def test_bc_recovers_a_known_linear_policy():
@@ -284,18 +288,15 @@ def test_bc_recovers_a_known_linear_policy():
     assert torch.isfinite(targets).all() and targets[0, 0] > 2 and targets[0, 2] < -3
 
 
-def run_args(tmp_path, data_dir, **overrides) -> Args:
-    options = dict(Args.PRESETS["seed"])  # the seed's one-pass stage 4 (the defaults run the repair loop)
-    options.update(population=6, generations=2, rollout_steps=6, dream_trials=3, start_states=64, eval_every=2,
-                   eval_episodes=1, eval_max_steps=15, workers=1, data_dir=str(data_dir),
-                   checkpoint_dir=str(tmp_path / "checkpoints"), device="cpu", progress=False, batch_size=8)
-    options.update(overrides)
-    return Args(**options)
+def run_args(tmp_path, data_dir, **overrides) -> Config:
+    """The seed's one-pass stage 4 at tiny sizes (:func:`tests.conftest.stage4_config`) in TMP_PATH/checkpoints;
+    ``overrides`` are dotted keys written ``section__field``."""
+    return stage4_config(data_dir, tmp_path / "checkpoints", **overrides)
 
 
 def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir):
     paths = write_tiny_checkpoints(tmp_path / "checkpoints")
-    first = main(run_args(tmp_path, tiny_data_dir, init="bc"))
+    first = main(run_args(tmp_path, tiny_data_dir, cmaes__init="bc"))
     assert first["generation"] == 2 and first["kind"] == "controller"
     assert first["model_args"] == {"latent_size": LATENT, "hidden_size": HIDDEN, "action_size": 3}
     assert len(first["history"]["fitness_best"]) == 2 and first["history"]["eval_generation"] == [2]
@@ -311,7 +312,7 @@ def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir)
     assert es.countiter == 2
     np.testing.assert_array_equal(first["cma_mean"], es.mean)
 
-    resumed = main(run_args(tmp_path, tiny_data_dir, init="bc", generations=4, resume=True))
+    resumed = main(run_args(tmp_path, tiny_data_dir, cmaes__init="bc", cmaes__generations=4, run__resume=True))
     assert resumed["generation"] == 4 and pickle.loads(load_resume_state(resume_file)["es_state"]).countiter == 4
     assert resumed["history"]["fitness_best"][:2] == first["history"]["fitness_best"]
     assert resumed["history"]["eval_generation"] == [2, 4]
@@ -325,7 +326,7 @@ def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir)
     # A straight 4-generation run gives the same result: the resume continued the same ES state and RNGs.
     straight_dir = tmp_path / "straight"
     write_tiny_checkpoints(straight_dir / "checkpoints")
-    straight = main(run_args(straight_dir, tiny_data_dir, init="bc", generations=4, eval_every=0))
+    straight = main(run_args(straight_dir, tiny_data_dir, cmaes__init="bc", cmaes__generations=4, checks__every=0))
     assert straight["history"]["fitness_best"] == resumed["history"]["fitness_best"]
     np.testing.assert_array_equal(straight["cma_mean"], resumed["cma_mean"])
     assert pickle.loads(saved_es_state).countiter == 2
@@ -335,17 +336,18 @@ def test_cmaes_run_writes_state_and_resume_continues_it(tmp_path, tiny_data_dir)
 
 def test_resume_refuses_a_different_population(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path / "checkpoints")
-    main(run_args(tmp_path, tiny_data_dir, generations=1, eval_every=0))
-    with pytest.raises(UsageError, match="--population"):
-        main(run_args(tmp_path, tiny_data_dir, generations=2, eval_every=0, population=8, resume=True))
+    main(run_args(tmp_path, tiny_data_dir, cmaes__generations=1, checks__every=0))
+    with pytest.raises(UsageError, match="--cmaes.population 8: the resumed run used 6"):
+        main(run_args(tmp_path, tiny_data_dir, cmaes__generations=2, checks__every=0, cmaes__population=8,
+                      run__resume=True))
     with pytest.raises(UsageError, match="memory"):
         main(run_args(tmp_path / "none", tiny_data_dir))
 
 
 def test_real_mode_scores_candidates_in_the_real_env(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path / "checkpoints")
-    result = main(run_args(tmp_path, tiny_data_dir, mode="real", population=3, generations=1, rollout_steps=8,
-                           real_trials=1, eval_every=0))
+    result = main(run_args(tmp_path, tiny_data_dir, cmaes__mode="real", cmaes__population=3, cmaes__generations=1,
+                           cmaes__real_steps=8, cmaes__real_trials=1, checks__every=0))
     history = result["history"]
     assert result["generation"] == 1 and len(history["fitness_best"]) == 1
     # 8 real steps: −0.1 per frame plus any tiles reached; every candidate drove the same track.
@@ -361,7 +363,7 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
 
     checked = []
 
-    def fake_real_check(params, args, episodes):
+    def fake_real_check(params, config, episodes):
         checked.append(np.array(params))
         norm = float(np.linalg.norm(params))
         return [EpisodeResult(seed=0, actions=np.zeros((1, 3), np.float32),
@@ -370,7 +372,7 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
 
     monkeypatch.setattr(cmaes, "real_check", fake_real_check)
     write_tiny_checkpoints(tmp_path / "checkpoints")
-    result = main(run_args(tmp_path, tiny_data_dir, init="zero", generations=2, eval_every=1))
+    result = main(run_args(tmp_path, tiny_data_dir, cmaes__init="zero", cmaes__generations=2, checks__every=1))
     assert len(checked) == 1 + 2 * 2 and not checked[0].any()  # generation 0, then best and mean per check
     assert result["history"]["eval_generation"] == [1, 2]
     controller = Controller(**result["model_args"])
@@ -383,18 +385,24 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
         np.testing.assert_allclose(controller.get_flat_params(), result["best_params"], rtol=1e-6, atol=1e-7)
 
 
-def test_paper_preset_sets_the_protocol_and_flags_given_win():
-    from car_racing.common.cli import parse_args, preset_args
+STAGE4 = ["run", "dream", "cmaes", "checks", "loop"]  # the sections stage 4's command line reads
 
-    paper = parse_args(Args, ["--preset", "paper"])
-    assert (paper.mode, paper.population, paper.real_trials, paper.rollout_steps) == ("real", 64, 16, 1000)
-    assert (paper.eval_every, paper.eval_episodes, paper.generations, paper.preset) == (25, 1024, 1800, "paper")
-    given = parse_args(Args, ["--population", "8", "--preset", "paper", "--eval-every", "10"])
-    assert (given.population, given.eval_every, given.real_trials) == (8, 10, 16)
-    assert parse_args(Args, []).population == Args().population == 32  # no preset: the defaults
-    assert preset_args(Args, "paper", population=8, eval_every=10) == given
-    with pytest.raises(SystemExit):
-        parse_args(Args, ["--preset", "nature"])
+
+def test_paper_preset_sets_the_protocol_and_flags_given_win():
+    paper, given = config.parse(STAGE4, ["--preset", "paper"])
+    assert (paper.cmaes.mode, paper.cmaes.population, paper.cmaes.real_trials, paper.cmaes.real_steps) == (
+        "real", 64, 16, 1000)
+    assert (paper.checks.every, paper.checks.episodes, paper.cmaes.generations, paper.preset) == (25, 1024, 1800, "paper")
+    assert given == set()  # a preset's values are not flags given
+    # flags given win over the preset, before or after it
+    flagged, given = config.parse(STAGE4, ["--cmaes.population", "8", "--preset", "paper", "--checks.every", "10"])
+    assert (flagged.cmaes.population, flagged.checks.every, flagged.cmaes.real_trials) == (8, 10, 16)
+    assert given == {"cmaes.population", "checks.every"}
+    assert config.parse(STAGE4, [])[0].cmaes.population == Config().cmaes.population == 32  # no preset: the defaults
+    assert config.preset("paper", cmaes__population=8, checks__every=10) == flagged
+    with pytest.raises(SystemExit) as raised:
+        config.parse(STAGE4, ["--preset", "nature"])
+    assert raised.value.code == 2
 
 
 @pytest.mark.parametrize("how", ["quantile", "mean-minus-std"])
@@ -406,8 +414,8 @@ def test_pessimistic_dream_fitness_is_at_most_the_mean_on_the_same_dreams(tmp_pa
     rng = np.random.default_rng(0)
     fitness = {}
     for name in ("mean", how):
-        args = run_args(tmp_path, tiny_data_dir, dream_trials=8, rollout_steps=8, dream_dropout=0.1,
-                        dream_fitness=name, dream_fitness_q=0.25, dream_fitness_k=1.0)
+        args = run_args(tmp_path, tiny_data_dir, dream__trials=8, dream__steps=8, dream__dropout=0.1,
+                        dream__fitness=name, dream__fitness_q=0.25, dream__fitness_k=1.0)
         source = cmaes.DreamFitness(load_setup(args))
         candidates = [np.random.default_rng(k).normal(0, 0.5, source.setup.num_params) for k in range(6)]
         fitness[name] = source(candidates, np.zeros(source.setup.num_params), generation=3)
@@ -425,15 +433,22 @@ def test_pessimistic_dream_fitness_is_at_most_the_mean_on_the_same_dreams(tmp_pa
     np.testing.assert_allclose(cmaes.aggregate_dream_fitness(trials, "mean-minus-std", k=0.0),
                                cmaes.aggregate_dream_fitness(trials, "mean"))
     # the setting is in C's training record; bad values are one-line usage errors
-    result = main(run_args(tmp_path, tiny_data_dir, generations=1, eval_every=0, dream_fitness=how,
-                           dream_fitness_q=0.25, dream_fitness_k=2.0))
+    result = main(run_args(tmp_path, tiny_data_dir, cmaes__generations=1, checks__every=0, dream__fitness=how,
+                           dream__fitness_q=0.25, dream__fitness_k=2.0))
     assert result["training"]["dream"]["fitness"] == {"aggregate": how, "q": 0.25, "k": 2.0}
     assert len(result["history"]["fitness_best_trial_mean"]) == 1
     assert result["history"]["fitness_best"][0] <= result["history"]["fitness_best_trial_mean"][0] + 1e-9
-    for bad, match in ((dict(dream_fitness_q=1.5), "--dream-fitness-q"), (dict(dream_fitness_k=-1.0), "--dream-fitness-k"),
-                       (dict(dream_fitness="median"), "--dream-fitness")):
-        with pytest.raises(UsageError, match=match):
-            main(run_args(tmp_path, tiny_data_dir, **bad))
+    # bad values are refused while the config is built, in one line naming the key
+    for bad, match in ((dict(dream__fitness_q=1.5), r"^dream\.fitness_q = 1\.5: expected a quantile in \[0, 1\]$"),
+                       (dict(dream__fitness_k=-1.0), r"^dream\.fitness_k = -1\.0: expected 0 or more$"),
+                       (dict(dream__fitness="median"), r"^dream\.fitness = 'median': expected one of mean, quantile, "
+                                                       r"mean-minus-std$")):
+        with pytest.raises(ConfigError, match=match):
+            run_args(tmp_path, tiny_data_dir, **bad)
     assert result["training"]["dream"]["value_bootstrap"] is False
-    with pytest.raises(UsageError, match="--dream-value.*no value head"):
-        main(run_args(tmp_path, tiny_data_dir, dream_value=True))
+    # the value bootstrap needs M's value head: the config refuses it with the seed's M settings (no value head)...
+    with pytest.raises(ConfigError, match=r"^dream\.value = true needs M's value head"):
+        run_args(tmp_path, tiny_data_dir, dream__value=True)
+    # ...and stage 4 refuses an M file without one, whatever the config says M was trained with
+    with pytest.raises(UsageError, match="--dream.value: .*no value head"):
+        main(run_args(tmp_path, tiny_data_dir, dream__value=True, memory__value_discount=0.98))
