@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing.common.cli import UsageError, preset_args
+from car_racing.common import config
+from car_racing.common.cli import UsageError
 from car_racing.common.runtime import load_checkpoint
 from car_racing.episodes.rollout import run_episode
 from car_racing.models.ffn import num_controller_params
-from car_racing.train_controller_cmaes import Args, main
+from car_racing.train_controller_cmaes import main
 from car_racing.training.imitation import make_dagger_driver, run_dagger
 from car_racing.world.autopilot import AutopilotDriver
 from car_racing.world.envs import make_env
@@ -56,9 +57,9 @@ def test_run_dagger_aggregates_every_round(tmp_path):
 
 def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path, controller=False)
-    args = preset_args(Args, "seed", init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
-                eval_max_steps=12, workers=1, checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
-                progress=False)
+    args = config.preset("seed", cmaes__init="dagger", cmaes__dagger_rounds=1, cmaes__dagger_episodes=1,
+                         cmaes__generations=0, checks__episodes=1, checks__max_steps=12, run__workers=1,
+                         run__checkpoint_dir=str(tmp_path), run__data_dir=str(tiny_data_dir), run__progress=False)
     final = main(args)
     assert final["generation"] == 0 and final["bc"]["method"] == "dagger"
     assert [r["samples"] for r in final["bc"]["rounds"]] == [12, 24]
@@ -66,8 +67,8 @@ def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
     saved = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")
     assert saved["best_params"] is not None and "initial mean (dagger)" in saved["model_source"]
     # the warm start is saved before any generation: a resumed run evolves on from it
-    args.generations, args.resume, args.rollout_steps, args.dream_trials, args.start_states = 1, True, 3, 2, 16
-    resumed = main(args)
+    resumed = main(config.replace(args, cmaes__generations=1, run__resume=True, dream__steps=3, dream__trials=2,
+                                  dream__start_states=16))
     assert resumed["generation"] == 1 and resumed["bc"]["method"] == "dagger"
     np.testing.assert_allclose(resumed["best_params"], saved["best_params"])  # no check since: still the best
 
@@ -75,8 +76,9 @@ def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
 def test_init_from_a_controller_checkpoint(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path)  # with a controller: CMA starts from its C
     start = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")
-    args = preset_args(Args, "seed", init="checkpoint", generations=0, eval_episodes=1, eval_max_steps=8, workers=1,
-                checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), progress=False)
+    args = config.preset("seed", cmaes__init="checkpoint", cmaes__generations=0, checks__episodes=1, checks__max_steps=8,
+                         run__workers=1, run__checkpoint_dir=str(tmp_path), run__data_dir=str(tiny_data_dir),
+                         run__progress=False)
     final = main(args)
     expected = torch.cat([start["model_state"]["fc.weight"].reshape(-1), start["model_state"]["fc.bias"]])
     np.testing.assert_allclose(final["best_params"], expected.double().numpy(), rtol=1e-6)
@@ -96,16 +98,15 @@ def test_dagger_continues_from_its_saved_state_exactly(tmp_path):
 
 def test_train_controller_resume_extends_a_dagger_run(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path, controller=False)
-    args = preset_args(Args, "seed", init="dagger", dagger_rounds=1, dagger_episodes=1, generations=0, eval_episodes=1,
-                eval_max_steps=10, workers=1, checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir),
-                progress=False)
+    args = config.preset("seed", cmaes__init="dagger", cmaes__dagger_rounds=1, cmaes__dagger_episodes=1,
+                         cmaes__generations=0, checks__episodes=1, checks__max_steps=10, run__workers=1,
+                         run__checkpoint_dir=str(tmp_path), run__data_dir=str(tiny_data_dir), run__progress=False)
     main(args)
     assert (tmp_path / "control_model_dagger.pth").is_file()
-    args.resume, args.dagger_rounds = True, 2
+    args = config.replace(args, run__resume=True, cmaes__dagger_rounds=2)
     final = main(args)
     assert [r["round"] for r in final["bc"]["rounds"]] == [0, 1, 2]
     assert [r["samples"] for r in final["bc"]["rounds"]] == [10, 20, 30]
-    args.bc_ridge = 5.0  # a different fit cannot continue the saved aggregate
-    args.dagger_rounds = 3
-    with pytest.raises(UsageError, match="--bc-ridge 5.0"):
+    args = config.replace(args, cmaes__bc_ridge=5.0, cmaes__dagger_rounds=3)  # a different fit cannot continue it
+    with pytest.raises(UsageError, match="--cmaes.bc-ridge 5.0: the saved DAgger run used 10.0"):
         main(args)
