@@ -4,11 +4,11 @@ The fidelity panel (``car_racing/evaluate_world_model.py``) ranks very different
 random, trained), and its ρ is carried by the easy pairs. What a warm-started CMA-ES run needs is narrower:
 among small perturbations of the current C — the candidates it samples, at its σ — does the dream's ranking
 agree with the real env's? This script draws ``--neighbours`` perturbations of the checkpoint's C (Gaussian,
-σ absolute, as CMA's ``--sigma0``), drives each (and C itself) on ``--episodes`` real tracks, and scores them
+σ absolute, as CMA's ``--cmaes.sigma0``), drives each (and C itself) on ``--episodes`` real tracks, and scores them
 in the dream under each ``--dreams`` setting (``START:STEPS``), exactly as stage 4's fitness does
 (``--dream-generations`` draws of dreams, dropout 0.1, the 0.25-quantile and the mean of the dreams):
 
-- ``episode-start:1000`` — stage 4's default: whole episodes from the start line, 8 dreams per draw;
+- ``episode-start:1000`` — whole episodes from the start line (stage 4's dreams before the repair loop), 8 per draw;
 - ``recorded:N`` — N-step dreams from recorded states anywhere in the data;
 - ``agent:N`` — N-step dreams branched from the states of C's own recorded episodes (driver ``agent``: the
   loop's record stage), the on-policy short rollouts of MBPO.
@@ -19,7 +19,7 @@ what the dream's favourite neighbour is really worth beside C; the split-half ρ
 (even vs odd tracks) says how well any dream could rank these controllers on this many tracks.
 ``--gas-shifts`` adds copies of C whose gas bias (the logit before the sigmoid) is moved by each shift: do the dream
 and the real env agree on what driving faster or slower is worth? ``--dream-value`` ends every dream on M's value
-of its last state, as stage 4's ``--dream-value``.
+of its last state, as stage 4's ``--dream.value``.
 ``--save`` keeps the real returns (and the scores) in a JSON file that ``--real-from`` reads back, so more
 dream settings can be scored on the same controllers without driving them again.
 
@@ -43,8 +43,8 @@ import numpy as np
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import atomic_path, checkpoint_paths, load_model
 from car_racing.episodes.rollout import default_workers
-from car_racing.evaluate_world_model import spearman
-from car_racing.train_controller_cmaes import Args as ControllerArgs
+from car_racing.training.fidelity import spearman
+from car_racing.common import config
 from car_racing.training.cmaes_run import load_setup
 from car_racing.training.dream import dream_start_settings, parse_dream_setting
 from car_racing.training.fitness import DreamFitness, RealFitness, aggregate_dream_fitness
@@ -67,7 +67,7 @@ class Args:
     gas_shifts: tuple[float, ...] = ()
     """copies of C with the gas bias (logit) moved by each of these, after the random neighbours (e.g. -1 1 2)"""
     dream_value: bool = False
-    """dreams end on M's value of their last state (stage 4's --dream-value; M trained with --value-discount)"""
+    """dreams end on M's value of their last state (stage 4's --dream.value; M trained with --memory.value-discount)"""
     dream_generations: int = 4
     """independent draws of dreams (stage 4's fitness of one generation each), averaged"""
     dream_step_budget: int = 8000
@@ -96,10 +96,10 @@ def dream_scores(setup, candidates: list[np.ndarray], start: str, steps: int, ar
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each candidate's dream q25 (averaged over the draws), the mean of all its dreams, and its mean per draw
     (draws, candidates), under one setting."""
-    for name, value in dream_start_settings(start).items():
-        setattr(setup.args, name, value)
-    setup.args.rollout_steps = steps
-    setup.args.dream_trials = max(8, args.dream_step_budget // steps)
+    settings = dream_start_settings(start)  # dream_start, dream_start_drivers
+    setup.config = config.replace(setup.config, dream__start=settings["dream_start"],
+                                  dream__start_drivers=tuple(settings["dream_start_drivers"]), dream__steps=steps,
+                                  dream__trials=max(8, args.dream_step_budget // steps))
     setup.pool = None
     dream = DreamFitness(setup)
     # each draw's dreams as stage 4 scores one generation (its last row is CMA's mean: dropped)
@@ -152,8 +152,9 @@ def main(args: Args) -> dict:
         candidates.append(centre.copy())
         candidates[-1][gas_bias] += shift
         names.append(f"C, gas {shift:+g}")
-    setup = load_setup(ControllerArgs(checkpoint_dir=args.checkpoint_dir, data_dir=args.data_dir, device="cpu",
-                                      seed=args.seed, progress=False, dream_value=args.dream_value))  # stage 4's dreams
+    setup = load_setup(config.preset("default", run__checkpoint_dir=args.checkpoint_dir, run__data_dir=args.data_dir,
+                                     run__device="cpu", run__seed=args.seed, run__progress=False,
+                                     dream__value=args.dream_value))  # stage 4's dreams
     scores = {text: dream_scores(setup, candidates, start, steps, args)
               for text, (start, steps) in zip(args.dreams, settings)}
     seeds = [args.seed_base + j for j in range(args.episodes)]
