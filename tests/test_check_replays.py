@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from conftest import stage4_config
 from test_controller_training import write_tiny_checkpoints
-from test_dream_loop import controller_args, loop_args
+from test_dream_loop import TINY
+from test_repair_loop import loop_config
 
-from car_racing import dream_loop
 from car_racing.recording.recorded_data import load_recorded
 from car_racing.train_controller_cmaes import main as train_controller
 from car_racing.training import check_replays
@@ -22,8 +25,8 @@ class Interrupted(Exception):
 def test_checks_keep_each_tracks_actions_and_their_replays_recreate_the_episodes_once(tmp_path, tiny_data_dir,
                                                                                       monkeypatch):
     write_tiny_checkpoints(tmp_path)
-    final = train_controller(controller_args(tmp_path, tiny_data_dir, generations=2, eval_episodes=2,
-                                             eval_max_steps=12, sigma0=0.5))
+    final = train_controller(stage4_config(tiny_data_dir, tmp_path, **{**TINY, "cmaes__generations": 2,
+                                           "checks__episodes": 2, "checks__max_steps": 12, "cmaes__sigma0": 0.5}))
     checked = final["checked"]
     assert [c["generation"] for c in checked] == [0, 1, 1, 2, 2]  # the start, then best candidate and CMA mean
     for check in checked:
@@ -71,15 +74,18 @@ def test_checks_keep_each_tracks_actions_and_their_replays_recreate_the_episodes
 
 
 def test_loop_records_each_iterations_worst_checks_from_both_runs(tmp_path, tiny_data_dir, capsys):
-    paths = write_tiny_checkpoints(tmp_path / "tiny")
-    args = loop_args(tmp_path, tiny_data_dir, paths, controller_start="both", fidelity_panel=0, agent_episodes=1,
-                     eval_every=1, check_episodes=3, repair_episodes=2, iterations=3)
-    final = dream_loop.main(args)
+    write_tiny_checkpoints(tmp_path / "checkpoints")
+    config = loop_config(tmp_path, tiny_data_dir, loop__controller_start="both", loop__fidelity_panel=0,
+                         loop__agent_episodes=1, checks__every=1, loop__check_episodes=3, loop__repair_episodes=2,
+                         loop__iterations=3)
+    train_controller(config)
+    data_dir = tmp_path / "data" / "dream_loop"
+    final = json.loads((tmp_path / "checkpoints" / "dream_loop" / "dream_loop_state.json").read_text())
     # the check tracks are in the data now (and repairs may start from them), by design: no overlap warning
     assert "also recording seeds" not in capsys.readouterr().err
     stages = final["stages"]
     assert "2:checks" not in stages  # the last iteration has no next M to record for
-    episodes = load_recorded(args.data_dir, mmap=True).episodes
+    episodes = load_recorded(data_dir, mmap=True).episodes
     for iteration in (0, 1):
         recorded = [e for e in episodes if e["driver"] == "check" and e["noise"]["check_iteration"] == iteration]
         assert stages[f"{iteration}:checks"]["episodes"] == len(recorded) == 3
@@ -89,4 +95,4 @@ def test_loop_records_each_iterations_worst_checks_from_both_runs(tmp_path, tiny
     runs = {e["noise"]["run"] for e in episodes if e["driver"] == "check" and e["noise"]["check_iteration"] == 1}
     assert runs <= {"warm", "zero"} and stages["1:checks"]["checks_available"] == 2 * 5
     memory = stages["2:memory"]
-    assert memory["frames"] == len(load_recorded(args.data_dir, mmap=True))  # M of iteration 2 trained on them
+    assert memory["frames"] == len(load_recorded(data_dir, mmap=True))  # M of iteration 2 trained on them
