@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from bench.common import timed
+from car_racing.common import config
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import build_model, load_checkpoint, resolve_device, save_resume_state
 from car_racing.episodes.agent import checkpoint_paths
@@ -51,7 +52,6 @@ from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.recording.latent_cache import load_or_build_latents
 from car_racing.recording.recorded_data import load_memory_sequences
-from car_racing.train_controller_cmaes import Args as TrainArgs
 from car_racing.training.cmaes_run import make_es
 from car_racing.training.dream import (
     FusedDreamWeights,
@@ -67,9 +67,9 @@ from car_racing.training.fitness import generation_generator
 class Args:
     """Dream steps/s of the batched rollout vs per-candidate loops, and CMA-ES generations/minute."""
     population: int = 32
-    """CMA-ES population (the training default)"""
+    """CMA-ES population (the training default, and the seed preset's)"""
     dream_trials: int = 16
-    """dreams per candidate (the training default)"""
+    """dreams per candidate (the seed preset's --dream.trials)"""
     hidden_size: int = 512
     """M's LSTM width"""
     latent_size: int = 32
@@ -77,11 +77,11 @@ class Args:
     steps: int = 10
     """dream steps timed per path (the per-rollout loop is slow: keep this small)"""
     rollout_steps: int = 50
-    """dream length of the timed generations (the training default)"""
+    """dream length of the timed generations (the seed preset's --dream.steps)"""
     generations: int = 3
     """full generations timed for generations/minute"""
     dream_dtype: Literal["float32", "bfloat16"] = "float32"
-    """precision of the dreams of the timed generations (--dream-dtype in training)"""
+    """precision of the dreams of the timed generations (--dream.dtype in training)"""
     fitness_seeds: int = 4
     """noise seeds of the bfloat16-vs-float32 fitness comparison (dreams of --rollout-steps steps)"""
     trained: bool = False
@@ -91,7 +91,7 @@ class Args:
     data_dir: str = "data"
     """--trained: recorded data for the dream start states"""
     cma_diagonal: bool = False
-    """time the generations with separable CMA-ES (--cma-diagonal in training)"""
+    """time the generations with separable CMA-ES (--cmaes.diagonal in training)"""
     threads: int = 0
     """torch CPU threads (0 = torch's default)"""
     device: str = "auto"
@@ -194,8 +194,9 @@ def measure(args: Args) -> dict:
           + (f", f32~f32 of another seed {rank_correlation(f32[0], f32[1]):.3f}" if args.fitness_seeds > 1 else ""))
 
     # Full generations with the default settings (what train_controller_cmaes.py does per generation).
-    train_args = TrainArgs(population=args.population, cma_diagonal=args.cma_diagonal, seed=args.seed)
-    es = make_es(np.zeros(num_params), train_args)
+    train_config = config.preset("default", cmaes__population=args.population, cmaes__diagonal=args.cma_diagonal,
+                                 run__seed=args.seed)
+    es = make_es(np.zeros(num_params), train_config)
     times = {"ask/tell": 0.0, "dream": 0.0, "checkpoint": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
