@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from car_racing.common import config
 from car_racing.models.ffn import num_controller_params
 from car_racing.models.mdn_rnn import MDNRNN
 from car_racing.training import repair
@@ -26,8 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = (8, 16, 2)  # latent, hidden, mixtures
 REAL = (32, 512, 5)
 # the training defaults (train_controller_cmaes.py at 26bae56): the dream every CMA-ES generation scores
-DEFAULTS = dict(seed=11, dream_trials=40, rollout_steps=200, temperature=1.0, dream_dtype="float32", dream_dropout=0.1,
-                dream_value=True, dream_fitness="mean", dream_fitness_q=0.25, dream_fitness_k=1.0)
+DEFAULTS = dict(run__seed=11, dream__trials=40, dream__steps=200, dream__temperature=1.0, dream__dtype="float32",
+                dream__dropout=0.1, dream__value=True, dream__fitness="mean", dream__fitness_q=0.25,
+                dream__fitness_k=1.0, cmaes__mode="dream")
 VALUE_DISCOUNT, MEMORY_REWARD_SCALE, GENERATION = 0.98, 2.0, 3
 
 
@@ -54,8 +56,9 @@ def pinned_setup(sizes: tuple[int, int, int], population: int, done_gain: float,
     params = num_controller_params(latent, hidden)
     candidates = [np.random.default_rng([0, k]).normal(0, 0.1, params) for k in range(population)]
     mean = np.random.default_rng([0, 99]).normal(0, 0.05, params)
-    setup = SimpleNamespace(args=SimpleNamespace(**DEFAULTS), pool=pool, mdnrnn=memory, sizes=(latent, hidden, 3),
-                            reward_scale=MEMORY_REWARD_SCALE, value_discount=VALUE_DISCOUNT, device=torch.device("cpu"))
+    setup = SimpleNamespace(config=config.preset("default", **DEFAULTS), pool=pool, mdnrnn=memory,
+                            sizes=(latent, hidden, 3), reward_scale=MEMORY_REWARD_SCALE, value_discount=VALUE_DISCOUNT,
+                            device=torch.device("cpu"))
     return setup, candidates, mean
 
 
