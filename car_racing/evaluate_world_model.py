@@ -64,7 +64,7 @@ class Args:
     json_out: Optional[str] = None
     """also write every figure to this JSON file"""
     rollout_steps: Optional[int] = None
-    """dream length (default: the controller checkpoint's training setting, else the training default)"""
+    """dream length (default: the controller checkpoint's training setting, else the config's dream.steps)"""
     dream_trials: Optional[int] = None
     """dreams per controller (default: as in training, at least 32)"""
     temperature: Optional[float] = None
@@ -74,7 +74,7 @@ class Args:
     start_states: Optional[int] = None
     """size of the start-state pool (default: as in training)"""
     dream_start: Optional[Literal["recorded", "episode-start"]] = None
-    """recorded or episode-start (default: as in training; see train_controller_cmaes.py --dream-start)"""
+    """recorded or episode-start (default: as in training; the config's dream.start)"""
     dream_value: Optional[bool] = None
     """end the dreams still alive on M's value of their last state (default: as in training, when M has a value head)"""
     horizon: int = 20

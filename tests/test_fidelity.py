@@ -68,6 +68,12 @@ def test_measure_fidelity_gives_what_the_script_gives(tmp_path, tiny_data_dir, c
                                    "start_states": 32, "dream_start": "recorded", "dream_value": False}  # no value head
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
         f"dream-real rank correlation: {library['rank_correlation']:.2f} over 4 controllers")
+    # the rest of a Dream is honoured too, and named in the settings when not the default
+    other = measure_fidelity(tmp_path, tiny_data_dir, Dream(steps=6, trials=3, start_states=32, fitness="quantile",
+                                                            fitness_q=0.0, start_drivers=("synthetic",)),
+                             out=tmp_path / "c.png", **tool)
+    assert other["settings"]["dream_fitness"] == "quantile" and other["settings"]["dream_start_drivers"] == ["synthetic"]
+    assert [r["real_return"] for r in other["rows"]] == [r["real_return"] for r in script["rows"]]
     with pytest.raises(UsageError, match="dream.value: .* has no value head"):
         measure_fidelity(tmp_path, tiny_data_dir, Dream(steps=6, trials=3, start_states=32), out=tmp_path / "c.png",
                          require_value=True, **tool)
