@@ -24,7 +24,7 @@ import torch
 
 from car_racing.common.cli import UsageError
 from car_racing.common.runtime import STAGE_SCRIPTS, checkpoint_paths, load_model, resolve_device
-from car_racing.episodes.rollout import Backend, EpisodeResult, run_episodes
+from car_racing.episodes.rollout import Backend, EpisodeResult, EpisodeWorkers, run_episodes
 from car_racing.models.ffn import Controller
 from car_racing.world.drivers import ACTION_HIGH, ACTION_LOW
 from car_racing.world.envs import preprocess_frame
@@ -248,3 +248,41 @@ def make_exploring_agent(checkpoint_dir: str | os.PathLike, noise: float) -> Exp
     """An :class:`ExploringAgent` from the checkpoints in ``checkpoint_dir`` (picklable via ``functools.partial``)."""
     torch.set_num_threads(1)
     return ExploringAgent(make_agent_driver(checkpoint_dir, None, "cpu"), noise)
+
+
+class RealFitness:
+    """Mean real-env return of each candidate over the given seeds, in workers kept for the whole run
+    (:class:`car_racing.episodes.rollout.EpisodeWorkers`: processes or Ray actors, each loading V and M once and
+    swapping in each candidate's parameters; a generation's candidates reach them once, not per episode).
+    The run's real-env checks use the same workers (:meth:`episodes`): a second set would compete for the
+    same cores (and on a Ray cluster wait for CPUs the first set holds)."""
+
+    def __init__(self, checkpoint_dir: str, num_params: int, workers: int, backend: Backend | None = None):
+        make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), np.zeros(num_params), "cpu")
+        self.workers = EpisodeWorkers(make_driver, workers, backend=backend)
+
+    def returns(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
+                smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+        """Every candidate's return on every seed, (P, S), in a fixed order whichever episode finishes first."""
+        returns = np.zeros((len(candidates), len(seeds)))
+        for k, result in self.workers.run(seeds, max_steps, candidates=np.stack([np.asarray(c) for c in candidates]),
+                                          smoothing=smoothing, stall_steps=stall_steps):
+            returns[divmod(k, len(seeds))] = result.total_reward
+        return returns
+
+    def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
+                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
+        """Each candidate's mean return over ``seeds`` (the same on every backend and worker count)."""
+        return self.returns(candidates, seeds, max_steps, smoothing, stall_steps).mean(axis=1)
+
+    def episodes(self, params: np.ndarray, seeds: Sequence[int], max_steps: int, smoothing: float = 0.0
+                 ) -> list[EpisodeResult]:
+        """C(params)'s episode on each of ``seeds``, in seed order (a check keeps each track's return and the
+        actions the env received: replayed from the seed, they re-create the episode as data for M)."""
+        results: list[EpisodeResult] = [None] * len(seeds)  # type: ignore[list-item]
+        for k, result in self.workers.run(seeds, max_steps, candidates=np.asarray(params)[None], smoothing=smoothing):
+            results[k] = result
+        return results
+
+    def close(self) -> None:
+        self.workers.close()

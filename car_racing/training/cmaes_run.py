@@ -1,7 +1,7 @@
-"""One CMA-ES run of the controller C: the models it trains against (:class:`Setup`), its state saved
-every generation (:class:`Run`: ask, score, tell, real-check, save) and the record of how C was made
-(:func:`training_record`). ``train_controller_cmaes.py`` composes a warm start
-(:mod:`car_racing.training.warm_starts`) and a fitness source (:mod:`car_racing.training.fitness`) with it.
+"""One CMA-ES run of the controller C: its state saved every generation (:class:`Run`: ask, score, tell,
+real-check, save), the record of how C was made (:func:`training_record`), and :func:`one_pass`, which composes
+the models it trains against (:mod:`car_racing.training.setup`), a warm start
+(:mod:`car_racing.training.warm_starts`) and a fitness source (:mod:`car_racing.training.fitness`) into one run.
 
 **Real-env checks.** Every ``--checks.every`` generations the generation's best candidate and CMA's mean
 each drive ``--checks.episodes`` real episodes on the fixed seeds ``eval-seed-base, eval-seed-base + 1, …``
@@ -19,12 +19,10 @@ continues the same run from the resume file. Only ``--resume`` reads that file, 
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,41 +31,26 @@ import torch
 from tqdm.auto import tqdm
 
 from car_racing.common.cli import UsageError
-from car_racing.common.config import Config, as_dict, get, rollout_steps, workers_of
+from car_racing.common.config import Config, as_dict, get, rollout_steps
 from car_racing.common.metrics import MetricsLog
 from car_racing.common.runtime import (
-    build_model,
-    checkpoint_paths,
     load_checkpoint,
     load_resume_state,
     plot_curves,
-    resolve_device,
     save_checkpoint,
     save_resume_state,
 )
 from car_racing.common.plain_data import resume_path
-from car_racing.episodes.backends import backend_of
 from car_racing.episodes.rollout import EpisodeResult
-from car_racing.models.ffn import Controller, num_controller_params
-from car_racing.models.mdn_rnn import MDNRNN
-from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
-from car_racing.recording.recorded_data import has_recorded_data, load_memory_sequences, load_recorded
+from car_racing.models.ffn import Controller
+from car_racing.recording.recorded_data import has_recorded_data, load_recorded
 from car_racing.training.check_replays import CHECK_DRIVER
-from car_racing.training.dream import RecordedStates, start_pool, windows_of_drivers
 from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, RealFitness, trial_mean
-from car_racing.training.imitation import LinearFit, bc_targets
+from car_racing.training.setup import Setup, load_setup  # noqa: F401 (load_setup: re-exported for the run's callers)
 from car_racing.training.repair import REPAIR_DRIVER
 
 PLOT_FILE = "control_model_cmaes.png"
 PLOT_EVERY = 10  # the PNG is also rewritten at every real-env check and at the end
-
-
-def bc_visitor(fit: LinearFit, eps: float):
-    """A :func:`collect_start_states` ``visit`` callback adding every recorded (z_t, h_t) → a_t to ``fit``."""
-    def visit(batch: RecordedStates) -> None:
-        x = torch.cat([batch.z, batch.h], dim=-1).reshape(-1, batch.z.shape[-1] + batch.h.shape[-1])
-        fit.add(x, bc_targets(batch.actions.reshape(-1, batch.actions.shape[-1]).cpu(), eps))
-    return visit
 
 
 def rng_states() -> dict[str, Any]:
@@ -109,99 +92,6 @@ def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
         curves[name] = history[key]
         x[name] = history["eval_generation"]
     plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
-
-
-# --- setup: the models this run trains against -------------------------------------------------------
-
-@dataclass
-class Setup:
-    """What every part of a run shares: V/M files, M itself, sizes, and (lazily) the dream start pool."""
-
-    config: Config
-    device: torch.device
-    checkpoint_dir: Path
-    paths: dict[str, Path]
-    mdnrnn: MDNRNN
-    reward_scale: float
-    models_used: dict
-    sizes: tuple[int, int, int]
-    value_discount: float = 0.0  # γ of M's value head (0: none), from M's checkpoint
-    pool: Any = None  # StartStates on ``device`` once loaded (dream fitness, --cmaes.init bc)
-    real: RealFitness | None = None  # the run's real-env workers, started at first use (close_real ends them)
-
-    def real_episodes(self) -> RealFitness:
-        """The workers of every real episode of the run after the warm start (--cmaes.mode real fitness, checks)."""
-        if self.real is None:
-            self.real = RealFitness(str(self.checkpoint_dir), self.num_params, workers_of(self.config.run),
-                                    backend_of(self.config.run))
-        return self.real
-
-    def close_real(self) -> None:
-        if self.real is not None:
-            self.real.close()
-            self.real = None
-
-    def load_start_pool(self, fit: LinearFit | None = None) -> None:
-        """Fill ``setup.pool`` with ``--dream.start-states`` recorded (z, h) states (M run over the recorded windows);
-        with ``fit``, every recorded (z, h) → action pair is added to it in the same pass (--cmaes.init bc)."""
-        setup, config, mdnrnn = self, self.config, self.mdnrnn
-        mu, _ = load_or_build_latents(config.run.data_dir, setup.paths["vision"], setup.device, config.dream.batch_size,
-                                      progress=config.run.progress)
-        if mu.shape[1] != mdnrnn.latent_size:
-            raise UsageError(f"{setup.paths['memory']}: M expects latent size {mdnrnn.latent_size} but V encodes "
-                             f"{mu.shape[1]}; rerun car_racing/train_memory.py")
-        sequences = load_memory_sequences(config.run.data_dir)
-        if len(sequences.indices) == 0:
-            raise UsageError(f"--data-dir {config.run.data_dir}: no memory sequences; record more data")
-        started = time.time()
-        episodes = load_recorded(config.run.data_dir, mmap=True).episodes
-        drivers = tuple(config.dream.start_drivers)
-        eligible = windows_of_drivers(sequences.indices, episodes, drivers) if drivers else None
-        if eligible is not None and not eligible.any() and config.dream.start == "recorded":
-            raise UsageError(f"--dream.start-drivers {' '.join(drivers)}: no recorded episode of these drivers in "
-                             f"--data-dir {config.run.data_dir}")
-        pool = start_pool(config.dream.start, mdnrnn, mu, sequences.indices, sequences.actions,
-                          [int(e["start"]) for e in episodes], config.dream.start_states,
-                          np.random.default_rng([config.run.seed, 1]), device=setup.device, batch_size=config.dream.batch_size,
-                          visit=bc_visitor(fit, config.cmaes.bc_eps) if fit else None, eligible=eligible)
-        where = f" of {', '.join(drivers)} episodes" if drivers and config.dream.start == "recorded" else ""
-        print(f"{len(pool)} dream start states ({config.dream.start}{where}) from {sequences.indices.size} recorded "
-              f"steps ({time.time() - started:.1f}s)")
-        setup.pool = pool.to(setup.device)
-
-    @property
-    def model_args(self) -> dict:
-        return dict(zip(("latent_size", "hidden_size", "action_size"), self.sizes))
-
-    @property
-    def num_params(self) -> int:
-        return num_controller_params(*self.sizes)
-
-    @property
-    def out_path(self) -> Path:
-        return self.paths["controller"]
-
-
-def load_setup(config: Config) -> Setup:
-    """Load M (and check V beside it) from ``--checkpoint-dir``; one-line errors for missing or unfit files."""
-    device = resolve_device(config.run.device)
-    checkpoint_dir = Path(config.run.checkpoint_dir)
-    paths = checkpoint_paths(checkpoint_dir)
-    memory_checkpoint = load_checkpoint(paths["memory"], "memory")
-    mdnrnn = build_model(MDNRNN, memory_checkpoint, paths["memory"]).float().to(device).eval()
-    reward_scale = float(memory_checkpoint.get("reward", {}).get("scale", 1.0))  # M predicts reward × scale
-    value_discount = float((memory_checkpoint.get("value") or {}).get("discount", 0.0))
-    if config.cmaes.mode == "dream" and config.dream.value and (mdnrnn.value_head is None or not value_discount > 0):
-        raise UsageError(f"--dream.value: {paths['memory']} has no value head; train M with "
-                         f"car_racing/train_memory.py (its default --memory.value-discount 0.98), or pass --no-dream.value")
-    load_checkpoint(paths["vision"], "vision")  # one-line error if V is missing (dream latents, real episodes)
-    models_used = {kind: {"path": str(paths[kind]), "sha256": file_sha256(paths[kind])} for kind in ("vision", "memory")}
-    trained_on = memory_checkpoint.get("vision", {}).get("sha256")
-    if trained_on is not None and trained_on != models_used["vision"]["sha256"]:
-        raise UsageError(f"{paths['memory']}: M was trained on a different V than {paths['vision']}; "
-                         f"rerun car_racing/train_memory.py")
-    sizes = (mdnrnn.latent_size, mdnrnn.hidden_size, mdnrnn.action_size)
-    return Setup(config, device, checkpoint_dir, paths, mdnrnn, reward_scale, models_used, sizes, value_discount)
 
 
 def training_record(config: Config, warm_start: dict | None, generation: int) -> dict:
@@ -432,3 +322,56 @@ class Run:
         finally:
             bar.close()
             metrics.close()
+
+
+# --- one run: the warm start (or the saved run), the generations, the final report ----------------------------------
+
+def one_pass(config: Config) -> dict:
+    """One CMA-ES run with the config's warm start and fitness source, in CHECKPOINT_DIR."""
+    import torch
+
+    from car_racing.common.config import resolved_path, write_resolved
+    from car_racing.common.runtime import seed_everything
+
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    seed_everything(config.run.seed)
+    setup = load_setup(config)
+    write_resolved(config, resolved_path(config.run.checkpoint_dir, "controller"))
+    try:
+        return evolve_controller(setup)
+    finally:
+        setup.close_real()
+
+
+def evolve_controller(setup: Setup) -> dict:
+    """The warm start (or the saved run), the generations, the final report; returns the final checkpoint."""
+    from car_racing.training.fitness import FITNESS_SOURCES
+    from car_racing.training.warm_starts import WARM_STARTS, load_dagger_state
+
+    config = setup.config
+    dagger_state = load_dagger_state(setup.checkpoint_dir, config, setup.models_used)
+    continue_dagger = dagger_state is not None and (len(dagger_state["rounds"]) < config.cmaes.dagger_rounds + 1
+                                                    or not setup.out_path.is_file())  # (stopped before generation 0)
+    if config.run.resume and not continue_dagger:
+        run = Run.resume(setup)
+    else:
+        x0, warm_start = WARM_STARTS[config.cmaes.init](setup, dagger_state if continue_dagger else None)
+        warn_check_seed_overlap(config)
+        run = Run.start(setup, x0, warm_start)
+    if run.generation < config.cmaes.generations:
+        fitness_source = FITNESS_SOURCES[config.cmaes.mode](setup)
+        try:
+            run.evolve(fitness_source)
+        finally:
+            fitness_source.close()
+    else:
+        if config.run.resume:
+            print(f"{setup.out_path} is already at generation {run.generation} "
+                  f"(--cmaes.generations {config.cmaes.generations})")
+        plot_history(run.history, setup.checkpoint_dir / PLOT_FILE, config.cmaes.mode)
+    final = load_checkpoint(setup.out_path, "controller")
+    score = "none yet" if final["best_real_score"] is None else f"{final['best_real_score']:.1f}"
+    print(f"generation {final['generation']}: checkpoint {setup.out_path} holds {final['model_source']}; "
+          f"best real score {score}")
+    return final

@@ -2,7 +2,7 @@
 
 The default config runs the repair loop (:func:`car_racing.training.loop.run`); ``loop.iterations = 1``, real-env
 fitness (``cmaes.mode = real``) and the imitation warm starts (``cmaes.init`` bc or dagger) run one CMA-ES pass
-(:func:`evolve_controller`): a warm start (:mod:`car_racing.training.warm_starts`), a fitness source
+(:func:`car_racing.training.cmaes_run.one_pass`): a warm start (:mod:`car_racing.training.warm_starts`), a fitness source
 (:mod:`car_racing.training.fitness`) and the run itself (:mod:`car_racing.training.cmaes_run`).
 """
 
@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Mapping
 
 from car_racing.common.cli import UsageError
-from car_racing.common.config import Config, resolved_path, validate, write_resolved
+from car_racing.common.config import Config, validate
 
-STAGE = "controller"  # the resolved config: CHECKPOINT_DIR/controller.config.toml
 
 
 def uses_repair_loop(config: Config) -> bool:
@@ -83,57 +82,6 @@ def train_controller(config: Config) -> dict:
         from car_racing.training.loop import run
 
         return run(config)
+    from car_racing.training.cmaes_run import one_pass
+
     return one_pass(config)
-
-
-def one_pass(config: Config) -> dict:
-    """One CMA-ES run with the config's warm start and fitness source, in CHECKPOINT_DIR."""
-    import torch
-
-    from car_racing.common.runtime import seed_everything
-    from car_racing.training.cmaes_run import load_setup
-
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    seed_everything(config.run.seed)
-    setup = load_setup(config)
-    write_resolved(config, resolved_path(config.run.checkpoint_dir, STAGE))
-    try:
-        return evolve_controller(setup)
-    finally:
-        setup.close_real()
-
-
-def evolve_controller(setup) -> dict:  # setup: car_racing.training.cmaes_run.Setup
-    """The warm start (or the saved run), the generations, the final report; returns the final checkpoint."""
-    from car_racing.common.runtime import load_checkpoint
-    from car_racing.training.cmaes_run import PLOT_FILE, Run, plot_history, warn_check_seed_overlap
-    from car_racing.training.fitness import FITNESS_SOURCES
-    from car_racing.training.warm_starts import WARM_STARTS, load_dagger_state
-
-    config = setup.config
-    dagger_state = load_dagger_state(setup.checkpoint_dir, config, setup.models_used)
-    continue_dagger = dagger_state is not None and (len(dagger_state["rounds"]) < config.cmaes.dagger_rounds + 1
-                                                    or not setup.out_path.is_file())  # (stopped before generation 0)
-    if config.run.resume and not continue_dagger:
-        run = Run.resume(setup)
-    else:
-        x0, warm_start = WARM_STARTS[config.cmaes.init](setup, dagger_state if continue_dagger else None)
-        warn_check_seed_overlap(config)
-        run = Run.start(setup, x0, warm_start)
-    if run.generation < config.cmaes.generations:
-        fitness_source = FITNESS_SOURCES[config.cmaes.mode](setup)
-        try:
-            run.evolve(fitness_source)
-        finally:
-            fitness_source.close()
-    else:
-        if config.run.resume:
-            print(f"{setup.out_path} is already at generation {run.generation} "
-                  f"(--cmaes.generations {config.cmaes.generations})")
-        plot_history(run.history, setup.checkpoint_dir / PLOT_FILE, config.cmaes.mode)
-    final = load_checkpoint(setup.out_path, "controller")
-    score = "none yet" if final["best_real_score"] is None else f"{final['best_real_score']:.1f}"
-    print(f"generation {final['generation']}: checkpoint {setup.out_path} holds {final['model_source']}; "
-          f"best real score {score}")
-    return final

@@ -8,21 +8,19 @@ pool of real-env workers a run keeps for real-mode fitness and for its real-env 
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from car_racing.common.config import rollout_steps
-from car_racing.episodes.agent import make_agent_driver
-from car_racing.episodes.rollout import Backend, EpisodeResult, EpisodeWorkers
+from car_racing.episodes.agent import RealFitness  # noqa: F401 (real-mode fitness and the checks share its workers)
 from car_racing.models.ffn import flat_to_population
 from car_racing.training.dream import dream_rollout
 
 if TYPE_CHECKING:
-    from car_racing.training.cmaes_run import Setup
+    from car_racing.training.setup import Setup
 
 REAL_TRAIN_SEED_OFFSET = 10_000  # real-mode training seeds start this far above --checks.seed-base
 REAL_TRAIN_SEED_RANGE = 1_000_000
@@ -31,44 +29,6 @@ REAL_TRAIN_SEED_RANGE = 1_000_000
 def generation_generator(seed: int, generation: int) -> torch.Generator:
     """The CPU generator of one generation's dreams (start states and noise): same for every candidate."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, generation]).generate_state(1)[0]))
-
-
-class RealFitness:
-    """Mean real-env return of each candidate over the given seeds, in workers kept for the whole run
-    (:class:`car_racing.episodes.rollout.EpisodeWorkers`: processes or Ray actors, each loading V and M once and
-    swapping in each candidate's parameters; a generation's candidates reach them once, not per episode).
-    The run's real-env checks use the same workers (:meth:`episodes`): a second set would compete for the
-    same cores (and on a Ray cluster wait for CPUs the first set holds)."""
-
-    def __init__(self, checkpoint_dir: str, num_params: int, workers: int, backend: Backend | None = None):
-        make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), np.zeros(num_params), "cpu")
-        self.workers = EpisodeWorkers(make_driver, workers, backend=backend)
-
-    def returns(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
-                smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
-        """Every candidate's return on every seed, (P, S), in a fixed order whichever episode finishes first."""
-        returns = np.zeros((len(candidates), len(seeds)))
-        for k, result in self.workers.run(seeds, max_steps, candidates=np.stack([np.asarray(c) for c in candidates]),
-                                          smoothing=smoothing, stall_steps=stall_steps):
-            returns[divmod(k, len(seeds))] = result.total_reward
-        return returns
-
-    def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
-                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
-        """Each candidate's mean return over ``seeds`` (the same on every backend and worker count)."""
-        return self.returns(candidates, seeds, max_steps, smoothing, stall_steps).mean(axis=1)
-
-    def episodes(self, params: np.ndarray, seeds: Sequence[int], max_steps: int, smoothing: float = 0.0
-                 ) -> list[EpisodeResult]:
-        """C(params)'s episode on each of ``seeds``, in seed order (a check keeps each track's return and the
-        actions the env received: replayed from the seed, they re-create the episode as data for M)."""
-        results: list[EpisodeResult] = [None] * len(seeds)  # type: ignore[list-item]
-        for k, result in self.workers.run(seeds, max_steps, candidates=np.asarray(params)[None], smoothing=smoothing):
-            results[k] = result
-        return results
-
-    def close(self) -> None:
-        self.workers.close()
 
 
 DREAM_FITNESS = ("mean", "quantile", "mean-minus-std")

@@ -6,7 +6,7 @@ Every iteration then runs these stages, each resumable on its own:
 
 1. ``memory`` — iterations after 0: M continues from the previous iteration's M on all data so far for
    ``loop.memory_epochs`` (dropout and value head as stage 3's M).
-2. ``controller`` — CMA-ES in M's dream only (:func:`car_racing.training.controller.one_pass`), from zero
+2. ``controller`` — CMA-ES in M's dream only (:func:`car_racing.training.cmaes_run.one_pass`), from zero
    (``cmaes.sigma0``), from the last kept C carried onto the new M (``loop.sigma0_warm``), or both
    (``loop.controller_start``; the better real check is kept). Real checks only choose what is kept.
 3. ``fidelity`` (``loop.fidelity_panel`` > 0) — the dream-real rank correlation of a panel of controllers.
@@ -210,7 +210,7 @@ def evolve_in_dream(loop: Loop, iteration: int, folder: Path, start_from: Option
     ``loop.sigma0_warm`` (carried from ``start_memory``, the M it was evolved on, onto this M unless
     ``cmaes.carry`` is off; dreams and generations as ``loop.warm_dreams`` and ``loop.warm_generations`` say), or
     from zero with ``cmaes.sigma0``; resumes its own saved run. Returns its final checkpoint."""
-    from car_racing.training.controller import one_pass
+    from car_racing.training.cmaes_run import one_pass
 
     config = loop.config
     warm = start_from is not None

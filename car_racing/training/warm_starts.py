@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from car_racing.common.cli import UsageError
@@ -27,7 +25,7 @@ from car_racing.episodes.backends import backend_of
 from car_racing.recording.latent_cache import file_sha256, load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
 from car_racing.training.carry import carry_controller
-from car_racing.training.cmaes_run import Setup
+from car_racing.training.setup import Setup
 from car_racing.training.imitation import LinearFit, linear_to_flat, run_dagger
 
 DAGGER_PLOT_FILE = "control_model_dagger.png"

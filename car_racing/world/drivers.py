@@ -15,14 +15,11 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from car_racing.common.cli import UsageError
+from car_racing.world.viewer import EndSession  # noqa: F401 (a driver raises it; the window's keys too)
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 ENV_FPS = 50  # CarRacing-v3 runs at 50 steps per second (its metadata["render_fps"])
-
-
-class EndSession(Exception):
-    """Raised by a driver to stop the current episode and the session (steps so far are kept)."""
 
 
 class Driver(Protocol):

@@ -27,7 +27,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from car_racing.world.drivers import EndSession
+
+
+class EndSession(Exception):
+    """Raised by a driver (or the window: Esc, closing it) to stop the current episode and the session (steps so
+    far are kept)."""
 
 FULL_SIZE = (1000, 800)  # CarRacing's WINDOW_W × WINDOW_H
 STATUS_HEIGHT = 34
@@ -80,7 +84,7 @@ class DrivingView:
     """A resizable pygame window: full-resolution env frame, 64×64 inset, status line, bars, messages.
 
     Opens the window at 1000×(800 + status line), scaled down to fit the desktop when it is smaller.
-    ``pygame.display`` must be usable (see :func:`car_racing.world.drivers.check_display`).
+    ``pygame.display`` must be usable (see ``check_display`` in :mod:`car_racing.world.drivers`).
     """
 
     def __init__(self, title: str) -> None:
