@@ -1,0 +1,274 @@
+"""Stage 1 as a library function: :func:`record` drives CarRacing-v3 episodes and saves them (frames, actions,
+rewards, dones) into ``config.run.data_dir`` for the world model.
+
+It writes the data folder described in :mod:`car_racing.recording.recorded_data` (``car_racing_recorded_*.npy``,
+the meta file and the memory windows ``car_racing_memory_dataset_*.npy``) and, beside them, the resolved config
+``record.config.toml``. Each finished episode is saved at once to its own file under
+``<data_dir>/.pending_episodes/``; at the end, and also on Ctrl-C or an error, the saved episodes are merged into
+the arrays (only when at least one was saved: existing data is never replaced by nothing). Without
+``record.append`` the new recording replaces the folder's data; with it the new episodes are added after the
+existing ones, which stay byte-for-byte intact.
+
+Seeds: episode ``i`` resets the env with ``run.seed + i`` and seeds its driver (autopilot noise, random actions)
+with it too, so it re-simulates exactly from its seed and recorded actions. With ``record.append`` and
+``run.seed`` 0 (the default) the recording continues one past the largest seed already recorded (or left
+pending), so appended episodes drive new tracks; any other ``run.seed`` is used as given (a note says when it
+repeats recorded seeds). (Before the one config this default was "no seed"; seed 0 itself can no longer be
+appended to a folder that already holds episodes.)
+
+Random-driver episodes (``record.random_episodes``): after the main driver's episodes, that many episodes of
+the random driver are recorded headless and committed with them, their seeds continuing after the main
+episodes' (seed 0 and 64 episodes: seeds 0..63, then random seeds 64..79). The data is byte-for-byte that of
+two runs: the main driver's, then ``record.driver = random`` from seed 64 with ``record.append``.
+
+Headless drivers (autopilot, random, agent) run in ``run.workers`` processes (0 = one per CPU), or Ray actors
+with ``run.backend = ray``; the episodes are stored in seed order whatever the worker count. The human driver
+runs in this process, paced at the env's 50 steps per second (:class:`car_racing.world.drivers.HumanDriver`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from car_racing.common.config import Config, ConfigError, flag_of, resolved_path, validate, write_resolved
+from car_racing.common.runtime import USER_CHECKPOINT_DIR, agent_dir, seed_everything
+from car_racing.episodes import backends
+from car_racing.episodes.backends import RayClusterLost
+from car_racing.episodes.rollout import Backend, EpisodeResult, backend_session, default_workers, run_episodes
+from car_racing.recording.recorded_data import EpisodeStore, RecordedEpisode, load_memory_sequences, pending_seeds
+from car_racing.world.envs import MAX_EPISODE_STEPS
+
+DRIVERS = ("human", "autopilot", "random", "agent")
+INPUTS = ("auto", "keyboard", "gamepad")
+STAGE = "record"  # the resolved config: DATA_DIR/record.config.toml
+GOING_ON = "every finished episode is saved: rerun with --record.append to record more after them"
+
+
+def check(config: Config) -> None:
+    """One-line :class:`ConfigError` for values stage 1 cannot use, before anything is touched."""
+    validate(config)
+    run, rec = config.run, config.record
+    if rec.driver not in DRIVERS:
+        raise ConfigError(f"record.driver = {rec.driver!r}: expected one of {', '.join(DRIVERS)}")
+    if rec.input not in INPUTS:
+        raise ConfigError(f"record.input = {rec.input!r}: expected one of {', '.join(INPUTS)}")
+    if run.seed < 0:
+        raise ConfigError(f"run.seed = {run.seed}: expected a non-negative integer (env.reset needs one)")
+
+
+def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHECKPOINT_DIR) -> Callable[[], Any]:
+    """A picklable factory for a headless driver (sent to the worker processes)."""
+    if name == "agent":
+        from car_racing.episodes.agent import load_agent_models, make_exploring_agent
+
+        load_agent_models(checkpoint_dir)  # one-line error for missing or unfit checkpoints, before any worker starts
+        return functools.partial(make_exploring_agent, str(checkpoint_dir), noise)
+    if name == "autopilot":
+        from car_racing.world.autopilot import AutopilotDriver
+
+        return functools.partial(AutopilotDriver, noise=noise)
+    from car_racing.world.drivers import RandomDriver
+
+    return RandomDriver
+
+
+def driving_agent(config: Config) -> str:
+    """The folder the agent driver loads V, M and C from: ``run.checkpoint_dir``; its default ``checkpoints``
+    once you have trained all three there, else the shipped agent (:func:`car_racing.common.runtime.agent_dir`)."""
+    given = config.run.checkpoint_dir
+    return agent_dir(None if given == USER_CHECKPOINT_DIR else given)
+
+
+def choose_seeds(config: Config, store: EpisodeStore) -> list[int]:
+    """``run.seed + i`` per episode, the main driver's then the random driver's (``record.random_episodes``);
+    with ``record.append`` the default seed 0 continues one past the largest recorded seed."""
+    run, rec = config.run, config.record
+    recorded = [int(e["seed"]) for e in store.base.episodes] if store.base is not None else []
+    if rec.append:
+        recorded += pending_seeds(store.pending_files())
+    first = max(recorded) + 1 if rec.append and run.seed == 0 and recorded else run.seed
+    seeds = list(range(first, first + rec.episodes + rec.random_episodes))
+    repeated = sorted(set(seeds) & set(recorded))
+    if repeated:
+        which = (f"seed {repeated[0]}" if len(repeated) == 1
+                 else f"{len(repeated)} seeds ({repeated[0]}..{repeated[-1]})")
+        print(f"note: {which} already recorded in {run.data_dir}; recording again as asked "
+              f"(--seed 0 with --record.append continues after the recorded seeds)", file=sys.stderr)
+    return seeds
+
+
+def episode_line(number: int, total: int, driver: str, result: EpisodeResult) -> str:
+    line = (f"episode {number}/{total}  seed {result.seed}  steps {result.steps}  "
+            f"reward {result.total_reward:7.1f}  lap {'finished' if result.lap_finished else 'not finished'}")
+    if driver in ("autopilot", "agent") and result.info:
+        line += "  noise " + " ".join(f"{k}={v:.3g}" for k, v in result.info.items())
+    if result.ended_by_driver:
+        line += "  (ended by the driver)"
+    return line
+
+
+def episode_summary(number: int, total: int, result: EpisodeResult, target: float = 800.0) -> list[str]:
+    """The lines the human driver sees after an episode: reward against the target, how it ended."""
+    reward = result.total_reward
+    if result.lap_finished:
+        ending = "lap finished"
+    elif result.terminated:
+        ending = "lap not finished: the car left the playfield"
+    else:
+        ending = f"lap not finished in {result.steps} steps"
+    verdict = "reaches" if reward >= target else "is below"
+    return [f"Episode {number}/{total} (seed {result.seed}): reward {reward:.1f}",
+            f"{ending}; the reward {verdict} the {target:.0f} target",
+            "the next episode starts when you continue" if number < total else "that was the last episode"]
+
+
+def _same_driver(driver: Any) -> Any:
+    return driver
+
+
+@dataclass
+class RecordingSession:
+    """What one recorder run shares across its batches of episodes: the store, the progress bar, the counts."""
+
+    config: Config
+    store: EpisodeStore
+    progress: Any
+    started: float = field(default_factory=time.perf_counter)
+    episodes: int = 0
+    steps: int = 0
+
+
+def record_batch(session: RecordingSession, driver: str, make_driver: Callable[[], Any], seeds: list[int],
+                 workers: int, backend: Backend, human_driver: Any = None) -> None:
+    """Record one episode per seed with one driver into the session's store, each saved as it finishes.
+
+    The main driver's episodes and then the random driver's (``record.random_episodes``) are two calls of this,
+    each seeded exactly as a separate recording with that driver and first seed would be. Stops early when the
+    person ends the session (Esc or the window closed, during an episode or at its summary).
+    """
+    steps = session.config.record.steps
+    seed_everything(seeds[0], torch=driver == "agent")  # only the agent driver loads torch
+    # The env's own 1000-step limit would cut longer episodes: lift it when more steps are asked for.
+    env_kwargs = {"max_episode_steps": steps} if steps > MAX_EPISODE_STEPS else {}
+    session.progress.set_description(f"recording ({driver})")
+    # In seed order, whatever the worker count: the same seed gives the same files with 1 worker or many, and an
+    # interrupted recording keeps a run of consecutive seeds, so --record.append continues exactly where it stopped.
+    results = run_episodes(make_driver, seeds, steps, workers=workers, env_kwargs=env_kwargs, backend=backend,
+                           record_frames=True, ordered=True)
+    with contextlib.closing(results):
+        for number, result in enumerate(results, start=1):
+            if result.steps > 0:
+                session.store.add(RecordedEpisode(seed=result.seed, driver=driver, frames=result.frames,
+                                                  actions=result.actions, rewards=result.rewards,
+                                                  lap_finished=result.lap_finished, noise=result.info,
+                                                  terminated=result.terminated))
+                session.episodes += 1
+                session.steps += result.steps
+            session.progress.update(1)
+            session.progress.set_postfix(steps_per_s=f"{session.steps / (time.perf_counter() - session.started):.0f}")
+            tqdm.write(episode_line(number, len(seeds), driver, result))
+            if result.ended_by_driver:
+                tqdm.write("session ended by the driver; keeping every step recorded so far")
+                return
+            if human_driver is not None and not human_driver.show_summary(
+                    episode_summary(number, len(seeds), result)):
+                tqdm.write("session ended by the driver after the episode summary; keeping every step")
+                return
+
+
+def record(config: Config) -> dict[str, Any]:
+    """Stage 1: record ``config.record``'s episodes into ``config.run.data_dir`` (see the module docstring).
+
+    Returns ``{"data_dir", "seeds", "episodes", "steps", "seconds", "total_episodes", "total_steps",
+    "sequences"}``: the episodes and steps this run added, and what the folder holds afterwards (the totals are
+    ``None`` when nothing was recorded). Bad values raise a one-line :class:`ConfigError` (a
+    :class:`~car_racing.common.cli.UsageError`) before anything is written.
+    """
+    check(config)
+    outermost = not backends._sessions  # noqa: SLF001 (a stage inside the dream loop leaves the line to it)
+    try:
+        with backend_session(Backend(config.run.backend, config.run.ray_address)):
+            return _record(config)
+    except RayClusterLost as err:
+        if not outermost:
+            raise
+        raise RayClusterLost(f"{err}; {GOING_ON}, on a new cluster or with --backend processes (no Ray)") from None
+
+
+def _record(config: Config) -> dict[str, Any]:
+    run, rec = config.run, config.record
+    human = rec.driver == "human"
+    if human:
+        from car_racing.world.drivers import check_display
+
+        check_display("--record.driver human", "use --record.driver autopilot")
+    headless_workers = run.workers or default_workers()
+    if human and run.workers > 1 and not rec.random_episodes:
+        print("note: the human driver runs in this process; --workers is ignored", file=sys.stderr)
+    if not human and rec.input != "auto":
+        print(f"note: --record.input is for the human driver; ignored with --record.driver {rec.driver}",
+              file=sys.stderr)
+    checkpoint_dir = driving_agent(config) if rec.driver == "agent" else run.checkpoint_dir
+    make_driver: Callable[[], Any] | None = (None if human else
+                                             make_headless_driver(rec.driver, rec.noise, checkpoint_dir))
+    # Checks the folder is writable, and with --record.append validates the existing data (frame size, .npy files).
+    store = EpisodeStore(run.data_dir, append=rec.append, seq_len=rec.seq_len)
+    seeds = choose_seeds(config, store)
+    main_seeds, random_seeds = seeds[:rec.episodes], seeds[rec.episodes:]
+
+    human_driver = None
+    if human:  # opened last, after every check: the window appears only when recording can start
+        from car_racing.world import drivers
+
+        human_driver = drivers.HumanDriver(input_kind=rec.input)
+        make_driver = functools.partial(_same_driver, human_driver)  # in-process (workers == 1)
+    write_resolved(config, resolved_path(run.data_dir, STAGE))
+    backend = Backend(run.backend, run.ray_address)
+    session = RecordingSession(config, store, tqdm(total=len(seeds), unit="ep", desc=f"recording ({rec.driver})",
+                                                   dynamic_ncols=True, disable=not run.progress))
+    summary: dict[str, Any] = {}
+    try:
+        record_batch(session, rec.driver, make_driver, main_seeds, 1 if human else headless_workers,
+                     Backend() if human else backend, human_driver)
+        if human_driver is not None:
+            human_driver.close()  # the person's part is over (finished or ended early): the window goes
+            human_driver = None
+        if random_seeds:  # also after a session the person ended early: what was recorded is kept, and these added
+            tqdm.write(f"then {len(random_seeds)} random-driver episodes (seeds {random_seeds[0]}..{random_seeds[-1]};"
+                       f" --record.random-episodes)")
+            record_batch(session, "random", make_headless_driver("random", rec.noise, checkpoint_dir),
+                         random_seeds, headless_workers, backend)
+    finally:
+        session.progress.close()
+        if human_driver is not None:
+            human_driver.close()
+        summary = _commit(store, config, seeds, session.episodes, session.steps,
+                          time.perf_counter() - session.started)
+    return summary
+
+
+def _commit(store: EpisodeStore, config: Config, seeds: list[int], episodes: int, steps: int,
+            seconds: float) -> dict[str, Any]:
+    """Merge the saved episodes into the data folder (never replaces existing data with nothing)."""
+    data_dir, seq_len = config.run.data_dir, config.record.seq_len
+    summary: dict[str, Any] = {"data_dir": str(data_dir), "seeds": seeds, "episodes": episodes, "steps": steps,
+                               "seconds": seconds, "total_episodes": None, "total_steps": None, "sequences": None}
+    if not store.pending_files():
+        print(f"nothing recorded; the recording in {data_dir} is left unchanged", file=sys.stderr)
+        return summary
+    data = store.commit()
+    sequences = len(load_memory_sequences(data_dir).indices)
+    print(f"saved {episodes} new episodes ({steps} steps, {steps / max(seconds, 1e-9):.0f} steps/s) to "
+          f"{data_dir}: now {len(data.episodes)} episodes, {len(data)} steps, {sequences} memory "
+          f"sequences of {seq_len} steps")
+    if sequences == 0:
+        print(f"warning: no memory sequences: every episode is shorter than {flag_of('record.seq_len')} {seq_len}",
+              file=sys.stderr)
+    return dict(summary, total_episodes=len(data.episodes), total_steps=len(data), sequences=sequences)
