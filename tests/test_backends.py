@@ -86,15 +86,16 @@ def test_real_mode_generation_identical_on_both_backends(tmp_path, tiny_data_dir
     for backend in ("processes", "ray"):
         folder = tmp_path / backend
         write_vm(folder / "checkpoints")
-        finals[backend] = main(run_args(folder, tiny_data_dir, mode="real", population=4, generations=1,
-                                        rollout_steps=10, real_trials=2, eval_every=1, eval_episodes=2,
-                                        eval_max_steps=10, workers=2, backend=backend))
+        finals[backend] = main(run_args(folder, tiny_data_dir, cmaes__mode="real", cmaes__population=4,
+                                        cmaes__generations=1, cmaes__real_steps=10, cmaes__real_trials=2,
+                                        checks__every=1, checks__episodes=2, checks__max_steps=10, run__workers=2,
+                                        run__backend=backend))
     processes, on_ray = finals["processes"], finals["ray"]
     for key in ("fitness_best", "fitness_mean", "real_best_candidate", "real_cma_mean"):
         assert on_ray["history"][key] == processes["history"][key], key
     assert on_ray["best_real_score"] == processes["best_real_score"]
     np.testing.assert_array_equal(on_ray["best_params"], processes["best_params"])
-    assert on_ray["config"]["backend"] == "ray"
+    assert on_ray["config"]["run"]["backend"] == "ray" and processes["config"]["run"]["backend"] == "processes"
 
 
 def _agent_workers(checkpoint_dir: Path, backend: Backend) -> EpisodeWorkers:
