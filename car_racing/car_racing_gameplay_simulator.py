@@ -184,7 +184,7 @@ def main(args: Args) -> float:
         smoothing = float(load_checkpoint(paths["controller"], "controller").get("config", {}).get("smoothing", 0.0))
 
     workers = 1 if args.render else args.workers
-    backend = Backend() if args.render else Backend.from_args(args)  # the window opens here, not on an actor
+    backend = Backend() if args.render else Backend(args.backend, args.ray_address)  # the window opens here, not on an actor
     if args.render:
         from car_racing.world.drivers import check_display
 

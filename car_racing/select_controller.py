@@ -131,7 +131,7 @@ def main(args: Args) -> dict:
     if pending:  # one set of workers (V and M loaded once each) swaps in every candidate, as a CMA-ES run does
         make_agent_driver(folder)  # V, M and C checked here: a missing or unfit file is one line, not a worker's crash
         episodes = RealFitness(str(folder), num_controller_params(**run["model_args"]), args.workers,
-                               Backend.from_args(args))
+                               Backend(args.backend, args.ray_address))
         try:
             for entry in tqdm(pending, desc="candidates", unit="C", disable=not args.progress):
                 row = episodes.returns([np.asarray(entry["params"], dtype=np.float64)], seeds, args.max_steps, smoothing)

@@ -89,11 +89,6 @@ class Backend:
     kind: str = "processes"
     ray_address: str = ""
 
-    @classmethod
-    def from_args(cls, args: Any) -> "Backend":
-        """The backend of a script's ``Args`` (its ``backend`` and ``ray_address`` fields)."""
-        return cls(getattr(args, "backend", "processes"), getattr(args, "ray_address", "") or "")
-
     @property
     def is_ray(self) -> bool:
         return self.kind == "ray"
@@ -312,39 +307,35 @@ def backend_session(backend: Backend) -> Iterator[Backend]:
 
 # what each script has saved when the cluster is lost, and how it goes on (the script's file name)
 GOING_ON = {
-    "train_controller_cmaes": "every finished generation is saved: rerun with --resume to go on",
-    "dream_loop": "every finished stage and generation is saved: rerun the same command to go on (it resumes)",
-    "recorded_frames": "every finished episode is saved: rerun with --append to record more after them",
+    "train_controller_cmaes": "every finished stage and generation is saved: rerun with --resume to go on",
+    "dream_loop": "every finished stage and generation is saved: rerun with --resume to go on",
+    "recorded_frames": "every finished episode is saved: rerun with --record.append to record more after them",
 }
 
 
-def going_on(args: Any) -> str:
-    """What the script whose ``args`` these are saved before a lost cluster, and how to go on."""
-    try:
-        script = Path(inspect.getfile(type(args))).stem
-    except (TypeError, OSError):
-        script = ""
-    resumable = hasattr(args, "resume") or hasattr(args, "run")
-    how = GOING_ON.get(script, "rerun the same command" if not resumable else
-                       "rerun with --resume to go on")
+def going_on(script: str, resumable: bool) -> str:
+    """What script ``script`` (its file's name) saved before a lost cluster, and how to go on."""
+    how = GOING_ON.get(script, "rerun with --resume to go on" if resumable else "rerun the same command")
     return f"{how}, on a new cluster or with --backend processes (no Ray)"
 
 
 def uses_backend(main: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Decorator for a script's ``main(args)``: runs it inside :func:`backend_session` for the backend its
-    ``args`` name (``--backend``, ``--ray-address``). A lost Ray cluster ends the outermost script with one
-    line that says what was saved and how to go on."""
+    """Decorator for a script's ``main``: runs it inside :func:`backend_session` for the backend its settings name
+    (a config's ``run.backend`` and ``run.ray_address``, or a tool's own ``backend`` and ``ray_address`` fields). A
+    lost Ray cluster ends the outermost script with one line that says what was saved and how to go on."""
+    script = Path(inspect.getfile(main)).stem
+
     @functools.wraps(main)
-    def wrapper(args: Any) -> Any:
+    def wrapper(settings: Any) -> Any:
+        run = getattr(settings, "run", settings)  # a config names its backend in its run section
         outermost = not _sessions
         try:
-            run = getattr(args, "run", None)  # a Config names its backend in its run section
-            with backend_session(backend_of(run) if run is not None else Backend.from_args(args)):
-                return main(args)
+            with backend_session(Backend(run.backend, run.ray_address or "")):
+                return main(settings)
         except RayClusterLost as err:
             if not outermost:
                 raise
-            raise RayClusterLost(f"{err}; {going_on(args)}") from None
+            raise RayClusterLost(f"{err}; {going_on(script, hasattr(run, 'resume'))}") from None
     return wrapper
 
 
