@@ -1,8 +1,9 @@
 """The repository's shape: scripts on top, the library in layered subpackages, every script light to start.
 
 A library module never imports a script, and a lower layer never imports a higher one (imports inside
-functions count too). Scripts may compose other scripts only through their ``main`` and ``Args``. Every
-``car_racing/*.py`` script answers ``--help`` quickly without importing torch.
+functions count too); no script imports another script; no module imports itself through others (no import
+circle, inside a layer too); no library function takes a script's ``args``. Every ``car_racing/*.py`` script
+answers ``--help`` quickly without importing torch.
 """
 
 from __future__ import annotations
@@ -68,26 +69,58 @@ def test_layers_only_import_downward_and_never_a_script():
     assert not problems, "library imports going up a layer or into a script:\n" + "\n".join(problems)
 
 
-def test_scripts_compose_other_scripts_only_through_main_and_args():
+def test_no_script_imports_another_script():
+    """A script is a command line over the library: what two scripts share lives in the library."""
     script_modules = {module_name(p) for p in SCRIPTS}
+    problems = [f"{path.name}:{line} imports {module}" for path in SCRIPTS
+                for module, _, line in project_imports(path) if module in script_modules]
+    assert not problems, "a script imports another script (call the library instead):\n" + "\n".join(problems)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the project modules it imports (at any depth, inside functions too; ``from a import b`` counts b
+    when b is a module)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for module, names, _ in project_imports(path):
+            targets.add(module)
+            targets |= {f"{module}.{n}" for n in names if f"{module}.{n}" in modules}
+        graph[name] = {t for t in targets if t in modules and t != name and t != "car_racing"}
+    return graph
+
+
+def test_no_import_circle_anywhere():
+    """No two modules import each other, directly or through others, inside a layer too (a circle makes the order
+    of imports matter and hides which module owns what)."""
+    graph = import_graph()
+    circles, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for target in sorted(graph[node]):
+            if target in path:
+                circles.append(" → ".join(path[path.index(target):] + [target]))
+            elif target not in done:
+                visit(target, path + [target])
+        done.add(node)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not circles, "import circles:\n" + "\n".join(sorted(set(circles)))
+
+
+def test_no_library_function_takes_a_command_line_namespace():
+    """The library takes typed arguments (a config, its sections, plain values), never a script's ``args``."""
     problems = []
-    for path in SCRIPTS:
-        tree = ast.parse(path.read_text())
-        aliases = {}
-        for module, names, line in project_imports(path):
-            if module in script_modules:
-                if names and set(names) - {"main", "Args"}:
-                    problems.append(f"{path.name}:{line} takes {names} from {module}")
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "car_racing":
-                for a in node.names:
-                    if f"car_racing.{a.name}" in script_modules:
-                        aliases[a.asname or a.name] = a.name
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
-                if node.attr not in ("main", "Args"):
-                    problems.append(f"{path.name}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
-    assert not problems, "a script needs another script's internals (move them into the library):\n" + "\n".join(problems)
+    for path in library_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                if "args" in names:
+                    problems.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}(args, …)")
+    assert not problems, "library functions taking a namespace:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -120,10 +153,15 @@ def test_common_flags_mean_the_same_everywhere():
     import dataclasses
     import importlib
 
+    from car_racing.common.config import Config, Run
+
     types = {}
     for path in SCRIPTS:
         module = importlib.import_module(module_name(path))
-        fields = {f.name: f for f in dataclasses.fields(module.Args)}
+        settings = module.Args
+        if settings is Config:  # a stage on the one config: its run section holds these
+            settings = Run
+        fields = {f.name: f for f in dataclasses.fields(settings)}
         if "tqdm" in path.read_text():
             assert "progress" in fields and fields["progress"].default is True, f"{path.name}: no --progress flag"
         for name in ("seed", "device", "workers", "progress", "checkpoint_dir", "data_dir"):
