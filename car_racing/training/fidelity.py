@@ -35,8 +35,9 @@ iteration). A rerun with the same ``record_run`` appends only the trials not yet
 recorded by an earlier run (same track, same actions: the bias-only controllers drive the fixed tracks identically
 every time) is not appended again.
 
-``evaluate_world_model.py`` is this module's command line; ``dream_loop.py``'s ``fidelity`` stage calls
-:func:`measure_fidelity` on each iteration's V, M and C.
+``evaluate_world_model.py`` is this module's command line; the dream loop's ``fidelity`` stage calls
+:func:`measure_fidelity` on each iteration's V, M and C. The panel's dream of a C, as the script measures it, is
+``dream_of(trained_controller_checkpoint(checkpoint_dir, controllers), explicit)``.
 """
 
 from __future__ import annotations
