@@ -5,8 +5,9 @@ reality (a recorded autopilot episode, V's reconstruction and what M dreams from
 
 The agent drives track ``--seed`` with the checkpoints in ``--checkpoint-dir``; every ``--stride``-th
 frame of the env's 1000×800 view is shrunk to ``--width`` pixels and labelled with step and reward. The
-dream uses :mod:`car_racing.visualize_memory_prediction` on one autopilot episode recorded into a
-temporary folder (seed ``--seed``, noise 0.3); its MP4 is decoded, every ``--stride``-th frame kept and
+dream uses :func:`car_racing.training.memory_film.memory_prediction_film` (what
+``visualize_memory_prediction.py`` runs) on one autopilot episode recorded
+(:func:`car_racing.episodes.recording.record`) into a temporary folder (seed ``--seed``, noise 0.3); its MP4 is decoded, every ``--stride``-th frame kept and
 the GIF drawn with one 64-colour palette (V's blurry decodings would take 256 colours per frame). GIFs, not
 MP4s, because GitHub shows a GIF inline in a README; they are kept short to stay small (~1–2 MB).
 """
@@ -85,9 +86,11 @@ def main(args: Args) -> dict[str, Path]:
                         ("--stride", args.stride), ("--width", args.width)):
         if value < 1:
             raise UsageError(f"{flag} {value}: expected a positive number")
-    from car_racing import recorded_frames, visualize_memory_prediction
+    from car_racing.common.config import preset
     from car_racing.common.video import read_video, write_gif
     from car_racing.episodes.agent import iter_agent_episodes
+    from car_racing.episodes.recording import record
+    from car_racing.training.memory_film import memory_prediction_film
 
     out_dir = Path(args.out_dir)
     grabbers: list[FrameGrabber] = []
@@ -102,12 +105,11 @@ def main(args: Args) -> dict[str, Path]:
     write_gif(agent_gif, grabbers[0].frames, fps=ENV_FPS / args.stride)
 
     with tempfile.TemporaryDirectory() as tmp:
-        recorded_frames.main(recorded_frames.Args(driver="autopilot", episodes=1, steps=args.dream_steps,
-                                                  random_episodes=0, seed=args.seed, data_dir=f"{tmp}/data", workers=1,
-                                                  noise=0.3, seq_len=min(100, args.dream_steps)))
-        dream = visualize_memory_prediction.main(visualize_memory_prediction.Args(
-            checkpoint_dir=args.checkpoint_dir, data_dir=f"{tmp}/data", out=f"{tmp}/dream.mp4",
-            max_steps=args.dream_steps, scale=2, device="cpu"))
+        record(preset("default", record__driver="autopilot", record__episodes=1, record__steps=args.dream_steps,
+                      record__random_episodes=0, record__noise=0.3, record__seq_len=min(100, args.dream_steps),
+                      run__seed=args.seed, run__data_dir=f"{tmp}/data", run__workers=1))
+        dream = memory_prediction_film(args.checkpoint_dir, data_dir=f"{tmp}/data", out=f"{tmp}/dream.mp4",
+                                       max_steps=args.dream_steps, scale=2, device="cpu")
         frames = [frame for t, frame in enumerate(read_video(dream["video"])) if t % args.stride == 0]
     dream_gif = out_dir / "dream_vs_real.gif"
     write_gif(dream_gif, frames, fps=ENV_FPS / args.stride, colors=64)  # V's blur needs one shared palette

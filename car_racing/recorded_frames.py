@@ -1,11 +1,11 @@
 """Stage 1: record driving episodes of CarRacing-v3 (frames, actions, rewards, dones) for the world model.
 
-    python car_racing/recorded_frames.py --record.driver autopilot   # headless expert: 64 × 1000 steps, then 16 random
-    python car_racing/recorded_frames.py                             # you drive (keys or gamepad), then 16 random episodes
+    python car_racing/recorded_frames.py --record.driver autopilot  # headless expert: 64 × 1000 steps, 16 random
+    python car_racing/recorded_frames.py                            # you drive (keys or gamepad), then 16 random
     python car_racing/recorded_frames.py --record.input keyboard --record.episodes 5 --record.random-episodes 0 \\
-        --record.append                                              # 5 more by hand
-    python car_racing/recorded_frames.py --record.driver autopilot --preset seed   # the seed's 20 × 500 steps, no random
-    python car_racing/recorded_frames.py --config data/record.config.toml           # a recording's settings again
+        --record.append                                             # 5 more by hand
+    python car_racing/recorded_frames.py --record.driver autopilot --preset seed  # the seed's 20 × 500, no random
+    python car_racing/recorded_frames.py --config data/record.config.toml          # a recording's settings again
 
 Writes the data folder of :mod:`car_racing.recording.recorded_data` in ``--data-dir`` and the resolved config
 ``record.config.toml`` beside it; the work is :func:`car_racing.episodes.recording.record`, whose docstring has
