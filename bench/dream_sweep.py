@@ -1,6 +1,6 @@
 """Which dream ranks controllers like the real env? One real panel, many dream settings.
 
-The real half of ``car_racing/evaluate_world_model.py`` is the expensive one (every controller drives
+The real half of the fidelity panel (``car_racing/training/fidelity.py``) is the expensive one (every controller drives
 real tracks); the dream half is cheap. This script drives the panel once (or reads it back from
 ``--real-json``, written by an earlier run) and then prints Spearman's ρ between real return and dream
 fitness for every combination of dream length, temperature τ, dream dropout and start states
@@ -33,8 +33,7 @@ import torch
 from car_racing.common.cli import run_main
 from car_racing.common.runtime import checkpoint_paths, load_model
 from car_racing.episodes.rollout import default_workers
-from car_racing.evaluate_world_model import Args as FidelityArgs
-from car_racing.evaluate_world_model import build_panel, real_panel, spearman
+from car_racing.training.fidelity import build_panel, real_panel, spearman
 from car_racing.models.ffn import flat_to_population, num_controller_params
 from car_racing.recording.latent_cache import load_or_build_latents
 from car_racing.recording.recorded_data import load_memory_sequences, load_recorded
@@ -82,16 +81,16 @@ def main(args: Args) -> None:
     if paths["controller"].is_file():
         controller, _ = load_model(paths["controller"], "controller")
         trained.append(("C (checkpoint)", controller.get_flat_params()))
-    fidelity = FidelityArgs(checkpoint_dir=args.checkpoint_dir, data_dir=args.data_dir, panel=args.panel,
-                            episodes=args.episodes, seed=args.seed, workers=args.workers)
-    panel = build_panel(fidelity, num_params, trained)
+    panel = build_panel(args.panel, num_params, trained, args.seed)
     cache = Path(args.real_json) if args.real_json else None
     if cache is not None and cache.is_file():
         real = json.loads(cache.read_text())
         assert [r["name"] for r in real] == [name for name, _ in panel], "the cached panel differs"
     else:
         started = time.time()
-        rows = real_panel(fidelity, panel, vae, mdnrnn, 0.0, torch.device("cpu"))
+        rows = real_panel(args.checkpoint_dir, panel, vae, mdnrnn, 0.0, torch.device("cpu"),
+                          seeds=[4_000_000 + i for i in range(args.episodes)], max_steps=1000, horizon=20,
+                          workers=args.workers)  # the fidelity tool's default tracks and limits
         real = [{"name": r["name"], "real_return": r["real_return"], "real_std": r["real_std"]} for r in rows]
         print(f"real panel: {len(real)} controllers × {args.episodes} tracks in {time.time() - started:.0f}s")
         if cache is not None:

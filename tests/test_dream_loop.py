@@ -20,7 +20,7 @@ from car_racing.models.mdn_rnn import MDNRNN, head_dropout_mask
 from car_racing.recording.latent_cache import load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
 from car_racing.train_controller_cmaes import main as train_controller
-from car_racing.training import dream
+from car_racing.training import dream, fidelity
 from car_racing.training.dream import DreamNoise, dream_rollout, dream_rollout_per_candidate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -150,7 +150,7 @@ def test_fidelity_panel_episodes_join_the_data_once(tmp_path, tiny_data_dir, mon
         checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), panel=3, episodes=2, max_steps=12, horizon=4,
         rollout_steps=6, dream_trials=3, start_states=32, out=str(tmp_path / "fidelity.png"), workers=1,
         device="cpu", progress=False, record_into=str(tiny_data_dir), record_run=3)
-    original = evaluate_world_model.memory_errors
+    original = fidelity.memory_errors
 
     def interrupting(*a, **k):  # a crash while measuring the second controller's episodes
         interrupting.calls += 1
@@ -159,7 +159,7 @@ def test_fidelity_panel_episodes_join_the_data_once(tmp_path, tiny_data_dir, mon
         return original(*a, **k)
 
     interrupting.calls = 0
-    monkeypatch.setattr(evaluate_world_model, "memory_errors", interrupting)
+    monkeypatch.setattr(fidelity, "memory_errors", interrupting)
     with pytest.raises(Interrupted):
         evaluate_world_model.main(args)
     panel = [e for e in load_recorded(tiny_data_dir, mmap=True).episodes if e["driver"] == "panel"]
@@ -191,10 +191,10 @@ def test_fidelity_panel_episodes_join_the_data_once(tmp_path, tiny_data_dir, mon
 
 def test_spearman_rank_correlation():
     x = np.array([1.0, 2.0, 3.0, 4.0])
-    assert evaluate_world_model.spearman(x, x ** 3) == pytest.approx(1.0)
-    assert evaluate_world_model.spearman(x, -x) == pytest.approx(-1.0)
-    assert evaluate_world_model.spearman(np.array([1.0, 1.0, 2.0]), np.array([3.0, 3.0, 5.0])) == pytest.approx(1.0)
-    assert np.isnan(evaluate_world_model.spearman(x, np.ones(4)))
+    assert fidelity.spearman(x, x ** 3) == pytest.approx(1.0)
+    assert fidelity.spearman(x, -x) == pytest.approx(-1.0)
+    assert fidelity.spearman(np.array([1.0, 1.0, 2.0]), np.array([3.0, 3.0, 5.0])) == pytest.approx(1.0)
+    assert np.isnan(fidelity.spearman(x, np.ones(4)))
 
 
 # --- the loop's data ------------------------------------------------------------------------------------

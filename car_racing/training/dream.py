@@ -541,11 +541,19 @@ def trained_dream(controller_checkpoint: dict | None, memory_checkpoint: dict) -
     with ``--dream.value``) and M's checkpoint. A C not trained in a dream (or saved before these settings):
     τ 1, no dropout, no value."""
     config = (controller_checkpoint or {}).get("config") or {}
-    if config.get("mode") != "dream":
-        config = {}
+    if "dream" in config:  # the one config (car_racing/common/config.py), nested by section
+        mode, dream = config.get("cmaes", {}).get("mode"), config["dream"]
+        saved = {"temperature": dream.get("temperature"), "dropout": dream.get("dropout"), "value": dream.get("value")}
+    else:  # a checkpoint from before it: stage 4's flat flags
+        mode = config.get("mode")
+        saved = {"temperature": config.get("temperature"), "dropout": config.get("dream_dropout"),
+                 "value": config.get("dream_value")}
+    if mode != "dream":
+        saved = {}
     reward_scale, discount = memory_dream_scales(memory_checkpoint)
-    return {"temperature": float(config.get("temperature", 1.0)), "dropout": float(config.get("dream_dropout", 0.0)),
-            "value_discount": discount if config.get("dream_value", False) else 0.0, "reward_scale": reward_scale}
+    return {"temperature": 1.0 if saved.get("temperature") is None else float(saved["temperature"]),
+            "dropout": float(saved.get("dropout") or 0.0),
+            "value_discount": discount if saved.get("value") else 0.0, "reward_scale": reward_scale}
 
 def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                   start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,

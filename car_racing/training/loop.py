@@ -262,14 +262,16 @@ def stage_controller(loop: Loop, iteration: int) -> dict:
 def stage_fidelity(loop: Loop, iteration: int) -> dict:
     """The dream-real rank correlation of this iteration's V and M (a panel incl. this and earlier Cs); with
     ``loop.panel_as_data`` the panel's new real episodes join the data for the next M."""
-    from car_racing.training.fidelity import measure_fidelity
+    from car_racing.training.fidelity import dream_of, measure_fidelity, trained_controller_checkpoint
 
     config = loop.config
     folder = iteration_dir(loop.dir, iteration)
     earlier = [str(checkpoint_paths(iteration_dir(loop.dir, i))["controller"]) for i in range(iteration)]
     record = config.loop.panel_as_data and iteration < loop.iterations - 1
+    # the dream this iteration's C was trained in, as the fidelity tool reads it from C's checkpoint (≥ 32 dreams)
+    dream = dream_of(trained_controller_checkpoint(folder, earlier[-2:]), {})
     summary = measure_fidelity(
-        folder, loop.data_dir, config.dream, panel=config.loop.fidelity_panel, episodes=config.loop.fidelity_episodes,
+        folder, loop.data_dir, dream, panel=config.loop.fidelity_panel, episodes=config.loop.fidelity_episodes,
         controllers=earlier[-2:], out=folder / "fidelity.png", json_out=folder / "fidelity.json",
         max_steps=config.checks.max_steps, seed=config.run.seed, workers=workers_of(config.run),
         backend=backend_of(config.run), device=config.run.device, progress=config.run.progress,
