@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
-from test_recording import ScriptedEvents
+from test_recording import ScriptedEvents, stage1_config
 
-from car_racing import recorded_frames
 from car_racing.common.cli import UsageError
+from car_racing.episodes.recording import record
 from car_racing.episodes.rollout import run_episode
 from car_racing.recording.recorded_data import load_recorded, preprocess_frame
 from car_racing.world import drivers, human_input
@@ -107,9 +107,9 @@ def test_gamepad_steers_proportionally_beyond_the_dead_zone_triggers_and_buttons
 
 def record_human(data_dir, script, monkeypatch, **overrides):
     monkeypatch.setattr(drivers, "HumanDriver", functools.partial(drivers.HumanDriver, event_source=script, fps=0))
-    options = dict(driver="human", episodes=1, random_episodes=0, steps=40, seq_len=10, data_dir=str(data_dir))
+    options = dict(driver="human", episodes=1, random_episodes=0, steps=40, seq_len=10, workers=0)
     options.update(overrides)
-    recorded_frames.main(recorded_frames.Args(**options))
+    record(stage1_config(data_dir, **options))
     return load_recorded(data_dir)
 
 
@@ -173,9 +173,10 @@ def test_summary_after_each_episode_and_esc_at_the_summary_keeps_the_steps(tmp_p
 
 def test_input_gamepad_without_one_connected_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match="--input gamepad: no gamepad"):
-        recorded_frames.main(recorded_frames.Args(driver="human", input="gamepad", data_dir=str(tmp_path / "d")))
-    with pytest.raises(UsageError, match="--input 'wheel'"):
-        recorded_frames.main(recorded_frames.Args(driver="human", input="wheel", data_dir=str(tmp_path / "d")))
+        record(stage1_config(tmp_path / "d", driver="human", input="gamepad"))
+    assert not (tmp_path / "d" / "record.config.toml").exists()  # the window never opened: nothing ran
+    with pytest.raises(UsageError, match="record.input = 'wheel'"):
+        record(stage1_config(tmp_path / "d", driver="human", input="wheel"))
 
 
 # --- the view -------------------------------------------------------------------------------------------
@@ -211,7 +212,8 @@ def test_the_full_resolution_view_changes_no_observation_or_reward():
 
 
 def test_the_recorder_starts_without_torch():
-    code = "import sys, car_racing.recorded_frames, car_racing.world.viewer, car_racing.world.human_input, car_racing.common.video; " \
+    code = "import sys, car_racing.recorded_frames, car_racing.episodes.recording, car_racing.world.viewer, " \
+           "car_racing.world.human_input, car_racing.common.video; " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,5 @@
-"""Stage 1: car_racing/recorded_frames.py (recording), car_racing/world/drivers.py (random and human drivers)."""
+"""Stage 1: car_racing/episodes/recording.py (recording; car_racing/recorded_frames.py is its command line),
+car_racing/world/drivers.py (random and human drivers)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 import pygame
 import pytest
 
-from car_racing import recorded_frames
+from car_racing.common import config as cfg
 from car_racing.common.cli import UsageError
+from car_racing.episodes import recording
 from car_racing.episodes.rollout import EndSession
 from car_racing.recording.recorded_data import (
     ACTIONS_FILE,
@@ -42,16 +44,29 @@ STEPS = 60
 SEQ_LEN = 20
 
 
-def record(data_dir, **overrides) -> None:
+RUN_KEYS = {"seed", "data_dir", "checkpoint_dir", "workers", "backend", "ray_address", "progress"}
+
+
+def stage1_config(data_dir, **overrides) -> cfg.Config:
+    """A tiny stage-1 config: ``overrides`` by field name (run's or record's); ranges are left to the stage."""
     options = dict(driver="autopilot", episodes=2, random_episodes=0, steps=STEPS, workers=1, seq_len=SEQ_LEN,
-                   data_dir=str(data_dir))
+                   data_dir=str(data_dir), progress=False)
     options.update(overrides)
-    recorded_frames.main(recorded_frames.Args(**options))
+    return cfg.replace(cfg.Config(), **{("run__" if k in RUN_KEYS else "record__") + k: v for k, v in options.items()})
+
+
+def record(data_dir, **overrides) -> dict:
+    return recording.record(stage1_config(data_dir, **overrides))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (recursively) → its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def recording_files(folder: Path) -> dict[str, bytes]:
+    """The recording's files, without the resolved config (which names the run's own settings, e.g. workers)."""
+    return {name: data for name, data in snapshot(folder).items() if not name.endswith(cfg.CONFIG_SUFFIX)}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +95,9 @@ def test_autopilot_recording_writes_every_file_and_meta_agrees(recorded):
         array = np.load(recorded / file)
         assert array.dtype == dtype and array.shape == shape, file
     assert not list((recorded / PENDING_DIR).glob("*.npz")), "pending episodes are merged and removed"
+    # the resolved config beside the data: --config of it records exactly this again
+    resolved = cfg.resolved_path(recorded, "record")
+    assert cfg.parse(("run", "record"), ["--config", str(resolved)])[0] == stage1_config(recorded)
 
     data = load_recorded(recorded)
     meta = json.loads((recorded / META_FILE).read_text())
@@ -101,8 +119,10 @@ def test_autopilot_recording_writes_every_file_and_meta_agrees(recorded):
 def test_the_same_seed_gives_the_same_files_with_one_worker_or_two(recorded, tmp_path):
     """Episodes are stored in seed order whatever finishes first: the files do not depend on --workers (and an
     interrupted recording holds consecutive seeds, so --append continues exactly where it stopped)."""
-    record(tmp_path / "two", workers=2)
-    assert snapshot(tmp_path / "two") == snapshot(recorded)
+    summary = record(tmp_path / "two", workers=2)
+    assert recording_files(tmp_path / "two") == recording_files(recorded)
+    assert summary == dict(summary, data_dir=str(tmp_path / "two"), seeds=[0, 1], episodes=2, steps=2 * STEPS,
+                           total_episodes=2, total_steps=2 * STEPS, sequences=6)
 
 
 def test_replaying_seed_and_actions_reproduces_frames_exactly(recorded):
@@ -184,7 +204,7 @@ class FailingDriver(drivers.RandomDriver):
 
 
 def test_an_error_commits_the_finished_episodes(tmp_path, monkeypatch):
-    monkeypatch.setattr(recorded_frames, "make_headless_driver",
+    monkeypatch.setattr(recording, "make_headless_driver",
                         lambda name, noise, checkpoint_dir: functools.partial(FailingDriver, fail_episode=1))
     with pytest.raises(RuntimeError, match="driver crashed"):
         record(tmp_path / "data", driver="random", episodes=3, steps=20)
@@ -193,12 +213,12 @@ def test_an_error_commits_the_finished_episodes(tmp_path, monkeypatch):
 
 
 def test_an_error_before_any_episode_finishes_leaves_old_data_intact(recorded_copy, monkeypatch):
-    before = snapshot(recorded_copy)
-    monkeypatch.setattr(recorded_frames, "make_headless_driver",
+    before = recording_files(recorded_copy)
+    monkeypatch.setattr(recording, "make_headless_driver",
                         lambda name, noise, checkpoint_dir: functools.partial(FailingDriver, fail_episode=0))
     with pytest.raises(RuntimeError, match="driver crashed"):
         record(recorded_copy, driver="random", episodes=1, steps=20)  # replace mode: must not wipe the data
-    after = snapshot(recorded_copy)
+    after = recording_files(recorded_copy)  # (the resolved config is the crashed run's: it had started)
     assert {k: v for k, v in after.items() if not k.startswith(PENDING_DIR)} == before
 
 
@@ -278,7 +298,7 @@ def test_human_driver_reads_events_posted_to_pygames_queue():
 def test_human_driver_without_a_display_points_to_the_autopilot(tmp_path, monkeypatch):
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(UsageError, match="--driver autopilot"):
+    with pytest.raises(UsageError, match="--record.driver human needs a display.*use --record.driver autopilot"):
         record(tmp_path / "data", driver="human")
     assert not (tmp_path / "data").exists()
 
@@ -286,16 +306,17 @@ def test_human_driver_without_a_display_points_to_the_autopilot(tmp_path, monkey
 # --- bad input: one line, exit code 2, nothing overwritten ----------------------------------------------
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"driver": "bogus"}, "--driver"),
-    ({"episodes": 0}, "--episodes 0"),
-    ({"random_episodes": -1}, "--random-episodes -1"),
-    ({"steps": 0}, "--steps 0"),
-    ({"workers": 0}, "--workers 0"),
-    ({"seq_len": 0}, "--seq-len 0"),
-    ({"noise": -0.5}, "--noise"),
-    ({"seed": -1}, "--seed"),
+    ({"driver": "bogus"}, "record.driver = 'bogus'"),
+    ({"input": "wheel"}, "record.input = 'wheel'"),
+    ({"episodes": 0}, "record.episodes = 0"),
+    ({"random_episodes": -1}, "record.random_episodes = -1"),
+    ({"steps": 0}, "record.steps = 0"),
+    ({"workers": -1}, "run.workers = -1"),
+    ({"seq_len": 0}, "record.seq_len = 0"),
+    ({"noise": -0.5}, "record.noise = -0.5"),
+    ({"seed": -1}, "run.seed = -1"),
 ])
-def test_bad_flags_raise_a_usage_error_and_touch_nothing(recorded_copy, overrides, message):
+def test_bad_values_raise_a_usage_error_and_touch_nothing(recorded_copy, overrides, message):
     before = snapshot(recorded_copy)
     with pytest.raises(UsageError, match=message):
         record(recorded_copy, **overrides)
@@ -348,8 +369,10 @@ def run_script(*flags: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--driver", "bogus"], "--driver"),
-    (["--driver", "autopilot", "--episodes", "0"], "--episodes 0"),
+    (["--record.driver", "bogus"], "--record.driver"),
+    (["--record.driver", "autopilot", "--record.episodes", "0"], "record.episodes = 0"),
+    (["--record.driver", "autopilot", "--record.input", "keyboard"], "--record.input: has no effect here"),
+    (["--record.driver", "autopilot", "--threads", "1"], "--threads: has no effect here"),
 ])
 def test_bad_input_on_the_command_line_is_one_line_and_exit_code_2(recorded_copy, flags, message):
     before = snapshot(recorded_copy)
@@ -386,8 +409,7 @@ def test_the_agent_records_its_own_episodes_with_exploration_noise(tmp_path):
 
     checkpoints = tmp_path / "ck"
     write_tiny_checkpoints(checkpoints)
-    record(tmp_path / "data", driver="agent", episodes=2, steps=15, noise=0.5, checkpoint_dir=str(checkpoints),
-           workers=1)
+    record(tmp_path / "data", driver="agent", episodes=2, steps=15, noise=0.5, checkpoint_dir=str(checkpoints))
     data = load_recorded(tmp_path / "data")
     assert [e["driver"] for e in data.episodes] == ["agent", "agent"] and len(data) == 30
     assert all(0 <= e["noise"]["agent_noise_sigma"] <= 0.5 for e in data.episodes)
