@@ -2,7 +2,8 @@
 
     python car_racing/demo.py            # → runs/demo-YYYYmmdd-HHMMSS/{data,checkpoints,...}
 
-Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`STAGES`):
+Stages, in order (stages 1–4 call the library's stage functions with the config preset ``demo``; 5–8 run the
+tool scripts as a user would; see :data:`STAGES`):
 
 1. record autopilot driving with noise        → data/
 2. train V (ConvVAE)                           → checkpoints/vision_model.pth (+ loss PNG)
@@ -20,8 +21,9 @@ Stages, in order (each calls the stage script's ``main(Args(...))``; see :data:`
 Every stage writes only inside the run folder and reads only what earlier stages wrote there: the score line
 belongs to V, M and C trained in this run from its own recording (the repo's ``data/`` and ``checkpoints/`` are
 never read or written). At this scale the driver is weak; the last lines say how it compares with the shipped
-agents. The quick settings are
-all in :data:`PRESET` (one section of ``Args`` keyword arguments per stage script). A failing stage
+agents. The recipe's quick settings are the config preset ``demo`` (car_racing/common/config.py; the resolved
+config is written to the run folder as ``demo.config.toml``, so ``--config`` of it reruns any stage the same way);
+what the tools show is :data:`TOOLS`. A failing stage
 stops the demo with one line naming it (the traceback, if any, goes to ``error.log`` in the run folder).
 """
 
@@ -33,7 +35,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import contextlib
 import json
 import os
 import time
@@ -42,45 +43,27 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.config import Config, preset, replace, workers_of, write_resolved
 from car_racing.episodes.rollout import default_workers
 
-# Quick settings for every stage, in one place: each section holds keyword arguments of that stage
-# script's Args (paths and the seed are filled in by the demo); the same commands as the full run, smaller.
-# About 15 minutes on 2 CPU cores (docs/stages.md#the-demo-make-demo has the measured times and score).
-PRESET: dict[str, Any] = {
-    "seed": 0,
-    # 24 noisy autopilot episodes × 500 steps + 6 random-driver ones (M sees the car off the road) = 15,000
-    # frames; windows of 100 steps for M.
-    "record": {"driver": "autopilot", "episodes": 24, "steps": 500, "random_episodes": 6, "noise": 1.0,
-               "seq_len": 100, "workers": None},  # None = the cores this process may use
-    # A few epochs at a higher learning rate than the full run; β reaches 1 within the run, so z is a
-    # real posterior (with β ≈ 0 the latents would be useless to M and C). threads 0 = the script's auto.
-    "vision": {"epochs": 4, "kl_anneal_epochs": 2, "free_bits": 0.5, "lr": 1e-3, "batch_size": 100, "threads": 0},
-    # ~135 training windows: small batches so that M gets a few hundred gradient steps; dropout on h before the
-    # heads and a value head (γ 0.98), as the full run: stage 4's short dreams end on M's value. One torch thread
-    # for M and C: their small batches gain little from a second one, and lose many times over when another
-    # process shares the 2 cores.
-    "memory": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "dropout": 0.05, "value_discount": 0.98, "threads": 1},
-    # Stage 4 from zero on this run's V and M: the repair loop (2 iterations) with stage 4's own dream (200-step
-    # dreams from recorded states, 16 per candidate with one dropout mask each, their mean, ended on M's value),
-    # a smaller population and fewer generations; real checks on 3 tracks of 500 steps choose what is kept; C's
-    # episodes and the repair replays join M's data. No expert label reaches C. (Sizes tried, with their scores:
-    # docs/stages.md#the-demo-make-demo.)
-    "controller": {"loop_iterations": 2, "population": 16, "generations": 10, "eval_every": 5, "eval_episodes": 3,
-                   "dream_start": "recorded", "rollout_steps": 200, "dream_trials": 16, "dream_fitness": "mean",
-                   "dream_value": True, "dream_dropout": 0.1,
-                   "eval_max_steps": 500, "loop_controller_start": "zero", "loop_memory_epochs": 5,
-                   "loop_agent_episodes": 6, "loop_repair_episodes": 4, "loop_select_top": 0,
-                   "workers": None,  # None = the cores this process may use
-                   "threads": 1, "progress": False},
+# The recipe's quick settings are the config's preset ``demo`` (car_racing/common/config.py PRESETS: 24 noisy
+# autopilot episodes × 500 steps + 6 random ones, V 4 epochs, M 30 epochs in small batches with dropout and a value
+# head, stage 4 the repair loop from zero, 2 iterations, population 16, 10 generations, checks on 3 tracks of 500
+# steps). The demo fills in the run folder's paths. One torch thread for M and C: their small batches gain little
+# from a second one, and lose many times over when another process shares the 2 cores.
+PRESET = "demo"
+ONE_THREAD_STAGES = ("memory", "controller")
+
+# What the demo shows after training (tools, not the recipe): flags of each tool script, run as a command.
+TOOLS: dict[str, dict[str, Any]] = {
     # Held-out tracks (seeds 10000..) with a video of every episode.
-    "simulator": {"episodes": 5, "max_steps": 1000, "workers": None, "video_scale": 3},
+    "simulator": {"episodes": 5, "max_steps": 1000, "video_scale": 3},
     "vision_png": {"columns": 8},
     "vision_video": {"max_steps": 300},
     "memory_video": {"max_steps": 300, "dream_steps": 50, "temperature": 1.0},
 }
 
-# The demo with PRESET, timed from its first stage to its last line on a fresh clone, 2-core CPU, nothing else
+# The demo with the demo preset, timed from its first stage to its last line on a fresh clone, 2-core CPU, nothing else
 # running (docs/stages.md#the-demo-make-demo); what it says it expects before it starts is scaled from this.
 MEASURED: dict[str, float] = {"cores": 2, "minutes": 6.5}
 
@@ -93,7 +76,7 @@ SHIPPED_AGENTS = (("dream", "trained only in M's dream, from scratch: the five s
 
 @dataclass
 class Args:
-    """Run every stage of the pipeline on quick settings (PRESET in car_racing/demo.py) in a new run folder."""
+    """Run every stage of the pipeline on quick settings (the config preset demo) in a new run folder."""
 
     runs_dir: str = "runs"
     """folder in which the run folder demo-YYYYmmdd-HHMMSS is created"""
@@ -127,14 +110,6 @@ def expectation(cores: int, load: float) -> str:
     return line
 
 
-def _settings(preset: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """The preset's section for one stage, with ``workers: None`` replaced by the cores this process may use."""
-    settings = dict(preset[key])
-    if "workers" in settings and settings["workers"] is None:
-        settings["workers"] = usable_cores()
-    return settings
-
-
 class _Tee:
     """A stdout that also remembers the last line starting with a given prefix (the simulator's score)."""
 
@@ -154,16 +129,15 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-# --- the stages: ``run(run_dir, preset) -> summary line`` ---------------------------------------------
+# --- the stages: ``run(run_dir, config, tools) -> summary line`` -----------------------------------------------
 
 
-def record(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def record(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 1: autopilot episodes with noise → run_dir/data."""
-    from car_racing import recorded_frames
+    from car_racing.episodes.recording import record as record_episodes
     from car_racing.recording.recorded_data import load_recorded
 
-    recorded_frames.main(recorded_frames.Args(data_dir=str(run_dir / "data"), seed=preset["seed"],
-                                              **_settings(preset, "record")))
+    record_episodes(config)
     episodes = load_recorded(run_dir / "data", mmap=True).episodes
     rewards: dict[str, list[float]] = {}
     for episode in episodes:
@@ -172,95 +146,100 @@ def record(run_dir: Path, preset: Mapping[str, Any]) -> str:
     return f"{len(episodes)} episodes, {sum(e['length'] for e in episodes)} steps: {by_driver}"
 
 
-def vision(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def vision(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 2: V on run_dir/data → run_dir/checkpoints/vision_model.pth."""
-    from car_racing import train_vision
+    from car_racing.training.vision import train_vision
 
-    latest = train_vision.main(train_vision.Args(data_dir=str(run_dir / "data"),
-                                                 checkpoint_dir=str(run_dir / "checkpoints"), seed=preset["seed"],
-                                                 **_settings(preset, "vision")))
+    latest = train_vision(config)
     best = int(latest["best_epoch"]) - 1
     history = latest["history"]
     return (f"best epoch {best + 1}: val recon {history['val_recon'][best]:.1f} + KL {history['val_kl'][best]:.1f}"
             f" = {latest['best_val_loss']:.1f} per image (β at the end {history['beta'][-1]:.2f})")
 
 
-def memory(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def memory(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 3: M on V's latents → run_dir/checkpoints/memory_model.pth."""
-    from car_racing import train_memory
+    from car_racing.training.memory import train_memory
 
-    best = train_memory.main(train_memory.Args(data_dir=str(run_dir / "data"),
-                                               checkpoint_dir=str(run_dir / "checkpoints"), seed=preset["seed"],
-                                               **_settings(preset, "memory")))
+    best = train_memory(config)
     epoch, history = int(best["epoch"]), best["history"]
     return (f"best epoch {epoch}: val MDN NLL {history['val_mdn'][epoch - 1]:.3f} per latent dim, reward MSE "
             f"{history['val_reward'][epoch - 1]:.3f}, done BCE {history['val_done'][epoch - 1]:.4f}")
 
 
-
-
-def controller(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def controller(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 4: C in M's dream from zero (the repair loop) on this run's V and M → run_dir/checkpoints (M, C)."""
-    from car_racing import train_controller_cmaes
+    from car_racing.training.controller import train_controller
 
-    final = train_controller_cmaes.main(train_controller_cmaes.Args(
-        data_dir=str(run_dir / "data"), checkpoint_dir=str(run_dir / "checkpoints"), seed=preset["seed"],
-        **_settings(preset, "controller")))
+    final = train_controller(replace(config, run__progress=False))  # the loop's own lines say where it is
     training = final["training"]
     return (f"C trained only in the dream ({training['fitness_source']}, from {training['warm_start']}); "
             f"kept: {final['model_source']}, real check {final['best_real_score']:.1f}")
 
 
-def simulator(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def run_tool(script: str, flags: Mapping[str, Any], run_dir: Path) -> list[str]:
+    """``python car_racing/SCRIPT --flag value …`` as a user would run it, its output passed through; returns its
+    output lines. A failure is one :class:`UsageError` with the tool's last line (all of it in run_dir/error.log)."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve().parent / script)]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        command += ([flag] if value is True else [f"--no-{name.replace('_', '-')}"] if value is False
+                    else [flag, str(value)])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line.rstrip("\n"))
+    if process.wait() != 0:
+        (run_dir / "error.log").write_text("$ " + " ".join(command) + "\n" + "\n".join(lines) + "\n")
+        last = next((line for line in reversed(lines) if line.strip()), f"exit code {process.returncode}")
+        raise UsageError(f"{script}: {last.strip()} (its output in {run_dir / 'error.log'})")
+    return lines
+
+
+def simulator(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 5: the dream-trained agent drives held-out tracks; its score line, and a video → agent_driving.mp4."""
-    from car_racing import car_racing_gameplay_simulator as sim
-
-    tee = _Tee(sys.stdout, "score:")
-    with contextlib.redirect_stdout(tee):
-        mean = sim.main(sim.Args(checkpoint_dir=str(run_dir / "checkpoints"), video=str(run_dir / "agent_driving.mp4"),
-                                 **_settings(preset, "simulator")))
-    return tee.found or f"score: {mean:.1f}"
+    lines = run_tool("car_racing_gameplay_simulator.py",
+                     {"checkpoint_dir": run_dir / "checkpoints", "video": run_dir / "agent_driving.mp4",
+                      "workers": workers_of(config.run), "progress": False, **tools["simulator"]}, run_dir)
+    return next((line for line in reversed(lines) if line.startswith("score:")), "no score line")
 
 
-def vision_png(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def vision_png(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 6: held-out frames, V's reconstructions and samples → run_dir/vision_reconstructions.png."""
-    from car_racing import visualize_vision_model
-
-    out = visualize_vision_model.main(visualize_vision_model.Args(
-        checkpoint_dir=str(run_dir / "checkpoints"), data_dir=str(run_dir / "data"),
-        out=str(run_dir / "vision_reconstructions.png"), seed=preset["seed"], **_settings(preset, "vision_png")))
-    return f"{Path(out).name}"
+    out = run_dir / "vision_reconstructions.png"
+    run_tool("visualize_vision_model.py", {"checkpoint_dir": run_dir / "checkpoints", "data_dir": run_dir / "data",
+                                           "out": out, "seed": config.run.seed, **tools["vision_png"]}, run_dir)
+    return out.name
 
 
-def vision_video(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def vision_video(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 7: a held-out episode and V's reconstruction side by side → run_dir/vision_episode.mp4."""
-    from car_racing import visualize_vision_video
-
-    out = visualize_vision_video.main(visualize_vision_video.Args(
-        checkpoint_dir=str(run_dir / "checkpoints"), data_dir=str(run_dir / "data"),
-        out=str(run_dir / "vision_episode.mp4"), **_settings(preset, "vision_video")))
-    return f"{Path(out).name}"
+    out = run_dir / "vision_episode.mp4"
+    run_tool("visualize_vision_video.py", {"checkpoint_dir": run_dir / "checkpoints", "data_dir": run_dir / "data",
+                                           "out": out, **tools["vision_video"]}, run_dir)
+    return out.name
 
 
-def memory_video(run_dir: Path, preset: Mapping[str, Any]) -> str:
+def memory_video(run_dir: Path, config: Config, tools: Mapping[str, Any]) -> str:
     """Stage 8: M dreams beside a recorded episode → run_dir/memory_dream.mp4 and memory_dream_reward.png."""
-    from car_racing import visualize_memory_prediction
-
-    summary = visualize_memory_prediction.main(visualize_memory_prediction.Args(
-        checkpoint_dir=str(run_dir / "checkpoints"), data_dir=str(run_dir / "data"),
-        out=str(run_dir / "memory_dream.mp4"), seed=preset["seed"], **_settings(preset, "memory_video")))
-    return (f"reward MSE in the dream {summary['reward_mse_dream']:.3f} (with real z "
-            f"{summary['reward_mse_real_z']:.3f})")
+    lines = run_tool("visualize_memory_prediction.py",
+                     {"checkpoint_dir": run_dir / "checkpoints", "data_dir": run_dir / "data",
+                      "out": run_dir / "memory_dream.mp4", "seed": config.run.seed, **tools["memory_video"]}, run_dir)
+    return next((line.strip() for line in reversed(lines) if "reward" in line and "MSE" in line), "memory_dream.mp4")
 
 
 @dataclass
 class Stage:
-    """One step of the pipeline: ``run(run_dir, preset)`` reads and writes only under ``run_dir`` and
-    returns a one-line summary; its settings are ``preset[key]``."""
+    """One step of the pipeline: ``run(run_dir, config, tools)`` reads and writes only under ``run_dir`` and
+    returns a one-line summary; ``key`` names its config section (stages 1–4) or its entry in ``tools``."""
 
     name: str
     key: str
-    run: Callable[[Path, Mapping[str, Any]], str]
+    run: Callable[[Path, Config, Mapping[str, Any]], str]
 
 
 STAGES: list[Stage] = [
@@ -273,6 +252,13 @@ STAGES: list[Stage] = [
     Stage("V video", "vision_video", vision_video),
     Stage("M dream video and reward plot", "memory_video", memory_video),
 ]
+RECIPE_STAGES = ("record", "vision", "memory", "controller")  # the config's stages; the rest are TOOLS
+
+
+def demo_config(run_dir: Path, config: Config | None = None) -> Config:
+    """The demo's config (default: the preset ``demo``) with the run folder's paths."""
+    config = preset(PRESET) if config is None else config
+    return replace(config, run__data_dir=str(run_dir / "data"), run__checkpoint_dir=str(run_dir / "checkpoints"))
 
 
 def new_run_dir(runs_dir: Path) -> Path:
@@ -300,24 +286,27 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.0f} kB"
 
 
-def run_stages(run_dir: Path, preset: Mapping[str, Any], stages: list[Stage] | None = None
-               ) -> list[tuple[Stage, float, str]]:
-    """Run the stages in order in ``run_dir``; returns (stage, seconds, summary) for each. A failure
-    raises one :class:`UsageError` naming the stage (traceback of unexpected errors → run_dir/error.log)."""
+def run_stages(run_dir: Path, config: Config, tools: Mapping[str, Any] | None = None,
+               stages: list[Stage] | None = None) -> list[tuple[Stage, float, str]]:
+    """Run the stages in order in ``run_dir`` with ``config`` (its paths in ``run_dir``) and ``tools`` (default
+    :data:`TOOLS`); returns (stage, seconds, summary) for each. A failure raises one :class:`UsageError` naming the
+    stage (traceback of unexpected errors → run_dir/error.log)."""
     import torch
 
     stages = STAGES if stages is None else stages
-    missing = [stage.key for stage in stages if stage.key not in preset]
+    tools = TOOLS if tools is None else tools
+    missing = [stage.key for stage in stages if stage.key not in RECIPE_STAGES and stage.key not in tools]
     if missing:
-        raise UsageError(f"the demo preset has no settings for {', '.join(missing)}")
+        raise UsageError(f"the demo's tools have no settings for {', '.join(missing)}")
     threads = torch.get_num_threads()
     done = []
     for number, stage in enumerate(stages, start=1):
         print(f"\n=== [{number}/{len(stages)}] {stage.name} ===", flush=True)
         torch.set_num_threads(threads)  # a stage's thread choice must not leak into the next one
         started = time.perf_counter()
+        stage_config = replace(config, run__threads=1) if stage.key in ONE_THREAD_STAGES else config
         try:
-            summary = stage.run(run_dir, preset)
+            summary = stage.run(run_dir, stage_config, tools)
         except UsageError as err:
             raise UsageError(f"stage {number} ({stage.name}) failed: {err}") from None
         except Exception as err:  # noqa: BLE001 - one line for the user, the traceback in a file
@@ -379,16 +368,21 @@ def verdict(score_line: str, episodes: Any, kept: str = "") -> str:
     return "\n".join(lines)
 
 
-def main(args: Args, preset: Mapping[str, Any] | None = None) -> Path:
-    """Run the demo (``preset`` defaults to :data:`PRESET`; tests pass a tiny one); returns the run folder."""
-    preset = PRESET if preset is None else preset
+def main(args: Args, config: Config | None = None, tools: Mapping[str, Any] | None = None) -> Path:
+    """Run the demo (``config`` defaults to the preset ``demo``, ``tools`` to :data:`TOOLS`; tests pass tiny ones);
+    returns the run folder."""
     started = time.perf_counter()
     run_dir = new_run_dir(Path(args.runs_dir))
-    (run_dir / "preset.json").write_text(json.dumps(preset, indent=1))
-    print(f"demo run folder: {run_dir}  (settings: PRESET in car_racing/demo.py, copied to preset.json)")
-    if preset is PRESET:
+    quick = config is None
+    config = demo_config(run_dir, config)
+    tools = TOOLS if tools is None else tools
+    resolved = write_resolved(config, run_dir / "demo.config.toml")
+    (run_dir / "tools.json").write_text(json.dumps(tools, indent=1))
+    print(f"demo run folder: {run_dir}  (settings: the config preset {config.preset!r}, resolved in {resolved.name}; "
+          f"rerun a stage with --config {resolved})")
+    if quick:
         print(expectation(usable_cores(), os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), flush=True)
-    done = run_stages(run_dir, preset)
+    done = run_stages(run_dir, config, tools)
     total = time.perf_counter() - started
 
     print(f"\n=== demo finished in {total / 60:.1f} min ===")
@@ -400,7 +394,7 @@ def main(args: Args, preset: Mapping[str, Any] | None = None) -> Path:
     kept = next((summary for stage, _, summary in done if stage.key == "controller"), "")
     for stage, _, summary in done:
         if stage.key == "simulator":
-            print(verdict(summary, preset["simulator"].get("episodes"), kept))
+            print(verdict(summary, tools["simulator"].get("episodes"), kept))
     print("\nwatch it:")
     for path, what in SHOWCASE:
         if (run_dir / path).is_file():

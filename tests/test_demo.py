@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,48 +10,47 @@ from pathlib import Path
 import pytest
 
 from car_racing import demo
+from car_racing.common import config
 from car_racing.common.cli import UsageError
 
 # Every stage on the smallest settings that still run the real code paths (in-process, 1 worker).
-TINY = {
-    "seed": 0,
-    "record": {"driver": "autopilot", "episodes": 2, "steps": 40, "random_episodes": 1, "noise": 1.0, "seq_len": 10,
-               "workers": 1},
-    "vision": {"epochs": 1, "kl_anneal_epochs": 1, "batch_size": 40, "latent_size": 8, "threads": 1},
-    "memory": {"epochs": 1, "batch_size": 4, "hidden_size": 16, "num_mixtures": 2, "dropout": 0.05, "threads": 1,
-               "progress": False},
-    "controller": {"loop_iterations": 2, "loop_memory_epochs": 1, "population": 4, "generations": 2,
-                   "dream_trials": 2, "rollout_steps": 5, "start_states": 16, "eval_every": 2, "eval_episodes": 1,
-                   "eval_max_steps": 10, "loop_agent_episodes": 2, "loop_repair_episodes": 1, "workers": 1,
-                   "progress": False},
-    "simulator": {"episodes": 1, "max_steps": 10, "workers": 1, "video_scale": 1},
+TINY = config.preset(
+    "demo", run__workers=1, record__episodes=2, record__steps=40, record__random_episodes=1, record__seq_len=10,
+    vision__epochs=1, vision__kl_anneal_epochs=1.0, vision__batch_size=40, vision__latent_size=8, memory__epochs=1,
+    memory__batch_size=4, memory__hidden_size=16, memory__num_mixtures=2, loop__memory_epochs=1, cmaes__population=4,
+    cmaes__generations=2, dream__trials=2, dream__steps=5, dream__start_states=16, checks__every=2,
+    checks__episodes=1, checks__max_steps=10, loop__agent_episodes=2, loop__repair_episodes=1)
+TOOLS = {
+    "simulator": {"episodes": 1, "max_steps": 10, "video_scale": 1},
     "vision_png": {"columns": 2, "scale": 1},
     "vision_video": {"max_steps": 10, "scale": 1},
     "memory_video": {"max_steps": 10, "dream_steps": 5, "scale": 1},
 }
 
 
-def test_preset_has_settings_for_every_stage_and_they_are_valid_args():
-    assert {stage.key for stage in demo.STAGES} <= set(demo.PRESET)
-    assert {stage.key for stage in demo.STAGES} == set(TINY) - {"seed"}
-    vision = demo.PRESET["vision"]
-    assert vision["kl_anneal_epochs"] <= vision["epochs"], "β must reach 1 within the quick run"
-    from car_racing import train_controller_cmaes
+def test_the_demo_preset_is_the_recipe_at_a_quick_size():
+    quick = config.preset("demo")
+    assert {stage.key for stage in demo.STAGES} == set(demo.RECIPE_STAGES) | set(demo.TOOLS) == \
+        set(demo.RECIPE_STAGES) | set(TOOLS)
+    assert quick.vision.kl_anneal_epochs <= quick.vision.epochs, "β must reach 1 within the quick run"
+    assert quick.loop.iterations >= 2 and 1 <= quick.cmaes.generations // quick.checks.every <= 2
+    assert (quick.cmaes.mode, quick.cmaes.init) == ("dream", "zero")  # from zero, only in the dream
+    assert quick.record.driver == "autopilot"  # headless: the stand-in for a person's driving
+    # only sizes differ from the default recipe: the same dream, fitness, loop stages and M's heads
+    default = config.preset("default")
+    for key in ("dream.steps", "dream.dropout", "dream.value", "dream.fitness", "dream.start", "memory.dropout",
+                "memory.value_discount", "cmaes.diagonal", "cmaes.sigma0"):
+        assert config.get(quick, key) == config.get(default, key), key
 
-    loop = demo.PRESET["controller"]
-    assert loop["loop_iterations"] >= 2 and 1 <= loop["generations"] // loop["eval_every"] <= 2
-    stage4 = train_controller_cmaes.Args(**{k: v for k, v in loop.items() if k != "workers"})
-    assert (stage4.mode, stage4.init) == ("dream", "zero")  # from zero, only in the dream
 
-
-def test_missing_preset_section_is_one_line_error(tmp_path):
-    with pytest.raises(UsageError, match="no settings for memory"):
-        demo.run_stages(tmp_path, {k: v for k, v in TINY.items() if k != "memory"})
+def test_missing_tool_settings_is_one_line_error(tmp_path):
+    with pytest.raises(UsageError, match="no settings for memory_video"):
+        demo.run_stages(tmp_path, TINY, {k: v for k, v in TOOLS.items() if k != "memory_video"})
 
 
 def test_tiny_demo_writes_only_into_its_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # repo-relative defaults (data/, checkpoints/, runs/) would land here
-    run_dir = demo.main(demo.Args(runs_dir=str(tmp_path / "runs")), preset=TINY)
+    run_dir = demo.main(demo.Args(runs_dir=str(tmp_path / "runs")), TINY, TOOLS)
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("demo-")
     assert sorted(os.listdir(tmp_path)) == ["runs"]
     assert os.listdir(tmp_path / "runs") == [run_dir.name]
@@ -83,14 +83,27 @@ def test_tiny_demo_writes_only_into_its_run_folder(tmp_path, monkeypatch, capsys
     assert Path(stage3["data"]["data_dir"]).resolve() == (run_dir / "data").resolve()
     state = json.loads((checkpoints / "dream_loop" / "dream_loop_state.json").read_text())
     assert Path(state["stages"]["0:vision"]["from"]).resolve() == (checkpoints / "vision_model.pth").resolve()
-    assert state["config"]["controller_from"] is None  # iteration 0's C started from zero
+    assert state["config"]["cmaes"]["init"] == "zero"  # iteration 0's C started from zero
+    # the resolved config reruns: --config of it gives the demo's config with the run folder's paths
+    again, _ = config.parse(("run", "record"), ["--config", str(run_dir / "demo.config.toml")])
+    assert again == demo.demo_config(run_dir, TINY)
 
 
-def test_failing_stage_names_itself(tmp_path):
-    broken = dict(TINY, vision=dict(TINY["vision"], epochs=0))
+def test_failing_stage_names_itself(tmp_path, monkeypatch):
+    broken = dataclasses.replace(TINY, vision=dataclasses.replace(TINY.vision, epochs=0))  # past the config's checks
+    with pytest.raises(UsageError, match=r"stage 1 \(record autopilot driving .*vision.epochs = 0: expected a positive"):
+        demo.run_stages(tmp_path, demo.demo_config(tmp_path, broken), TOOLS)  # checked before anything is recorded
+    assert not (tmp_path / "data").exists()
+
+    def crash(config):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("car_racing.training.vision.train_vision", crash)
     stages = [s for s in demo.STAGES if s.key in ("record", "vision")]
-    with pytest.raises(UsageError, match=r"stage 2 \(train the vision model V .*--epochs 0"):
-        demo.run_stages(tmp_path, broken, stages)
+    with pytest.raises(UsageError, match=r"stage 2 \(train the vision model V .*RuntimeError: out of memory "
+                                         r"\(traceback in .*error.log\)"):
+        demo.run_stages(tmp_path, demo.demo_config(tmp_path, TINY), TOOLS, stages)
+    assert "out of memory" in (tmp_path / "error.log").read_text()
 
 
 def test_verdict_says_plainly_how_the_run_compares():
