@@ -302,8 +302,10 @@ def test_ray_address_of_a_live_head_then_the_head_killed_mid_generation_and_resu
     from tests.test_controller_training import run_args
     from tests.test_controller_training import write_tiny_checkpoints as write_vm
 
-    settings = dict(mode="real", population=4, generations=3, rollout_steps=20, real_trials=2, eval_every=1,
-                    eval_episodes=1, eval_max_steps=10)
+    from car_racing.common.config import flag_of
+
+    settings = dict(cmaes__mode="real", cmaes__population=4, cmaes__generations=3, cmaes__real_steps=20,
+                    cmaes__real_trials=2, checks__every=1, checks__episodes=1, checks__max_steps=10)
     write_vm(tmp_path / "unbroken" / "checkpoints")
     unbroken = main(run_args(tmp_path / "unbroken", tiny_data_dir, **settings))  # 1 worker: in this process
 
@@ -313,7 +315,7 @@ def test_ray_address_of_a_live_head_then_the_head_killed_mid_generation_and_resu
     flags = ["--preset", "seed", "--workers", "2", "--device", "cpu", "--no-progress", "--data-dir", str(tiny_data_dir),
              "--checkpoint-dir", str(folder / "checkpoints"), "--backend", "ray"]
     for key, value in settings.items():
-        flags += [f"--{key.replace('_', '-')}", str(value)]
+        flags += [flag_of(key.replace("__", ".")), str(value)]
     argv = [str(TRAINER), *flags]
     code = ("import runpy, sys; from car_racing.episodes import backends; "
             "backends.RAY_HEAD_LOST_S = 2.0; backends.RAY_HEARTBEAT_S = 0.5; "  # the test's patience: 2 s, not 10
@@ -332,18 +334,18 @@ def test_ray_address_of_a_live_head_then_the_head_killed_mid_generation_and_resu
     assert re.fullmatch(
         rf"train_controller_cmaes\.py: error: the Ray cluster at \S+:{head.port} \(RAY_ADDRESS={head.address}\) "
         rf"stopped answering during the run \(Connection refused for 2 s: its head died or the network is cut\); "
-        rf"every finished generation is saved: rerun with --resume to go on, on a new cluster or with --backend "
-        rf"processes \(no Ray\)", errors[1]), stderr
+        rf"every finished stage and generation is saved: rerun with --resume to go on, on a new cluster or with "
+        rf"--backend processes \(no Ray\)", errors[1]), stderr
     saved = load_checkpoint(folder / "checkpoints" / "control_model_cmaes.pth", "controller")
     assert saved["generation"] == 1  # generation 2 was under way: lost; generation 1 on disk
 
-    resumed = main(run_args(folder, tiny_data_dir, **settings, resume=True))  # on processes (1 worker)
-    assert resumed["generation"] == settings["generations"]
+    resumed = main(run_args(folder, tiny_data_dir, **settings, run__resume=True))  # on processes (1 worker)
+    assert resumed["generation"] == settings["cmaes__generations"]
     for key in ("fitness_best", "fitness_mean", "real_best_candidate", "real_cma_mean"):
         assert resumed["history"][key] == unbroken["history"][key], key
     np.testing.assert_array_equal(resumed["best_params"], unbroken["best_params"])
     assert resumed["best_real_score"] == unbroken["best_real_score"]
-    assert len(resumed["checked"]) == len(unbroken["checked"]) == 2 * settings["generations"] + 1
+    assert len(resumed["checked"]) == len(unbroken["checked"]) == 2 * settings["cmaes__generations"] + 1
     for after, before in zip(resumed["checked"], unbroken["checked"]):  # every checked C: CMA's mean, its best
         assert after["source"] == before["source"]
         np.testing.assert_array_equal(after["params"], before["params"])
@@ -380,17 +382,21 @@ def test_head_watch_bears_a_blip_and_stops_after_a_silence(monkeypatch):
                                  f"is cut)")
 
 
-def test_lost_cluster_line_says_how_each_script_goes_on():
-    from car_racing import car_racing_gameplay_simulator, recorded_frames, train_controller_cmaes
+def test_lost_cluster_line_says_how_each_script_goes_on(monkeypatch):
+    from car_racing import train_controller_cmaes
+    from car_racing.common.config import Config
+    from car_racing.episodes import recording
 
-    assert going_on(train_controller_cmaes.Args()).startswith("every finished generation is saved: rerun with --resume")
-    assert going_on(recorded_frames.Args()).startswith("every finished episode is saved: rerun with --append")
-    assert going_on(car_racing_gameplay_simulator.Args()).startswith("rerun the same command")
+    stage4 = going_on("train_controller_cmaes", resumable=True)
+    assert stage4.startswith("every finished stage and generation is saved: rerun with --resume")
+    assert going_on("dream_loop", resumable=True) == stage4  # the same stage under its other name
+    assert recording.GOING_ON.startswith("every finished episode is saved: rerun with --record.append")
+    assert going_on("car_racing_gameplay_simulator", resumable=False).startswith("rerun the same command")
 
-    @backends.uses_backend
-    def lost(args):
+    def lost(config):  # stage 4's library, as a lost cluster ends it
         raise RayClusterLost("the Ray cluster at 10.0.0.1:6379 stopped answering")
 
+    monkeypatch.setattr(train_controller_cmaes, "train_controller", lost)
     with pytest.raises(RayClusterLost, match=r"^the Ray cluster at 10.0.0.1:6379 stopped answering; every finished "
-                                             r"generation is saved: rerun with --resume"):
-        lost(train_controller_cmaes.Args())
+                                             r"stage and generation is saved: rerun with --resume"):
+        train_controller_cmaes.main(Config())
