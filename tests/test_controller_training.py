@@ -392,7 +392,8 @@ def test_paper_preset_sets_the_protocol_and_flags_given_win():
     paper, given = config.parse(STAGE4, ["--preset", "paper"])
     assert (paper.cmaes.mode, paper.cmaes.population, paper.cmaes.real_trials, paper.cmaes.real_steps) == (
         "real", 64, 16, 1000)
-    assert (paper.checks.every, paper.checks.episodes, paper.cmaes.generations, paper.preset) == (25, 1024, 1800, "paper")
+    assert (paper.checks.every, paper.checks.episodes, paper.cmaes.generations, paper.preset) == (
+        25, 1024, 1800, "paper")
     assert given == set()  # a preset's values are not flags given
     # flags given win over the preset, before or after it
     flagged, given = config.parse(STAGE4, ["--cmaes.population", "8", "--preset", "paper", "--checks.every", "10"])

@@ -76,9 +76,9 @@ def test_train_controller_dagger_warm_start_only(tmp_path, tiny_data_dir):
 def test_init_from_a_controller_checkpoint(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path)  # with a controller: CMA starts from its C
     start = load_checkpoint(tmp_path / "control_model_cmaes.pth", "controller")
-    args = config.preset("seed", cmaes__init="checkpoint", cmaes__generations=0, checks__episodes=1, checks__max_steps=8,
-                         run__workers=1, run__checkpoint_dir=str(tmp_path), run__data_dir=str(tiny_data_dir),
-                         run__progress=False)
+    args = config.preset("seed", cmaes__init="checkpoint", cmaes__generations=0, checks__episodes=1,
+                         checks__max_steps=8, run__workers=1, run__checkpoint_dir=str(tmp_path),
+                         run__data_dir=str(tiny_data_dir), run__progress=False)
     final = main(args)
     expected = torch.cat([start["model_state"]["fc.weight"].reshape(-1), start["model_state"]["fc.bias"]])
     np.testing.assert_allclose(final["best_params"], expected.double().numpy(), rtol=1e-6)
