@@ -38,6 +38,10 @@ CONFIG_SUFFIX = ".config.toml"  # a stage's resolved config: CHECKPOINT_DIR/<sta
 class ConfigError(UsageError):
     """A config value, key, file or preset that cannot be used: one line naming it, exit code 2."""
 
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key  # the dotted key whose value is out of range (validate), else ""
+
 
 # --- the sections ----------------------------------------------------------------------------------------------
 
@@ -548,7 +552,7 @@ def validate(config: Config) -> None:
     for key, test, expected in RANGES:
         value = get(config, key)
         if not test(value):
-            raise ConfigError(f"{key} = {value!r}: expected {expected}")
+            raise ConfigError(f"{key} = {value!r}: expected {expected}", key)
     if config.dream.value and config.memory.value_discount == 0 and config.cmaes.mode == "dream":
         raise ConfigError("dream.value = true needs M's value head: memory.value_discount > 0 (or dream.value = false)")
 
@@ -669,7 +673,15 @@ def parse(sections: Sequence[str], argv: Sequence[str] | None = None, descriptio
         config = with_values(config, from_file, f"{file}: ")
         config = with_values(config, namespace, "--")
         given = set(namespace)
-        validate(config)
+        try:
+            validate(config)
+        except ConfigError as err:  # say where the value came from: a flag, the file, or the preset
+            if err.key in given:
+                expected = str(err).split(": expected ", 1)[1]
+                raise ConfigError(f"{flag_of(err.key)} {get(config, err.key)}: expected {expected}") from None
+            if err.key in from_file:
+                raise ConfigError(f"{file}: {err}") from None
+            raise
         if no_effect is not None:
             for key, why in no_effect(config).items():
                 if key in given:
