@@ -419,11 +419,28 @@ def start(config: Config) -> Loop:
     return Loop(config, float(memory.get("dropout", 0.0)), value_discount, controller_from)
 
 
+def plan(config: Config) -> str:
+    """What the loop will do, said before it starts (a quick try should know it runs a loop, not one pass)."""
+    settings, cmaes, checks = config.loop, config.cmaes, config.checks
+    starts = {"both": "from zero (after iteration 0 also warm: 2 runs)", "zero": "from zero",
+              "warm": "warm from the last C (iteration 0 from zero)"}
+    extra = [f"{settings.agent_episodes} episodes of C recorded"] if settings.agent_episodes else []
+    extra += [f"{settings.repair_episodes} repair replays"] if settings.repair_episodes else []
+    choice = (f"then the final choice: the top {settings.select_top} drive {settings.select_episodes} more tracks"
+              if settings.select_top else "then the best check is kept")
+    return (f"stage 4: the repair loop, {settings.iterations} iterations (--loop.iterations 1: one CMA-ES pass); each: "
+            f"CMA-ES {starts[settings.controller_start]} in M's dream, {cmaes.generations} generations × "
+            f"{cmaes.population} candidates × {config.dream.trials} dreams of {config.dream.steps} steps, real checks "
+            f"every {checks.every} on {checks.episodes} tracks of {checks.max_steps} steps; "
+            f"{', '.join(extra) or 'no new data'} and M {settings.memory_epochs} more epochs; {choice}")
+
+
 def run(config: Config) -> dict:
     """Stage 4's repair loop: run (or continue) it, then the final choice's M and C become CHECKPOINT_DIR's.
     Returns C's final checkpoint."""
     loop = start(config)
     write_resolved(config, resolved_path(config.run.checkpoint_dir, "controller"))
+    print(plan(config), flush=True)
     state = iterate(loop)
     best = state.get("best_iteration")
     if best is None:
