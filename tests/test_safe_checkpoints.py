@@ -37,6 +37,7 @@ from car_racing import (
     visualize_vision_video,
 )
 from car_racing.common.cli import USAGE_EXIT_CODE, run_main
+from car_racing.common.config import run_stage
 from car_racing.common.plain_data import globals_in, load_plain, plain, resume_path
 from car_racing.common.runtime import (
     SHIPPED_AGENTS,
@@ -100,26 +101,36 @@ def loaders(folder: Path, data: Path, out: Path) -> dict[str, tuple[object, list
         "drive_in_dream": (drive_in_dream, ["--checkpoint-dir", d, "--data-dir", f], ("vision", "memory")),
         "readme_animations": (readme_animations, ["--checkpoint-dir", d, "--out-dir", str(out)],
                               ("vision", "memory", "controller")),
-        "recorded_frames (agent)": (recorded_frames, ["--driver", "agent", "--checkpoint-dir", d, "--data-dir",
-                                                      str(out / "rec"), "--episodes", "1", "--random-episodes", "0",
-                                                      "--steps", "5", "--no-progress"], ("vision", "memory", "controller")),
+        "recorded_frames (agent)": (recorded_frames, ["--record.driver", "agent", "--checkpoint-dir", d, "--data-dir",
+                                                      str(out / "rec"), "--record.episodes", "1",
+                                                      "--record.random-episodes", "0", "--record.steps", "5",
+                                                      "--no-progress"], ("vision", "memory", "controller")),
         "export_checkpoints": (export_checkpoints, ["--source-dir", d, "--out-dir", str(out / "export")],
                                ("vision", "memory", "controller")),
         "select_controller": (select_controller, ["--checkpoint-dir", d, "--workers", "1", "--no-progress"],
                               ("controller",)),
-        "warm start (--init-from)": (train_controller_cmaes, [
-            "--checkpoint-dir", str(out / "stage4"), "--data-dir", f, "--init", "checkpoint", "--init-from", c,
-            "--loop-iterations", "1", "--generations", "1", "--population", "4", "--eval-every", "0",
-            "--no-dream-value", "--no-progress", "--workers", "1"], ("controller",)),
-        "train_memory --init-from": (train_memory, ["--checkpoint-dir", str(out / "stage3"), "--data-dir", f,
-                                                    "--init-from", str(checkpoint_paths(folder)["memory"]),
-                                                    "--vision-checkpoint", str(checkpoint_paths(folder)["vision"]),
-                                                    "--epochs", "1", "--no-progress"], ("memory",)),
-        "dream_loop --vision-from": (dream_loop, ["--checkpoint-dir", str(out / "loop"), "--data-dir", str(out / "ld"),
-                                                  "--init-data-dir", f, "--vision-from",
-                                                  str(checkpoint_paths(folder)["vision"]), "--no-progress"], ("vision",)),
+        "warm start (--cmaes.init-from)": (train_controller_cmaes, [
+            "--checkpoint-dir", str(out / "stage4"), "--data-dir", f, "--cmaes.init", "checkpoint", "--cmaes.init-from",
+            c, "--loop.iterations", "1", "--cmaes.generations", "1", "--cmaes.population", "4", "--checks.every", "0",
+            "--no-dream.value", "--no-progress", "--workers", "1"], ("controller",)),
+        "dream_loop (stage 4) --cmaes.init-from": (dream_loop, [
+            "--checkpoint-dir", str(out / "stage4"), "--data-dir", f, "--cmaes.init", "checkpoint", "--cmaes.init-from",
+            c, "--loop.iterations", "2", "--cmaes.generations", "1", "--cmaes.population", "4", "--no-dream.value",
+            "--no-progress", "--workers", "1"], ("controller",)),
+        "train_memory --memory.init-from": (train_memory, [
+            "--checkpoint-dir", str(out / "stage3"), "--data-dir", f, "--memory.init-from",
+            str(checkpoint_paths(folder)["memory"]), "--memory.vision-checkpoint",
+            str(checkpoint_paths(folder)["vision"]), "--memory.epochs", "1", "--no-progress"], ("memory",)),
         "convert_checkpoints": (convert_checkpoints, ["--paths", d], ("vision", "memory", "controller")),
     }
+
+
+def run_script(module, argv: list[str]) -> None:
+    """``module``'s command line as the shell runs it: a stage on the one config (``SECTIONS``) or a tool's Args."""
+    if hasattr(module, "SECTIONS"):
+        run_stage(module.main, module.SECTIONS, no_effect=getattr(module, "no_effect", None), argv=argv)
+    else:
+        run_main(module.main, module.Args, argv)
 
 
 @pytest.mark.parametrize("kind", ["vision", "memory", "controller"])
@@ -135,12 +146,12 @@ def test_every_loader_refuses_a_file_that_would_run_code_in_one_line(kind, tmp_p
         tried.append(name)
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
-            run_main(module.main, module.Args, argv)
+            run_script(module, argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == USAGE_EXIT_CODE, (name, err)
         assert len(err) == 1 and str(path) in err[0] and "posix.system" in err[0] and "refused" in err[0], (name, err)
         assert not marker.exists(), f"{name} ran the file's command"
-    assert len(tried) == {"vision": 13, "memory": 10, "controller": 8}[kind], tried
+    assert len(tried) == {"vision": 12, "memory": 10, "controller": 9}[kind], tried
 
 
 def test_saving_refuses_what_would_need_code_to_load(tmp_path):
@@ -175,7 +186,7 @@ def legacy(value):
 
 def test_an_older_cmaes_run_is_refused_then_converted_once_and_resumes_as_before(tmp_path, tiny_data_dir, capsys):
     paths = write_tiny_checkpoints(tmp_path / "checkpoints")
-    train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, generations=2, eval_every=1))
+    train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, cmaes__generations=2, checks__every=1))
     reference = tmp_path / "reference"
     shutil.copytree(tmp_path / "checkpoints", reference / "checkpoints")
 
@@ -207,8 +218,10 @@ def test_an_older_cmaes_run_is_refused_then_converted_once_and_resumes_as_before
     assert again["converted"] == [] and len(again["plain"]) == 3  # once: the .legacy originals are not *.pth
 
     # --resume continues the converted run exactly as it continues the untouched one
-    resumed = train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, generations=3, eval_every=1, resume=True))
-    straight = train_controller_cmaes.main(run_args(reference, tiny_data_dir, generations=3, eval_every=1, resume=True))
+    resumed = train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, cmaes__generations=3, checks__every=1,
+                                                   run__resume=True))
+    straight = train_controller_cmaes.main(run_args(reference, tiny_data_dir, cmaes__generations=3, checks__every=1,
+                                                    run__resume=True))
     assert resumed["history"]["fitness_best"] == straight["history"]["fitness_best"]
     torch.testing.assert_close(resumed["cma_mean"], straight["cma_mean"])
     torch.testing.assert_close(resumed["best_params"], straight["best_params"])
@@ -229,7 +242,7 @@ def test_the_converter_fills_nothing_it_cannot_read_safely(tmp_path, capsys):
 
 def test_a_resume_file_is_the_runs_own_and_never_exported(tmp_path, tiny_data_dir):
     paths = write_tiny_checkpoints(tmp_path / "checkpoints")
-    train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, generations=1, eval_every=0))
+    train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, cmaes__generations=1, checks__every=0))
     resume = resume_path(paths["controller"])
     assert pickle.loads(load_resume_state(resume)["es_state"]).countiter == 1
     out = export_checkpoints.main(export_checkpoints.Args(source_dir=str(tmp_path / "checkpoints"),
@@ -237,7 +250,8 @@ def test_a_resume_file_is_the_runs_own_and_never_exported(tmp_path, tiny_data_di
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(p.name for p in out.values())
     resume.unlink()
     with pytest.raises(Exception, match=r"resume.pkl: no CMA-ES run to resume here \(only a checkpoint"):
-        train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, generations=2, eval_every=0, resume=True))
+        train_controller_cmaes.main(run_args(tmp_path, tiny_data_dir, cmaes__generations=2, checks__every=0,
+                                             run__resume=True))
 
 
 def test_the_simulator_from_the_shell_refuses_a_poisoned_controller(tmp_path):
