@@ -117,17 +117,20 @@ def shipped_digests() -> dict[str, str]:
 
 def test_training_stages_never_write_into_a_shipped_agent(tmp_path, monkeypatch):
     from car_racing import dream_loop, select_controller, train_controller_cmaes, train_memory, train_vision
+    from car_racing.common import config
     from car_racing.common.cli import UsageError
 
     before = shipped_digests()
-    stages = {train_vision: {"data_dir": str(tmp_path)}, train_memory: {"data_dir": str(tmp_path)},
-              train_controller_cmaes: {"data_dir": str(tmp_path)}, dream_loop: {"data_dir": str(tmp_path)},
-              select_controller: {}}
-    for script, extra in stages.items():
-        assert "pretrained" not in script.Args().checkpoint_dir  # the default writes to the user's own folder
+    assert "pretrained" not in config.Config().run.checkpoint_dir  # the stages' default: the user's own folder
+    for stage in (train_vision, train_memory, train_controller_cmaes, dream_loop):  # the stages on the one config
         for agent in ("default", "dream"):
             with pytest.raises(UsageError, match="shipped agent"):
-                script.main(script.Args(checkpoint_dir=str(PRETRAINED / agent), **extra))
+                stage.main(config.preset("default", run__checkpoint_dir=str(PRETRAINED / agent),
+                                         run__data_dir=str(tmp_path)))
+    assert "pretrained" not in select_controller.Args().checkpoint_dir
+    for agent in ("default", "dream"):
+        with pytest.raises(UsageError, match="shipped agent"):
+            select_controller.main(select_controller.Args(checkpoint_dir=str(PRETRAINED / agent)))
     assert shipped_digests() == before and before
 
 
