@@ -1,4 +1,5 @@
-"""Stage 3: the memory model M (MDN-RNN), its latent cache, training script and dream visualisation."""
+"""Stage 3: the memory model M (MDN-RNN), its latent cache, training (car_racing/training/memory.py) and dream
+visualisation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing import train_memory, visualize_memory_prediction
+from car_racing import visualize_memory_prediction
+from car_racing.common import config as cfg
 from car_racing.common.cli import UsageError
 from car_racing.common.metrics import metrics_path, read_metrics
 from car_racing.common.runtime import load_checkpoint, save_checkpoint
@@ -17,6 +19,8 @@ from car_racing.models.mdn_rnn import MDNRNN, MDNOutput, mdn_loss
 from car_racing.models.vae import VAE
 from car_racing.recording import latent_cache
 from car_racing.recording.recorded_data import RecordedData
+from car_racing.training import memory as train_memory
+from car_racing.training.memory_film import dream_episode
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,12 +35,16 @@ def save_tiny_vision(path, seed=0):
     return vae
 
 
-def tiny_args(data_dir, checkpoint_dir, **overrides):
+RUN_KEYS = {"data_dir", "checkpoint_dir", "seed", "device", "threads", "resume", "progress", "tensorboard"}
+
+
+def tiny_args(data_dir, checkpoint_dir, **overrides) -> cfg.Config:
+    """A tiny stage-3 config: ``overrides`` by field name (run's or memory's); ranges are left to the stage."""
     values = dict(data_dir=str(data_dir), checkpoint_dir=str(checkpoint_dir), epochs=1, batch_size=4,
                   hidden_size=16, num_mixtures=3, device="cpu", progress=False,
                   value_discount=0.5)  # the tiny episodes are cut short: γ 0.98 would mask every value target
     values.update(overrides)
-    return train_memory.Args(**values)
+    return cfg.replace(cfg.Config(), **{("run__" if k in RUN_KEYS else "memory__") + k: v for k, v in values.items()})
 
 
 def normal_pdf(x, mean, sigma):
@@ -170,7 +178,7 @@ def test_latent_cache_rebuilt_when_v_changes(tiny_data_dir, tmp_path, monkeypatc
 def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
     checkpoints = tmp_path / "ck"
     save_tiny_vision(checkpoints / "vision_model.pth")
-    first = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    first = train_memory.train_memory(tiny_args(tiny_data_dir, checkpoints))
     saved = load_checkpoint(checkpoints / "memory_model.pth", "memory")
     for key in ("model_args", "model_state", "optimizer_state", "epoch", "best_val_loss", "config", "history",
                 "vision", "reward"):
@@ -179,11 +187,17 @@ def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
                                    "value_head": True}
     assert saved["vision"]["sha256"] == latent_cache.file_sha256(checkpoints / "vision_model.pth")
     assert saved["reward"]["scale"] == 1.0 and saved["epoch"] == 1 == first["epoch"]
+    assert saved["config"] == cfg.as_dict(tiny_args(tiny_data_dir, checkpoints))  # the whole config, as plain data
+    resolved = cfg.read_file(cfg.resolved_path(checkpoints, "memory"))  # and as the TOML file --config reads
+    assert cfg.with_values(cfg.Config(), resolved) == tiny_args(tiny_data_dir, checkpoints)
+    # a run saved before the one config recorded its script's flat arguments: --resume still reads them
+    assert train_memory._saved_setting({"config": {"value_discount": 0.9}}, "value_discount", 0.5) == 0.9
+    assert train_memory._saved_setting(saved, "done_target", None) == "terminal"
     assert {"train_mdn", "val_mdn", "train_reward", "val_reward", "train_done", "val_done"} <= set(saved["history"])
     assert all(np.isfinite(v[0]) for v in saved["history"].values())
     assert (checkpoints / "memory_model_latest.pth").is_file() and (checkpoints / "memory_model_loss.png").is_file()
 
-    resumed = train_memory.main(tiny_args(tiny_data_dir, checkpoints, epochs=2, resume=True))
+    resumed = train_memory.train_memory(tiny_args(tiny_data_dir, checkpoints, epochs=2, resume=True))
     latest = load_checkpoint(checkpoints / "memory_model_latest.pth", "memory")
     assert latest["epoch"] == 2 and len(latest["history"]["train_mdn"]) == 2
     assert latest["history"]["train_mdn"][0] == saved["history"]["train_mdn"][0]
@@ -193,14 +207,14 @@ def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
     # resuming gives the same model as training two epochs straight
     straight_dir = tmp_path / "straight"
     save_tiny_vision(straight_dir / "vision_model.pth")
-    train_memory.main(tiny_args(tiny_data_dir, straight_dir, epochs=2))
+    train_memory.train_memory(tiny_args(tiny_data_dir, straight_dir, epochs=2))
     straight = load_checkpoint(straight_dir / "memory_model_latest.pth", "memory")
     for name, value in straight["model_state"].items():
         torch.testing.assert_close(latest["model_state"][name], value)
     assert resumed["kind"] == "memory"
 
     with pytest.raises(UsageError, match="hidden_size"):
-        train_memory.main(tiny_args(tiny_data_dir, checkpoints, epochs=3, resume=True, hidden_size=8))
+        train_memory.train_memory(tiny_args(tiny_data_dir, checkpoints, epochs=3, resume=True, hidden_size=8))
 
     out = tmp_path / "runs" / "dream.mp4"
     summary = visualize_memory_prediction.main(visualize_memory_prediction.Args(
@@ -224,8 +238,8 @@ def test_dream_resyncs_to_real_encoding():
     torch.manual_seed(0)
     model = MDNRNN(latent_size=4, hidden_size=8, num_mixtures=2).eval()
     real_mu, actions = torch.randn(12, 4), torch.randn(12, 3)
-    result = visualize_memory_prediction.dream_episode(model, real_mu, actions, dream_steps=5, temperature=1.0,
-                                                       generator=torch.Generator().manual_seed(0))
+    result = dream_episode(model, real_mu, actions, dream_steps=5, temperature=1.0,
+                          generator=torch.Generator().manual_seed(0))
     assert np.flatnonzero(result["resync"]).tolist() == [0, 5, 10]
     for t in (0, 5, 10):
         np.testing.assert_allclose(result["dream_z"][t], real_mu[t].numpy())
@@ -237,38 +251,38 @@ def test_dream_resyncs_to_real_encoding():
 
 
 def test_bad_flags_are_usage_errors(tiny_data_dir, tmp_path):
-    with pytest.raises(UsageError, match="--epochs"):
-        train_memory.main(tiny_args(tiny_data_dir, tmp_path, epochs=0))
+    with pytest.raises(UsageError, match="memory.epochs = 0"):
+        train_memory.train_memory(tiny_args(tiny_data_dir, tmp_path, epochs=0))
     with pytest.raises(UsageError, match="vision"):
-        train_memory.main(tiny_args(tiny_data_dir, tmp_path / "empty"))
+        train_memory.train_memory(tiny_args(tiny_data_dir, tmp_path / "empty"))
 
 
 def test_warm_start_and_head_dropout(tiny_data_dir, tmp_path):
     checkpoints = tmp_path / "ck"
     save_tiny_vision(checkpoints / "vision_model.pth")
-    first = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    first = train_memory.train_memory(tiny_args(tiny_data_dir, checkpoints))
     # --init-from: the new run starts from those weights (sizes from the checkpoint), with dropout on the heads
     tuned_dir = tmp_path / "tuned"
     save_tiny_vision(tuned_dir / "vision_model.pth")
-    tuned = train_memory.main(tiny_args(tiny_data_dir, tuned_dir, hidden_size=512, num_mixtures=5, dropout=0.3,
+    tuned = train_memory.train_memory(tiny_args(tiny_data_dir, tuned_dir, hidden_size=512, num_mixtures=5, dropout=0.3,
                                         init_from=str(checkpoints / "memory_model.pth")))
     assert tuned["model_args"] == first["model_args"]  # not the flags' 512 / 5: M is rebuilt from its checkpoint
     assert tuned["warm_start"]["from"] == str(checkpoints / "memory_model.pth") and tuned["dropout"] == 0.3
     assert tuned["history"]["train_mdn"][0] < first["history"]["train_mdn"][0]  # it continued, not restarted
     assert tuned["data"]["num_frames"] == 95 and tuned["data"]["drivers"] == ["synthetic"]
-    with pytest.raises(UsageError, match="--dropout 1.0"):
-        train_memory.main(tiny_args(tiny_data_dir, tuned_dir, dropout=1.0))
-    with pytest.raises(UsageError, match="--init-from"):
-        train_memory.main(tiny_args(tiny_data_dir, tuned_dir, init_from=str(tmp_path / "none.pth")))
+    with pytest.raises(UsageError, match="memory.dropout = 1.0"):
+        train_memory.train_memory(tiny_args(tiny_data_dir, tuned_dir, dropout=1.0))
+    with pytest.raises(UsageError, match="--memory.init-from"):
+        train_memory.train_memory(tiny_args(tiny_data_dir, tuned_dir, init_from=str(tmp_path / "none.pth")))
 
 
 def test_freeze_lstm_trains_only_the_heads(tiny_data_dir, tmp_path):
     checkpoints = tmp_path / "ck"
     save_tiny_vision(checkpoints / "vision_model.pth")
-    first = train_memory.main(tiny_args(tiny_data_dir, checkpoints))
+    first = train_memory.train_memory(tiny_args(tiny_data_dir, checkpoints))
     tuned_dir = tmp_path / "tuned"
     save_tiny_vision(tuned_dir / "vision_model.pth")
-    tuned = train_memory.main(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=True, epochs=2,
+    tuned = train_memory.train_memory(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=True, epochs=2,
                                         init_from=str(checkpoints / "memory_model.pth")))
     for name, value in first["model_state"].items():
         if name.startswith("lstm."):  # h is unchanged: a C trained on the first M drives the same
@@ -277,16 +291,16 @@ def test_freeze_lstm_trains_only_the_heads(tiny_data_dir, tmp_path):
             assert not torch.equal(tuned["model_state"][name], value), name
     assert tuned["freeze_lstm"]
     # a frozen run resumes (the optimizer holds only the heads), and still leaves the LSTM alone
-    train_memory.main(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=True, epochs=3, resume=True))
+    train_memory.train_memory(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=True, epochs=3, resume=True))
     latest = load_checkpoint(tuned_dir / "memory_model_latest.pth", "memory")
     assert latest["epoch"] == 3
     for name, value in first["model_state"].items():
         if name.startswith("lstm."):
             torch.testing.assert_close(latest["model_state"][name], value, rtol=0, atol=0)
-    with pytest.raises(UsageError, match="--freeze-lstm"):
-        train_memory.main(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=False, epochs=4, resume=True))
-    with pytest.raises(UsageError, match="--freeze-lstm"):
-        train_memory.main(tiny_args(tiny_data_dir, tmp_path / "fresh", freeze_lstm=True))
+    with pytest.raises(UsageError, match="--memory.freeze-lstm"):
+        train_memory.train_memory(tiny_args(tiny_data_dir, tuned_dir, freeze_lstm=False, epochs=4, resume=True))
+    with pytest.raises(UsageError, match="--memory.freeze-lstm"):
+        train_memory.train_memory(tiny_args(tiny_data_dir, tmp_path / "fresh", freeze_lstm=True))
 
 
 def test_value_targets_discount_the_rewards_after_each_step_within_its_episode():
@@ -311,12 +325,12 @@ def test_value_targets_discount_the_rewards_after_each_step_within_its_episode()
 def test_value_head_trains_beside_the_other_heads_and_can_be_added_to_an_m(tiny_data_dir, tmp_path):
     checkpoints = tmp_path / "ck"
     save_tiny_vision(checkpoints / "vision_model.pth")
-    plain = train_memory.main(tiny_args(tiny_data_dir, checkpoints, value_discount=0.0))
+    plain = train_memory.train_memory(tiny_args(tiny_data_dir, checkpoints, value_discount=0.0))
     assert plain["model_args"]["value_head"] is False and plain["value"] is None
     assert plain["history"]["train_value"] == [0.0]
     valued_dir = tmp_path / "valued"
     save_tiny_vision(valued_dir / "vision_model.pth")
-    valued = train_memory.main(tiny_args(tiny_data_dir, valued_dir, epochs=2, value_discount=0.9,
+    valued = train_memory.train_memory(tiny_args(tiny_data_dir, valued_dir, epochs=2, value_discount=0.9,
                                          init_from=str(checkpoints / "memory_model_latest.pth")))
     assert valued["model_args"]["value_head"] is True and valued["value"]["discount"] == 0.9
     assert valued["history"]["train_value"][0] > 0 and valued["history"]["val_value"][-1] > 0
@@ -327,7 +341,7 @@ def test_value_head_trains_beside_the_other_heads_and_can_be_added_to_an_m(tiny_
     assert model.value_rate(torch.zeros(2, 5, 16)).shape == (2, 5)
     with pytest.raises(ValueError, match="value head"):
         MDNRNN(8, 3, 16, 3).value_rate(torch.zeros(1, 16))
-    with pytest.raises(UsageError, match="--value-discount"):
-        train_memory.main(tiny_args(tiny_data_dir, valued_dir, value_discount=1.0))
-    with pytest.raises(UsageError, match="value.discount"):  # a resumed run keeps its γ
-        train_memory.main(tiny_args(tiny_data_dir, valued_dir, epochs=3, value_discount=0.5, resume=True))
+    with pytest.raises(UsageError, match="memory.value_discount = 1.0"):
+        train_memory.train_memory(tiny_args(tiny_data_dir, valued_dir, value_discount=1.0))
+    with pytest.raises(UsageError, match="--memory.value-discount 0.9, this run asks for 0.5"):  # a resumed run keeps γ
+        train_memory.train_memory(tiny_args(tiny_data_dir, valued_dir, epochs=3, value_discount=0.5, resume=True))

@@ -370,7 +370,7 @@ def run_script(*flags: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("flags, message", [
     (["--record.driver", "bogus"], "--record.driver"),
-    (["--record.driver", "autopilot", "--record.episodes", "0"], "record.episodes = 0"),
+    (["--record.driver", "autopilot", "--record.episodes", "0"], "--record.episodes 0: expected"),
     (["--record.driver", "autopilot", "--record.input", "keyboard"], "--record.input: has no effect here"),
     (["--record.driver", "autopilot", "--threads", "1"], "--threads: has no effect here"),
 ])

@@ -1,4 +1,4 @@
-"""Stage 2, the vision model V: the ConvVAE, its training script and its visualisations."""
+"""Stage 2, the vision model V: the ConvVAE, its training (car_racing/training/vision.py) and its visualisations."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from car_racing import train_vision, visualize_vision_model, visualize_vision_video
+from car_racing import visualize_vision_model, visualize_vision_video
+from car_racing.common import config as cfg
 from car_racing.common.cli import UsageError
 from car_racing.common.metrics import metrics_path, read_metrics
 from car_racing.common.runtime import checkpoint_paths, load_checkpoint, load_model, save_checkpoint
 from car_racing.common.video import video_info, write_video
 from car_racing.models.vae import VAE, frames_to_tensor, kl_per_image, vae_loss
 from car_racing.recording.recorded_data import load_recorded
+from car_racing.training import vision as train_vision
 
 
 @pytest.fixture(autouse=True)
@@ -25,11 +27,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def train_args(data_dir, checkpoint_dir, **overrides) -> train_vision.Args:
+RUN_KEYS = {"data_dir", "checkpoint_dir", "seed", "device", "threads", "resume", "progress", "tensorboard"}
+
+
+def train_args(data_dir, checkpoint_dir, **overrides) -> cfg.Config:
+    """A tiny stage-2 config: ``overrides`` by field name (run's or vision's)."""
     options = dict(data_dir=str(data_dir), checkpoint_dir=str(checkpoint_dir), epochs=1, batch_size=16,
-                   kl_anneal_epochs=2, val_fraction=0.34, device="cpu", seed=3)
+                   kl_anneal_epochs=2.0, val_fraction=0.34, device="cpu", seed=3, progress=False)
     options.update(overrides)
-    return train_vision.Args(**options)
+    return cfg.replace(cfg.Config(), **{("run__" if k in RUN_KEYS else "vision__") + k: v for k, v in options.items()})
 
 
 def test_paper_parameter_count():
@@ -95,13 +101,16 @@ def test_split_by_whole_episodes():
 
 def test_train_writes_checkpoint_and_resume_continues_exactly(tiny_data_dir, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
-    first = train_vision.main(train_args(tiny_data_dir, checkpoint_dir))
+    first = train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir))
     best_path = checkpoint_paths(checkpoint_dir)["vision"]
     latest_path = checkpoint_dir / train_vision.LATEST_FILE
     curves = cv2.imread(str(checkpoint_dir / train_vision.CURVES_FILE))
     assert curves is not None and curves.shape[0] > 100
     best = load_checkpoint(best_path, "vision")
     assert best["epoch"] == 1 and best["model_args"] == {"latent_size": 32}
+    assert best["config"] == cfg.as_dict(train_args(tiny_data_dir, checkpoint_dir))  # the config, as plain data
+    resolved = cfg.resolved_path(checkpoint_dir, "vision")  # and as the TOML file --config reads
+    assert cfg.with_values(cfg.Config(), cfg.read_file(resolved)) == train_args(tiny_data_dir, checkpoint_dir)
     assert set(best["history"]) >= {"train_recon", "train_kl", "val_recon", "val_kl"}
     assert all(len(v) == 1 for v in best["history"].values())
     # validation = whole episodes, disjoint from training
@@ -112,7 +121,7 @@ def test_train_writes_checkpoint_and_resume_continues_exactly(tiny_data_dir, tmp
     data = load_recorded(tiny_data_dir)
     train_frames = sum(data.episodes[i]["length"] for i in split["train"])
     steps_per_epoch = -(-train_frames // 16)
-    resumed = train_vision.main(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))
+    resumed = train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))
     assert resumed["epoch"] == 2 and len(resumed["history"]["train_recon"]) == 2
     assert resumed["history"]["train_recon"][0] == first["history"]["train_recon"][0]
     adam_steps = {int(s["step"]) for s in resumed["optimizer_state"]["state"].values()}
@@ -124,18 +133,18 @@ def test_train_writes_checkpoint_and_resume_continues_exactly(tiny_data_dir, tmp
     assert [r["train_recon"] for r in records] == pytest.approx(resumed["history"]["train_recon"])
 
     # 1 epoch + resume 1 epoch == 2 epochs in one go (weights, β schedule, shuffling and RNG restored)
-    straight = train_vision.main(train_args(tiny_data_dir, tmp_path / "straight", epochs=2))
+    straight = train_vision.train_vision(train_args(tiny_data_dir, tmp_path / "straight", epochs=2))
     assert straight["history"]["train_recon"] == pytest.approx(resumed["history"]["train_recon"], rel=1e-4)
     for key, value in straight["model_state"].items():
         assert torch.allclose(value, resumed["model_state"][key], atol=1e-5), key
 
     # nothing left to do
-    assert train_vision.main(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))["epoch"] == 2
+    assert train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))["epoch"] == 2
 
 
 def test_mismatched_or_truncated_checkpoint_is_a_one_line_error(tiny_data_dir, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
-    train_vision.main(train_args(tiny_data_dir, checkpoint_dir))
+    train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir))
     latest_path = checkpoint_dir / train_vision.LATEST_FILE
     checkpoint = load_checkpoint(latest_path, "vision")
     checkpoint["model_args"] = {"latent_size": 16}
@@ -145,19 +154,19 @@ def test_mismatched_or_truncated_checkpoint_is_a_one_line_error(tiny_data_dir, t
         load_model(checkpoint_paths(checkpoint_dir)["vision"], "vision")
     assert "\n" not in str(err.value)
     with pytest.raises(UsageError, match="does not fit VAE") as err:
-        train_vision.main(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))
+        train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))
     assert "\n" not in str(err.value)
     latest_path.write_bytes(latest_path.read_bytes()[:1000])
     with pytest.raises(UsageError, match="truncated or corrupt") as err:
-        train_vision.main(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))
+        train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir, epochs=2, resume=True))
     assert "\n" not in str(err.value)
-    with pytest.raises(UsageError, match="--val-fraction"):
-        train_vision.main(train_args(tiny_data_dir, checkpoint_dir, val_fraction=1.0))
+    with pytest.raises(UsageError, match="vision.val_fraction = 1.0"):
+        train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir, val_fraction=1.0))
 
 
 def test_visualisations_write_png_and_mp4(tiny_data_dir, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
-    train_vision.main(train_args(tiny_data_dir, checkpoint_dir))
+    train_vision.train_vision(train_args(tiny_data_dir, checkpoint_dir))
     png = visualize_vision_model.main(visualize_vision_model.Args(
         checkpoint_dir=str(checkpoint_dir), data_dir=str(tiny_data_dir), out=str(tmp_path / "runs" / "grid.png"),
         columns=5, scale=2, device="cpu"))
