@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from car_racing.common.config import Config, run_stage
 from car_racing.training.vision import train_vision
 
-SECTIONS = ("run", "vision")
+Args = Config  # this stage's settings: the one config (car_racing/common/config.py), sections below
+SECTIONS = ("run", "vision")  # the config sections this stage reads
 
 
 def no_effect(config: Config) -> dict[str, str]:
