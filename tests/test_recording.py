@@ -424,3 +424,17 @@ def test_the_agent_records_its_own_episodes_with_exploration_noise(tmp_path):
     np.testing.assert_array_equal(again.actions, noisy.actions)  # the noise is seeded by the episode seed
     with pytest.raises(UsageError, match="none/vision_model.pth: no vision checkpoint"):
         record(tmp_path / "other", driver="agent", episodes=1, steps=5, checkpoint_dir=str(tmp_path / "none"))
+
+
+def test_a_lost_ray_cluster_says_the_episodes_are_saved_and_how_to_go_on(tmp_path, monkeypatch):
+    from car_racing.episodes.backends import RayClusterLost
+
+    def lost(config):
+        raise RayClusterLost("the Ray cluster at 10.0.0.1:6379 stopped answering")
+
+    monkeypatch.setattr(recording, "_record", lost)
+    with pytest.raises(RayClusterLost) as raised:
+        record(tmp_path / "data")
+    assert str(raised.value) == ("the Ray cluster at 10.0.0.1:6379 stopped answering; every finished episode is "
+                                 "saved: rerun with --record.append to record more after them, on a new cluster or "
+                                 "with --backend processes (no Ray)")

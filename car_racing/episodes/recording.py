@@ -40,7 +40,7 @@ from tqdm import tqdm
 from car_racing.common.config import Config, ConfigError, flag_of, resolved_path, validate, write_resolved
 from car_racing.common.runtime import USER_CHECKPOINT_DIR, agent_dir, seed_everything
 from car_racing.episodes import backends
-from car_racing.episodes.backends import RayClusterLost
+from car_racing.episodes.backends import RayClusterLost, going_on
 from car_racing.episodes.rollout import Backend, EpisodeResult, backend_session, default_workers, run_episodes
 from car_racing.recording.recorded_data import EpisodeStore, RecordedEpisode, load_memory_sequences, pending_seeds
 from car_racing.world.envs import MAX_EPISODE_STEPS
@@ -48,7 +48,7 @@ from car_racing.world.envs import MAX_EPISODE_STEPS
 DRIVERS = ("human", "autopilot", "random", "agent")
 INPUTS = ("auto", "keyboard", "gamepad")
 STAGE = "record"  # the resolved config: DATA_DIR/record.config.toml
-GOING_ON = "every finished episode is saved: rerun with --record.append to record more after them"
+GOING_ON = going_on("recorded_frames", resumable=False)  # what a lost Ray cluster leaves, and how to go on
 
 
 def check(config: Config) -> None:
@@ -199,7 +199,7 @@ def record(config: Config) -> dict[str, Any]:
     except RayClusterLost as err:
         if not outermost:
             raise
-        raise RayClusterLost(f"{err}; {GOING_ON}, on a new cluster or with --backend processes (no Ray)") from None
+        raise RayClusterLost(f"{err}; {GOING_ON}") from None
 
 
 def _record(config: Config) -> dict[str, Any]:
