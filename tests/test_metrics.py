@@ -55,12 +55,13 @@ def test_vision_stage_writes_metrics_and_tensorboard_events(tiny_data_dir, tmp_p
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from car_racing import train_vision
+    from car_racing.common.config import preset
+    from car_racing.training.vision import train_vision
 
     checkpoint_dir = tmp_path / "run"
-    args = train_vision.Args(data_dir=str(tiny_data_dir), checkpoint_dir=str(checkpoint_dir), epochs=2, batch_size=32,
-                             val_fraction=0.34, device="cpu", tensorboard=True)
-    final = train_vision.main(args)
+    final = train_vision(preset("default", run__data_dir=str(tiny_data_dir), run__checkpoint_dir=str(checkpoint_dir),
+                                run__device="cpu", run__tensorboard=True, vision__epochs=2, vision__batch_size=32,
+                                vision__val_fraction=0.34))
     records = read_metrics(metrics_path(checkpoint_dir, "vision"))
     assert [r["step"] for r in records] == [1, 2]
     assert [r["val_loss"] for r in records] == pytest.approx(final["history"]["val_loss"])
@@ -76,9 +77,10 @@ def test_vision_stage_writes_metrics_and_tensorboard_events(tiny_data_dir, tmp_p
 def test_a_stage_without_tensorboard_imports_none(tiny_data_dir, tmp_path):
     code = (
         "import sys, torch; torch.set_num_threads(1)\n"
-        "from car_racing import train_vision\n"
-        f"train_vision.main(train_vision.Args(data_dir={str(tiny_data_dir)!r}, checkpoint_dir={str(tmp_path / 'run')!r}, "
-        "epochs=1, batch_size=32, device='cpu'))\n"
+        "from car_racing.common.config import preset\n"
+        "from car_racing.training.vision import train_vision\n"
+        f"train_vision(preset('default', run__data_dir={str(tiny_data_dir)!r}, "
+        f"run__checkpoint_dir={str(tmp_path / 'run')!r}, run__device='cpu', vision__epochs=1, vision__batch_size=32))\n"
         "assert not [m for m in sys.modules if m.startswith('tensorboard') or m == 'torch.utils.tensorboard'], 'imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)

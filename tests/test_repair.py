@@ -7,7 +7,8 @@ import pytest
 import torch
 from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
 
-from car_racing import recorded_frames
+from car_racing.common.config import preset
+from car_racing.episodes.recording import record
 from car_racing.models.ffn import num_controller_params
 from car_racing.recording.latent_cache import load_or_build_latents
 from car_racing.recording.recorded_data import load_recorded
@@ -24,8 +25,8 @@ class Interrupted(Exception):
 def real_recording(tmp_path):
     """Two real random-driver episodes of 30 steps (replayable from their seeds and actions)."""
     data_dir = tmp_path / "data"
-    recorded_frames.main(recorded_frames.Args(driver="random", episodes=2, random_episodes=0, steps=30, seed=3,
-                                              data_dir=str(data_dir), workers=1, seq_len=10))
+    record(preset("default", record__driver="random", record__episodes=2, record__random_episodes=0,
+                  record__steps=30, record__seq_len=10, run__seed=3, run__data_dir=str(data_dir), run__workers=1))
     return data_dir
 
 
