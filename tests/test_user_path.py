@@ -3,7 +3,6 @@ dream-trained driver; stage 4's defaults run the repair loop; ``--preset seed`` 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -17,57 +16,70 @@ from car_racing import (
     train_memory,
     train_vision,
 )
-from car_racing.common.cli import UsageError, parse_args, preset_args
+from car_racing.common import config as cfg
+from car_racing.common.cli import UsageError
 from car_racing.common.runtime import checkpoint_paths, load_checkpoint
 from car_racing.recording.recorded_data import load_recorded
+from car_racing.training.controller import uses_repair_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# The seed repo's stage 4, as it was before the repair loop became the default.
-SEED_STAGE4 = {"loop_iterations": 1, "population": 32, "sigma0": 0.1, "generations": 200, "rollout_steps": 50,
-               "dream_trials": 16, "dream_dropout": 0.0, "dream_fitness": "mean", "dream_start": "recorded",
-               "eval_every": 10, "eval_episodes": 4, "mode": "dream", "init": "zero", "temperature": 1.0,
-               "dream_value": False}
+# The seed repo's stage 4, as it was before the repair loop became the default (dotted config keys).
+SEED_STAGE4 = {"loop.iterations": 1, "cmaes.population": 32, "cmaes.sigma0": 0.1, "cmaes.generations": 200,
+               "dream.steps": 50, "dream.trials": 16, "dream.dropout": 0.0, "dream.fitness": "mean",
+               "dream.start": "recorded", "checks.every": 10, "checks.episodes": 4, "cmaes.mode": "dream",
+               "cmaes.init": "zero", "dream.temperature": 1.0, "dream.value": False}
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def command_line(script, *flags: str) -> cfg.Config:
+    """The config ``script``'s command line gives for ``flags`` (as the shell would run it)."""
+    config, _ = cfg.parse(script.SECTIONS, list(flags), no_effect=getattr(script, "no_effect", None))
+    return config
+
+
 def test_stage4_preset_seed_sets_the_seed_values_and_flags_given_win():
-    seed = parse_args(train_controller_cmaes.Args, ["--preset", "seed"])
-    assert {k: getattr(seed, k) for k in SEED_STAGE4} == SEED_STAGE4
-    assert preset_args(train_controller_cmaes.Args, "seed") == seed
-    given = parse_args(train_controller_cmaes.Args, ["--preset", "seed", "--generations", "7"])
-    assert (given.generations, given.rollout_steps) == (7, 50)
-    default = train_controller_cmaes.Args()
-    assert (default.loop_iterations, default.dream_start, default.dream_fitness, default.dream_trials) == (
+    seed = command_line(train_controller_cmaes, "--preset", "seed")
+    assert {key: cfg.get(seed, key) for key in SEED_STAGE4} == SEED_STAGE4
+    assert cfg.preset("seed") == seed
+    given = command_line(train_controller_cmaes, "--preset", "seed", "--cmaes.generations", "7")
+    assert (given.cmaes.generations, given.dream.steps) == (7, 50)
+    default = command_line(train_controller_cmaes)
+    assert (default.loop.iterations, default.dream.start, default.dream.fitness, default.dream.trials) == (
         3, "recorded", "mean", 40)
-    assert (default.dream_value, default.generations, default.eval_every) == (True, 15, 5)
-    # --rollout-steps: 200-step dreams in dream mode, whole 1000-step episodes in real mode, unless given
-    assert train_controller_cmaes.with_rollout_steps(default).rollout_steps == 200
-    real = train_controller_cmaes.Args(mode="real")
-    assert train_controller_cmaes.with_rollout_steps(real).rollout_steps == 1000
-    assert train_controller_cmaes.with_rollout_steps(dataclasses.replace(real, rollout_steps=300)).rollout_steps == 300
+    assert (default.dream.value, default.cmaes.generations, default.checks.every) == (True, 15, 5)
+    # a training episode: 200-step dreams in dream mode, whole 1000-step episodes in real mode, unless given
+    assert cfg.rollout_steps(default) == 200
+    real = cfg.replace(default, cmaes__mode="real")
+    assert cfg.rollout_steps(real) == 1000
+    assert cfg.rollout_steps(cfg.replace(real, cmaes__real_steps=300)) == 300
 
 
 def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may land in the repo's data/ or checkpoints/
     data, checkpoints = tmp_path / "data", tmp_path / "checkpoints"
-    recorded_frames.main(recorded_frames.Args(driver="autopilot", episodes=2, steps=40, random_episodes=1, seq_len=10,
-                                              data_dir=str(data), workers=1, progress=False))
-    train_vision.main(train_vision.Args(data_dir=str(data), checkpoint_dir=str(checkpoints), epochs=1,
-                                        kl_anneal_epochs=1, batch_size=40, latent_size=8, threads=1, progress=False))
-    train_memory.main(train_memory.Args(data_dir=str(data), checkpoint_dir=str(checkpoints), epochs=1, batch_size=4,
-                                        hidden_size=16, num_mixtures=2, threads=1, progress=False))
+    where = ["--data-dir", str(data), "--checkpoint-dir", str(checkpoints), "--no-progress"]
+    recorded_frames.main(command_line(recorded_frames, "--record.driver", "autopilot", "--record.episodes", "2",
+                                      "--record.steps", "40", "--record.random-episodes", "1", "--record.seq-len", "10",
+                                      "--workers", "1", "--data-dir", str(data), "--no-progress"))
+    train_vision.main(command_line(train_vision, *where, "--vision.epochs", "1", "--vision.kl-anneal-epochs", "1",
+                                   "--vision.batch-size", "40", "--vision.latent-size", "8", "--threads", "1"))
+    train_memory.main(command_line(train_memory, *where, "--memory.epochs", "1", "--memory.batch-size", "4",
+                                   "--memory.hidden-size", "16", "--memory.num-mixtures", "2", "--threads", "1"))
     paths = checkpoint_paths(checkpoints)
     stage3 = sha256(paths["memory"])
-    stage4 = train_controller_cmaes.Args(data_dir=str(data), checkpoint_dir=str(checkpoints), loop_iterations=2,
-                                         population=4, generations=2, dream_trials=2, rollout_steps=5, start_states=16,
-                                         eval_every=2, eval_episodes=1, eval_max_steps=10, loop_memory_epochs=1,
-                                         loop_agent_episodes=2, loop_repair_episodes=1, loop_select_episodes=2,
-                                         workers=1, progress=False)
+    stage4 = command_line(train_controller_cmaes, *where, "--loop.iterations", "2", "--cmaes.population", "4",
+                          "--cmaes.generations", "2", "--dream.trials", "2", "--dream.steps", "5",
+                          "--dream.start-states", "16", "--checks.every", "2", "--checks.episodes", "1",
+                          "--checks.max-steps", "10", "--loop.memory-epochs", "1", "--loop.agent-episodes", "2",
+                          "--loop.repair-episodes", "1", "--loop.select-episodes", "2", "--workers", "1")
     final = train_controller_cmaes.main(stage4)
+    # every stage wrote the config it ran beside its outputs
+    assert cfg.resolved_path(data, "record").is_file()
+    assert cfg.resolved_path(checkpoints, "vision").is_file() and cfg.resolved_path(checkpoints, "memory").is_file()
 
     # stage 4 ran the repair loop and wrote the best-checked iteration's M and C beside V
     loop = checkpoints / "dream_loop"
@@ -90,7 +102,7 @@ def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path,
     # a rerun without --resume refuses (the loop's recordings are not thrown away); --resume runs nothing again
     with pytest.raises(UsageError, match="--resume"):
         train_controller_cmaes.main(stage4)
-    again = train_controller_cmaes.main(train_controller_cmaes.Args(**{**vars(stage4), "resume": True}))
+    again = train_controller_cmaes.main(cfg.replace(stage4, run__resume=True))
     assert again["model_source"] == final["model_source"] and sha256(paths["controller"]) == sha256(best["controller"])
 
     # stage 5 drives V, M and C of this run (a float score)
@@ -102,11 +114,11 @@ def test_five_stages_with_their_defaults_end_in_a_dream_trained_driver(tmp_path,
 
 def test_repair_loop_needs_stage_2_and_3_first(tmp_path):
     with pytest.raises(UsageError, match="vision_model.pth: missing; run train_vision.py"):
-        train_controller_cmaes.main(train_controller_cmaes.Args(checkpoint_dir=str(tmp_path), workers=1,
-                                                                data_dir=str(tmp_path)))
-    uses = train_controller_cmaes.uses_repair_loop
-    assert uses(train_controller_cmaes.Args()) and uses(train_controller_cmaes.Args(init="checkpoint"))
-    assert not any(uses(train_controller_cmaes.Args(**flags)) for flags in (
-        {"mode": "real"}, {"init": "bc"}, {"init": "dagger"}, {"loop_iterations": 1}))  # one pass
-    with pytest.raises(UsageError, match="--eval-every 0: the repair loop"):
-        train_controller_cmaes.main(train_controller_cmaes.Args(eval_every=0, checkpoint_dir=str(tmp_path)))
+        train_controller_cmaes.main(cfg.replace(cfg.Config(), run__checkpoint_dir=str(tmp_path), run__workers=1,
+                                                run__data_dir=str(tmp_path)))
+    default = cfg.Config()
+    assert uses_repair_loop(default) and uses_repair_loop(cfg.replace(default, cmaes__init="checkpoint"))
+    assert not any(uses_repair_loop(cfg.replace(default, **values)) for values in (
+        {"cmaes__mode": "real"}, {"cmaes__init": "bc"}, {"cmaes__init": "dagger"}, {"loop__iterations": 1}))  # one pass
+    with pytest.raises(UsageError, match="--checks.every 0: the repair loop"):
+        train_controller_cmaes.main(cfg.replace(default, checks__every=0, run__checkpoint_dir=str(tmp_path)))
