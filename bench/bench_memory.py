@@ -28,10 +28,10 @@ import torch
 
 from bench.common import timed
 from car_racing.common.cli import run_main
+from car_racing.common.config import Memory
 from car_racing.common.runtime import resolve_device
 from car_racing.models.mdn_rnn import MDNRNN, MDNOutput
-from car_racing.train_memory import Args as TrainArgs
-from car_racing.train_memory import compute_losses
+from car_racing.training.memory import compute_losses
 
 
 @dataclass
@@ -75,7 +75,7 @@ def measure(args: Args) -> dict:
              "next_z": torch.randn(b, t, latent, device=device), "z_mask": torch.ones(b, t, dtype=torch.bool,
                                                                                     device=device),
              "rewards": torch.randn(b, t, device=device), "dones": torch.zeros(b, t, device=device)}
-    train_args = TrainArgs(dropout=0.0)  # the documented figures were measured without head dropout
+    train_args = Memory(dropout=0.0)  # stage 3's loss weights; the documented figures were measured without dropout
 
     def sequence_step() -> None:
         losses = compute_losses(model, batch, train_args)

@@ -29,7 +29,7 @@ import torch
 from car_racing.common.cli import UsageError, run_main
 from car_racing.models.vae import VAE, frames_to_tensor, vae_loss
 from car_racing.recording.recorded_data import has_recorded_data, load_recorded
-from car_racing.train_vision import make_train_step, use_bf16
+from car_racing.training.vision import make_train_step, use_bf16
 
 
 @dataclass
