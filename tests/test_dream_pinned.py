@@ -71,6 +71,15 @@ REAL_FITNESS = [22.351563045196237, 19.638788825646042, 20.538539892993867, 21.4
 REAL_MEAN_FITNESS = 21.36553710885346
 
 
+def test_the_default_config_is_the_pinned_dream():
+    """The pinned numbers are the default config's dream: every setting above is its default (only the seed is not)."""
+    default = config.preset("default")
+    for key, value in DEFAULTS.items():
+        if key != "run__seed":
+            assert config.get(default, key.replace("__", ".")) == value, key
+    assert default.memory.value_discount == VALUE_DISCOUNT  # stage 3's default M has the value head these dreams end on
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_default_dream_fitness_is_pinned(fused, monkeypatch):
     setup, candidates, mean = pinned_setup(TINY, 6, 12.0, -1.6)

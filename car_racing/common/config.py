@@ -196,14 +196,16 @@ class Dream:
     M's value head)"""
     fitness: Literal["mean", "quantile", "mean-minus-std"] = "mean"
     """a candidate's fitness from its dreams: their mean, a lower quantile (--dream.fitness-q) or mean − k·std
-    (--dream.fitness-k)"""
+    (--dream.fitness-k); measured: around a working C the quantile ranks its neighbours backwards where the mean
+    ranks them as the real env does (docs/dream-repair.md)"""
     fitness_q: float = 0.25
     """--dream.fitness quantile: the quantile q in [0, 1] of the dreams' returns"""
     fitness_k: float = 1.0
     """--dream.fitness mean-minus-std: k ≥ 0"""
     start: Literal["recorded", "episode-start"] = "recorded"
     """where dreams start: recorded (z, h) states anywhere in the recording, or episode-start (each recorded
-    episode's first frame with M's zero state)"""
+    episode's first frame with M's zero state; with --dream.steps 1000, whole episodes: measured exploited, the
+    dream paid 732–1,421 where the real env paid −44 to −84, docs/dream-repair.md)"""
     start_states: int = 8192
     """size of the pool of recorded (z, h) states the dreams start from"""
     start_drivers: tuple[str, ...] = ()
@@ -312,13 +314,15 @@ class Loop:
     repair_episodes: int = 8
     """dreams of the dream's choice replayed in the real env per iteration, as data for M (0 = no repair)"""
     check_episodes: int = 0
-    """the worst check tracks of the iteration's checked Cs replayed as data for M, this many (0 = off)"""
+    """the worst check tracks of the iteration's checked Cs replayed as data for M, this many (0 = off; measured
+    inside the spread of runs without, run r24)"""
     fidelity_panel: int = 0
     """controllers in each iteration's dream-real measurement (0 = off, else ≥ 3)"""
     fidelity_episodes: int = 2
     """--loop.fidelity-panel: real tracks per controller"""
     panel_as_data: bool = False
-    """--loop.fidelity-panel: its real episodes also join the data (measured worse in run r25)"""
+    """--loop.fidelity-panel: its real episodes also join the data (measured worse: runs r25 and r26,
+    docs/dream-repair.md)"""
     select_top: int = 2
     """the final choice: the best-checked iterations, this many, drive --loop.select-episodes more tracks and the
     best mean is kept (0 = keep the best check, which is optimistic)"""
