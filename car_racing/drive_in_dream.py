@@ -1,6 +1,6 @@
 """Drive inside the dream: you at the wheel of M, the memory model, instead of the real env.
 
-The same window, keys, ramping, gamepad and pause as the human recorder (``recorded_frames.py --driver
+The same window, keys, ramping, gamepad and pause as the human recorder (``recorded_frames.py --record.driver
 human``), but the world is M: each step M reads the current z and your action, predicts the reward and the
 episode's end, and samples the next z at temperature τ; the picture is V's decoding of that z (enlarged
 with crisp pixels). The dream starts from a real frame: a fresh track (``--seed``), or a recorded episode

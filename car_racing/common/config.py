@@ -389,7 +389,7 @@ _POSITIVE = ("record.episodes", "record.steps", "record.seq_len", "vision.epochs
              "memory.encode_batch_size", "dream.steps", "dream.trials", "dream.start_states", "dream.batch_size",
              "cmaes.real_trials", "cmaes.real_steps", "cmaes.dagger_episodes", "checks.episodes", "checks.max_steps",
              "loop.iterations", "loop.fidelity_episodes", "loop.select_episodes")
-_NON_NEGATIVE = ("run.threads", "run.workers", "record.random_episodes", "cmaes.generations", "cmaes.stall_steps",
+_NON_NEGATIVE = ("run.seed", "run.threads", "run.workers", "record.random_episodes", "cmaes.generations", "cmaes.stall_steps",
                  "cmaes.dagger_rounds", "checks.every", "checks.seed_base", "loop.patience", "loop.patience_delta",
                  "loop.warm_generations", "loop.memory_epochs", "loop.agent_episodes", "loop.repair_episodes",
                  "loop.check_episodes", "loop.fidelity_panel", "loop.select_top", "vision.free_bits",
@@ -631,7 +631,7 @@ def _add_flag(group: Any, key: str, annotation: Any, default: Any, doc: str, sho
 def build_parser(sections: Sequence[str], description: str, show_all: bool) -> argparse.ArgumentParser:
     """A parser with ``--preset``, ``--config`` and one flag per field of ``sections``; ``--help`` lists each
     section's user-facing fields (``USER``), ``--help-all`` every one."""
-    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
                      epilog="every setting is also a key of the config file (--config FILE, TOML: [section] key = value); "
                             "--help-all lists every flag")
     parser.add_argument("--preset", default=None, metavar="{" + ",".join(PRESETS) + "}",

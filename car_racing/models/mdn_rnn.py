@@ -109,7 +109,7 @@ class MDNRNN(nn.Module):
         """hidden h_{t+1} (..., H) → (...,) the predicted discounted average reward per step after step t (see the
         module docstring); ``head_mask`` as in :meth:`heads`. Needs ``value_head=True``."""
         if self.value_head is None:
-            raise ValueError("this M has no value head (train it with train_memory.py --value-discount)")
+            raise ValueError("this M has no value head (train it with train_memory.py --memory.value-discount)")
         seen = hidden if head_mask is None else hidden * head_mask
         return self.value_head(seen).squeeze(-1)
 

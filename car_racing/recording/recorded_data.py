@@ -238,7 +238,7 @@ def load_memory_sequences(data_dir: str | os.PathLike) -> MemorySequences:
                        ("rewards", SEQ_REWARDS_FILE), ("dones", SEQ_DONES_FILE)):
         path = data_dir / file
         if not path.is_file():
-            raise UsageError(f"{path}: missing; rerun car_racing/recorded_frames.py --append --episodes 1 "
+            raise UsageError(f"{path}: missing; rerun car_racing/recorded_frames.py --record.append --record.episodes 1 "
                              f"or record again")
         try:
             arrays[name] = np.load(path, allow_pickle=False)
@@ -336,7 +336,7 @@ def episode_frame_indices(episodes: list[dict[str, Any]], chosen: list[int]) -> 
 
 
 def pending_seeds(paths: list[Path]) -> list[int]:
-    """Seeds of episodes left in ``.pending_episodes`` by an interrupted run (merged by this --append run).
+    """Seeds of episodes left in ``.pending_episodes`` by an interrupted run (merged by this --record.append run).
 
     Also checks that each file is readable, so a bad leftover stops the run before any driving.
     """
@@ -350,10 +350,10 @@ def pending_seeds(paths: list[Path]) -> list[int]:
             seeds.append(int(meta["seed"]))
         except Exception as err:  # zip, json and key errors alike: one message
             raise UsageError(f"{path}: unreadable pending episode ({type(err).__name__}); delete it or record "
-                             f"without --append") from None
+                             f"without --record.append") from None
         if not ok:
             raise UsageError(f"{path}: pending episode holds frames {frames_shape}, expected (length, "
-                             f"{', '.join(map(str, FRAME_SHAPE))}); delete it or record without --append")
+                             f"{', '.join(map(str, FRAME_SHAPE))}); delete it or record without --record.append")
     return seeds
 
 

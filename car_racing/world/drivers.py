@@ -56,7 +56,7 @@ class RandomDriver:
         return action.copy()
 
 
-def check_display(flag: str = "--driver human", instead: str = "use --driver autopilot") -> None:
+def check_display(flag: str = "--record.driver human", instead: str = "use --record.driver autopilot") -> None:
     """Raise a one-line :class:`UsageError` naming ``flag`` when no window can be opened (a headless Linux
     machine); ``instead`` says what to do there."""
     if not sys.platform.startswith("linux"):
@@ -101,7 +101,7 @@ class HumanDriver:
         self._previous_reward = 0.0
         self.view, self.input, self.keys = open_driving_session(
             "CarRacing-v3 recording: arrows/WASD or a gamepad drive, P pauses, Esc ends the session", input_kind,
-            "--driver human", "use --driver autopilot")
+            "--record.driver human", "use --record.driver autopilot")
         self._continue_keys = {getattr(pygame, name) for name in self.CONTINUE_KEYS}
         self._clock = pygame.time.Clock()
 
