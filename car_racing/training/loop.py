@@ -398,24 +398,25 @@ def start(config: Config) -> Loop:
         if not config.run.resume:
             raise UsageError(f"{loop_dir}: holds a repair loop already: --resume continues it; to start over, remove "
                              f"it and {Path(config.run.data_dir) / LOOP_DIR}")
-        memory = load_checkpoint(stage3_memory, "memory")
+        memory, memory_file = load_checkpoint(stage3_memory, "memory"), stage3_memory
     else:
         for kind, stage in (("vision", "train_vision.py (stage 2)"), ("memory", "train_memory.py (stage 3)")):
             if not paths[kind].is_file():
                 raise UsageError(f"{paths[kind]}: missing; run {stage} first")
         if not has_recorded_data(config.run.data_dir):
             raise UsageError(f"--data-dir {config.run.data_dir}: holds no recording (car_racing/recorded_frames.py)")
-        memory = load_checkpoint(paths["memory"], "memory")  # one-line error for a file that is not an M
-        link_or_copy(paths["memory"], stage3_memory)
+        memory, memory_file = load_checkpoint(paths["memory"], "memory"), paths["memory"]  # (one line if not an M)
+    value_discount = float((memory.get("value") or {}).get("discount", 0.0))
+    if config.dream.value and not value_discount > 0:
+        raise UsageError(f"--dream.value: {memory_file} has no value head (stage 3: --memory.value-discount γ > 0), "
+                         f"or pass --no-dream.value")
     controller_from = None
     if config.cmaes.init == "checkpoint":
         controller_from = Path(config.cmaes.init_from) if config.cmaes.init_from else paths["controller"]
         if not controller_from.is_file():
             raise UsageError(f"--cmaes.init-from {controller_from}: no such controller checkpoint")
-    value_discount = float((memory.get("value") or {}).get("discount", 0.0))
-    if config.dream.value and not value_discount > 0:
-        raise UsageError(f"--dream.value: {stage3_memory} has no value head (stage 3: --memory.value-discount γ > 0), "
-                         f"or pass --no-dream.value")
+    if not (loop_dir / STATE_FILE).is_file():  # a new loop: stage 3's M is kept in its folder (iteration 0 dreams in it)
+        link_or_copy(paths["memory"], stage3_memory)
     return Loop(config, float(memory.get("dropout", 0.0)), value_discount, controller_from)
 
 
