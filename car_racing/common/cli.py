@@ -1,9 +1,10 @@
-"""Command-line plumbing shared by every stage script.
+"""Command-line plumbing shared by every script.
 
-Each script declares a ``@dataclass Args`` whose fields carry a docstring (the string literal right
-after the field, as in CleanRL). :func:`parse_args` turns it into an argparse parser with that
-docstring as the flag's help, and :func:`run_main` runs ``main(args)`` so that bad input ends with one
-line on stderr and exit code 2 instead of a traceback.
+A tool script (the simulator, the visualisers, …) declares a ``@dataclass Args`` whose fields carry a docstring
+(the string literal right after the field, as in CleanRL). :func:`parse_args` turns it into an argparse parser
+with that docstring as the flag's help, and :func:`run_main` runs ``main(args)`` so that bad input ends with one
+line on stderr and exit code 2 instead of a traceback. The stage scripts read the one config instead
+(:mod:`car_racing.common.config`), through the same error handling (:func:`report_errors`).
 """
 
 from __future__ import annotations
@@ -97,18 +98,8 @@ def build_parser(args_cls: type, description: str | None = None) -> argparse.Arg
 
 
 def parse_args(args_cls: Callable[..., ArgsT], argv: list[str] | None = None) -> ArgsT:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) into an instance of the dataclass ``args_cls``.
-
-    Presets: when ``args_cls`` has a ``preset`` field and a ``PRESETS`` class attribute (name → field
-    values), ``--preset NAME`` replaces those fields' defaults, so flags given on the command line still win.
-    """
-    parser = build_parser(args_cls)  # type: ignore[arg-type]
-    namespace = parser.parse_args(argv)
-    preset = getattr(namespace, "preset", None)
-    if preset is not None and preset in getattr(args_cls, "PRESETS", {}):
-        parser.set_defaults(**args_cls.PRESETS[preset])  # type: ignore[attr-defined]
-        namespace = parser.parse_args(argv)
-    values = vars(namespace)
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into an instance of the dataclass ``args_cls``."""
+    values = vars(build_parser(args_cls).parse_args(argv))  # type: ignore[arg-type]
     hints = typing.get_type_hints(args_cls)
     for name, value in values.items():
         if isinstance(value, list) and get_origin(_unwrap_optional(hints[name])[0]) is tuple:
@@ -116,28 +107,22 @@ def parse_args(args_cls: Callable[..., ArgsT], argv: list[str] | None = None) ->
     return args_cls(**values)
 
 
-def preset_args(args_cls: Callable[..., ArgsT], preset: str, **overrides: Any) -> ArgsT:
-    """``args_cls`` with the values of its preset ``preset`` (``args_cls.PRESETS``) and then ``overrides``:
-    what ``--preset PRESET`` with those flags gives on the command line."""
-    presets = getattr(args_cls, "PRESETS", {})
-    if preset not in presets:
-        raise UsageError(f"--preset {preset}: expected one of {', '.join(presets) or '(none defined)'}")
-    return args_cls(**{**presets[preset], "preset": preset, **overrides})
-
-
-def run_main(main: Callable[[ArgsT], Any], args_cls: Callable[..., ArgsT], argv: list[str] | None = None) -> None:
-    """Parse the command line, run ``main(args)``, and turn a :class:`UsageError` into one line + exit 2.
-
-    Ctrl-C exits with 130 after the stage has had its chance to save (stages save atomically as
-    they go, so nothing is lost beyond the work in progress).
-    """
-    args = parse_args(args_cls, argv)
+def report_errors(main: Callable[[ArgsT], Any], settings: ArgsT) -> None:
+    """Run ``main(settings)`` (a tool's ``Args`` or a stage's config): a :class:`UsageError` becomes one line on stderr and exit code 2; Ctrl-C exits with 130
+    after the stage has had its chance to save (stages save atomically as they go, so nothing is lost beyond the
+    work in progress)."""
     prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "car_racing"
     try:
-        main(args)
+        main(settings)
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; the last saved state is kept and can be resumed", file=sys.stderr)
         sys.exit(130)
+
+
+def run_main(main: Callable[[ArgsT], Any], args_cls: Callable[..., ArgsT], argv: list[str] | None = None) -> None:
+    """A tool script's ``__main__``: parse its ``Args`` from the command line and run ``main(args)``
+    (:func:`report_errors`). The stage scripts use :func:`car_racing.common.config.run_stage` instead."""
+    report_errors(main, parse_args(args_cls, argv))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence, get_args, get_origin
 
-from car_racing.common.cli import USAGE_EXIT_CODE, UsageError, field_docstrings
+from car_racing.common.cli import USAGE_EXIT_CODE, UsageError, field_docstrings, report_errors
 
 CONFIG_SUFFIX = ".config.toml"  # a stage's resolved config: CHECKPOINT_DIR/<stage>.config.toml
 
@@ -699,15 +699,7 @@ def run_stage(main: Callable[[Config], Any], sections: Sequence[str], descriptio
     """A stage script's ``__main__``: parse its config, run ``main(config)``; a :class:`UsageError` is one line,
     exit 2; Ctrl-C exits 130 after the stage has saved."""
     config, _ = parse(sections, argv, description, no_effect)
-    prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "car_racing"
-    try:
-        main(config)
-    except UsageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        sys.exit(USAGE_EXIT_CODE)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; the last saved state is kept and can be resumed", file=sys.stderr)
-        sys.exit(130)
+    report_errors(main, config)
 
 
 def workers_of(run: Run) -> int:
