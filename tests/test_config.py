@@ -107,7 +107,9 @@ def test_a_config_file_may_hold_keys_that_do_nothing_here(tmp_path):
 
 
 def test_help_shows_at_most_25_settings_per_stage_and_help_all_shows_every_one():
-    for script, sections in (("train_controller_cmaes.py", STAGE4),):
+    stages = (("recorded_frames.py", ("run", "record")), ("train_vision.py", ("run", "vision")),
+              ("train_memory.py", ("run", "memory")), ("train_controller_cmaes.py", STAGE4))
+    for script, sections in stages:
         shown = subprocess.run([sys.executable, f"car_racing/{script}", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=60).stdout
         every = subprocess.run([sys.executable, f"car_racing/{script}", "--help-all"], cwd=REPO, capture_output=True,
