@@ -225,3 +225,41 @@ def test_appended_episodes_encode_only_the_new_frames(tmp_path, monkeypatch):
     (data_dir / latent_cache.LATENTS_FILE).unlink()
     rebuilt, _ = load_or_build_latents(data_dir, paths["vision"])
     np.testing.assert_allclose(rebuilt, grown, rtol=1e-5, atol=1e-5)
+
+
+def test_the_record_counts_what_was_used_not_what_the_settings_say(tmp_path, tiny_data_dir, monkeypatch):
+    """A real-env return slipped into the dream's fitness, or an expert label into the zero start, is in the record:
+    it counts what the run drove and what the warm start says it used, not what the settings promise."""
+    from car_racing.training import fitness as fitness_module
+    from car_racing.training import warm_starts
+
+    write_tiny_checkpoints(tmp_path)
+    honest = train_controller(stage4_config(tiny_data_dir, tmp_path, **{**TINY, "cmaes__generations": 2}))
+    record = honest["training"]
+    assert record["dream_trained"] and record["real_fitness_episodes"] == 0
+    # the checks are counted: generation 0's start, then each generation's best candidate and CMA mean, 1 track each
+    assert record["choice"]["check_episodes"] == 5 == len(honest["checked"]) == record["choice"]["checked_vectors"]
+    assert record["kept_generation"] == max(c["generation"] for c in honest["checked"]
+                                            if c["score"] == honest["best_real_score"])
+    assert record["total_generations"] == record["kept_generation"]
+
+    original = fitness_module.DreamFitness.__call__
+
+    def peeking(self, candidates, mean, generation):  # the dream's fitness, secretly plus real returns
+        fitness, mean_fitness = original(self, candidates, mean, generation)
+        real = self.setup.real_episodes()(candidates, [9_000_000], max_steps=5)
+        return fitness + real, mean_fitness
+
+    monkeypatch.setattr(fitness_module.DreamFitness, "__call__", peeking)
+    write_tiny_checkpoints(tmp_path / "cheat")
+    cheated = train_controller(stage4_config(tiny_data_dir, tmp_path / "cheat", **{**TINY, "cmaes__generations": 2}))
+    assert cheated["training"]["fitness_source"] == "dream"  # what the settings say …
+    assert cheated["training"]["real_returns_as_fitness"] and not cheated["training"]["dream_trained"]  # … and did
+    assert cheated["training"]["real_fitness_episodes"] == 2 * TINY["cmaes__population"]
+    monkeypatch.undo()
+
+    monkeypatch.setitem(warm_starts.WARM_STARTS, "zero", warm_starts.bc_start)  # an expert label behind "zero"
+    write_tiny_checkpoints(tmp_path / "labelled")
+    labelled = train_controller(stage4_config(tiny_data_dir, tmp_path / "labelled", **TINY))
+    assert labelled["training"]["warm_start"] == "zero" and labelled["training"]["expert_labels"]
+    assert not labelled["training"]["dream_trained"] and not labelled["training"]["reward_only"]

@@ -106,9 +106,20 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
     assert final["best_by"] == "mean over 2 selection tracks"
     best = folder / f"iter_{final['best_iteration']:02d}"
     paths = checkpoint_paths(config.run.checkpoint_dir)
-    assert paths["controller"].read_bytes() == (best / "control_model_cmaes.pth").read_bytes()
+    kept = load_checkpoint(paths["controller"], "controller")
+    for key, value in load_checkpoint(best / "control_model_cmaes.pth", "controller")["model_state"].items():
+        np.testing.assert_array_equal(kept["model_state"][key].numpy(), value.numpy())
     assert paths["memory"].read_bytes() == (best / "memory_model.pth").read_bytes()
     assert final_c["generation"] == 2 and (folder / repair_loop.STAGE3_MEMORY_FILE).is_file()
+    # C's record says what the whole loop used to choose it: every run's checks and the final choice's candidates
+    record = load_checkpoint(paths["controller"], "controller")["training"]["loop"]
+    assert record["best_iteration"] == final["best_iteration"] and record["iterations"] == 2
+    assert set(record["final_choice"]["candidates"]) == {"0", "1"} and record["final_choice"]["episodes"] == 4
+    for i in (0, 1):
+        run = load_checkpoint(folder / f"iter_{i:02d}" / "control_model_cmaes.pth", "controller")
+        assert [r["check_episodes"] for r in record["runs"] if r["iteration"] == i] == [len(run["checked"])]
+        assert record["final_choice"]["candidates"][str(i)]["selection_returns"] == selection["returns"][str(i)]
+    assert record["choice_real_episodes"] == sum(r["check_episodes"] for r in record["runs"]) + 4
     # the resolved config is beside the checkpoints, and --config of it gives the same config
     resolved = C.resolved_path(config.run.checkpoint_dir, "controller")
     again, _ = C.parse(("run", "dream", "cmaes", "checks", "loop"), ["--config", str(resolved)])

@@ -260,6 +260,9 @@ class RealFitness:
     def __init__(self, checkpoint_dir: str, num_params: int, workers: int, backend: Backend | None = None):
         make_driver = functools.partial(make_agent_driver, str(checkpoint_dir), np.zeros(num_params), "cpu")
         self.workers = EpisodeWorkers(make_driver, workers, backend=backend)
+        # real episodes driven, by use: "returns" (candidates scored: fitness) and "episodes" (one C's tracks:
+        # checks, choices). A run's training record counts what was driven, not what its settings say.
+        self.driven = {"returns": 0, "episodes": 0}
 
     def returns(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
@@ -268,6 +271,7 @@ class RealFitness:
         for k, result in self.workers.run(seeds, max_steps, candidates=np.stack([np.asarray(c) for c in candidates]),
                                           smoothing=smoothing, stall_steps=stall_steps):
             returns[divmod(k, len(seeds))] = result.total_reward
+        self.driven["returns"] += returns.size
         return returns
 
     def __call__(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
@@ -282,6 +286,7 @@ class RealFitness:
         results: list[EpisodeResult] = [None] * len(seeds)  # type: ignore[list-item]
         for k, result in self.workers.run(seeds, max_steps, candidates=np.asarray(params)[None], smoothing=smoothing):
             results[k] = result
+        self.driven["episodes"] += len(seeds)
         return results
 
     def close(self) -> None:

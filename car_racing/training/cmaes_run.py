@@ -94,27 +94,43 @@ def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
     plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
 
 
-def training_record(config: Config, warm_start: dict | None, generation: int) -> dict:
+def training_record(config: Config, warm_start: dict | None, generation: int, kept_generation: int | None = None,
+                    real_use: dict | None = None, checked_vectors: int = 0) -> dict:
     """How this C was made, for a reader to check from the file: fitness source, warm start (and its own
-    record, recursively), generations, whether any expert label or real-env return shaped it, and the
-    dream's settings. ``dream_trained``: no expert labels anywhere in the lineage and no real-env return ever
-    used as fitness (real-env checks only choose what to keep). ``reward_only``: no expert labels anywhere —
-    C learnt from rewards alone, dreamt or real (the paper's setting); ``real_fitness_episodes`` counts the
-    real episodes whose returns were fitness, over the lineage."""
+    record, recursively), generations, whether any expert label or real-env return shaped it, what real
+    episodes chose it, and the dream's settings.
+
+    What was used is counted as it happened, not read from the settings: ``real_use`` holds the real episodes
+    this run drove for fitness (``fitness_episodes``: counted by the run's real-env workers) and for its checks
+    (``check_episodes``); the warm start says itself whether it used expert labels. ``dream_trained``: no expert
+    labels anywhere in the lineage and no real-env return ever used as fitness (real-env checks only choose what
+    to keep). ``reward_only``: no expert labels anywhere — C learnt from rewards alone, dreamt or real (the
+    paper's setting). ``kept_generation``: the generation whose check kept the parameters (the run's last
+    generation when none was checked); ``total_generations`` counts the generations behind the kept parameters
+    over the lineage (the kept generation of each run, not its last). ``choice`` counts the real episodes and
+    parameter vectors that chose what to keep, in this run and over the lineage."""
     warm_start = warm_start or {"method": config.cmaes.init}
     source = warm_start.get("source_training") or {}
+    real_use = real_use or {"fitness_episodes": 0, "check_episodes": 0}
     expert = bool(warm_start.get("expert_labels", config.cmaes.init != "zero"))
-    real_fitness = config.cmaes.mode == "real" and generation > 0 or bool(source.get("real_returns_as_fitness", False))
-    real_episodes = generation * config.cmaes.population * config.cmaes.real_trials if config.cmaes.mode == "real" else 0
+    real_fitness = real_use["fitness_episodes"] > 0 or bool(source.get("real_returns_as_fitness", False))
+    kept = generation if kept_generation is None else kept_generation
+    source_choice = source.get("choice") or {}
     record = {"fitness_source": config.cmaes.mode, "warm_start": config.cmaes.init, "generations": generation,
+              "kept_generation": kept,
               "expert_labels": expert, "real_returns_as_fitness": real_fitness,
               "dream_trained": not expert and not real_fitness,
               # the paper's rule: C learnt from rewards alone (real or dreamt), no expert label anywhere in the lineage
               "reward_only": not expert,
-              "real_fitness_episodes": real_episodes + int(source.get("real_fitness_episodes", 0)),
+              "real_fitness_episodes": int(real_use["fitness_episodes"]) + int(source.get("real_fitness_episodes", 0)),
               "real_checks": {"every": config.checks.every, "episodes": config.checks.episodes, "seed_base": config.checks.seed_base,
                               "role": "choose which parameters to keep, never fitness"},
-              "total_generations": generation + int(source.get("total_generations", 0))}
+              "choice": {"check_episodes": int(real_use["check_episodes"]), "checked_vectors": int(checked_vectors),
+                         "lineage_check_episodes": int(real_use["check_episodes"])
+                         + int(source_choice.get("lineage_check_episodes", 0)),
+                         "lineage_checked_vectors": int(checked_vectors)
+                         + int(source_choice.get("lineage_checked_vectors", 0))},
+              "total_generations": kept + int(source.get("total_generations", 0))}
     if config.cmaes.mode == "real":
         record["real"] = {"trials": config.cmaes.real_trials, "rollout_steps": rollout_steps(config), "population": config.cmaes.population,
                           "sigma0": config.cmaes.sigma0, "diagonal": config.cmaes.diagonal, "smoothing": config.cmaes.smoothing,
@@ -132,6 +148,14 @@ def training_record(config: Config, warm_start: dict | None, generation: int) ->
     if source:
         record["warm_start_training"] = source
     return record
+
+
+def legacy_real_use(state: dict, config: Config) -> dict:
+    """The real episodes a run saved before they were counted had driven: real-mode fitness from its settings, its
+    checks from its list of checks."""
+    fitness = int(state["generation"]) * config.cmaes.population * config.cmaes.real_trials \
+        if config.cmaes.mode == "real" else 0
+    return {"fitness_episodes": fitness, "check_episodes": sum(len(c.get("seeds", ())) for c in state.get("checked") or [])}
 
 
 def validate_resume(state: dict, setup: Setup) -> None:
@@ -191,8 +215,12 @@ class Run:
     def __init__(self, setup: Setup, es: Any, warm_start: dict | None, generation: int = 0,
                  history: dict | None = None, best_real_score: float | None = None,
                  best_params: np.ndarray | None = None, model_source: str = "cma_mean (no real-env check yet)",
-                 checked: list[dict] | None = None):
+                 checked: list[dict] | None = None, kept_generation: int | None = None,
+                 real_use: dict | None = None):
         self.setup, self.es, self.warm_start, self.generation = setup, es, warm_start, generation
+        self.kept_generation = kept_generation  # the generation whose check kept best_params (None: none yet)
+        # real episodes this run drove, by use, counted as they were driven (the training record's honesty)
+        self.real_use = dict(real_use or {"fitness_episodes": 0, "check_episodes": 0})
         self.history = {key: list((history or {}).get(key, [])) for key in HISTORY_KEYS}
         self.best_real_score, self.best_params, self.model_source = best_real_score, best_params, model_source
         # every real-checked parameter set with its check score: select_controller.py re-ranks them on more tracks
@@ -215,7 +243,8 @@ class Run:
         fill_cma_mean(setup.out_path, es.mean)
         return cls(setup, es, state.get("bc"), int(state["generation"]),
                    state["history"], state.get("best_real_score"), state.get("best_params"),
-                   state.get("model_source", "cma_mean (no real-env check yet)"), state.get("checked"))
+                   state.get("model_source", "cma_mean (no real-env check yet)"), state.get("checked"),
+                   state.get("kept_generation"), state.get("real_use") or legacy_real_use(state, setup.config))
 
     @classmethod
     def start(cls, setup: Setup, x0: np.ndarray, warm_start: dict | None) -> "Run":
@@ -233,11 +262,16 @@ class Run:
         run.save()
         return run
 
+    def driven(self, use: str) -> int:
+        """Real episodes the run's workers have driven for ``use`` so far (0 before any worker started)."""
+        return self.setup.real.driven[use] if self.setup.real is not None else 0
+
     def keep_if_best(self, params: np.ndarray, name: str, episodes: list[EpisodeResult]) -> tuple[float, float]:
         """Record the check of C(params) (``name``: which candidate of which generation) with each track's
         return and actions (the dream loop replays them as data for M: ``car_racing/training/check_replays.py``);
         keep the parameters when they score best so far. Returns the check's mean and std."""
         returns = np.array([episode.total_reward for episode in episodes])
+        self.real_use["check_episodes"] += len(episodes)
         score, spread = float(returns.mean()), float(returns.std())
         source = f"{name} (real score {score:.1f})"
         self.checked.append({"generation": self.generation, "source": source, "score": score, "std": spread,
@@ -246,7 +280,7 @@ class Run:
                              "actions": [np.asarray(episode.actions, dtype=np.float32) for episode in episodes]})
         if self.best_real_score is None or score >= self.best_real_score:  # a tie goes to the later check
             self.best_real_score, self.best_params = score, np.array(params, dtype=np.float64)
-            self.model_source = source
+            self.model_source, self.kept_generation = source, self.generation
         return score, spread
 
     def checkpoint(self) -> dict:
@@ -260,7 +294,9 @@ class Run:
                 "cma_mean": np.asarray(self.es.mean, dtype=np.float64),  # the dream's own choice (the loop saves it)
                 "generation": self.generation, "history": self.history,
                 "config": as_dict(config), "models": setup.models_used, "bc": self.warm_start,
-                "training": training_record(config, self.warm_start, self.generation),
+                "kept_generation": self.kept_generation, "real_use": dict(self.real_use),
+                "training": training_record(config, self.warm_start, self.generation, self.kept_generation,
+                                            self.real_use, len(self.checked)),
                 "reward_scale": setup.reward_scale}
 
     def save(self) -> None:
@@ -300,7 +336,9 @@ class Run:
         try:
             for generation in bar:
                 candidates = [np.asarray(x) for x in es.ask()]
+                before = self.driven("returns")
                 fitness, mean_fitness = fitness_source(candidates, np.asarray(es.mean), generation)
+                self.real_use["fitness_episodes"] += self.driven("returns") - before  # whatever the source drove
                 es.tell(candidates, (-fitness).tolist())  # pycma minimises
                 best = int(np.argmax(fitness))
                 self.generation = generation + 1

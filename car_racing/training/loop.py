@@ -43,6 +43,7 @@ from car_racing.common.runtime import (
     checkpoint_paths,
     link_or_copy,
     load_checkpoint,
+    save_checkpoint,
 )
 from car_racing.episodes.backends import backend_of
 from car_racing.recording.recorded_data import has_recorded_data, load_recorded, recorded_run, recorded_seeds
@@ -58,6 +59,7 @@ from car_racing.training.loop_state import (
     converged,
     counted_best,
     iteration_dir,
+    loop_record,
     plot_loop,
     report_iteration,
     run_summary,
@@ -442,14 +444,17 @@ def run(config: Config) -> dict:
     loop = start(config)
     write_resolved(config, resolved_path(config.run.checkpoint_dir, "controller"))
     print(plan(config), flush=True)
-    state = iterate(loop)
+    state = iterate(loop)  # the loop state's data
     best = state.get("best_iteration")
     if best is None:
         raise UsageError(f"{loop.dir}: no iteration's C was checked in the real env; nothing to keep")
     paths = checkpoint_paths(config.run.checkpoint_dir)
     best_dir = loop.dir / "best"
-    for kind in ("memory", "controller"):  # atomic: a crash leaves either the old file or the new one
-        link_or_copy(checkpoint_paths(best_dir)[kind], paths[kind])
+    link_or_copy(checkpoint_paths(best_dir)["memory"], paths["memory"])  # atomic: the old file or the new one
+    # C, with what the whole loop used to choose it in its training record (the runs' checks, the final choice)
+    chosen = load_checkpoint(checkpoint_paths(best_dir)["controller"], "controller")
+    chosen["training"] = {**chosen["training"], "loop": loop_record(state_of(loop), loop.iterations)}
+    save_checkpoint(chosen, paths["controller"])
     plot = iteration_dir(loop.dir, best) / "control_model_cmaes.png"
     if plot.is_file():
         link_or_copy(plot, Path(config.run.checkpoint_dir) / plot.name)
@@ -461,6 +466,11 @@ def run(config: Config) -> dict:
     print(f"stage 4: iteration {best} of the repair loop {why}; its M and C are now {paths['memory']} and "
           f"{paths['controller']} (stage 3's M: {loop.stage3_memory}; the loop's curves: {loop.dir / PLOT_FILE})")
     return final
+
+
+def state_of(loop: Loop) -> LoopState:
+    """The loop's saved state (read back: the loop has finished)."""
+    return LoopState(loop.dir / STATE_FILE, as_dict(loop.config))
 
 
 def iterate(loop: Loop) -> dict:

@@ -131,7 +131,11 @@ def run_summary(final: dict) -> dict:
             "dream_fitness_best_trial_mean": trial_means[-1] if trial_means else None,
             "dream_fitness_cma_mean": history["fitness_cma_mean"][-1] if history["fitness_cma_mean"] else None,
             "real_checks": list(zip(history["eval_generation"], history["real_best_candidate"], history["real_cma_mean"])),
-            "dream_trained": final["training"]["dream_trained"]}
+            "dream_trained": final["training"]["dream_trained"],
+            # what chose this run's C: its real check episodes and the parameter vectors they checked
+            "check_episodes": (final["training"].get("choice") or {}).get("check_episodes"),
+            "checked_vectors": (final["training"].get("choice") or {}).get("checked_vectors"),
+            "kept_generation": final["training"].get("kept_generation")}
 
 
 def report_iteration(state: LoopState, iteration: int) -> str:
@@ -228,3 +232,29 @@ def choose_best(checkpoint_dir: str | Path, iterations: int, state: LoopState,
     for name in CHECKPOINT_FILES.values():
         link_or_copy(iteration_dir(checkpoint_dir, best) / name, Path(checkpoint_dir) / "best" / name)
     return best
+
+
+def loop_record(state: LoopState, iterations: int) -> dict:
+    """What the loop used to choose its C, for C's training record: every run's real checks (both starts of an
+    iteration, the losing one too), the final choice's candidates with their checks and selection returns, and
+    the totals of real episodes and parameter vectors that chose."""
+    runs = []
+    for i in range(iterations):
+        if state.done(f"{i}:controller"):
+            result = state.result(f"{i}:controller")
+            for start, run in (result.get("starts") or {result.get("start", "zero"): result}).items():
+                runs.append({"iteration": i, "start": start, "check": run.get("best_real_score"),
+                             "check_episodes": run.get("check_episodes") or 0,
+                             "checked_vectors": run.get("checked_vectors") or 0})
+    selection = state.data.get("selection") or {}
+    chosen = selection.get("returns") or {}
+    candidates = {str(i): {"check": state.result(f"{i}:controller")["best_real_score"], "selection_returns": r,
+                           "selection_mean": float(np.mean(r))} for i, r in ((int(k), v) for k, v in chosen.items())}
+    selection_episodes = sum(len(r) for r in chosen.values())
+    check_episodes = sum(run["check_episodes"] for run in runs)
+    return {"iterations": len({run["iteration"] for run in runs}), "runs": runs,
+            "best_iteration": state.data.get("best_iteration"), "best_by": state.data.get("best_by"),
+            "final_choice": {"candidates": candidates, "seeds": selection.get("seeds"),
+                             "episodes": selection_episodes},
+            "choice_real_episodes": check_episodes + selection_episodes,
+            "checked_vectors": sum(run["checked_vectors"] for run in runs)}
