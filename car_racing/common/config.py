@@ -83,9 +83,10 @@ class Run:
 class Record:
     """Stage 1: who drives, how many episodes, how long."""
 
-    driver: Literal["human", "autopilot", "random", "agent"] = "human"
+    driver: Literal["human", "autopilot", "random", "agent", "keyboard"] = "human"
     """human (keyboard or gamepad), autopilot (the scripted driver with noise: the headless stand-in for a
-    person), random, or agent (the C in CHECKPOINT_DIR with exploration noise)"""
+    person), random, agent (the C in CHECKPOINT_DIR with exploration noise), or keyboard (a headless stand-in
+    for a person at the arrow keys: keys held or not, a reaction delay, mistakes; docs/driving.md)"""
     episodes: int = 64
     """episodes of the driver"""
     random_episodes: int = 16
@@ -100,6 +101,11 @@ class Record:
     """driver human: keyboard, gamepad, or auto (a gamepad when one is plugged in)"""
     append: bool = False
     """add to the recording in DATA_DIR instead of starting a new one"""
+    reaction_steps: int = 10
+    """driver keyboard: its reaction delay in env steps (50 per second: 10 = 0.2 s)"""
+    mistakes: float = 0.2
+    """driver keyboard: the chance of a mistake (braking late, turning in late or too long) at each braking point
+    and each corner"""
 
     USER: ClassVar[tuple[str, ...]] = ("driver", "episodes", "random_episodes", "steps", "noise", "input", "append")
 
@@ -405,6 +411,8 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("vision.lr", lambda v: v > 0, "a positive learning rate"),
     ("memory.lr", lambda v: v > 0, "a positive learning rate"),
     ("record.noise", lambda v: 0 <= v <= 10, "a noise level in [0, 10]"),
+    ("record.reaction_steps", lambda v: v >= 0, "0 or more"),
+    ("record.mistakes", lambda v: 0 <= v <= 1, "a chance in [0, 1]"),
     ("cmaes.dagger_noise", lambda v: 0 <= v <= 10, "a noise level in [0, 10]"),
     ("loop.agent_noise", lambda v: 0 <= v <= 10, "a noise level in [0, 10]"),
     ("vision.val_fraction", lambda v: 0 < v < 1, "a fraction in (0, 1)"),

@@ -21,7 +21,15 @@ the random driver are recorded headless and committed with them, their seeds con
 episodes' (seed 0 and 64 episodes: seeds 0..63, then random seeds 64..79). The data is byte-for-byte that of
 two runs: the main driver's, then ``record.driver = random`` from seed 64 with ``record.append``.
 
-Headless drivers (autopilot, random, agent) run in ``run.workers`` processes (0 = one per CPU), or Ray actors
+Where a person stands: after each episode a line says how much driving is recorded (episodes, frames, minutes;
+with ``record.append`` the folder's earlier episodes too) against what the defaults record (``record.episodes`` ×
+``record.steps``); the human driver's window shows it too. When the recorder ends (also on Ctrl-C or an error),
+after the merge, it prints the data summary of the whole recording (:mod:`car_racing.recording.summary`: share
+of frames on the road, recoveries from the grass, speed, steering, braking) with a warning for each way the
+data is too narrow for a working dream. At the start a note says what the folder already holds and whether
+this run adds to it or replaces it.
+
+Headless drivers (autopilot, random, agent, keyboard) run in ``run.workers`` processes (0 = one per CPU), or Ray actors
 with ``run.backend = ray``; the episodes are stored in seed order whatever the worker count. The human driver
 runs in this process, paced at the env's 50 steps per second (:class:`car_racing.world.drivers.HumanDriver`).
 """
@@ -42,10 +50,12 @@ from car_racing.common.runtime import USER_CHECKPOINT_DIR, agent_dir, seed_every
 from car_racing.episodes import backends
 from car_racing.episodes.backends import RayClusterLost, going_on
 from car_racing.episodes.rollout import Backend, EpisodeResult, backend_session, default_workers, run_episodes
-from car_racing.recording.recorded_data import EpisodeStore, RecordedEpisode, load_memory_sequences, pending_seeds
+from car_racing.recording.recorded_data import (EpisodeStore, RecordedEpisode, has_recorded_data, load_memory_sequences,
+                                                load_recorded, pending_seeds)
+from car_racing.recording.summary import ENV_FPS, amount_line, format_summary, summarize
 from car_racing.world.envs import MAX_EPISODE_STEPS
 
-DRIVERS = ("human", "autopilot", "random", "agent")
+DRIVERS = ("human", "autopilot", "random", "agent", "keyboard")
 INPUTS = ("auto", "keyboard", "gamepad")
 STAGE = "record"  # the resolved config: DATA_DIR/record.config.toml
 GOING_ON = going_on("recorded_frames", resumable=False)  # what a lost Ray cluster leaves, and how to go on
@@ -63,8 +73,15 @@ def check(config: Config) -> None:
         raise ConfigError(f"run.seed = {run.seed}: expected a non-negative integer (env.reset needs one)")
 
 
-def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHECKPOINT_DIR) -> Callable[[], Any]:
-    """A picklable factory for a headless driver (sent to the worker processes)."""
+def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHECKPOINT_DIR, *,
+                         reaction_steps: int | None = None, mistakes: float | None = None) -> Callable[[], Any]:
+    """A picklable factory for a headless driver (sent to the worker processes); ``reaction_steps`` and
+    ``mistakes`` are the keyboard driver's (``None``: its defaults)."""
+    if name == "keyboard":
+        from car_racing.world.keyboard_driver import KeyboardDriver
+
+        settings = {"reaction_steps": reaction_steps, "mistakes": mistakes}
+        return functools.partial(KeyboardDriver, **{k: v for k, v in settings.items() if v is not None})
     if name == "agent":
         from car_racing.episodes.agent import load_agent_models, make_exploring_agent
 
@@ -107,15 +124,17 @@ def choose_seeds(config: Config, store: EpisodeStore) -> list[int]:
 def episode_line(number: int, total: int, driver: str, result: EpisodeResult) -> str:
     line = (f"episode {number}/{total}  seed {result.seed}  steps {result.steps}  "
             f"reward {result.total_reward:7.1f}  lap {'finished' if result.lap_finished else 'not finished'}")
-    if driver in ("autopilot", "agent") and result.info:
+    if driver in ("autopilot", "agent", "keyboard") and result.info:
         line += "  noise " + " ".join(f"{k}={v:.3g}" for k, v in result.info.items())
     if result.ended_by_driver:
         line += "  (ended by the driver)"
     return line
 
 
-def episode_summary(number: int, total: int, result: EpisodeResult, target: float = 800.0) -> list[str]:
-    """The lines the human driver sees after an episode: reward against the target, how it ended."""
+def episode_summary(number: int, total: int, result: EpisodeResult, target: float = 800.0,
+                    recorded: str = "") -> list[str]:
+    """The lines the human driver sees after an episode: reward against the target, how it ended, and
+    ``recorded`` (how much is recorded, :func:`car_racing.recording.summary.amount_line`) when given."""
     reward = result.total_reward
     if result.lap_finished:
         ending = "lap finished"
@@ -125,7 +144,7 @@ def episode_summary(number: int, total: int, result: EpisodeResult, target: floa
         ending = f"lap not finished in {result.steps} steps"
     verdict = "reaches" if reward >= target else "is below"
     return [f"Episode {number}/{total} (seed {result.seed}): reward {reward:.1f}",
-            f"{ending}; the reward {verdict} the {target:.0f} target",
+            f"{ending}; the reward {verdict} the {target:.0f} target", *([recorded] if recorded else []),
             "the next episode starts when you continue" if number < total else "that was the last episode"]
 
 
@@ -143,6 +162,39 @@ class RecordingSession:
     started: float = field(default_factory=time.perf_counter)
     episodes: int = 0
     steps: int = 0
+    driven_before: tuple[int, int] = (0, 0)  # (episodes, frames) of driving the folder already holds and keeps
+    driven: tuple[int, int] = (0, 0)  # (episodes, frames) of driving this run added (the random driver's aside)
+
+    def amount(self, short: bool = False) -> str:
+        """How much driving is recorded, this run's and what the folder keeps, against what the defaults record."""
+        return amount_line(self.driven_before[0] + self.driven[0], self.driven_before[1] + self.driven[1],
+                           short=short)
+
+
+def driving_in(store: EpisodeStore, main_driver: str) -> tuple[int, int]:
+    """(episodes, frames) of driving in the recording a store appends to: every driver's but the random one's
+    (all of them when the main driver is ``random``); (0, 0) when the store replaces the recording."""
+    if store.base is None:
+        return 0, 0
+    kept = [e for e in store.base.episodes if main_driver == "random" or e["driver"] != "random"]
+    return len(kept), sum(int(e["length"]) for e in kept)
+
+
+def existing_note(store: EpisodeStore, config: Config) -> str | None:
+    """One line on what ``run.data_dir`` already holds and what this run does with it (``None``: nothing there)."""
+    data_dir = config.run.data_dir
+    if store.base is not None:
+        episodes, frames = len(store.base.episodes), len(store.base)
+        return (f"continuing {data_dir}: it holds {episodes} episodes ({frames / ENV_FPS / 60:.1f} min); the new "
+                f"episodes are added after them")
+    if not has_recorded_data(data_dir):
+        return None
+    try:
+        held = load_recorded(data_dir, mmap=True)
+    except Exception:  # a damaged recording is replaced: say so without reading it
+        return f"note: {data_dir} holds a recording that this run replaces when it ends"
+    return (f"note: {data_dir} holds {len(held.episodes)} episodes ({len(held) / ENV_FPS / 60:.1f} min) that this "
+            f"run replaces when it ends; {flag_of('record.append')} keeps them and adds to them")
 
 
 def record_batch(session: RecordingSession, driver: str, make_driver: Callable[[], Any], seeds: list[int],
@@ -154,6 +206,9 @@ def record_batch(session: RecordingSession, driver: str, make_driver: Callable[[
     person ends the session (Esc or the window closed, during an episode or at its summary).
     """
     steps = session.config.record.steps
+    counts_as_driving = driver != "random" or session.config.record.driver == "random"
+    if human_driver is not None:
+        human_driver.recorded_note = session.amount(short=True)
     seed_everything(seeds[0], torch=driver == "agent")  # only the agent driver loads torch
     # The env's own 1000-step limit would cut longer episodes: lift it when more steps are asked for.
     env_kwargs = {"max_episode_steps": steps} if steps > MAX_EPISODE_STEPS else {}
@@ -171,14 +226,20 @@ def record_batch(session: RecordingSession, driver: str, make_driver: Callable[[
                                                   terminated=result.terminated))
                 session.episodes += 1
                 session.steps += result.steps
+                if counts_as_driving:
+                    session.driven = (session.driven[0] + 1, session.driven[1] + result.steps)
             session.progress.update(1)
             session.progress.set_postfix(steps_per_s=f"{session.steps / (time.perf_counter() - session.started):.0f}")
             tqdm.write(episode_line(number, len(seeds), driver, result))
+            if counts_as_driving:
+                tqdm.write(session.amount())
+                if human_driver is not None:
+                    human_driver.recorded_note = session.amount(short=True)
             if result.ended_by_driver:
                 tqdm.write("session ended by the driver; keeping every step recorded so far")
                 return
             if human_driver is not None and not human_driver.show_summary(
-                    episode_summary(number, len(seeds), result)):
+                    episode_summary(number, len(seeds), result, recorded=session.amount())):
                 tqdm.write("session ended by the driver after the episode summary; keeping every step")
                 return
 
@@ -187,9 +248,11 @@ def record(config: Config) -> dict[str, Any]:
     """Stage 1: record ``config.record``'s episodes into ``config.run.data_dir`` (see the module docstring).
 
     Returns ``{"data_dir", "seeds", "episodes", "steps", "seconds", "total_episodes", "total_steps",
-    "sequences"}``: the episodes and steps this run added, and what the folder holds afterwards (the totals are
-    ``None`` when nothing was recorded). Bad values raise a one-line :class:`ConfigError` (a
-    :class:`~car_racing.common.cli.UsageError`) before anything is written.
+    "sequences", "data_summary"}``: the episodes and steps this run added, and what the folder holds afterwards
+    (the totals are ``None`` when nothing was recorded; ``data_summary`` is
+    :func:`car_racing.recording.summary.summarize` of the whole recording, printed when it ends). Bad values
+    raise a one-line :class:`ConfigError` (a :class:`~car_racing.common.cli.UsageError`) before anything is
+    written.
     """
     check(config)
     outermost = not backends._sessions  # noqa: SLF001 (a stage inside the dream loop leaves the line to it)
@@ -216,11 +279,15 @@ def _record(config: Config) -> dict[str, Any]:
         print(f"note: --record.input is for the human driver; ignored with --record.driver {rec.driver}",
               file=sys.stderr)
     checkpoint_dir = driving_agent(config) if rec.driver == "agent" else run.checkpoint_dir
+    keyboard = {"reaction_steps": rec.reaction_steps, "mistakes": rec.mistakes} if rec.driver == "keyboard" else {}
     make_driver: Callable[[], Any] | None = (None if human else
-                                             make_headless_driver(rec.driver, rec.noise, checkpoint_dir))
+                                             make_headless_driver(rec.driver, rec.noise, checkpoint_dir, **keyboard))
     # Checks the folder is writable, and with --record.append validates the existing data (frame size, .npy files).
     store = EpisodeStore(run.data_dir, append=rec.append, seq_len=rec.seq_len)
     seeds = choose_seeds(config, store)
+    note = existing_note(store, config)
+    if note:
+        print(note, file=sys.stderr)
     main_seeds, random_seeds = seeds[:rec.episodes], seeds[rec.episodes:]
 
     human_driver = None
@@ -232,7 +299,8 @@ def _record(config: Config) -> dict[str, Any]:
     write_resolved(config, resolved_path(run.data_dir, STAGE))
     backend = Backend(run.backend, run.ray_address)
     session = RecordingSession(config, store, tqdm(total=len(seeds), unit="ep", desc=f"recording ({rec.driver})",
-                                                   dynamic_ncols=True, disable=not run.progress))
+                                                   dynamic_ncols=True, disable=not run.progress),
+                               driven_before=driving_in(store, rec.driver))
     summary: dict[str, Any] = {}
     try:
         record_batch(session, rec.driver, make_driver, main_seeds, 1 if human else headless_workers,
@@ -256,10 +324,12 @@ def _record(config: Config) -> dict[str, Any]:
 
 def _commit(store: EpisodeStore, config: Config, seeds: list[int], episodes: int, steps: int,
             seconds: float) -> dict[str, Any]:
-    """Merge the saved episodes into the data folder (never replaces existing data with nothing)."""
+    """Merge the saved episodes into the data folder (never replaces existing data with nothing), then print
+    the data summary of the whole recording (:mod:`car_racing.recording.summary`)."""
     data_dir, seq_len = config.run.data_dir, config.record.seq_len
     summary: dict[str, Any] = {"data_dir": str(data_dir), "seeds": seeds, "episodes": episodes, "steps": steps,
-                               "seconds": seconds, "total_episodes": None, "total_steps": None, "sequences": None}
+                               "seconds": seconds, "total_episodes": None, "total_steps": None, "sequences": None,
+                               "data_summary": None}
     if not store.pending_files():
         print(f"nothing recorded; the recording in {data_dir} is left unchanged", file=sys.stderr)
         return summary
@@ -271,4 +341,12 @@ def _commit(store: EpisodeStore, config: Config, seeds: list[int], episodes: int
     if sequences == 0:
         print(f"warning: no memory sequences: every episode is shorter than {flag_of('record.seq_len')} {seq_len}",
               file=sys.stderr)
-    return dict(summary, total_episodes=len(data.episodes), total_steps=len(data), sequences=sequences)
+    try:
+        data_summary = summarize(data_dir)
+    except Exception as err:  # the recording is saved: a failing summary must not hide that
+        print(f"warning: no data summary ({type(err).__name__}: {err})", file=sys.stderr)
+        data_summary = None
+    else:
+        print("\n".join(format_summary(data_summary)))
+    return dict(summary, total_episodes=len(data.episodes), total_steps=len(data), sequences=sequences,
+                data_summary=data_summary)

@@ -74,7 +74,7 @@ class HumanDriver:
     keyboard), ``keyboard`` (arrows or WASD, steering and gas ramp while held) or ``gamepad``. The window
     (:class:`car_racing.world.viewer.DrivingView`) shows the env's own 1000×800 view rotating with the car, the
     64×64 frame V will see, the action's bars and a status line (seed, step, reward, the episode's reward
-    against the 800 target).
+    against the 800 target, and :attr:`recorded_note`: how much the recorder has recorded).
 
     ``P`` (or the gamepad's Start) pauses: time stops and nothing is recorded until it is pressed again.
     Esc or closing the window raises :class:`car_racing.episodes.rollout.EndSession`, which ends the session keeping every step so
@@ -99,6 +99,7 @@ class HumanDriver:
         self.episode_info: dict[str, float] = {}
         self._seed = 0
         self._previous_reward = 0.0
+        self.recorded_note = ""  # how much is recorded (the recorder sets it), shown on the status line
         self.view, self.input, self.keys = open_driving_session(
             "CarRacing-v3 recording: arrows/WASD or a gamepad drive, P pauses, Esc ends the session", input_kind,
             "--record.driver human", "use --record.driver autopilot")
@@ -120,8 +121,10 @@ class HumanDriver:
         while True:
             events = self.keys.read(self.event_source())
             action = self.input.update(events, advance=not self.keys.paused)
-            status = status_text(self._seed, step, step_reward, episode_reward,
-                                 extra=f"{self.input.name}   P pause   Esc end")
+            extra = f"{self.input.name}   P pause   Esc end"
+            if self.recorded_note:
+                extra += f"   {self.recorded_note}"
+            status = status_text(self._seed, step, step_reward, episode_reward, extra=extra)
             message = ("PAUSED", "P (gamepad: Start) continues, Esc ends the session") if self.keys.paused else ()
             self.view.show(env, observation, status, action_bars(action), inset=inset, message=message)
             if self.fps > 0:
