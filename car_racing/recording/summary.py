@@ -155,7 +155,8 @@ def summarize(data_dir: str | os.PathLike) -> dict[str, Any]:
     there are none): episodes, frames, minutes, mean_return, laps_finished, on_road (share of frames past the
     zoom-in), grass_spells, recoveries, speed (mean, p10, p50, p90, max, shares per bin of ``bins``), steering
     (shares per bin of ``bins``; left, right: shares at least 0.2 that way), gas and braking (share of frames
-    with it on). ``share_of_needed`` is the driven frames over what the defaults record (:func:`needed`)."""
+    with it on). ``share_of_needed`` is the driven frames (the random ones when nothing else) over what the
+    defaults record (:func:`needed`)."""
     data = load_recorded(data_dir, mmap=True)
     off_road, speed = frame_signals(data.frames)
     by_driver: dict[str, int] = {}
@@ -169,7 +170,8 @@ def summarize(data_dir: str | os.PathLike) -> dict[str, Any]:
         "driven": _group(data, driven, off_road, speed) if driven else None,
         "random": _group(data, random, off_road, speed) if random else None,
     }
-    summary["share_of_needed"] = (summary["driven"] or {"frames": 0})["frames"] / summary["needed"]["frames"]
+    counted = summary["driven"] or summary["random"] or {"frames": 0}
+    summary["share_of_needed"] = counted["frames"] / summary["needed"]["frames"]
     summary["warnings"] = warnings_for(summary)
     return summary
 
@@ -205,6 +207,11 @@ def warnings_for(summary: dict[str, Any]) -> list[str]:
     return found
 
 
+def plural(count: int, word: str) -> str:
+    """``1 episode``, ``2 episodes``, ``1,000 frames``."""
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
+
+
 def amount_line(episodes: int, frames: int, target: dict[str, Any] | None = None, short: bool = False) -> str:
     """Where a recording stands: ``episodes`` and ``frames`` of driving against what the defaults record."""
     target = target or needed()
@@ -212,9 +219,9 @@ def amount_line(episodes: int, frames: int, target: dict[str, Any] | None = None
     share = frames / max(1, target["frames"])
     if short:
         return f"recorded {episodes} ep, {minutes:.1f} of {target['minutes']:.1f} min ({share:.0%})"
-    return (f"recorded: {episodes} episodes, {frames:,} frames = {minutes:.1f} min of driving; the defaults record "
-            f"{target['episodes']} × {target['steps']} = {target['frames']:,} frames ({target['minutes']:.1f} min): "
-            f"{share:.0%} of that")
+    return (f"recorded: {plural(episodes, 'episode')}, {plural(frames, 'frame')} = {minutes:.1f} min of driving; "
+            f"the defaults record {target['episodes']} × {target['steps']} = {target['frames']:,} frames "
+            f"({target['minutes']:.1f} min): {share:.0%} of that")
 
 
 def _bar(share: float, width: int = 20) -> str:
@@ -224,9 +231,9 @@ def _bar(share: float, width: int = 20) -> str:
 def format_summary(summary: dict[str, Any]) -> list[str]:
     """The data summary's lines (see :func:`summarize`), warnings last."""
     drivers = ", ".join(f"{n} {name}" for name, n in summary["drivers"].items())
-    lines = [f"data summary of {summary['data_dir']}: {summary['episodes']} episodes ({drivers}), "
+    lines = [f"data summary of {summary['data_dir']}: {plural(summary['episodes'], 'episode')} ({drivers}), "
              f"{summary['frames']:,} frames, {summary['minutes']:.1f} min"]
-    driven = summary["driven"]
+    driven = summary["driven"] or summary["random"]  # (a recording of the random driver alone: its episodes)
     lines.append(amount_line(driven["episodes"] if driven else 0, driven["frames"] if driven else 0,
                              summary["needed"]))
     for name, group in (("driven", summary["driven"]), ("random", summary["random"])):
@@ -235,7 +242,8 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         road = "–" if group["on_road"] is None else f"{group['on_road']:.0%}"
         speed = group["speed"]
         returns = "" if group["mean_return"] is None else f"mean return {group['mean_return']:.0f}, "
-        lines += [f"  {name}: {group['episodes']} episodes, {returns}laps finished {group['laps_finished']}; "
+        lines += [f"  {name}: {plural(group['episodes'], 'episode')}, {returns}"
+                  f"laps finished {group['laps_finished']}; "
                   f"on the road {road} of frames, {group['grass_spells']} spells on the grass, "
                   f"{group['recoveries']} recoveries",
                   f"    speed (units/s): mean {speed['mean']:.0f}, 10/50/90% {speed['p10']:.0f}/{speed['p50']:.0f}/"
