@@ -120,6 +120,10 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
         assert [r["check_episodes"] for r in record["runs"] if r["iteration"] == i] == [len(run["checked"])]
         assert record["final_choice"]["candidates"][str(i)]["selection_returns"] == selection["returns"][str(i)]
     assert record["choice_real_episodes"] == sum(r["check_episodes"] for r in record["runs"]) + 4
+    steps = record["real_env_steps"]  # sample efficiency: the real env steps by use
+    assert steps["recording"] == len(load_recorded(tiny_data_dir, mmap=True)) and steps["loop_data"] > 0
+    assert steps["selection"] == sum(map(sum, selection["steps"].values())) and 0 < steps["checks"]
+    assert steps["total"] == steps["recording"] + steps["loop_data"] + steps["checks"] + steps["selection"]
     # the resolved config is beside the checkpoints, and --config of it gives the same config
     resolved = C.resolved_path(config.run.checkpoint_dir, "controller")
     again, _ = C.parse(("run", "dream", "cmaes", "checks", "loop"), ["--config", str(resolved)])
@@ -218,7 +222,7 @@ def test_final_choice_includes_the_iteration_the_stopping_rule_counts_as_best(tm
 
     def evaluate(folder, seeds, **kwargs):
         iteration = int(Path(folder).name.split("_")[1])
-        return [SimpleNamespace(total_reward=selection[iteration]) for _ in seeds]
+        return [SimpleNamespace(total_reward=selection[iteration], steps=1000) for _ in seeds]
 
     monkeypatch.setattr("car_racing.episodes.agent.evaluate_agent", evaluate)
     loop = scripted_loop(tmp_path, monkeypatch, checks, loop__iterations=6, loop__patience=2, loop__patience_delta=10.0,

@@ -262,7 +262,7 @@ class RealFitness:
         self.workers = EpisodeWorkers(make_driver, workers, backend=backend)
         # real episodes driven, by use: "returns" (candidates scored: fitness) and "episodes" (one C's tracks:
         # checks, choices). A run's training record counts what was driven, not what its settings say.
-        self.driven = {"returns": 0, "episodes": 0}
+        self.driven = {"returns": 0, "episodes": 0, "returns_steps": 0, "episodes_steps": 0}
 
     def returns(self, candidates: Sequence[np.ndarray], seeds: Sequence[int], max_steps: int,
                 smoothing: float = 0.0, stall_steps: int = 0) -> np.ndarray:
@@ -271,6 +271,7 @@ class RealFitness:
         for k, result in self.workers.run(seeds, max_steps, candidates=np.stack([np.asarray(c) for c in candidates]),
                                           smoothing=smoothing, stall_steps=stall_steps):
             returns[divmod(k, len(seeds))] = result.total_reward
+            self.driven["returns_steps"] += result.steps
         self.driven["returns"] += returns.size
         return returns
 
@@ -287,6 +288,7 @@ class RealFitness:
         for k, result in self.workers.run(seeds, max_steps, candidates=np.asarray(params)[None], smoothing=smoothing):
             results[k] = result
         self.driven["episodes"] += len(seeds)
+        self.driven["episodes_steps"] += sum(result.steps for result in results)
         return results
 
     def close(self) -> None:

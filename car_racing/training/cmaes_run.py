@@ -111,7 +111,7 @@ def training_record(config: Config, warm_start: dict | None, generation: int, ke
     parameter vectors that chose what to keep, in this run and over the lineage."""
     warm_start = warm_start or {"method": config.cmaes.init}
     source = warm_start.get("source_training") or {}
-    real_use = real_use or {"fitness_episodes": 0, "check_episodes": 0}
+    real_use = {"fitness_episodes": 0, "check_episodes": 0, "fitness_steps": 0, "check_steps": 0, **(real_use or {})}
     expert = bool(warm_start.get("expert_labels", config.cmaes.init != "zero"))
     real_fitness = real_use["fitness_episodes"] > 0 or bool(source.get("real_returns_as_fitness", False))
     kept = generation if kept_generation is None else kept_generation
@@ -123,9 +123,13 @@ def training_record(config: Config, warm_start: dict | None, generation: int, ke
               # the paper's rule: C learnt from rewards alone (real or dreamt), no expert label anywhere in the lineage
               "reward_only": not expert,
               "real_fitness_episodes": int(real_use["fitness_episodes"]) + int(source.get("real_fitness_episodes", 0)),
+              "real_fitness_steps": int(real_use["fitness_steps"]) + int(source.get("real_fitness_steps", 0)),
               "real_checks": {"every": config.checks.every, "episodes": config.checks.episodes, "seed_base": config.checks.seed_base,
                               "role": "choose which parameters to keep, never fitness"},
               "choice": {"check_episodes": int(real_use["check_episodes"]), "checked_vectors": int(checked_vectors),
+                         "check_steps": int(real_use["check_steps"]),
+                         "lineage_check_steps": int(real_use["check_steps"])
+                         + int(source_choice.get("lineage_check_steps", 0)),
                          "lineage_check_episodes": int(real_use["check_episodes"])
                          + int(source_choice.get("lineage_check_episodes", 0)),
                          "lineage_checked_vectors": int(checked_vectors)
@@ -220,7 +224,8 @@ class Run:
         self.setup, self.es, self.warm_start, self.generation = setup, es, warm_start, generation
         self.kept_generation = kept_generation  # the generation whose check kept best_params (None: none yet)
         # real episodes this run drove, by use, counted as they were driven (the training record's honesty)
-        self.real_use = dict(real_use or {"fitness_episodes": 0, "check_episodes": 0})
+        self.real_use = {"fitness_episodes": 0, "check_episodes": 0, "fitness_steps": 0, "check_steps": 0,
+                         **(real_use or {})}
         self.history = {key: list((history or {}).get(key, [])) for key in HISTORY_KEYS}
         self.best_real_score, self.best_params, self.model_source = best_real_score, best_params, model_source
         # every real-checked parameter set with its check score: select_controller.py re-ranks them on more tracks
@@ -272,6 +277,7 @@ class Run:
         keep the parameters when they score best so far. Returns the check's mean and std."""
         returns = np.array([episode.total_reward for episode in episodes])
         self.real_use["check_episodes"] += len(episodes)
+        self.real_use["check_steps"] += sum(episode.steps for episode in episodes)
         score, spread = float(returns.mean()), float(returns.std())
         source = f"{name} (real score {score:.1f})"
         self.checked.append({"generation": self.generation, "source": source, "score": score, "std": spread,
@@ -336,9 +342,10 @@ class Run:
         try:
             for generation in bar:
                 candidates = [np.asarray(x) for x in es.ask()]
-                before = self.driven("returns")
+                before = self.driven("returns"), self.driven("returns_steps")
                 fitness, mean_fitness = fitness_source(candidates, np.asarray(es.mean), generation)
-                self.real_use["fitness_episodes"] += self.driven("returns") - before  # whatever the source drove
+                self.real_use["fitness_episodes"] += self.driven("returns") - before[0]  # whatever the source drove
+                self.real_use["fitness_steps"] += self.driven("returns_steps") - before[1]
                 es.tell(candidates, (-fitness).tolist())  # pycma minimises
                 best = int(np.argmax(fitness))
                 self.generation = generation + 1

@@ -368,7 +368,7 @@ def select_iterations(loop: Loop, state: LoopState) -> dict[int, list[float]]:
     seeds = [SELECT_SEED_BASE + j for j in range(config.loop.select_episodes)]
     saved = state.data.get("selection", {})
     if saved.get("seeds") != seeds or saved.get("max_steps") != config.checks.max_steps:
-        saved = {"seeds": seeds, "max_steps": config.checks.max_steps, "returns": {}}
+        saved = {"seeds": seeds, "max_steps": config.checks.max_steps, "returns": {}, "steps": {}}
     state.data["selection"] = saved
     for score, iteration in checked:
         if str(iteration) not in saved["returns"]:
@@ -376,6 +376,7 @@ def select_iterations(loop: Loop, state: LoopState) -> dict[int, list[float]]:
             results = evaluate_agent(iteration_dir(loop.dir, iteration), seeds, max_steps=config.checks.max_steps,
                                      workers=workers_of(config.run), backend=backend_of(config.run))
             saved["returns"][str(iteration)] = [float(r.total_reward) for r in results]
+            saved.setdefault("steps", {})[str(iteration)] = [r.steps for r in results]
             state.save()
     return {iteration: saved["returns"][str(iteration)] for _, iteration in checked}
 

@@ -134,6 +134,7 @@ def run_summary(final: dict) -> dict:
             "dream_trained": final["training"]["dream_trained"],
             # what chose this run's C: its real check episodes and the parameter vectors they checked
             "check_episodes": (final["training"].get("choice") or {}).get("check_episodes"),
+            "check_steps": (final["training"].get("choice") or {}).get("check_steps"),
             "checked_vectors": (final["training"].get("choice") or {}).get("checked_vectors"),
             "kept_generation": final["training"].get("kept_generation")}
 
@@ -245,6 +246,7 @@ def loop_record(state: LoopState, iterations: int) -> dict:
             for start, run in (result.get("starts") or {result.get("start", "zero"): result}).items():
                 runs.append({"iteration": i, "start": start, "check": run.get("best_real_score"),
                              "check_episodes": run.get("check_episodes") or 0,
+                             "check_steps": run.get("check_steps") or 0,
                              "checked_vectors": run.get("checked_vectors") or 0})
     selection = state.data.get("selection") or {}
     chosen = selection.get("returns") or {}
@@ -252,9 +254,18 @@ def loop_record(state: LoopState, iterations: int) -> dict:
                            "selection_mean": float(np.mean(r))} for i, r in ((int(k), v) for k, v in chosen.items())}
     selection_episodes = sum(len(r) for r in chosen.values())
     check_episodes = sum(run["check_episodes"] for run in runs)
+    stages = state.data["stages"]
+    first = int(stages.get("0:data", {}).get("frames") or 0)
+    last = max([int(result.get("frames") or 0) for key, result in stages.items() if key.endswith(":memory")] + [first])
+    steps = {"recording": first,  # stage 1's recording the loop started from
+             "loop_data": last - first,  # C's episodes, repair and check replays, the panel: what M learnt from
+             "checks": sum(run["check_steps"] for run in runs),
+             "selection": sum(sum(s) for s in (selection.get("steps") or {}).values())}
     return {"iterations": len({run["iteration"] for run in runs}), "runs": runs,
             "best_iteration": state.data.get("best_iteration"), "best_by": state.data.get("best_by"),
             "final_choice": {"candidates": candidates, "seeds": selection.get("seeds"),
                              "episodes": selection_episodes},
             "choice_real_episodes": check_episodes + selection_episodes,
+            # real env steps by use (sample efficiency); the last iteration's recorded data (no next M) is left out
+            "real_env_steps": {**steps, "total": sum(steps.values())},
             "checked_vectors": sum(run["checked_vectors"] for run in runs)}
