@@ -254,7 +254,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         lines.append("    speed    " + "  ".join(f"{label} {share:.0%}"
                                                  for label, share in zip(speed_bins, speed["shares"])))
         steer_bins = ["hard left", "left", "straight", "right", "hard right"]
-        lines.append("    steering " + "  ".join(f"{label} {share:.0%} {_bar(share, 10)}"
-                                                 for label, share in zip(steer_bins, group["steering"]["shares"])))
+        lines.append(("    steering " + "  ".join(f"{label} {share:.0%} {_bar(share, 10)}" for label, share
+                                                   in zip(steer_bins, group["steering"]["shares"]))).rstrip())
     lines += [f"warning: {warning}" for warning in summary["warnings"]]
     return lines
