@@ -64,3 +64,14 @@ def stage4_config(data_dir, checkpoint_dir, **overrides):
                    checks__max_steps=15)
     options.update(overrides)
     return config.preset("seed", **options)
+
+
+# Stage 4's one pass at the smallest sizes: population 4, one generation of 2 dreams of 4 steps, separable CMA, a
+# check on 1 track of 8 steps every generation.
+TINY_STAGE4 = dict(cmaes__population=4, cmaes__generations=1, dream__steps=4, dream__trials=2, dream__start_states=32,
+                   checks__every=1, checks__max_steps=8, cmaes__diagonal=True)
+
+
+def tiny_stage4_config(checkpoint_dir, data_dir, **overrides):
+    """:data:`TINY_STAGE4` in CHECKPOINT_DIR on DATA_DIR (``overrides``: dotted keys written ``section__field``)."""
+    return stage4_config(data_dir, checkpoint_dir, **{**TINY_STAGE4, **overrides})

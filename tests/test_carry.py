@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
-from conftest import stage4_config
+from conftest import tiny_stage4_config
 
 from car_racing.common.cli import UsageError
 from car_racing.common.runtime import load_checkpoint, load_model, save_checkpoint
@@ -21,14 +21,6 @@ from car_racing.training.carry import carry_controller, seen_hidden
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def controller_config(checkpoint_dir, data_dir, **overrides):
-    """Stage 4's one pass at the smallest sizes (:func:`conftest.stage4_config`: population 4, one generation of
-    2 dreams of 4 steps, separable CMA, a check on 1 track of 8 steps every generation) in CHECKPOINT_DIR;
-    ``overrides`` are dotted keys written ``section__field``."""
-    options = dict(cmaes__population=4, cmaes__generations=1, dream__steps=4, dream__trials=2, dream__start_states=32,
-                   checks__every=1, checks__episodes=1, checks__max_steps=8, cmaes__diagonal=True)
-    options.update(overrides)
-    return stage4_config(data_dir, checkpoint_dir, **options)
 
 
 def recorded_inputs(data_dir, vision_path):
@@ -98,14 +90,14 @@ def test_carry_onto_the_same_m_keeps_c_and_onto_a_moved_m_restores_its_outputs(t
 
 def test_a_checkpoint_warm_start_is_carried_only_when_m_changed(tiny_data_dir, tmp_path, capsys):
     paths = write_tiny_checkpoints(tmp_path)
-    train_controller(controller_config(tmp_path, tiny_data_dir, cmaes__init="zero", checks__every=0))
+    train_controller(tiny_stage4_config(tmp_path, tiny_data_dir, cmaes__init="zero", checks__every=0))
     first, old_memory = tmp_path / "first.pth", tmp_path / "old_memory.pth"
     shutil.move(paths["controller"], first)
     shutil.copy(paths["memory"], old_memory)
     start_params = load_model(first, "controller")[0].get_flat_params()
 
     def warm(**overrides):
-        final = train_controller(controller_config(tmp_path, tiny_data_dir, cmaes__init="checkpoint",
+        final = train_controller(tiny_stage4_config(tmp_path, tiny_data_dir, cmaes__init="checkpoint",
                                                    cmaes__init_from=str(first), cmaes__generations=0, checks__every=0,
                                                    **overrides))
         params = load_model(paths["controller"], "controller")[0].get_flat_params()  # CMA's initial mean
@@ -137,7 +129,7 @@ def test_carry_check_drives_the_three_agents_on_the_same_tracks(tiny_data_dir, t
     from bench import carry_check
 
     paths = write_tiny_checkpoints(tmp_path / "loop" / "iter_00")
-    train_controller(controller_config(paths["vision"].parent, tiny_data_dir, cmaes__init="zero",
+    train_controller(tiny_stage4_config(paths["vision"].parent, tiny_data_dir, cmaes__init="zero",
                                        checks__every=0))
     memory = load_checkpoint(paths["memory"], "memory")
     new = tmp_path / "loop" / "iter_01" / "memory_model.pth"
@@ -155,7 +147,7 @@ def test_local_fidelity_scores_c_and_its_neighbours_in_the_dream_and_the_real_en
     from bench import local_fidelity
 
     write_tiny_checkpoints(tmp_path)
-    train_controller(controller_config(tmp_path, tiny_data_dir, cmaes__init="zero", checks__every=0))
+    train_controller(tiny_stage4_config(tmp_path, tiny_data_dir, cmaes__init="zero", checks__every=0))
     args = local_fidelity.Args(checkpoint_dir=str(tmp_path), data_dir=str(tiny_data_dir), neighbours=3,
                                dreams=("episode-start:10", "recorded:5"), dream_generations=2, dream_step_budget=20,
                                episodes=2, max_steps=5, workers=1, save=str(tmp_path / "fidelity.json"))

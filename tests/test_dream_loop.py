@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import stage4_config
+from conftest import TINY_STAGE4, stage4_config
 from test_controller_training import HIDDEN, LATENT, tiny_memory, write_tiny_checkpoints
 
 from car_racing import evaluate_world_model
@@ -85,8 +84,7 @@ def test_memory_head_mask_is_one_mask_for_the_whole_sequence():
 
 # --- the dream-trained record -------------------------------------------------------------------------
 
-TINY = dict(cmaes__population=4, cmaes__generations=1, dream__steps=4, dream__trials=2, dream__start_states=32,
-            checks__every=1, checks__max_steps=8, cmaes__diagonal=True)  # (stage4_config: the seed's one pass)
+TINY = TINY_STAGE4  # (stage4_config: the seed's one pass)
 
 
 def test_checkpoint_records_whether_c_was_trained_only_in_the_dream(tmp_path, tiny_data_dir):

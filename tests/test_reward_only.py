@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from test_controller_training import write_tiny_checkpoints
-from conftest import stage4_config
+from conftest import tiny_stage4_config
 
 from car_racing.common.runtime import load_checkpoint
 from car_racing.train_controller_cmaes import main as train_controller
@@ -14,25 +14,17 @@ from car_racing.train_controller_cmaes import main as train_controller
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def controller_config(checkpoint_dir, data_dir, **overrides):
-    """Stage 4's one pass at the smallest sizes (:func:`conftest.stage4_config`: population 4, one generation of
-    2 dreams of 4 steps, separable CMA, a check on 1 track of 8 steps every generation) in CHECKPOINT_DIR;
-    ``overrides`` are dotted keys written ``section__field``."""
-    options = dict(cmaes__population=4, cmaes__generations=1, dream__steps=4, dream__trials=2, dream__start_states=32,
-                   checks__every=1, checks__episodes=1, checks__max_steps=8, cmaes__diagonal=True)
-    options.update(overrides)
-    return stage4_config(data_dir, checkpoint_dir, **options)
 
 
 def test_real_env_fine_tune_of_a_dream_trained_c_resumes_and_is_reward_only(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path)
-    dreamt = train_controller(controller_config(tmp_path, tiny_data_dir, cmaes__init="zero", checks__every=0))
+    dreamt = train_controller(tiny_stage4_config(tmp_path, tiny_data_dir, cmaes__init="zero", checks__every=0))
     assert dreamt["training"]["dream_trained"] and dreamt["training"]["reward_only"]
     start = tmp_path / "dream_trained.pth"
     (tmp_path / "control_model_cmaes.pth").rename(start)
 
     def fine_tune(generations: int, resume: bool) -> dict:
-        return train_controller(controller_config(
+        return train_controller(tiny_stage4_config(
             tmp_path, tiny_data_dir, cmaes__mode="real", cmaes__init="checkpoint", cmaes__init_from=str(start),
             cmaes__population=3, cmaes__real_trials=1, cmaes__real_steps=6, cmaes__generations=generations,
             checks__every=1, checks__max_steps=6, run__resume=resume))
@@ -56,10 +48,10 @@ def test_real_env_fine_tune_of_a_dream_trained_c_resumes_and_is_reward_only(tmp_
 
 def test_an_expert_labelled_lineage_is_not_reward_only(tmp_path, tiny_data_dir):
     write_tiny_checkpoints(tmp_path)
-    bc = train_controller(controller_config(tmp_path, tiny_data_dir, cmaes__init="bc", checks__every=0))
+    bc = train_controller(tiny_stage4_config(tmp_path, tiny_data_dir, cmaes__init="bc", checks__every=0))
     start = tmp_path / "bc.pth"
     (tmp_path / "control_model_cmaes.pth").rename(start)
-    real = train_controller(controller_config(tmp_path, tiny_data_dir, cmaes__mode="real", cmaes__init="checkpoint",
+    real = train_controller(tiny_stage4_config(tmp_path, tiny_data_dir, cmaes__mode="real", cmaes__init="checkpoint",
                                               cmaes__init_from=str(start), cmaes__population=2, cmaes__real_trials=1,
                                               cmaes__real_steps=4, checks__every=0))
     assert not bc["training"]["reward_only"] and not real["training"]["reward_only"]
@@ -70,7 +62,7 @@ def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path
     from car_racing.common.cli import UsageError
 
     write_tiny_checkpoints(tmp_path)
-    run = train_controller(controller_config(tmp_path, tiny_data_dir, cmaes__init="zero", cmaes__generations=2,
+    run = train_controller(tiny_stage4_config(tmp_path, tiny_data_dir, cmaes__init="zero", cmaes__generations=2,
                                              checks__every=1))
     assert len(run["checked"]) == 5  # the initial mean, then the best candidate and CMA's mean of each check
     args = select_controller.Args(checkpoint_dir=str(tmp_path), top=3, episodes=2, max_steps=6, workers=1)
