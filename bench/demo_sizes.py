@@ -8,7 +8,7 @@ stage with its seconds, and a last line with the score.
 
     python bench/demo_sizes.py --out runs/sizes/base
     python bench/demo_sizes.py --out runs/sizes/seed1 --set run.seed=1
-    python bench/demo_sizes.py --out runs/sizes/pop24 --reuse runs/sizes/base --set cmaes.population=24
+    python bench/demo_sizes.py --out runs/sizes/pop24 --reuse runs/sizes/base --set cmaes.population=24 run.seed=1
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class Args:
     out: str = "runs/sizes/base"
     """the run folder (created; must not exist)"""
     set: tuple[str, ...] = ()
-    """changed values, KEY=VALUE with the config's dotted keys (values in TOML: 24, 0.3, true, "zero")"""
+    """changed values, KEY=VALUE … after one --set, with the config's dotted keys (values in TOML: 24, 0.3, true,
+    "zero"); a second --set replaces the first"""
     reuse: str = ""
     """a run folder of this script: take its recording, V and stage-3 M and run stage 4 only"""
     selection_episodes: int = 10
