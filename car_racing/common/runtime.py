@@ -152,8 +152,10 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> N
     from car_racing.common.plain_data import plain
 
     data = plain(dict(checkpoint), Path(path).name)
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        # through a file object: torch names the zip's root folder "archive" instead of after the (random)
+        # temporary file's name, so the same checkpoint gives the same bytes every time
+        torch.save(data, file)
 
 
 def save_resume_state(state: Mapping[str, Any], path: str | os.PathLike) -> None:
