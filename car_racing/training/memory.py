@@ -273,7 +273,6 @@ def train_memory(config: Config) -> dict[str, Any]:
     device = resolve_device(run.device)
     if run.threads:
         torch.set_num_threads(run.threads)
-    seed_everything(run.seed)
     checkpoint_dir = Path(run.checkpoint_dir)
     paths = checkpoint_paths(checkpoint_dir)
     vision_path = Path(memory.vision_checkpoint) if memory.vision_checkpoint else paths["vision"]
@@ -286,6 +285,9 @@ def train_memory(config: Config) -> dict[str, Any]:
                          f"sequence length?); record more data")
     mu_np, logvar_np = load_or_build_latents(run.data_dir, vision_path, device, memory.encode_batch_size,
                                              progress=run.progress)
+    # seeded after the latents: encoding them (a cache miss builds V, drawing from torch's RNG) must not change M,
+    # so the same seed gives the same M whether V's latents were cached or not
+    seed_everything(run.seed)
     vision_sha = file_sha256(vision_path)
     latent_size = mu_np.shape[1]
 
