@@ -233,15 +233,28 @@ class _LegacyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-class _LegacyPickleModule:
-    """What ``torch.load(pickle_module=…)`` needs: an ``Unpickler`` (ours) and ``load`` for the oldest format."""
+def _read_own_run(path: Path) -> Any:
+    """A CMA-ES or DAgger run's own protocol-5 file (torch's zip format), read without ``torch.load``: its
+    ``data.pkl`` through :class:`_LegacyUnpickler` (numpy arrays and scalars, torch tensors and plain containers;
+    any other global refused before it is looked up), each tensor's storage read from the zip's ``data/`` records
+    as bytes. Torch's own ``weights_only`` reader cannot parse protocol 5, and its other reader would run code."""
+    import torch
 
-    Unpickler = _LegacyUnpickler
-    __name__ = "car_racing_legacy_pickle"
+    with zipfile.ZipFile(path) as archive:
+        pickled = next(name for name in archive.namelist() if name.endswith("data.pkl"))
+        root = pickled[: -len("data.pkl")]
 
-    @staticmethod
-    def load(file: Any, **kwargs: Any) -> Any:
-        return _LegacyUnpickler(file, **kwargs).load()
+        def storage(saved_id: Any) -> Any:
+            kind, storage_type, key, _location, _numel = saved_id
+            if kind != "storage":
+                raise pickle.UnpicklingError(f"refused persistent id {kind!r}")
+            raw = torch.UntypedStorage.from_buffer(archive.read(f"{root}data/{key}"), dtype=torch.uint8)
+            dtype = storage_type if isinstance(storage_type, torch.dtype) else storage_type.dtype
+            return torch.storage.TypedStorage(wrap_storage=raw, dtype=dtype, _internal=True)
+
+        unpickler = _LegacyUnpickler(io.BytesIO(archive.read(pickled)))
+        unpickler.persistent_load = storage
+        return unpickler.load()
 
 
 def load_legacy(path: str | os.PathLike, trust_own_run: bool = False) -> Any:
@@ -266,4 +279,4 @@ def load_legacy(path: str | os.PathLike, trust_own_run: bool = False) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
         if not trust_own_run:
             raise Refused(path, refused.found, legacy=True)
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule)
+        return _read_own_run(path)
