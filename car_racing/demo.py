@@ -43,8 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from car_racing.common.cli import UsageError, run_main
-from car_racing.common.config import Config, preset, replace, workers_of, write_resolved
-from car_racing.episodes.rollout import default_workers
+from car_racing.common.config import Config, preset, replace, usable_cores, workers_of, write_resolved
 
 # The recipe's quick settings are the config's preset ``demo`` (car_racing/common/config.py PRESETS: 24 noisy
 # autopilot episodes × 500 steps + 6 random ones, V 4 epochs, M 30 epochs in small batches with dropout and a value
@@ -87,14 +86,6 @@ SHOWCASE = (("agent_driving.mp4", "its agent driving the held-out tracks"),
             ("memory_dream.mp4", "M dreaming beside the real frames of a recorded episode"),
             ("vision_reconstructions.png", "what V sees: held-out frames and V's reconstructions"),
             ("checkpoints/dream_loop/dream_loop.png", "the loop's curve: C's real checks and dream fitness per iteration"))
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (``taskset``, a container's CPU set), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return default_workers()
 
 
 def expectation(cores: int, load: float) -> str:

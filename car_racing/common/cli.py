@@ -48,8 +48,10 @@ def field_docstrings(cls: type) -> dict[str, str]:
     return docs
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:  # argparse prints usage + error; we want one line
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line and exit code 2 (argparse prints usage + error)."""
+
+    def error(self, message: str) -> typing.NoReturn:
         self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -62,9 +64,23 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def flag_kwargs(annotation: Any, metavar: str | None = None, nargs: str = "+") -> dict[str, Any]:
+    """``add_argument`` keywords for a field of type ``annotation``: ``--x/--no-x`` for a bool, choices for a
+    Literal, ``nargs`` values for a list or tuple, else the type itself (``metavar`` labels a value)."""
+    named = {"metavar": metavar} if metavar else {}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        return {"choices": choices, "type": type(choices[0]), "metavar": "{" + ",".join(map(str, choices)) + "}"}
+    if get_origin(annotation) in (list, tuple):
+        return {"nargs": nargs, "type": get_args(annotation)[0], **named}
+    return {"type": annotation, **named}
+
+
 def build_parser(args_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one ``--kebab-case`` flag per field of the dataclass ``args_cls``."""
-    parser = _OneLineErrorParser(
+    parser = OneLineErrorParser(
         description=description or (inspect.getdoc(args_cls) or ""),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -77,23 +93,10 @@ def build_parser(args_cls: type, description: str | None = None) -> argparse.Arg
         default = field.default
         if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
-        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_text}
-        if annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif get_origin(annotation) is Literal:
-            choices = get_args(annotation)
-            kwargs["choices"] = choices
-            kwargs["type"] = type(choices[0])
-            kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
-        elif get_origin(annotation) in (list, tuple):
-            item_type = get_args(annotation)[0]
-            kwargs["nargs"] = "+"
-            kwargs["type"] = item_type
-        else:
-            kwargs["type"] = annotation
-            if optional:  # argparse would label it after the type (STR); the flag's own name reads better
-                kwargs["metavar"] = field.name.upper()
-        parser.add_argument(flag, **kwargs)
+        # an Optional value: argparse would label it after the type (STR); the flag's own name reads better
+        metavar = field.name.upper() if optional else None
+        parser.add_argument(flag, dest=field.name, default=default, help=help_text,
+                            **flag_kwargs(annotation, metavar))
     return parser
 
 
@@ -108,9 +111,9 @@ def parse_args(args_cls: Callable[..., ArgsT], argv: list[str] | None = None) ->
 
 
 def report_errors(main: Callable[[ArgsT], Any], settings: ArgsT) -> None:
-    """Run ``main(settings)`` (a tool's ``Args`` or a stage's config): a :class:`UsageError` becomes one line on stderr and exit code 2; Ctrl-C exits with 130
-    after the stage has had its chance to save (stages save atomically as they go, so nothing is lost beyond the
-    work in progress)."""
+    """Run ``main(settings)`` (a tool's ``Args`` or a stage's config): a :class:`UsageError` becomes one line on
+    stderr and exit code 2; Ctrl-C exits with 130 after the stage has had its chance to save (stages save
+    atomically as they go, so nothing is lost beyond the work in progress)."""
     prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "car_racing"
     try:
         main(settings)

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence, get_args, get_origin
 
-from car_racing.common.cli import USAGE_EXIT_CODE, UsageError, field_docstrings, report_errors
+from car_racing.common.cli import (
+    USAGE_EXIT_CODE,
+    OneLineErrorParser,
+    UsageError,
+    field_docstrings,
+    flag_kwargs,
+    report_errors,
+)
 
 CONFIG_SUFFIX = ".config.toml"  # a stage's resolved config: CHECKPOINT_DIR/<stage>.config.toml
 
@@ -38,9 +45,9 @@ CONFIG_SUFFIX = ".config.toml"  # a stage's resolved config: CHECKPOINT_DIR/<sta
 class ConfigError(UsageError):
     """A config value, key, file or preset that cannot be used: one line naming it, exit code 2."""
 
-    def __init__(self, message: str, key: str = ""):
+    def __init__(self, message: str, key: str = "", expected: str = ""):
         super().__init__(message)
-        self.key = key  # the dotted key whose value is out of range (validate), else ""
+        self.key, self.expected = key, expected  # the key whose value is out of range and its range (validate)
 
 
 # --- the sections ----------------------------------------------------------------------------------------------
@@ -396,7 +403,8 @@ _POSITIVE = ("record.episodes", "record.steps", "record.seq_len", "vision.epochs
              "memory.encode_batch_size", "dream.steps", "dream.trials", "dream.start_states", "dream.batch_size",
              "cmaes.real_trials", "cmaes.real_steps", "cmaes.dagger_episodes", "checks.episodes", "checks.max_steps",
              "loop.iterations", "loop.fidelity_episodes", "loop.select_episodes")
-_NON_NEGATIVE = ("run.seed", "run.threads", "run.workers", "record.random_episodes", "cmaes.generations", "cmaes.stall_steps",
+_NON_NEGATIVE = ("run.seed", "run.threads", "run.workers", "record.random_episodes", "cmaes.generations",
+                 "cmaes.stall_steps",
                  "cmaes.dagger_rounds", "checks.every", "checks.seed_base", "loop.patience", "loop.patience_delta",
                  "loop.warm_generations", "loop.memory_epochs", "loop.agent_episodes", "loop.repair_episodes",
                  "loop.check_episodes", "loop.fidelity_panel", "loop.select_top", "vision.free_bits",
@@ -520,13 +528,17 @@ def _near(key: str) -> str:
     return ", ".join(f"{s}.*" for s in SECTIONS)
 
 
+def preset_values(name: str) -> Config:
+    """The defaults with preset ``name``'s values (not yet validated: later values may still change them)."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name}: no such preset (expected one of {', '.join(PRESETS)})")
+    return with_values(Config(preset=name), PRESETS[name], f"preset {name}: ")
+
+
 def preset(name: str, **overrides: Any) -> Config:
     """The config of preset ``name`` with ``overrides`` (dotted keys with ``.`` written ``__``:
     ``preset("demo", dream__trials=4)``), validated."""
-    if name not in PRESETS:
-        raise ConfigError(f"--preset {name}: no such preset (expected one of {', '.join(PRESETS)})")
-    config = with_values(Config(preset=name), PRESETS[name], f"preset {name}: ")
-    config = with_values(config, {key.replace("__", "."): value for key, value in overrides.items()})
+    config = replace(preset_values(name), **overrides)
     validate(config)
     return config
 
@@ -566,7 +578,7 @@ def validate(config: Config) -> None:
     for key, test, expected in RANGES:
         value = get(config, key)
         if not test(value):
-            raise ConfigError(f"{key} = {value!r}: expected {expected}", key)
+            raise ConfigError(f"{key} = {value!r}: expected {expected}", key, expected)
 
 
 def toml_text(config: Config) -> str:
@@ -615,38 +627,25 @@ def flag_of(key: str) -> str:
     return "--" + (name if section == "run" else f"{section}.{name}").replace("_", "-")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _add_flag(group: Any, key: str, annotation: Any, default: Any, doc: str, shown: bool) -> None:
-    kwargs: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS,
-                              "help": (f"{doc} (default: {default!r})" if doc else None) if shown else argparse.SUPPRESS}
-    if annotation is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-    elif get_origin(annotation) is Literal:
-        kwargs["choices"] = get_args(annotation)
-        kwargs["metavar"] = "{" + ",".join(map(str, get_args(annotation))) + "}"
-    elif get_origin(annotation) in (tuple, list):
-        kwargs["nargs"] = "*"
-        kwargs["metavar"] = "NAME"
-    else:
-        kwargs["type"] = annotation
-        kwargs["metavar"] = key.split(".")[1].upper()
-    group.add_argument(flag_of(key), **kwargs)
+    many = get_origin(annotation) in (tuple, list)
+    group.add_argument(flag_of(key), dest=key, default=argparse.SUPPRESS,
+                       help=(f"{doc} (default: {default!r})" if doc else None) if shown else argparse.SUPPRESS,
+                       **flag_kwargs(annotation, "NAME" if many else key.split(".")[1].upper(), nargs="*"))
 
 
 def build_parser(sections: Sequence[str], description: str, show_all: bool) -> argparse.ArgumentParser:
     """A parser with ``--preset``, ``--config`` and one flag per field of ``sections``; ``--help`` lists each
     section's user-facing fields (``USER``), ``--help-all`` every one."""
-    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-                     epilog="every setting is also a key of the config file (--config FILE, TOML: [section] key = value); "
-                            "--help-all lists every flag")
+    parser = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False,
+                                epilog="every setting is also a key of the config file (--config FILE, TOML: "
+                                       "[section] key = value); --help-all lists every flag")
     parser.add_argument("--preset", default=None, metavar="{" + ",".join(PRESETS) + "}",
                         help="start from these values instead of the defaults (car_racing/common/config.py PRESETS)")
     parser.add_argument("--config", default=None, metavar="FILE",
-                        help="a TOML config file (e.g. a run's resolved CHECKPOINT_DIR/*.config.toml: reruns it exactly)")
+                        help="a TOML config file (e.g. a run's resolved CHECKPOINT_DIR/*.config.toml: reruns it "
+                             "exactly)")
     parser.add_argument("--help-all", action="store_true", help="list every flag, not only the common ones")
     for section in sections:
         cls = SECTIONS[section]
@@ -678,19 +677,14 @@ def parse(sections: Sequence[str], argv: Sequence[str] | None = None, descriptio
     namespace.pop("help_all")
     try:
         from_file = read_file(file) if file else {}
-        name = name or from_file.get("preset", "default")
-        if name not in PRESETS:
-            raise ConfigError(f"--preset {name}: no such preset (expected one of {', '.join(PRESETS)})")
-        config = with_values(Config(preset=name), PRESETS[name], f"preset {name}: ")
-        config = with_values(config, from_file, f"{file}: ")
+        config = with_values(preset_values(name or from_file.get("preset", "default")), from_file, f"{file}: ")
         config = with_values(config, namespace, "--")
         given = set(namespace)
         try:
             validate(config)
         except ConfigError as err:  # say where the value came from: a flag, the file, or the preset
             if err.key in given:
-                expected = str(err).split(": expected ", 1)[1]
-                raise ConfigError(f"{flag_of(err.key)} {get(config, err.key)}: expected {expected}") from None
+                raise ConfigError(f"{flag_of(err.key)} {get(config, err.key)}: expected {err.expected}") from None
             if err.key in from_file:
                 raise ConfigError(f"{file}: {err}") from None
             raise
@@ -711,16 +705,19 @@ def run_stage(main: Callable[[Config], Any], sections: Sequence[str], descriptio
     report_errors(main, config)
 
 
-def workers_of(run: Run) -> int:
-    """``run.workers``, or (0) the cores this process may use."""
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset``, a container's CPU set), not the machine's."""
     import os
 
-    if run.workers:
-        return run.workers
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def workers_of(run: Run) -> int:
+    """``run.workers``, or (0) the cores this process may use."""
+    return run.workers or usable_cores()
 
 
 def rollout_steps(config: Config) -> int:
@@ -736,4 +733,5 @@ def replace(config: Config, **values: Any) -> Config:
 
 def user_keys(sections: Iterable[str]) -> list[str]:
     """The keys ``--help`` shows for these sections."""
-    return [f"{section}.{name}" for section in sections for name in SECTIONS[section].USER]  # type: ignore[attr-defined]
+    return [f"{section}.{name}" for section in sections
+            for name in SECTIONS[section].USER]  # type: ignore[attr-defined]
