@@ -47,7 +47,8 @@ from car_racing.training.fidelity import spearman
 from car_racing.common import config
 from car_racing.training.cmaes_run import load_setup
 from car_racing.training.dream import dream_start_settings, parse_dream_setting
-from car_racing.training.fitness import DreamFitness, RealFitness, aggregate_dream_fitness
+from car_racing.episodes.agent import RealFitness
+from car_racing.training.fitness import DreamFitness, aggregate_dream_fitness
 
 
 @dataclass

@@ -107,7 +107,7 @@ def main(args: Args) -> dict:
     """Rank the candidates on the selection tracks, write the winner; returns the selection record."""
     from car_racing.episodes.agent import make_agent_driver
     from car_racing.models.ffn import Controller, num_controller_params
-    from car_racing.training.fitness import RealFitness
+    from car_racing.episodes.agent import RealFitness
 
     if args.top < 1 or args.episodes < 1 or args.workers < 1 or args.max_steps < 1:
         raise UsageError(f"--top {args.top} / --episodes {args.episodes} / --workers {args.workers} / "

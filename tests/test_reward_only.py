@@ -76,9 +76,9 @@ def test_selection_re_drives_the_checked_controllers_and_keeps_the_best(tmp_path
     torch.testing.assert_close(saved["best_params"], kept["params"].double())  # (plain data: tensors)
 
     # a rerun reuses the saved returns (an interrupted selection continues, it does not drive again)
-    from car_racing.training import fitness
+    from car_racing.episodes import agent
 
-    monkeypatch.setattr(fitness, "RealFitness", lambda *a, **k: pytest.fail("drove again"))
+    monkeypatch.setattr(agent, "RealFitness", lambda *a, **k: pytest.fail("drove again"))
     assert select_controller.main(args)["kept"] == record["kept"]
 
     saved.pop("checked")

@@ -41,12 +41,13 @@ from car_racing.common.runtime import (
     save_resume_state,
 )
 from car_racing.common.plain_data import resume_path
+from car_racing.episodes.agent import RealFitness
 from car_racing.episodes.rollout import EpisodeResult
 from car_racing.models.ffn import Controller
 from car_racing.recording.recorded_data import has_recorded_data, load_recorded
 from car_racing.training.check_replays import CHECK_DRIVER
-from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, RealFitness, trial_mean
-from car_racing.training.setup import Setup, load_setup  # noqa: F401 (load_setup: re-exported for the run's callers)
+from car_racing.training.fitness import REAL_TRAIN_SEED_OFFSET, REAL_TRAIN_SEED_RANGE, trial_mean
+from car_racing.training.setup import Setup, load_setup
 from car_racing.training.repair import REPAIR_DRIVER
 
 PLOT_FILE = "control_model_cmaes.png"
@@ -94,6 +95,10 @@ def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
     plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
 
 
+# real episodes and steps a run drove, by use (Run.real_use): none yet
+NO_REAL_USE = {"fitness_episodes": 0, "check_episodes": 0, "fitness_steps": 0, "check_steps": 0}
+
+
 def training_record(config: Config, warm_start: dict | None, generation: int, kept_generation: int | None = None,
                     real_use: dict | None = None, checked_vectors: int = 0) -> dict:
     """How this C was made, for a reader to check from the file: fitness source, warm start (and its own
@@ -111,7 +116,7 @@ def training_record(config: Config, warm_start: dict | None, generation: int, ke
     parameter vectors that chose what to keep, in this run and over the lineage."""
     warm_start = warm_start or {"method": config.cmaes.init}
     source = warm_start.get("source_training") or {}
-    real_use = {"fitness_episodes": 0, "check_episodes": 0, "fitness_steps": 0, "check_steps": 0, **(real_use or {})}
+    real_use = {**NO_REAL_USE, **(real_use or {})}
     expert = bool(warm_start.get("expert_labels", config.cmaes.init != "zero"))
     real_fitness = real_use["fitness_episodes"] > 0 or bool(source.get("real_returns_as_fitness", False))
     kept = generation if kept_generation is None else kept_generation
@@ -224,8 +229,7 @@ class Run:
         self.setup, self.es, self.warm_start, self.generation = setup, es, warm_start, generation
         self.kept_generation = kept_generation  # the generation whose check kept best_params (None: none yet)
         # real episodes this run drove, by use, counted as they were driven (the training record's honesty)
-        self.real_use = {"fitness_episodes": 0, "check_episodes": 0, "fitness_steps": 0, "check_steps": 0,
-                         **(real_use or {})}
+        self.real_use = {**NO_REAL_USE, **(real_use or {})}
         self.history = {key: list((history or {}).get(key, [])) for key in HISTORY_KEYS}
         self.best_real_score, self.best_params, self.model_source = best_real_score, best_params, model_source
         # every real-checked parameter set with its check score: select_controller.py re-ranks them on more tracks

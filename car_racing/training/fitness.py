@@ -1,9 +1,8 @@
 """Fitness sources for C's CMA-ES run: what a generation's candidates are scored by.
 
 :class:`DreamFitness` scores them in M's dream (the World Models way; the real env never pays C);
-:class:`RealEnvFitness` by real-env returns (the paper's CarRacing fitness). :class:`RealFitness` is the
-pool of real-env workers a run keeps for real-mode fitness and for its real-env checks
-(:mod:`car_racing.training.cmaes_run`), also used by ``select_controller.py`` and ``evaluate_world_model.py``.
+:class:`RealEnvFitness` by real-env returns (the paper's CarRacing fitness), driven by the run's pool of real-env
+workers (:class:`car_racing.episodes.agent.RealFitness`, which also drives its checks).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import numpy as np
 import torch
 
 from car_racing.common.config import rollout_steps
-from car_racing.episodes.agent import RealFitness  # noqa: F401 (real-mode fitness and the checks share its workers)
 from car_racing.models.ffn import flat_to_population
 from car_racing.training.dream import dream_rollout
 

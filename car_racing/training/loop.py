@@ -454,7 +454,9 @@ def run(config: Config) -> dict:
     link_or_copy(checkpoint_paths(best_dir)["memory"], paths["memory"])  # atomic: the old file or the new one
     # C, with what the whole loop used to choose it in its training record (the runs' checks, the final choice)
     chosen = load_checkpoint(checkpoint_paths(best_dir)["controller"], "controller")
-    chosen["training"] = {**chosen["training"], "loop": loop_record(state_of(loop), loop.iterations)}
+    # the state as saved, read back: the record is then the same bytes whether the loop ran now or was resumed
+    saved = json.loads((loop.dir / STATE_FILE).read_text())
+    chosen["training"] = {**chosen["training"], "loop": loop_record(saved, loop.iterations)}
     save_checkpoint(chosen, paths["controller"])
     plot = iteration_dir(loop.dir, best) / "control_model_cmaes.png"
     if plot.is_file():
@@ -467,11 +469,6 @@ def run(config: Config) -> dict:
     print(f"stage 4: iteration {best} of the repair loop {why}; its M and C are now {paths['memory']} and "
           f"{paths['controller']} (stage 3's M: {loop.stage3_memory}; the loop's curves: {loop.dir / PLOT_FILE})")
     return final
-
-
-def state_of(loop: Loop) -> LoopState:
-    """The loop's saved state (read back: the loop has finished)."""
-    return LoopState(loop.dir / STATE_FILE, as_dict(loop.config))
 
 
 def iterate(loop: Loop) -> dict:

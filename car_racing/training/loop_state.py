@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from car_racing.common.cli import UsageError
+from car_racing.common.config import flag_of
 from car_racing.common.runtime import (
     CHECKPOINT_FILES,
     atomic_path,
@@ -50,8 +51,7 @@ class LoopState:
                 section, name = key.split(".")
                 saved, now = self.data["config"].get(section, {}).get(name), config[section][name]
                 if saved != now:
-                    flag = "--" + (name if section == "run" else key).replace("_", "-")
-                    raise UsageError(f"{flag} {now}: this loop ({path}) was started with {saved}; pass the same or "
+                    raise UsageError(f"{flag_of(key)} {now}: this loop ({path}) was started with {saved}; pass the same or "
                                      f"use another --checkpoint-dir")
         else:
             self.data = {"config": config, "stages": {}, "started": time.time()}
@@ -235,26 +235,26 @@ def choose_best(checkpoint_dir: str | Path, iterations: int, state: LoopState,
     return best
 
 
-def loop_record(state: LoopState, iterations: int) -> dict:
-    """What the loop used to choose its C, for C's training record: every run's real checks (both starts of an
-    iteration, the losing one too), the final choice's candidates with their checks and selection returns, and
-    the totals of real episodes and parameter vectors that chose."""
+def loop_record(data: dict, iterations: int) -> dict:
+    """What the loop used to choose its C, for C's training record, from the loop state's ``data``: every run's
+    real checks (both starts of an iteration, the losing one too), the final choice's candidates with their checks
+    and selection returns, and the totals of real episodes and parameter vectors that chose."""
+    stages = data["stages"]
     runs = []
     for i in range(iterations):
-        if state.done(f"{i}:controller"):
-            result = state.result(f"{i}:controller")
+        if f"{i}:controller" in stages:
+            result = stages[f"{i}:controller"]
             for start, run in (result.get("starts") or {result.get("start", "zero"): result}).items():
                 runs.append({"iteration": i, "start": start, "check": run.get("best_real_score"),
                              "check_episodes": run.get("check_episodes") or 0,
                              "check_steps": run.get("check_steps") or 0,
                              "checked_vectors": run.get("checked_vectors") or 0})
-    selection = state.data.get("selection") or {}
+    selection = data.get("selection") or {}
     chosen = selection.get("returns") or {}
-    candidates = {str(i): {"check": state.result(f"{i}:controller")["best_real_score"], "selection_returns": r,
-                           "selection_mean": float(np.mean(r))} for i, r in ((int(k), v) for k, v in chosen.items())}
+    candidates = {i: {"check": stages[f"{i}:controller"]["best_real_score"], "selection_returns": r,
+                      "selection_mean": float(np.mean(r))} for i, r in chosen.items()}
     selection_episodes = sum(len(r) for r in chosen.values())
     check_episodes = sum(run["check_episodes"] for run in runs)
-    stages = state.data["stages"]
     first = int(stages.get("0:data", {}).get("frames") or 0)
     last = max([int(result.get("frames") or 0) for key, result in stages.items() if key.endswith(":memory")] + [first])
     steps = {"recording": first,  # stage 1's recording the loop started from
@@ -262,7 +262,7 @@ def loop_record(state: LoopState, iterations: int) -> dict:
              "checks": sum(run["check_steps"] for run in runs),
              "selection": sum(sum(s) for s in (selection.get("steps") or {}).values())}
     return {"iterations": len({run["iteration"] for run in runs}), "runs": runs,
-            "best_iteration": state.data.get("best_iteration"), "best_by": state.data.get("best_by"),
+            "best_iteration": data.get("best_iteration"), "best_by": data.get("best_by"),
             "final_choice": {"candidates": candidates, "seeds": selection.get("seeds"),
                              "episodes": selection_episodes},
             "choice_real_episodes": check_episodes + selection_episodes,
