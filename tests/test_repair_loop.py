@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_controller_training import HIDDEN, LATENT, write_tiny_checkpoints
 
-from bench import loop_table
+from bench import loop_iterations, loop_profile, loop_table
 from car_racing.common import config as C
 from car_racing.common.cli import UsageError
 from car_racing.common.metrics import metrics_path, read_metrics
@@ -128,6 +128,19 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
     resolved = C.resolved_path(config.run.checkpoint_dir, "controller")
     again, _ = C.parse(("run", "dream", "cmaes", "checks", "loop"), ["--config", str(resolved)])
     assert again == resumed
+
+    # bench/loop_iterations.py drives each iteration's C (with its own V and M) beside the check that chose it
+    scored = loop_iterations.main(loop_iterations.Args(runs=(str(folder),), tracks=1, max_steps=10, workers=1))
+    assert [(r["iteration"], r["check"]) for r in scored[str(folder)]] == [
+        (i, pytest.approx(final["stages"][f"{i}:controller"]["best_real_score"])) for i in (0, 1)]
+    assert (folder / "loop_iterations.json").is_file()
+    # bench/loop_profile.py splits each iteration's logged seconds into their parts, losing none
+    logged = read_metrics(metrics_path(folder, "dream_loop"))
+    for row in loop_profile.main(loop_profile.Args(runs=(str(folder),)))[str(folder)]:
+        parts = ("memory", "controller", "fidelity", "record", "repair")
+        assert row["total"] == pytest.approx(sum(r["seconds"] for r in logged
+                                                 if r["step"] == row["iteration"] and r["stage"] in parts))
+        assert row["checks_n"] >= 2 and row["checks"] >= 0 and row["dream"] > 0
 
     def no_driving(*args, **kwargs):
         raise AssertionError("a rerun drives no selection track again")
