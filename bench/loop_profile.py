@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from car_racing.common.cli import UsageError, run_main
 
-PARTS = ("memory", "dream", "checks", "c_other", "panel", "record", "repair")  # c_other: start states, generation 0's check, saving
+# c_other: the rest of C's stage (start states, generation 0's check of each start, carrying, saving)
+PARTS = ("memory", "dream", "checks", "c_other", "panel", "record", "repair")
 
 
 @dataclass
