@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.metrics import metrics_path, read_metrics
 
 # c_other: the rest of C's stage (start states, generation 0's check of each start, carrying, saving)
 PARTS = ("memory", "dream", "checks", "c_other", "panel", "record", "repair")
@@ -36,10 +37,6 @@ class Args:
     """run folders (with checkpoints/dream_loop), stage-4 checkpoint folders or dream_loop folders"""
     out: str = ""
     """also write the profile as JSON here (empty = only print)"""
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def controller_split(metrics: list[dict]) -> tuple[float, float, int]:
@@ -64,11 +61,11 @@ def profile(run: Path) -> list[dict]:
     from car_racing.training.loop import LOOP_DIR
 
     folder = next((c for c in (run / "checkpoints" / LOOP_DIR, run / LOOP_DIR, run)
-                   if (c / "dream_loop_metrics.jsonl").is_file()), None)
+                   if metrics_path(c, LOOP_DIR).is_file()), None)
     if folder is None:
         raise UsageError(f"--runs {run}: no {LOOP_DIR}/dream_loop_metrics.jsonl (expected a repair-loop run)")
     rows: dict[int, dict] = {}
-    for entry in read_jsonl(folder / "dream_loop_metrics.jsonl"):
+    for entry in read_metrics(metrics_path(folder, LOOP_DIR)):
         row = rows.setdefault(entry["step"], {"iteration": entry["step"], **{p: 0.0 for p in PARTS}, "checks_n": 0})
         stage = entry["stage"]
         if stage == "controller":
@@ -79,10 +76,10 @@ def profile(run: Path) -> list[dict]:
             row["panel"] += entry["seconds"]
     for row in rows.values():
         iteration = folder / f"iter_{row['iteration']:02d}"
-        for metrics in sorted(iteration.rglob("controller_metrics.jsonl")) if iteration.is_dir() else []:
+        for metrics in sorted(iteration.rglob(metrics_path("", "controller").name)) if iteration.is_dir() else []:
             if "dream_choice" in metrics.parts:
                 continue
-            dream, checks, count = controller_split(read_jsonl(metrics))
+            dream, checks, count = controller_split(read_metrics(metrics))
             row["dream"] += dream
             row["checks"] += checks
             row["checks_n"] += count
