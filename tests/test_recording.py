@@ -426,6 +426,47 @@ def test_the_agent_records_its_own_episodes_with_exploration_noise(tmp_path):
         record(tmp_path / "other", driver="agent", episodes=1, steps=5, checkpoint_dir=str(tmp_path / "none"))
 
 
+class _LeavesTheRoad:
+    """A stand-in for C that always steers hard left at full gas: it leaves the road within a second."""
+
+    ACTION = np.array([-1.0, 1.0, 0.0], dtype=np.float32)
+
+    def reset(self, env, seed):
+        self.applied_actions = []
+
+    def act(self, observation, env=None, step=0, episode_reward=0.0):
+        return self.ACTION.copy()
+
+    def applied(self, action):
+        self.applied_actions.append(np.asarray(action).copy())
+
+
+def test_the_rescue_brings_c_back_to_the_road_and_hands_back_the_wheel(tmp_path):
+    from car_racing.episodes.agent import ExploringAgent
+    from car_racing.episodes.rollout import run_episode
+    from car_racing.world.autopilot import AutopilotDriver
+
+    env = make_env()
+    alone = run_episode(env, ExploringAgent(_LeavesTheRoad(), 0.0), 3, 400)
+    assert "rescues" not in alone.info and np.all(alone.actions == _LeavesTheRoad.ACTION)
+    c = _LeavesTheRoad()
+    rescued_agent = ExploringAgent(c, 0.0, rescue=10)
+    rescued = run_episode(env, rescued_agent, 3, 400)
+    by_c = np.all(rescued.actions == _LeavesTheRoad.ACTION, axis=1)
+    # the autopilot drove back to the road, C had the wheel again, left again, and was brought back again
+    assert rescued.info["rescues"] >= 2 and rescued.info["rescue_steps"] == int((~by_c).sum()) > 0
+    assert by_c[:10].all() and np.flatnonzero(~by_c)[0] < np.flatnonzero(~by_c)[-1]
+    handed_back = np.flatnonzero(by_c[1:] & ~by_c[:-1])
+    assert len(handed_back) >= 1
+    assert rescued.total_reward > alone.total_reward  # back on the road, it visits tiles C alone never reaches
+    # M is stepped with the autopilot's actions while it drives (what the env received)
+    np.testing.assert_array_equal(np.stack(c.applied_actions), rescued.actions[:len(c.applied_actions)])
+    # the autopilot's actions are its own, noise-free ones; the same seed gives the same episode
+    again = run_episode(env, ExploringAgent(_LeavesTheRoad(), 0.0, rescue=10), 3, 400)
+    np.testing.assert_array_equal(again.actions, rescued.actions)
+    assert isinstance(rescued_agent._rescuer, AutopilotDriver) and rescued_agent._rescuer.noise == 0.0
+
+
 def test_a_lost_ray_cluster_says_the_episodes_are_saved_and_how_to_go_on(tmp_path, monkeypatch):
     from car_racing.episodes.backends import RayClusterLost
 

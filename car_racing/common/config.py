@@ -113,6 +113,9 @@ class Record:
     mistakes: float = 0.2
     """driver keyboard: the chance of a mistake (braking late, turning in late or too long) at each braking point
     and each corner"""
+    rescue: int = 0
+    """driver agent: after this many steps running with 3 or more wheels on the grass the autopilot drives the
+    car back to the road, then C drives on (0 = never; the loop's C episodes use loop.agent_rescue)"""
 
     USER: ClassVar[tuple[str, ...]] = ("driver", "episodes", "random_episodes", "steps", "noise", "input", "append")
 
@@ -322,6 +325,9 @@ class Loop:
     """episodes recorded per iteration with exploration noise, by the kept C and by the dream's choice"""
     agent_noise: float = 0.3
     """largest exploration noise of those episodes (drawn per episode)"""
+    agent_rescue: int = 0
+    """in those episodes, steps on the grass before the autopilot drives C back to the road (0 = never): M then
+    sees the way back from the grass, which C's own episodes rarely show (record.rescue)"""
     record_dream_choice: float = 0.5
     """share of those episodes driven by CMA's final mean (the dream's choice) instead of the kept C"""
     repair_episodes: int = 8
@@ -405,7 +411,7 @@ _POSITIVE = ("record.episodes", "record.steps", "record.seq_len", "vision.epochs
              "cmaes.real_trials", "cmaes.real_steps", "cmaes.dagger_episodes", "checks.episodes", "checks.max_steps",
              "loop.iterations", "loop.fidelity_episodes", "loop.select_episodes")
 _NON_NEGATIVE = ("run.seed", "run.threads", "run.workers", "record.random_episodes", "cmaes.generations",
-                 "cmaes.stall_steps",
+                 "cmaes.stall_steps", "record.rescue", "loop.agent_rescue",
                  "cmaes.dagger_rounds", "checks.every", "checks.seed_base", "loop.patience", "loop.patience_delta",
                  "loop.warm_generations", "loop.memory_epochs", "loop.agent_episodes", "loop.repair_episodes",
                  "loop.check_episodes", "loop.fidelity_panel", "loop.select_top", "vision.free_bits",

@@ -210,16 +210,33 @@ class ExploringAgent:
     (θ = 0.15 per step, stationary std σ) is added to steer and half of it to gas, and the result is
     clipped to the action box. M steps with the action the env received (:meth:`applied`), so C's memory
     sees what happened. With ``noise = 0`` it is the plain agent.
+
+    With ``rescue`` > 0, once :data:`RESCUE_WHEELS` or more wheels have been on the grass for ``rescue``
+    steps running, the autopilot (:class:`car_racing.world.autopilot.AutopilotDriver`, no noise) drives until
+    all four wheels have been back on the road for :data:`RESCUE_HOLD` steps, then C drives again. Why: a C
+    that leaves the road tends to stay on the grass (circling, braking), so its episodes show M the way off
+    the road but never the way back, and a dream without a way back cannot teach C one. M steps with the
+    autopilot's actions while it drives (they are what the env received). ``episode_info`` counts the
+    rescues and the steps the autopilot drove.
     """
 
     THETA = 0.15
+    RESCUE_WHEELS = 3  # wheels on the grass that count as off the road (the car is drawn across 4 wheels)
+    RESCUE_HOLD = 25  # steps with every wheel on the road (0.5 s) before C has the wheel again
 
-    def __init__(self, agent: Agent, noise: float):
-        self.agent, self.noise = agent, float(noise)
+    def __init__(self, agent: Agent, noise: float, rescue: int = 0):
+        self.agent, self.noise, self.rescue = agent, float(noise), int(rescue)
         self.episode_info: dict[str, float] = {}
         self._rng = np.random.default_rng(0)
         self._ou = np.zeros(2)
         self._sigma = 0.0
+        self._rescuer: Any = None
+        if self.rescue > 0:
+            from car_racing.world.autopilot import AutopilotDriver
+
+            self._rescuer = AutopilotDriver(noise=0.0)
+        self._off_steps = self._on_steps = 0
+        self._rescuing = False
 
     def reset(self, env: Any, seed: int) -> None:
         self.agent.reset(env, seed)
@@ -227,6 +244,11 @@ class ExploringAgent:
         self._sigma = float(self._rng.uniform(0.0, self.noise)) if self.noise > 0 else 0.0
         self._ou = np.zeros(2)
         self.episode_info = {"agent_noise_sigma": self._sigma}
+        if self._rescuer is not None:
+            self._rescuer.reset(env, seed)
+            self._off_steps = self._on_steps = 0
+            self._rescuing = False
+            self.episode_info.update(rescues=0, rescue_steps=0)
 
     def act(self, observation: np.ndarray, env: Any = None, step: int = 0, episode_reward: float = 0.0
             ) -> np.ndarray:
@@ -238,16 +260,38 @@ class ExploringAgent:
             action[0] += self._ou[0]
             action[1] += 0.5 * self._ou[1]
             action = np.clip(action, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        if self._rescuer is not None and env is not None:
+            action = self._rescued(action, observation, env, step, episode_reward)
         return action
+
+    def _rescued(self, action: np.ndarray, observation: np.ndarray, env: Any, step: int,
+                 episode_reward: float) -> np.ndarray:
+        """C's action, or the autopilot's while it brings the car back to the road."""
+        # the autopilot is asked every step, not only while it drives: it follows the car along the track
+        expert = self._rescuer.act(observation, env, step, episode_reward)
+        on_grass = sum(len(wheel.tiles) == 0 for wheel in env.unwrapped.car.wheels)
+        if self._rescuing:
+            self._on_steps = self._on_steps + 1 if on_grass == 0 else 0
+            if self._on_steps >= self.RESCUE_HOLD:
+                self._rescuing, self._off_steps = False, 0
+        else:
+            self._off_steps = self._off_steps + 1 if on_grass >= self.RESCUE_WHEELS else 0
+            if self._off_steps >= self.rescue:
+                self._rescuing, self._on_steps = True, 0
+                self.episode_info["rescues"] += 1
+        if not self._rescuing:
+            return action
+        self.episode_info["rescue_steps"] += 1
+        return np.asarray(expert, dtype=np.float32)
 
     def applied(self, action: np.ndarray) -> None:
         self.agent.applied(action)
 
 
-def make_exploring_agent(checkpoint_dir: str | os.PathLike, noise: float) -> ExploringAgent:
+def make_exploring_agent(checkpoint_dir: str | os.PathLike, noise: float, rescue: int = 0) -> ExploringAgent:
     """An :class:`ExploringAgent` from the checkpoints in ``checkpoint_dir`` (picklable via ``functools.partial``)."""
     torch.set_num_threads(1)
-    return ExploringAgent(make_agent_driver(checkpoint_dir, None, "cpu"), noise)
+    return ExploringAgent(make_agent_driver(checkpoint_dir, None, "cpu"), noise, rescue)
 
 
 class RealFitness:

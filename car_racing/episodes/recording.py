@@ -74,9 +74,11 @@ def check(config: Config) -> None:
 
 
 def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHECKPOINT_DIR, *,
-                         reaction_steps: int | None = None, mistakes: float | None = None) -> Callable[[], Any]:
+                         reaction_steps: int | None = None, mistakes: float | None = None,
+                         rescue: int = 0) -> Callable[[], Any]:
     """A picklable factory for a headless driver (sent to the worker processes); ``reaction_steps`` and
-    ``mistakes`` are the keyboard driver's (``None``: its defaults)."""
+    ``mistakes`` are the keyboard driver's (``None``: its defaults), ``rescue`` the agent's (see
+    :class:`car_racing.episodes.agent.ExploringAgent`)."""
     if name == "keyboard":
         from car_racing.world.keyboard_driver import KeyboardDriver
 
@@ -86,7 +88,7 @@ def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHE
         from car_racing.episodes.agent import load_agent_models, make_exploring_agent
 
         load_agent_models(checkpoint_dir)  # one-line error for missing or unfit checkpoints, before any worker starts
-        return functools.partial(make_exploring_agent, str(checkpoint_dir), noise)
+        return functools.partial(make_exploring_agent, str(checkpoint_dir), noise, rescue)
     if name == "autopilot":
         from car_racing.world.autopilot import AutopilotDriver
 
@@ -125,7 +127,7 @@ def episode_line(number: int, total: int, driver: str, result: EpisodeResult) ->
     line = (f"episode {number}/{total}  seed {result.seed}  steps {result.steps}  "
             f"reward {result.total_reward:7.1f}  lap {'finished' if result.lap_finished else 'not finished'}")
     if driver in ("autopilot", "agent", "keyboard") and result.info:
-        line += "  noise " + " ".join(f"{k}={v:.3g}" for k, v in result.info.items())
+        line += "  " + " ".join(f"{k}={v:.3g}" for k, v in result.info.items())
     if result.ended_by_driver:
         line += "  (ended by the driver)"
     return line
@@ -279,9 +281,10 @@ def _record(config: Config) -> dict[str, Any]:
         print(f"note: --record.input is for the human driver; ignored with --record.driver {rec.driver}",
               file=sys.stderr)
     checkpoint_dir = driving_agent(config) if rec.driver == "agent" else run.checkpoint_dir
-    keyboard = {"reaction_steps": rec.reaction_steps, "mistakes": rec.mistakes} if rec.driver == "keyboard" else {}
+    options = ({"reaction_steps": rec.reaction_steps, "mistakes": rec.mistakes} if rec.driver == "keyboard" else
+               {"rescue": rec.rescue} if rec.driver == "agent" else {})
     make_driver: Callable[[], Any] | None = (None if human else
-                                             make_headless_driver(rec.driver, rec.noise, checkpoint_dir, **keyboard))
+                                             make_headless_driver(rec.driver, rec.noise, checkpoint_dir, **options))
     # Checks the folder is writable, and with --record.append validates the existing data (frame size, .npy files).
     store = EpisodeStore(run.data_dir, append=rec.append, seq_len=rec.seq_len)
     seeds = choose_seeds(config, store)

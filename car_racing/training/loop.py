@@ -156,6 +156,7 @@ def record_missing(loop: Loop, seeds: list[int], noise: float, checkpoint_dir: P
         record(replace(loop.config, run__seed=run[0], run__data_dir=str(loop.data_dir),
                        run__checkpoint_dir=str(checkpoint_dir), record__driver="agent", record__episodes=len(run),
                        record__random_episodes=0, record__steps=loop.config.checks.max_steps, record__noise=noise,
+                       record__rescue=loop.config.loop.agent_rescue,
                        record__seq_len=seq_len, record__append=True))
     merge_pending(loop.data_dir)  # all were pending: merge them now
 
@@ -298,6 +299,9 @@ def stage_record(loop: Loop, iteration: int) -> dict:
     episodes = {int(e["seed"]): e for e in load_recorded(loop.data_dir, mmap=True).episodes if int(e["seed"]) in seeds}
     returns = [float(episodes[s]["total_reward"]) for s in sorted(episodes)]
     result = {"episodes": len(episodes), "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns))}
+    if settings.agent_rescue:  # how often the autopilot brought C back to the road (loop.agent_rescue)
+        for key in ("rescues", "rescue_steps"):
+            result[key] = int(sum(e["noise"].get(key, 0) for e in episodes.values()))
     if choice:
         result["return_mean_dream_choice"] = float(np.mean(returns[:choice]))
     return result
