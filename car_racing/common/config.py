@@ -388,7 +388,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 24 noisy autopilot episodes × 500 steps + 6 random ones; V a few epochs at a higher learning rate (β reaches
     # 1); M small batches for a few hundred steps, with dropout and a value head; stage 4 the repair loop, iteration
     # 0 from zero, later ones from zero and warm from the last kept C, as the default recipe (3 iterations: the third
-    # raised the mean over stage 4's seeds 0-2 from 367.8 to 534.0 on 10 selection tracks, both starts to 601.8;
+    # raised the mean over stage 4's seeds 0-2 from 367.8 to 534.0 on 10 selection tracks, both starts to 601.8,
+    # 504.0 over seeds 0-4;
     # population 16, 10 generations, checks on 3 tracks of 500 steps).
     "demo": {"record.driver": "autopilot", "record.episodes": 24, "record.steps": 500, "record.random_episodes": 6,
              "vision.epochs": 4, "vision.kl_anneal_epochs": 2.0, "vision.lr": 1e-3,
