@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 from car_racing.common.cli import UsageError, run_main
+from car_racing.common.runtime import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 POINT_FILE = "curve_point.json"
@@ -78,9 +79,8 @@ def stage_commands(args: Args, out: Path) -> dict[str, list[str]]:
 
 def write_json(path: Path, record: dict) -> None:
     """Atomically (a temporary name, then a rename): an interrupted run keeps the last good file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def run_point(args: Args) -> dict:
@@ -171,11 +171,9 @@ def plot(rows: list[dict], png: Path) -> None:
     ax.set_title("How much driving makes a driver (stages 2–4 defaults)")
     ax.grid(alpha=0.3)
     ax.legend()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
     plt.close(fig)
-    tmp.replace(png)
 
 
 def main(args: Args) -> dict:
