@@ -33,7 +33,6 @@ from car_racing.common.runtime import atomic_path
 ROOT = Path(__file__).resolve().parent.parent
 POINT_FILE = "curve_point.json"
 EVALUATION_FILE = "evaluation.json"
-ENV_FPS = 50  # CarRacing-v3's steps per second: frames / 50 / 60 = minutes of driving
 STAGES = ("record", "vision", "memory", "controller", "simulator")
 
 
@@ -95,9 +94,9 @@ def run_point(args: Args) -> dict:
     point = json.loads(point_path.read_text()) if point_path.is_file() else {}
     wanted = {"driver": args.driver, "episodes": args.episodes, "seed": args.seed, "tracks": args.tracks,
               "config": args.config}
-    if point and {k: point.get(k) for k in wanted} != wanted:
-        raise UsageError(f"{point_path}: a point with {({k: point.get(k) for k in wanted})}, not {wanted}; "
-                         f"choose another --out")
+    saved = {k: point.get(k) for k in wanted}
+    if point and saved != wanted:
+        raise UsageError(f"{point_path}: a point with {saved}, not {wanted}; choose another --out")
     point = {**wanted, "seconds": {}, "commands": {}, **point}
     for stage, command in stage_commands(args, out).items():
         if stage in point["seconds"]:
@@ -125,6 +124,7 @@ def point_row(folder: Path) -> dict:
     """One point's figures: minutes of the driver's driving, score over the held-out tracks, stage minutes."""
     from car_racing.episodes.evaluation import read_evaluation
     from car_racing.recording.recorded_data import load_recorded
+    from car_racing.world.drivers import ENV_FPS
 
     point_path = folder / POINT_FILE
     if not point_path.is_file():
