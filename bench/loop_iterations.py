@@ -40,26 +40,16 @@ class Args:
     """worker processes for real episodes"""
 
 
-def loop_dir(run: Path) -> Path:
-    """The run's ``dream_loop`` folder, from a run folder or its checkpoint folder."""
-    from car_racing.training.loop import LOOP_DIR
-
-    for candidate in (run / "checkpoints" / LOOP_DIR, run / LOOP_DIR, run):
-        if candidate.is_dir() and any(candidate.glob("iter_*")):
-            return candidate
-    raise UsageError(f"{run}: no {LOOP_DIR} folder (expected a run folder of bench/demo_sizes.py or a stage-4 "
-                     f"checkpoint folder or its {LOOP_DIR} folder)")
-
-
 def score_run(run: Path, args: Args) -> list[dict]:
     """Each iteration's check (as the loop saw it) and its mean, std and min over the selection tracks."""
     from car_racing.common.runtime import checkpoint_paths, load_checkpoint
     from car_racing.episodes.agent import evaluate_agent
     from car_racing.episodes.backends import Backend
+    from car_racing.training.loop import find_loop_dir
 
     seeds = [args.tracks_base + j for j in range(args.tracks)]
     rows = []
-    for folder in sorted(loop_dir(run).glob("iter_*")):
+    for folder in sorted(find_loop_dir(run).glob("iter_*")):
         controller = checkpoint_paths(folder)["controller"]
         if not controller.exists():
             continue  # an iteration interrupted before its C was saved

@@ -58,12 +58,9 @@ def controller_split(metrics: list[dict]) -> tuple[float, float, int]:
 
 def profile(run: Path) -> list[dict]:
     """One row per iteration: seconds per part, and the number of real checks."""
-    from car_racing.training.loop import LOOP_DIR
+    from car_racing.training.loop import LOOP_DIR, find_loop_dir
 
-    folder = next((c for c in (run / "checkpoints" / LOOP_DIR, run / LOOP_DIR, run)
-                   if metrics_path(c, LOOP_DIR).is_file()), None)
-    if folder is None:
-        raise UsageError(f"--runs {run}: no {LOOP_DIR}/dream_loop_metrics.jsonl (expected a repair-loop run)")
+    folder = find_loop_dir(run)
     rows: dict[int, dict] = {}
     for entry in read_metrics(metrics_path(folder, LOOP_DIR)):
         row = rows.setdefault(entry["step"], {"iteration": entry["step"], **{p: 0.0 for p in PARTS}, "checks_n": 0})

@@ -35,17 +35,17 @@ class Args:
     """Print the dream loop's per-iteration table (Markdown) from its state file."""
 
     runs: tuple[str, ...] = ("checkpoints/dream_loop",)
-    """loop folders (each holds dream_loop_state.json), or the state files themselves"""
+    """run folders (with checkpoints/dream_loop), stage-4 checkpoint folders, dream_loop folders (each holds
+    dream_loop_state.json), or the state files themselves"""
 
 
 def read_state(run: str) -> dict:
-    """The loop state of one run folder (or file), with a one-line error when it is missing or unreadable."""
+    """The loop state of one run (a folder :func:`find_loop_dir` takes, or the file), with a one-line error when it is missing or unreadable."""
+    from car_racing.training.loop import find_loop_dir
+
     path = Path(run)
-    if path.is_dir():
-        path = path / STATE_FILE
     if not path.is_file():
-        raise UsageError(f"--runs {run}: no {STATE_FILE} there (a dream loop's --checkpoint-dir, e.g. "
-                         f"checkpoints/dream_loop)")
+        path = find_loop_dir(path) / STATE_FILE
     try:
         state = json.loads(path.read_text())
         state["stages"]

@@ -162,8 +162,15 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
     assert rows[0][4] == f"{final['stages']['0:controller']['best_real_score']:.1f} (zero)"
     assert rows[0][7].endswith("; 3") and rows[1][5] == "—"  # 3 panel episodes recorded; no record in the last
     assert f"| {final['stages']['1:controller']['best_real_score']:.1f} |" in table.split("kept check:")[-1]
-    with pytest.raises(UsageError, match="--runs .*no dream_loop_state.json"):
+    with pytest.raises(UsageError, match="--runs .*no dream_loop/dream_loop_state.json"):
         loop_table.main(loop_table.Args(runs=(str(tmp_path / "nowhere"),)))
+    # the three tools find the loop from its stage-4 checkpoint folder as from the loop folder
+    stage4_dir = folder.parent
+    by_checkpoint_dir, by_loop_dir = (loop_table.main(loop_table.Args(runs=(str(run),))) for run in (stage4_dir, folder))
+    assert by_checkpoint_dir.split("\n", 1)[1] == by_loop_dir.split("\n", 1)[1]  # (the first line names the run)
+    assert repair_loop.find_loop_dir(stage4_dir) == folder == repair_loop.find_loop_dir(folder)
+    with pytest.raises(UsageError, match="--runs .*no dream_loop"):
+        loop_profile.main(loop_profile.Args(runs=(str(tmp_path / "nowhere"),)))
 
 
 def scripted_loop(tmp_path: Path, monkeypatch, checks: dict[int, float], calls: list[str] | None = None,

@@ -100,6 +100,18 @@ class Loop:
         return self.config.loop.iterations
 
 
+def find_loop_dir(run: str | Path, flag: str = "--runs") -> Path:
+    """The ``dream_loop`` folder of a run folder (``RUN/checkpoints/dream_loop``), of a stage-4 checkpoint folder
+    (``CHECKPOINT_DIR/dream_loop``) or the loop folder itself: the first that holds the loop state. The bench tools
+    that read a loop take any of the three; a one-line error names ``flag`` when none does."""
+    run = Path(run)
+    for candidate in (run / "checkpoints" / LOOP_DIR, run / LOOP_DIR, run):
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    raise UsageError(f"{flag} {run}: no {LOOP_DIR}/{STATE_FILE} there (expected a run folder with "
+                     f"checkpoints/{LOOP_DIR}, a stage-4 --checkpoint-dir or its {LOOP_DIR} folder)")
+
+
 # --- the stages -----------------------------------------------------------------------------------------------
 
 
