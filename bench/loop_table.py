@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from bench.common import markdown_table
 from car_racing.common.cli import UsageError, run_main
 from car_racing.training.loop_state import STATE_FILE
 
@@ -111,11 +112,6 @@ def iteration_row(state: dict, iteration: int) -> list[str]:
     seconds = sum(result["seconds"] for key, result in stages.items() if iteration_of(key) == iteration)
     return [str(iteration), m_cell, _checks(starts.get("warm")), _checks(starts.get("zero")), kept, episodes,
             replays, panel, f"{seconds / 60:.1f} min"]
-
-
-def markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def loop_table(state: dict) -> str:

@@ -62,7 +62,7 @@ def test_flags_win_over_the_file_and_the_file_over_the_preset(tmp_path):
     ("[dream]\ndropout = 1.5\n", "dream.dropout = 1.5: expected 0 <= p < 1"),
     ("[cmaes]\npopulation = 1\n", "cmaes.population = 1: expected at least 2"),
     ("[dream]\nfitness = \"median\"\n", "dream.fitness = 'median': expected one of mean, quantile, mean-minus-std"),
-    ("preset = \"nature\"\n", "--preset nature: no such preset (expected one of default, seed, demo, paper)"),
+    ("preset = \"nature\"\n", "--preset nature: no such preset (expected one of default, seed, demo, paper, person)"),
     ("dream = 3\n", "dream: expected a table [dream]"),
     ("[dream\n", "not valid TOML"),
 ])

@@ -62,6 +62,19 @@ def test_preset_seed_sets_exactly_the_seeds_values_and_nothing_else(script):
     assert config == cfg.preset("seed")  # from Python: the same values
 
 
+def test_preset_person_records_twenty_episodes_and_runs_five_warm_iterations():
+    """A person's recipe (docs/driving.md), written out here: stage 1 records 20 of your episodes, stage 4 runs 5
+    iterations from the last kept C only; everything else is the defaults, and the same for every stage."""
+    from car_racing import train_controller_cmaes
+
+    defaults = flat(cfg.Config(), cfg.SECTIONS)
+    for script in (*SCRIPTS, train_controller_cmaes):
+        config, given = parse(script.SECTIONS, ["--preset", "person"])
+        changed = {k: v for k, v in flat(config, cfg.SECTIONS).items() if v != defaults[k]}
+        assert config.preset == "person" and given == set()
+        assert changed == {"record.episodes": 20, "loop.iterations": 5, "loop.controller_start": "warm"}
+
+
 @pytest.mark.parametrize("script, flag, key, value", [
     (recorded_frames, "--record.episodes", "record.episodes", 7),
     (recorded_frames, "--record.random-episodes", "record.random_episodes", 3),
@@ -86,7 +99,7 @@ def test_help_lists_the_presets_and_the_sections_flags(script):
     result = subprocess.run([sys.executable, path, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     text = " ".join(result.stdout.split())
-    assert "--preset {default,seed,demo,paper}" in text and "--config FILE" in text and "--seed SEED" in text
+    assert "--preset {default,seed,demo,paper,person}" in text and "--config FILE" in text and "--seed SEED" in text
     section = script.SECTIONS[1]
     assert f"--{section}.epochs" in text or f"--{section}.episodes" in text
     if script is recorded_frames:

@@ -16,6 +16,7 @@ from car_racing.recording.summary import (
     SPEED_GAIN,
     SPEED_OFFSET,
     ZOOM_FRAMES,
+    by_driver,
     format_summary,
     frame_signals,
     grass_spells,
@@ -45,12 +46,13 @@ def frames_like_the_env(off_road, bar_cells):
     return frames
 
 
-def write_recording(data_dir, episodes, driver="keyboard", seq_len=10):
-    """``episodes``: a list of ``(off_road flags, bar cells, actions)``."""
+def write_recording(data_dir, episodes, driver="keyboard", seq_len=10, drivers=None):
+    """``episodes``: a list of ``(off_road flags, bar cells, actions)``; ``drivers``: one per episode (else all
+    ``driver``)."""
     store = EpisodeStore(data_dir, append=False, seq_len=seq_len)
     for i, (off_road, cells, actions) in enumerate(episodes):
         length = len(off_road)
-        store.add(RecordedEpisode(seed=i, driver=driver, frames=frames_like_the_env(off_road, cells),
+        store.add(RecordedEpisode(seed=i, driver=drivers[i] if drivers else driver, frames=frames_like_the_env(off_road, cells),
                                   actions=np.asarray(actions, dtype=np.float32),
                                   rewards=np.full(length, -0.1, dtype=np.float32), lap_finished=False))
     return store.commit()
@@ -227,3 +229,30 @@ def test_the_person_sees_the_count_on_the_window_and_after_each_episode(tmp_path
     (first, note), (second, _) = shown
     assert "recorded: 1 episode, 20 frames" in " ".join(first) and "recorded: 2 episodes, 40 frames" in " ".join(second)
     assert note == "recorded 1 ep, 0.0 of 21.3 min (0%)"  # on the window's status line during the next episode
+
+
+def test_by_driver_splits_the_drivers_and_keeps_each_ones_last_episodes(tmp_path, capsys):
+    """bench/driver_figures.py's figures: C's episodes beside the driving they learned from."""
+    from bench import driver_figures
+    from car_racing.common.cli import UsageError
+
+    n = ZOOM_FRAMES + 30
+    slow = ([False] * n, [2] * n, [[0.0, 0.2, 0.0]] * n)
+    fast = ([False] * n, [8] * n, [[0.0, 1.0, 0.0]] * n)
+    light_brake = ([True] * n, [4] * n, [[0.0, 0.5, 0.01]] * n)
+    write_recording(tmp_path / "data", [slow, fast, light_brake, slow],
+                    drivers=["keyboard", "keyboard", "agent", "agent"])
+    figures = by_driver(tmp_path / "data")
+    assert list(figures) == ["keyboard", "agent"] and figures["keyboard"]["episodes"] == 2
+    assert figures["keyboard"]["gas_mean"] == pytest.approx(0.6) and figures["agent"]["on_road"] == pytest.approx(0.5)
+    # a light brake on every frame: "on" on all of them, though the mean pedal says how light
+    assert figures["agent"]["braking"] == 1.0 / 2 and figures["agent"]["brake_mean"] == pytest.approx(0.005)
+    last = by_driver(tmp_path / "data", last=1)
+    assert last["keyboard"]["episodes"] == 1 and last["keyboard"]["gas_mean"] == pytest.approx(1.0)
+    assert last["keyboard"]["speed"]["mean"] > figures["keyboard"]["speed"]["mean"]  # the fast one is the last
+
+    table = driver_figures.main(driver_figures.Args(data_dirs=(str(tmp_path / "data"),), last=1))
+    assert [row[1:3] for row in table] == [["keyboard", "1"], ["agent", "1"]]
+    assert "| agent | 1 |" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="no recording there"):
+        driver_figures.main(driver_figures.Args(data_dirs=(str(tmp_path),)))

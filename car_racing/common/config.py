@@ -402,6 +402,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"cmaes.mode": "real", "loop.iterations": 1, "cmaes.population": 64, "cmaes.real_trials": 16,
               "cmaes.real_steps": 1000, "cmaes.generations": 1800, "cmaes.diagonal": False, "checks.every": 25,
               "checks.episodes": 1024, "checks.max_steps": 1000},
+    # A person's own driving (docs/driving.md#a-recipe-for-your-own-driving-the-person-preset): 20 episodes of
+    # yours (6.7 minutes at the wheel, plus the 16 random ones), then stage 4 runs 5 iterations from the last kept
+    # C only. On small data C's own episodes are what make the dream work (the loop adds ~21,000 frames an
+    # iteration), and the runs from zero never won a later iteration on the keyboard stand-in's data (0 of 7),
+    # so they are dropped for two more iterations at about the same cost.
+    "person": {"record.episodes": 20, "loop.iterations": 5, "loop.controller_start": "warm"},
 }
 
 # --- ranges: (key, test, what was expected) ------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def _shares(values: np.ndarray, edges: tuple[float, ...]) -> list[float]:
     return [float(c) / max(1, len(values)) for c in counts]
 
 
-def _group(data: Any, indices: list[int], off_road: np.ndarray, speed: np.ndarray) -> dict[str, Any]:
+def group_figures(data: Any, indices: list[int], off_road: np.ndarray, speed: np.ndarray) -> dict[str, Any]:
     """The figures of some episodes of a recording."""
     episodes = [data.episodes[i] for i in indices]
     frames = sum(int(e["length"]) for e in episodes)
@@ -135,6 +135,9 @@ def _group(data: Any, indices: list[int], off_road: np.ndarray, speed: np.ndarra
                      "right": float(np.mean(steer >= 0.2)) if len(steer) else 0.0},
         "gas": float(np.mean(gas > 0)) if len(gas) else 0.0,
         "braking": float(np.mean(brake > 0)) if len(brake) else 0.0,
+        # the mean pedal: a controller's continuous brake is above 0 on every frame, however light
+        "gas_mean": float(np.mean(gas)) if len(gas) else 0.0,
+        "brake_mean": float(np.mean(brake)) if len(brake) else 0.0,
     }
 
 
@@ -155,8 +158,8 @@ def summarize(data_dir: str | os.PathLike) -> dict[str, Any]:
     there are none): episodes, frames, minutes, mean_return, laps_finished, on_road (share of frames past the
     zoom-in), grass_spells, recoveries, speed (mean, p10, p50, p90, max, shares per bin of ``bins``), steering
     (shares per bin of ``bins``; left, right: shares at least 0.2 that way), gas and braking (share of frames
-    with it on). ``share_of_needed`` is the driven frames (the random ones when nothing else) over what the
-    defaults record (:func:`needed`)."""
+    with it on), gas_mean and brake_mean (the mean pedal). ``share_of_needed`` is the driven frames (the random
+    ones when nothing else) over what the defaults record (:func:`needed`)."""
     data = load_recorded(data_dir, mmap=True)
     off_road, speed = frame_signals(data.frames)
     by_driver: dict[str, int] = {}
@@ -167,13 +170,26 @@ def summarize(data_dir: str | os.PathLike) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "data_dir": str(data_dir), "episodes": len(data.episodes), "frames": len(data),
         "minutes": len(data) / ENV_FPS / 60.0, "needed": needed(), "drivers": by_driver,
-        "driven": _group(data, driven, off_road, speed) if driven else None,
-        "random": _group(data, random, off_road, speed) if random else None,
+        "driven": group_figures(data, driven, off_road, speed) if driven else None,
+        "random": group_figures(data, random, off_road, speed) if random else None,
     }
     counted = summary["driven"] or summary["random"] or {"frames": 0}
     summary["share_of_needed"] = counted["frames"] / summary["needed"]["frames"]
     summary["warnings"] = warnings_for(summary)
     return summary
+
+
+def by_driver(data_dir: str | os.PathLike, last: int = 0) -> dict[str, dict[str, Any]]:
+    """The figures of :func:`group_figures` for each driver of the recording in ``data_dir``, in the order the
+    drivers first appear; ``last`` > 0 keeps only each driver's last ``last`` episodes (a dream loop's folder
+    holds C's episodes of every iteration: the last 16 are its latest C's)."""
+    data = load_recorded(data_dir, mmap=True)
+    off_road, speed = frame_signals(data.frames)
+    indices: dict[str, list[int]] = {}
+    for i, e in enumerate(data.episodes):
+        indices.setdefault(e["driver"], []).append(i)
+    return {driver: group_figures(data, idx[-last:] if last > 0 else idx, off_road, speed)
+            for driver, idx in indices.items()}
 
 
 def warnings_for(summary: dict[str, Any]) -> list[str]:
