@@ -62,9 +62,3 @@ def timed(fn: Callable[[], Any], device: torch.device, calls: int = 1) -> tuple[
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return result, (time.perf_counter() - started) / calls
-
-
-def markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    """A Markdown table of ``rows`` under ``header``, as the docs print the benches' results."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

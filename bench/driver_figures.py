@@ -19,7 +19,7 @@ if __package__ in (None, ""):
 
 from dataclasses import dataclass
 
-from bench.common import markdown_table
+from bench.tables import markdown_table
 from car_racing.common.cli import UsageError, run_main
 
 COLUMNS = ("data", "driver", "episodes", "mean return", "laps", "on the road", "speed: mean / p50 / p90",

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
-from bench.common import markdown_table
+from bench.tables import markdown_table
 from car_racing.common.cli import UsageError, run_main
 from car_racing.training.loop_state import STATE_FILE
 
@@ -41,7 +41,8 @@ class Args:
 
 
 def read_state(run: str) -> dict:
-    """The loop state of one run (a folder :func:`find_loop_dir` takes, or the file), with a one-line error when it is missing or unreadable."""
+    """The loop state of one run (a folder :func:`find_loop_dir` takes, or the file), with a one-line error when it
+    is missing or unreadable."""
     from car_racing.training.loop import find_loop_dir
 
     path = Path(run)

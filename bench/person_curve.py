@@ -27,6 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from bench.tables import markdown_table
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import atomic_path
 
@@ -139,16 +140,19 @@ def point_row(folder: Path) -> dict:
             "median": evaluation["median"], "laps": evaluation["laps_finished"], "tracks": evaluation["episodes"]}
 
 
+TABLE_COLUMNS = ("driver", "N", "minutes driven", "score (mean ± std)", "min", "median", "laps",
+                 "record / V / M / C / simulator (min)", "stages 1–4 (min)")
+
+
 def table(rows: list[dict]) -> str:
     """The docs' table: one line per point, the stages' minutes beside the score."""
-    lines = ["| driver | N | minutes driven | score (mean ± std) | min | median | laps | "
-             "record / V / M / C / simulator (min) | stages 1–4 (min) |", "|---|---|---|---|---|---|---|---|---|"]
+    cells = []
     for r in sorted(rows, key=lambda r: (r["driver"], r["episodes"])):
         minutes = [r["seconds"].get(stage, float("nan")) / 60 for stage in STAGES]
-        lines.append(f"| {r['driver']} | {r['episodes']} | {r['minutes_driven']:.1f} | {r['mean']:.1f} ± {r['std']:.1f} "
-                     f"| {r['min']:.1f} | {r['median']:.1f} | {r['laps']}/{r['tracks']} | "
-                     f"{' / '.join(f'{m:.1f}' for m in minutes)} | {sum(minutes[:4]):.1f} |")
-    return "\n".join(lines)
+        cells.append([r["driver"], str(r["episodes"]), f"{r['minutes_driven']:.1f}",
+                      f"{r['mean']:.1f} ± {r['std']:.1f}", f"{r['min']:.1f}", f"{r['median']:.1f}",
+                      f"{r['laps']}/{r['tracks']}", " / ".join(f"{m:.1f}" for m in minutes), f"{sum(minutes[:4]):.1f}"])
+    return markdown_table(TABLE_COLUMNS, cells)
 
 
 def plot(rows: list[dict], png: Path) -> None:

@@ -52,7 +52,8 @@ def write_recording(data_dir, episodes, driver="keyboard", seq_len=10, drivers=N
     store = EpisodeStore(data_dir, append=False, seq_len=seq_len)
     for i, (off_road, cells, actions) in enumerate(episodes):
         length = len(off_road)
-        store.add(RecordedEpisode(seed=i, driver=drivers[i] if drivers else driver, frames=frames_like_the_env(off_road, cells),
+        store.add(RecordedEpisode(seed=i, driver=drivers[i] if drivers else driver,
+                                  frames=frames_like_the_env(off_road, cells),
                                   actions=np.asarray(actions, dtype=np.float32),
                                   rewards=np.full(length, -0.1, dtype=np.float32), lap_finished=False))
     return store.commit()

@@ -151,6 +151,14 @@ def needed(episodes: int | None = None, steps: int | None = None) -> dict[str, A
             "minutes": episodes * steps / ENV_FPS / 60.0}
 
 
+def _episodes_by_driver(data: Any) -> dict[str, list[int]]:
+    """Each driver's episode indices, in the order the drivers first appear."""
+    indices: dict[str, list[int]] = {}
+    for i, e in enumerate(data.episodes):
+        indices.setdefault(e["driver"], []).append(i)
+    return indices
+
+
 def summarize(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The figures of the recording in ``data_dir``: ``{"data_dir", "episodes", "frames", "minutes",
     "needed", "share_of_needed", "driven", "random", "drivers", "warnings"}``. ``driven`` and ``random`` are
@@ -162,14 +170,12 @@ def summarize(data_dir: str | os.PathLike) -> dict[str, Any]:
     ones when nothing else) over what the defaults record (:func:`needed`)."""
     data = load_recorded(data_dir, mmap=True)
     off_road, speed = frame_signals(data.frames)
-    by_driver: dict[str, int] = {}
-    for e in data.episodes:
-        by_driver[e["driver"]] = by_driver.get(e["driver"], 0) + 1
+    episode_counts = {driver: len(indices) for driver, indices in _episodes_by_driver(data).items()}
     driven = [i for i, e in enumerate(data.episodes) if e["driver"] != "random"]
     random = [i for i, e in enumerate(data.episodes) if e["driver"] == "random"]
     summary: dict[str, Any] = {
         "data_dir": str(data_dir), "episodes": len(data.episodes), "frames": len(data),
-        "minutes": len(data) / ENV_FPS / 60.0, "needed": needed(), "drivers": by_driver,
+        "minutes": len(data) / ENV_FPS / 60.0, "needed": needed(), "drivers": episode_counts,
         "driven": group_figures(data, driven, off_road, speed) if driven else None,
         "random": group_figures(data, random, off_road, speed) if random else None,
     }
@@ -185,11 +191,8 @@ def by_driver(data_dir: str | os.PathLike, last: int = 0) -> dict[str, dict[str,
     holds C's episodes of every iteration: the last 16 are its latest C's)."""
     data = load_recorded(data_dir, mmap=True)
     off_road, speed = frame_signals(data.frames)
-    indices: dict[str, list[int]] = {}
-    for i, e in enumerate(data.episodes):
-        indices.setdefault(e["driver"], []).append(i)
     return {driver: group_figures(data, idx[-last:] if last > 0 else idx, off_road, speed)
-            for driver, idx in indices.items()}
+            for driver, idx in _episodes_by_driver(data).items()}
 
 
 def warnings_for(summary: dict[str, Any]) -> list[str]:
