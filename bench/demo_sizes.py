@@ -40,7 +40,10 @@ class Args:
     reuse: str = ""
     """a run folder of this script: take its recording, V and stage-3 M and run stage 4 only"""
     selection_episodes: int = 10
-    """selection tracks the kept C drives (seeds 7,000,000 + j)"""
+    """selection tracks the kept C drives (seeds TRACKS_BASE + j)"""
+    tracks_base: int = 7_000_000
+    """first selection track's seed (a recipe with a final choice, --set loop.select-top=N, drives 7,000,000 + j
+    itself to choose: score it on another range, e.g. 7000500)"""
     workers: int = 2
     """worker processes for real episodes"""
 
@@ -66,7 +69,6 @@ def main(args: Args) -> dict:
     from car_racing.episodes.agent import evaluate_agent
     from car_racing.episodes.backends import Backend
     from car_racing.training.loop import LOOP_DIR, STAGE3_MEMORY_FILE
-    from car_racing.training.loop_state import SELECT_SEED_BASE
 
     out = Path(args.out)
     if out.exists():
@@ -87,12 +89,13 @@ def main(args: Args) -> dict:
     C.write_resolved(config, out / "sizes.config.toml")
     done = demo.run_stages(out, config, {}, stages)
     started = time.perf_counter()
-    seeds = [SELECT_SEED_BASE + j for j in range(args.selection_episodes)]
+    seeds = [args.tracks_base + j for j in range(args.selection_episodes)]
     results = evaluate_agent(out / "checkpoints", seeds, max_steps=1000, workers=args.workers, backend=Backend())
     returns = [float(r.total_reward) for r in results]
     final = load_checkpoint(checkpoint_paths(out / "checkpoints")["controller"], "controller")
     summary = {"set": list(args.set), "reuse": args.reuse, "seconds": {s.key: round(t, 1) for s, t, _ in done},
-               "selection_seconds": round(time.perf_counter() - started, 1), "selection_returns": returns,
+               "selection_seconds": round(time.perf_counter() - started, 1), "selection_seeds": seeds,
+               "selection_returns": returns,
                "selection_mean": sum(returns) / len(returns), "kept_check": final["best_real_score"],
                "kept": final["model_source"]}
     (out / "sizes.json").write_text(json.dumps(summary, indent=1))

@@ -8,6 +8,12 @@ another iteration count or another choice rule would have kept, and whether the 
 
     python bench/loop_iterations.py --runs runs/sizes/it5-s0 runs/sizes/it5-s1
     python bench/loop_iterations.py --runs runs/sizes/it5-s0 --tracks-base 7000100   # away from a loop's final choice
+
+A loop with a final choice (``loop.select_top``) saved its candidates' returns on its own selection tracks; each
+table then also gives them, and a last line says which iteration each choice rule would have kept and what it
+scores here: the best check, or the final choice among the top k checks (k = 2 … the candidates it drove) — for
+the whole run and for its first N iterations (what the same run with ``--loop.iterations N`` would have had: a
+later iteration does not change an earlier one's C).
 """
 
 from __future__ import annotations
@@ -64,6 +70,31 @@ def score_run(run: Path, args: Args) -> list[dict]:
     return rows
 
 
+def final_choice(run: Path) -> dict[int, float]:
+    """The loop's own final choice: each candidate iteration's mean over the selection tracks it drove (empty
+    when the loop kept the best check)."""
+    from car_racing.training.loop import find_loop_dir
+    from car_racing.training.loop_state import STATE_FILE
+
+    state = json.loads((find_loop_dir(run) / STATE_FILE).read_text())
+    returns = (state.get("selection") or {}).get("returns") or {}
+    return {int(i): sum(r) / len(r) for i, r in returns.items()}
+
+
+def choice_rules(rows: list[dict], chosen: dict[int, float]) -> dict[str, int]:
+    """Which iteration each rule keeps: ``check`` (the best check) and ``top-k`` (of the k best checks, the best
+    mean on the loop's own selection tracks; only for k where all k drove them). Ties go to the later iteration,
+    as in the loop (training.loop_state.choose_best)."""
+    ranked = sorted(rows, key=lambda row: (row["check"], row["iteration"]), reverse=True)
+    rules = {"check": ranked[0]["iteration"]} if ranked else {}
+    for k in range(2, len(ranked) + 1):
+        top = [row["iteration"] for row in ranked[:k]]
+        if not all(i in chosen for i in top):
+            break
+        rules[f"top-{k}"] = max(top, key=lambda i: (chosen[i], i))
+    return rules
+
+
 def main(args: Args) -> dict:
     if not args.runs:
         raise UsageError("--runs: expected one or more run folders")
@@ -73,13 +104,21 @@ def main(args: Args) -> dict:
         rows = score_run(run, args)
         (run / "loop_iterations.json").write_text(json.dumps({"tracks_base": args.tracks_base, "rows": rows},
                                                              indent=1))
-        best_check = max(rows, key=lambda row: row["check"])["iteration"] if rows else None
-        print(f"{run.name}: iteration, check, selection mean ± std (min) over {args.tracks} tracks")
+        chosen = final_choice(run)
+        rules = {n: choice_rules(rows[:n], chosen) for n in range(1, len(rows) + 1)}
+        print(f"{run.name}: iteration, check, {'its final choice, ' if chosen else ''}selection mean ± std (min) over "
+              f"{args.tracks} tracks from {args.tracks_base}")
         for row in rows:
-            mark = "  <- best check" if row["iteration"] == best_check else ""
-            print(f"  {row['iteration']}  {row['check']:7.1f}  {row['selection_mean']:6.1f} ± "
+            mark = "  <- best check" if row["iteration"] == rules[len(rows)].get("check") else ""
+            own = (f"{chosen[row['iteration']]:7.1f}" if row["iteration"] in chosen else " " * 7) if chosen else ""
+            print(f"  {row['iteration']}  {row['check']:7.1f}{own}  {row['selection_mean']:6.1f} ± "
                   f"{row['selection_std']:5.1f} ({row['selection_min']:.1f}){mark}")
-        report[str(run)] = rows
+        score = {row["iteration"]: row["selection_mean"] for row in rows}
+        for n, kept in rules.items():
+            if len(kept) > 1:
+                print(f"  of iterations 0-{n - 1}, kept by " + ", ".join(f"{rule}: {i} ({score[i]:.1f})"
+                                                                     for rule, i in kept.items()))
+        report[str(run)] = {"rows": rows, "rules": rules[len(rows)] if rows else {}, "rules_by_iterations": rules}
     return report
 
 

@@ -131,8 +131,12 @@ def test_two_loop_iterations_run_and_resume_after_an_interruption(tmp_path, tiny
 
     # bench/loop_iterations.py drives each iteration's C (with its own V and M) beside the check that chose it
     scored = loop_iterations.main(loop_iterations.Args(runs=(str(folder),), tracks=1, max_steps=10, workers=1))
-    assert [(r["iteration"], r["check"]) for r in scored[str(folder)]] == [
+    assert [(r["iteration"], r["check"]) for r in scored[str(folder)]["rows"]] == [
         (i, pytest.approx(final["stages"][f"{i}:controller"]["best_real_score"])) for i in (0, 1)]
+    # its choice rules: the loop's own final choice (top 2 of 2) is the iteration the loop kept
+    rules = scored[str(folder)]["rules"]
+    assert rules["top-2"] == final["best_iteration"]
+    assert rules["check"] == max((final["stages"][f"{i}:controller"]["best_real_score"], i) for i in (0, 1))[1]
     assert (folder / "loop_iterations.json").is_file()
     # bench/loop_profile.py splits each iteration's logged seconds into their parts, losing none
     logged = read_metrics(metrics_path(folder, "dream_loop"))
