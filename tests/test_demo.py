@@ -39,8 +39,9 @@ def test_the_demo_preset_is_the_recipe_at_a_quick_size():
     # only sizes differ from the default recipe: the same dream, fitness, loop stages and M's heads
     default = config.preset("default")
     for key in ("dream.steps", "dream.dropout", "dream.value", "dream.fitness", "dream.start", "memory.dropout",
-                "memory.value_discount", "cmaes.diagonal", "cmaes.sigma0"):
+                "memory.value_discount", "cmaes.diagonal", "cmaes.sigma0", "checks.max_steps"):
         assert config.get(quick, key) == config.get(default, key), key
+    assert quick.loop.select_top >= 2  # the best checks are compared again on more tracks (a final choice)
 
 
 def test_missing_tool_settings_is_one_line_error(tmp_path):
