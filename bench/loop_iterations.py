@@ -73,10 +73,9 @@ def score_run(run: Path, args: Args) -> list[dict]:
 def final_choice(run: Path) -> dict[int, float]:
     """The loop's own final choice: each candidate iteration's mean over the selection tracks it drove (empty
     when the loop kept the best check)."""
-    from car_racing.training.loop import find_loop_dir
-    from car_racing.training.loop_state import STATE_FILE
+    from bench.loop_table import read_state  # (a one-line error when the state is missing or unreadable)
 
-    state = json.loads((find_loop_dir(run) / STATE_FILE).read_text())
+    state = read_state(str(run))
     returns = (state.get("selection") or {}).get("returns") or {}
     return {int(i): sum(r) / len(r) for i, r in returns.items()}
 
