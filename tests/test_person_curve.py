@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import person_curve
+from bench import lineages, person_curve
 from car_racing.common.cli import UsageError
 
 TINY = """
@@ -81,3 +81,20 @@ def test_a_point_runs_each_stage_once_goes_on_after_a_stop_and_plots(tmp_path, m
     assert "| keyboard | 1 | 0.0 |" in person_curve.table(rows)
     with pytest.raises(UsageError, match="no curve point here"):
         person_curve.main(person_curve.Args(plot=(str(tmp_path),), png=str(png)))
+
+    # the same folder as a lineage (issue 34's table): its seed and real env steps (one CMA-ES pass: no loop record)
+    report = lineages.main(lineages.Args(runs=(str(out),), json_out=str(tmp_path / "lineages.json")))
+    row = report["rows"][0]
+    steps = row["real_env_steps"]
+    assert row["seed"] == 3 and row["mean"] == result["row"]["mean"] and len(row["returns"]) == 1
+    assert steps["recording"] == 80 and steps["checks"] > 0  # 1 keyboard + 1 random episode × 40 steps
+    assert steps["total"] == sum(steps[use] for use in lineages.STEP_USES) and row["selection_mean"] is None
+    assert "not met" in report["verdict"] and json.loads((tmp_path / "lineages.json").read_text())[0]["seed"] == 3
+    with pytest.raises(UsageError, match="--runs"):
+        lineages.main(lineages.Args())
+
+
+def test_lineage_steps_come_from_the_loops_record_when_the_loop_made_c(tmp_path):
+    loop_steps = {"recording": 80_000, "loop_data": 40_000, "checks": 72_000, "selection": 32_000, "total": 224_000}
+    steps = lineages.real_env_steps(tmp_path, {"loop": {"real_env_steps": loop_steps}})  # no data folder read
+    assert steps == loop_steps
