@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.person_curve import EVALUATION_FILE, POINT_FILE, STAGES, point_row
+from bench.person_curve import STAGES, point_row
 from bench.tables import markdown_table
 from car_racing.common.cli import UsageError, run_main
 from car_racing.common.runtime import atomic_path
-from car_racing.episodes.evaluation import read_evaluation
 
 # Issue 34's goal for three lineages of the defaults, over the 100 held-out tracks.
 GOAL = {"each": 880.0, "mean": 900.0, "episode": 600.0}
@@ -61,34 +60,29 @@ def controller_training(folder: Path) -> dict:
     return load_checkpoint(path, "controller").get("training") or {}
 
 
-def real_env_steps(folder: Path, training: dict) -> dict:
+def real_env_steps(recorded_frames: int, training: dict) -> dict:
     """Real env steps by use: the loop's own count, or for one CMA-ES pass (``--loop.iterations 1``) the recording's
     frames and the pass's checks."""
     steps = (training.get("loop") or {}).get("real_env_steps")
     if steps is None:
-        from car_racing.recording.recorded_data import load_recorded
-
-        recorded = sum(int(e["length"]) for e in load_recorded(folder / "data", mmap=True).episodes)
         checks = int((training.get("choice") or {}).get("lineage_check_steps", 0))
-        steps = {"recording": recorded, "loop_data": 0, "checks": checks, "selection": 0}
+        steps = {"recording": recorded_frames, "loop_data": 0, "checks": checks, "selection": 0}
     counted = {use: int(steps.get(use, 0)) for use in STEP_USES}
     return {**counted, "total": sum(counted.values())}
 
 
 def lineage_row(folder: Path) -> dict:
-    """One lineage's figures: the curve point's row, its seed, the final choice's selection mean, the real steps."""
+    """One lineage's figures: the curve point's row (seed, held-out returns), the final choice's selection mean, the
+    real steps."""
     row = point_row(folder)
-    point = json.loads((folder / POINT_FILE).read_text())
     training = controller_training(folder)
     loop = training.get("loop") or {}
     best = loop.get("best_iteration")
-    candidates = (loop.get("final_choice") or {}).get("candidates") or {}
-    chosen = candidates.get(str(best), candidates.get(best)) or {}
-    evaluation = read_evaluation(folder / EVALUATION_FILE)
-    return {**row, "seed": point["seed"], "best_iteration": best, "selection_mean": chosen.get("selection_mean"),
+    # the loop's record is built from its JSON state: iterations are string keys
+    chosen = ((loop.get("final_choice") or {}).get("candidates") or {}).get(str(best)) or {}
+    return {**row, "best_iteration": best, "selection_mean": chosen.get("selection_mean"),
             "selection_episodes": len(chosen.get("selection_returns") or []),
-            "real_env_steps": real_env_steps(folder, training),
-            "returns": [float(r) for r in evaluation["returns"]]}
+            "real_env_steps": real_env_steps(row["recorded_frames"], training)}
 
 
 def table(rows: list[dict]) -> str:
@@ -136,11 +130,12 @@ def main(args: Args) -> dict:
     print()
     print(published_table(rows))
     print()
-    print(verdict(rows))
+    said = verdict(rows)
+    print(said)
     if args.json_out:
         with atomic_path(args.json_out) as tmp:
             tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    return {"rows": rows, "verdict": verdict(rows)}
+    return {"rows": rows, "verdict": said}
 
 
 if __name__ == "__main__":

@@ -132,12 +132,14 @@ def point_row(folder: Path) -> dict:
         raise UsageError(f"{point_path}: no curve point here; run python bench/person_curve.py --out {folder}")
     point = json.loads(point_path.read_text())
     evaluation = read_evaluation(folder / EVALUATION_FILE)
-    episodes = [e for e in load_recorded(folder / "data", mmap=True).episodes if e["driver"] == point["driver"]]
+    recorded = load_recorded(folder / "data", mmap=True).episodes
+    episodes = [e for e in recorded if e["driver"] == point["driver"]]
     frames = sum(int(e["length"]) for e in episodes)
-    return {"folder": str(folder), "driver": point["driver"], "episodes": len(episodes),
-            "minutes_driven": frames / ENV_FPS / 60, "seconds": point["seconds"],
-            "mean": evaluation["mean"], "std": evaluation["std"], "min": evaluation["min"],
-            "median": evaluation["median"], "laps": evaluation["laps_finished"], "tracks": evaluation["episodes"]}
+    return {"folder": str(folder), "driver": point["driver"], "episodes": len(episodes), "seed": point["seed"],
+            "minutes_driven": frames / ENV_FPS / 60, "recorded_frames": sum(int(e["length"]) for e in recorded),
+            "seconds": point["seconds"], "mean": evaluation["mean"], "std": evaluation["std"], "min": evaluation["min"],
+            "median": evaluation["median"], "laps": evaluation["laps_finished"], "tracks": evaluation["episodes"],
+            "returns": [float(r) for r in evaluation["returns"]]}
 
 
 TABLE_COLUMNS = ("driver", "N", "minutes driven", "score (mean ± std)", "min", "median", "laps",

@@ -94,7 +94,7 @@ def test_a_point_runs_each_stage_once_goes_on_after_a_stop_and_plots(tmp_path, m
         lineages.main(lineages.Args())
 
 
-def test_lineage_steps_come_from_the_loops_record_when_the_loop_made_c(tmp_path):
+def test_lineage_steps_come_from_the_loops_record_when_the_loop_made_c():
     loop_steps = {"recording": 80_000, "loop_data": 40_000, "checks": 72_000, "selection": 32_000, "total": 224_000}
-    steps = lineages.real_env_steps(tmp_path, {"loop": {"real_env_steps": loop_steps}})  # no data folder read
+    steps = lineages.real_env_steps(80, {"loop": {"real_env_steps": loop_steps}})  # the loop's count, not 80
     assert steps == loop_steps

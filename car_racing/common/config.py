@@ -384,7 +384,7 @@ PRESETS: dict[str, dict[str, Any]] = {
              "cmaes.diagonal": False, "dream.steps": 50, "dream.trials": 16, "dream.dropout": 0.0,
              "dream.fitness": "mean", "dream.start": "recorded", "dream.value": False,
              "checks.every": 10, "checks.episodes": 4},
-    # make demo: the whole pipeline in ~14 min on 2 cores (docs/stages.md#the-demo-make-demo has what was tried).
+    # make demo: the whole pipeline in ~12 min on 2 cores (docs/stages.md#the-demo-make-demo has what was tried).
     # 24 noisy autopilot episodes × 500 steps + 6 random ones; V a few epochs at a higher learning rate (β reaches
     # 1); M small batches for a few hundred steps, with dropout and a value head; stage 4 the repair loop, iteration
     # 0 from zero, later ones from zero and warm from the last kept C, as the default recipe (3 iterations: the third
