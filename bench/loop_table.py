@@ -74,7 +74,7 @@ def _checks(run: Optional[dict]) -> str:
     """``g5 b / m; g10 b / m; …``: a start's real checks (best candidate / CMA's mean)."""
     if not run:
         return "—"
-    return "; ".join(f"g{g} {best:.0f} / {mean:.0f}" for g, best, mean in run.get("real_checks", [])) or "—"
+    return "; ".join(f"g{g} {_number(best, 0)} / {mean:.0f}" for g, best, mean in run.get("real_checks", [])) or "—"
 
 
 def iteration_row(state: dict, iteration: int) -> list[str]:

@@ -77,7 +77,7 @@ def test_loop_records_each_iterations_worst_checks_from_both_runs(tmp_path, tiny
     write_tiny_checkpoints(tmp_path / "checkpoints")
     config = loop_config(tmp_path, tiny_data_dir, loop__controller_start="both", loop__fidelity_panel=0,
                          loop__agent_episodes=1, checks__every=1, loop__check_episodes=3, loop__repair_episodes=2,
-                         loop__iterations=3)
+                         loop__iterations=3, checks__best_candidate=True)  # (both vectors checked: more worst tracks)
     train_controller(config)
     data_dir = tmp_path / "data" / "dream_loop"
     final = json.loads((tmp_path / "checkpoints" / "dream_loop" / "dream_loop_state.json").read_text())

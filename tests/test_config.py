@@ -87,6 +87,8 @@ def test_a_bad_config_file_is_one_line_naming_the_key(tmp_path, text, message, c
      "--loop.repair-episodes: has no effect here (--loop.iterations 1 runs one CMA-ES pass)"),
     (["--cmaes.mode", "real", "--dream.trials", "4"], "--dream.trials: has no effect here (--cmaes.mode real"),
     (["--checks.every", "0"], "--checks.every 0: the repair loop keeps the iteration whose C checks best"),
+    (["--loop.iterations", "1", "--checks.every", "0", "--checks.best-candidate"],
+     "--checks.best-candidate: has no effect here (--checks.every 0 checks nothing)"),
 ])
 def test_stage_4_refuses_bad_flags_in_one_line_and_writes_nothing(tmp_path, argv, message):
     checkpoints = tmp_path / "checkpoints"

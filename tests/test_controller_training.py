@@ -385,6 +385,33 @@ def test_initial_mean_is_real_checked_and_kept_unless_beaten(tmp_path, tiny_data
         np.testing.assert_allclose(controller.get_flat_params(), result["best_params"], rtol=1e-6, atol=1e-7)
 
 
+def test_checks_drive_only_cmas_mean_unless_asked_and_keep_the_same_c(tmp_path, tiny_data_dir):
+    # The defaults check only CMA's mean (the seed's and the paper's presets also the generation's best candidate,
+    # --checks.best-candidate). A check never touches CMA-ES or the RNGs: both runs evolve the same generations and
+    # give the mean the same scores, so whenever a mean (not a best candidate) won with both checked, the mean-only
+    # run keeps the same C with fewer real episodes.
+    assert not config.preset("default").checks.best_candidate and not config.preset("demo").checks.best_candidate
+    assert config.preset("seed").checks.best_candidate and config.preset("paper").checks.best_candidate
+    runs = {}
+    for both in (False, True):
+        write_tiny_checkpoints(tmp_path / str(both) / "checkpoints")
+        runs[both] = main(run_args(tmp_path / str(both), tiny_data_dir, cmaes__init="zero", cmaes__generations=2,
+                                   checks__every=1, checks__best_candidate=both))
+    mean_only, both = runs[False], runs[True]
+    sources = {key: [c["source"].split(" of ")[0] for c in run["checked"]] for key, run in runs.items()}
+    assert sources[False] == ["initial mean (zero)", "cma_mean", "cma_mean"]
+    assert sources[True] == ["initial mean (zero)", "best_candidate", "cma_mean", "best_candidate", "cma_mean"]
+    assert mean_only["history"]["real_best_candidate"] == [None, None]
+    assert None not in both["history"]["real_best_candidate"]
+    for key in ("fitness_best", "fitness_cma_mean", "real_cma_mean", "eval_generation"):
+        assert mean_only["history"][key] == both["history"][key], key
+    assert (mean_only["training"]["choice"]["checked_vectors"], both["training"]["choice"]["checked_vectors"]) == (3, 5)
+    if not both["model_source"].startswith("best_candidate"):
+        assert mean_only["model_source"] == both["model_source"]
+        np.testing.assert_array_equal(mean_only["best_params"], both["best_params"])
+    assert (tmp_path / "False" / "checkpoints" / "control_model_cmaes.png").is_file()
+
+
 STAGE4 = ["run", "dream", "cmaes", "checks", "loop"]  # the sections stage 4's command line reads
 
 

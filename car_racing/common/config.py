@@ -286,7 +286,10 @@ class Checks:
     """The real-env checks: fixed tracks C drives to choose which parameters are kept, never its fitness."""
 
     every: int = 5
-    """the best candidate and CMA's mean drive the check tracks every this many generations (0 = never)"""
+    """CMA's mean drives the check tracks every this many generations (0 = never)"""
+    best_candidate: bool = False
+    """also check the generation's best candidate (the dream's favourite; in dream mode it was never the C a default
+    run kept, and each of its checks costs as much as the mean's: docs/stages.md#4-controller-c)"""
     episodes: int = 8
     """check tracks (8 tracks: a check's standard error is still ~±70)"""
     max_steps: int = 1000
@@ -383,7 +386,7 @@ PRESETS: dict[str, dict[str, Any]] = {
              "loop.iterations": 1, "cmaes.population": 32, "cmaes.sigma0": 0.1, "cmaes.generations": 200,
              "cmaes.diagonal": False, "dream.steps": 50, "dream.trials": 16, "dream.dropout": 0.0,
              "dream.fitness": "mean", "dream.start": "recorded", "dream.value": False,
-             "checks.every": 10, "checks.episodes": 4},
+             "checks.every": 10, "checks.episodes": 4, "checks.best_candidate": True},
     # make demo: the whole pipeline in ~12 min on 2 cores (docs/stages.md#the-demo-make-demo has what was tried).
     # 24 noisy autopilot episodes × 500 steps + 6 random ones; V a few epochs at a higher learning rate (β reaches
     # 1); M small batches for a few hundred steps, with dropout and a value head; stage 4 the repair loop, iteration
@@ -402,7 +405,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # generations, checks every 25 generations on 1024 tracks.
     "paper": {"cmaes.mode": "real", "loop.iterations": 1, "cmaes.population": 64, "cmaes.real_trials": 16,
               "cmaes.real_steps": 1000, "cmaes.generations": 1800, "cmaes.diagonal": False, "checks.every": 25,
-              "checks.episodes": 1024, "checks.max_steps": 1000},
+              "checks.episodes": 1024, "checks.max_steps": 1000, "checks.best_candidate": True},
     # A person's own driving (docs/driving.md#a-recipe-for-your-own-driving-the-person-preset): 20 episodes of
     # yours (6.7 minutes at the wheel, plus the 16 random ones), then stage 4 runs 5 iterations from the last kept
     # C only. On small data C's own episodes are what make the dream work (the loop adds ~21,000 frames an

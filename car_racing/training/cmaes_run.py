@@ -90,8 +90,9 @@ def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
         curves[f"{label} fitness, CMA mean"] = history["fitness_cma_mean"]
         x[f"{label} fitness, CMA mean"] = history["generation"]
     for key, name in (("real_best_candidate", "real score, best candidate"), ("real_cma_mean", "real score, CMA mean")):
-        curves[name] = history[key]
-        x[name] = history["eval_generation"]
+        checked = [(g, score) for g, score in zip(history["eval_generation"], history[key]) if score is not None]
+        curves[name] = [score for _, score in checked]  # (the best candidate is checked only with
+        x[name] = [g for g, _ in checked]               # --checks.best-candidate)
     plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
 
 
@@ -318,29 +319,37 @@ class Run:
         save_checkpoint(checkpoint, self.setup.out_path)
 
     def check(self, best_candidate: np.ndarray) -> float:
-        """Real-env check of the generation's best candidate and CMA's mean; keeps the best; returns the
-        best candidate's score."""
+        """Real-env check of CMA's mean (first the generation's best candidate too, with --checks.best-candidate);
+        keeps the best; returns the score the progress bar shows (the best candidate's, else the mean's). A score
+        not checked is None in the history."""
         config, generation = self.setup.config, self.generation
-        scores = {}
-        for name, params in (("best_candidate", best_candidate), ("cma_mean", np.array(self.es.mean))):
+        vectors = [("cma_mean", np.array(self.es.mean))]
+        if config.checks.best_candidate:
+            vectors.insert(0, ("best_candidate", best_candidate))
+        scores = {"best_candidate": (None, None)}
+        for name, params in vectors:
             scores[name] = self.keep_if_best(params, f"{name} of generation {generation}",
                                              real_check(params, config, self.setup.real_episodes()))
         self.history["eval_generation"].append(generation)
         for name, (mean, std) in scores.items():
             self.history[f"real_{name}"].append(mean)
             self.history[f"real_{name}_std"].append(std)
+        best = (f"best candidate {scores['best_candidate'][0]:.1f} ± {scores['best_candidate'][1]:.1f}, "
+                if config.checks.best_candidate else "")
         (tqdm.write if config.run.progress else print)(
-            f"generation {generation}: real score best candidate {scores['best_candidate'][0]:.1f} "
-            f"± {scores['best_candidate'][1]:.1f}, CMA mean {scores['cma_mean'][0]:.1f} "
+            f"generation {generation}: real score {best}CMA mean {scores['cma_mean'][0]:.1f} "
             f"± {scores['cma_mean'][1]:.1f} over {config.checks.episodes} episodes; best so far {self.best_real_score:.1f}")
-        return scores["best_candidate"][0]
+        return scores["best_candidate"][0] if config.checks.best_candidate else scores["cma_mean"][0]
 
     def evolve(self, fitness_source: Any) -> None:
         """Generations up to ``--cmaes.generations``: ask, score, tell, check every ``--checks.every``, save."""
         config, es, history = self.setup.config, self.es, self.history
         bar = tqdm(range(self.generation, config.cmaes.generations), desc=f"CMA-ES ({config.cmaes.mode})", unit="gen",
                    initial=self.generation, total=config.cmaes.generations, disable=not config.run.progress)
-        last_real = history["real_best_candidate"][-1] if history["real_best_candidate"] else None
+        last_real = None  # the last check's score as check() returns it
+        if history["eval_generation"]:
+            last_real = history["real_best_candidate"][-1]
+            last_real = history["real_cma_mean"][-1] if last_real is None else last_real
         metrics = MetricsLog(self.setup.checkpoint_dir, "controller", resume_after=self.generation,
                              tensorboard=config.run.tensorboard)
         try:

@@ -57,6 +57,8 @@ def no_effect(config: Config) -> Mapping[str, str]:
         why["dream.start_drivers"] = "only --dream.start recorded uses it"
     if config.run.backend != "ray":
         why["run.ray_address"] = "only --backend ray uses it"
+    if config.checks.every == 0:
+        why["checks.best_candidate"] = "--checks.every 0 checks nothing"
     return why
 
 

@@ -451,7 +451,8 @@ def plan(config: Config) -> str:
     return (f"stage 4: the repair loop, {settings.iterations} iterations (--loop.iterations 1: one CMA-ES pass); each: "
             f"CMA-ES {starts[settings.controller_start]} in M's dream, {cmaes.generations} generations × "
             f"{cmaes.population} candidates × {config.dream.trials} dreams of {config.dream.steps} steps, real checks "
-            f"every {checks.every} on {checks.episodes} tracks of {checks.max_steps} steps; "
+            f"of CMA's mean{' and the best candidate' if checks.best_candidate else ''} every {checks.every} on "
+            f"{checks.episodes} tracks of {checks.max_steps} steps; "
             f"{', '.join(extra) or 'no new data'} and M {settings.memory_epochs} more epochs; {choice}")
 
 

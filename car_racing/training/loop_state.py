@@ -151,7 +151,8 @@ def report_iteration(state: LoopState, iteration: int) -> str:
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    checks = ", ".join(f"g{g}: {b:.0f}/{m:.0f}" for g, b, m in controller.get("real_checks", [])) or "-"
+    checks = ", ".join(f"g{g}: {'-' if b is None else f'{b:.0f}'}/{m:.0f}"  # (- = best candidate not checked)
+                       for g, b, m in controller.get("real_checks", [])) or "-"
     starts = "".join(f"; {start} start: kept {number(run.get('best_real_score'))}, dream {number(run.get('dream_fitness_best'))}"
                      for start, run in controller.get("starts", {}).items())
     recorded = (f"; recorded returns: C {number(record.get('return_mean'))}, dream's choice "
@@ -178,9 +179,10 @@ def plot_loop(state: LoopState, path: Path, iterations: int) -> None:
         return
     kept = [stages[f"{i}:controller"]["best_real_score"] for i in its]
     dream = [stages[f"{i}:controller"]["dream_fitness_best"] for i in its]
-    last_check = [(stages[f"{i}:controller"]["real_checks"] or [[0, np.nan, np.nan]])[-1][1] for i in its]
+    last_check = [(stages[f"{i}:controller"]["real_checks"] or [[0, np.nan, np.nan]])[-1] for i in its]
+    last_check = [mean if best is None else best for _, best, mean in last_check]  # (the mean's, unless checked)
     rho_its = [i for i in its if stages.get(f"{i}:fidelity", {}).get("rank_correlation") is not None]
-    curves = {"kept C: real check score": kept, "last check, best candidate": last_check,
+    curves = {"kept C: real check score": kept, "last check, best candidate (else CMA mean)": last_check,
               "dream fitness, best candidate (last gen)": dream,
               "dream-real rank correlation × 1000": [1000 * stages[f"{i}:fidelity"]["rank_correlation"] for i in rho_its]}
     x = {name: its for name in curves}
