@@ -29,6 +29,7 @@ from car_racing.training.dream import (
     collect_start_states,
     dream_rollout,
     dream_rollout_per_candidate,
+    imagine,
     iter_recorded_states,
     sample_with_noise,
     windows_of_drivers,
@@ -119,6 +120,25 @@ def test_fused_dream_matches_the_reference_step_at_any_temperature(temperature):
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fused, loop, rtol=1e-4, atol=1e-4)
     assert fused.std() > 1e-2
+
+
+def test_smoothed_dream_matches_the_reference_and_smooths_cs_actions():
+    """``smoothing`` s: in the dream C's action is a_t = (1 − s)·C(z_t, h_t) + s·a_{t−1} (a_{−1} = 0), as in the real
+    episodes; the fused path gives the reference dream's fitness, and the reference trace shows the recursion."""
+    mdn = tiny_memory(done_bias=-1.0, done_gain=20.0)
+    weights, biases, start_z, start_state = dream_setup()
+    smoothed = {fused: dream_rollout(mdn, weights, biases, start_z, start_state, 12, 1.0,
+                                     torch.Generator().manual_seed(3), fused=fused, smoothing=0.6)
+                for fused in (True, False)}
+    torch.testing.assert_close(smoothed[True], smoothed[False], rtol=1e-4, atol=1e-4)
+    plain = dream_rollout(mdn, weights, biases, start_z, start_state, 12, 1.0, torch.Generator().manual_seed(3))
+    assert not torch.allclose(plain, smoothed[True])
+    trace = imagine(mdn, (weights[:1], biases[:1]), start_z[:1], (start_state[0][:1], start_state[1][:1]), 4, 1.0,
+                    torch.Generator().manual_seed(3), smoothing=0.6)
+    actions, z = trace.actions[0, 0], trace.z[0, 0]
+    h = start_state[0][:1]
+    raw = population_actions(weights[:1], biases[:1], z[:1].view(1, 1, -1), h.view(1, 1, -1)).reshape(-1)
+    torch.testing.assert_close(actions[0], 0.4 * raw)  # a_0 = (1 − s)·C(z_0, h_0)
 
 
 def test_bfloat16_dream_agrees_with_float32():

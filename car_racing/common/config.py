@@ -266,7 +266,7 @@ class Cmaes:
     stall_steps: int = 0
     """--cmaes.mode real: a training episode ends after this many steps without a new tile (0 = never)"""
     smoothing: float = 0.0
-    """action smoothing in real episodes of this stage (a_t = (1-s)·C + s·a_{t-1}; 0 = off, as in the dreams)"""
+    """action smoothing of C in this stage's dreams and real episodes (a_t = (1-s)·C + s·a_{t-1}; 0 = off)"""
     dagger_rounds: int = 12
     """--cmaes.init dagger: rounds in which C drives and the autopilot labels its states"""
     dagger_episodes: int = 8

@@ -294,7 +294,7 @@ LinearPolicy = tuple[torch.Tensor, torch.Tensor]  # (weights (P, L+H, A), biases
 def imagine(mdnrnn: Any, policy: LinearPolicy | torch.Tensor, start_z: torch.Tensor,
             start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
             noise: DreamNoise | torch.Generator | None, *, dropout: float = 0.0, reward_scale: float = 1.0,
-            value_discount: float = 0.0) -> DreamTrace:
+            value_discount: float = 0.0, smoothing: float = 0.0) -> DreamTrace:
     """The dream: ``policy`` drives M from ``start_z`` (N, L), ``start_state`` ((N, H), (N, H)) for ``steps`` steps
     (the module docstring's semantics), returning the whole :class:`DreamTrace`.
 
@@ -302,7 +302,9 @@ def imagine(mdnrnn: Any, policy: LinearPolicy | torch.Tensor, start_z: torch.Ten
     same N dreams (rows candidate-major: P·N dreams in one batch), or a fixed action sequence (T, A) or (N, T, A)
     (P = 1). ``noise``: the dreams' :class:`DreamNoise`, or a generator (or None) to draw it from
     (``DreamNoise.draw(steps, N, L, generator, dropout, H)``: the CMA-ES fitness's draw; ``dropout`` is used only
-    there). Each step is :meth:`MDNRNN.dream_step` with the pre-drawn noise. This is the reference dream;
+    there). ``smoothing`` s: C's action is smoothed as in the real episodes, ``a_t = (1 − s)·C(z_t, h_t) + s·a_{t−1}``
+    with ``a_{−1} = 0`` (a fixed action sequence is used as given). Each step is :meth:`MDNRNN.dream_step` with the
+    pre-drawn noise. This is the reference dream;
     :func:`_fused_rollout` is its fast path for the returns alone (a test holds them equal).
     """
     trials, latent = start_z.shape
@@ -333,6 +335,8 @@ def imagine(mdnrnn: Any, policy: LinearPolicy | torch.Tensor, start_z: torch.Ten
         else:
             action = population_actions(weights, biases, z.view(population, trials, latent),
                                         state[0].view(population, trials, hidden)).reshape(rows, -1)
+            if smoothing:
+                action = (1.0 - smoothing) * action + smoothing * (actions[:, t - 1] if t else 0.0)
         last = t + 1 == steps
         step_noise = (noise.mixture[t].repeat(population, 1), noise.gaussian[t].repeat(population, 1))
         step = mdnrnn.dream_step(z, action, state, temperature, head_mask=head_mask, noise=step_noise, sample=not last)
@@ -471,8 +475,8 @@ def fused_dream_weights(mdnrnn: Any, dtype: torch.dtype | str = torch.float32) -
 @torch.no_grad()
 def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,
                    start_state: tuple[torch.Tensor, torch.Tensor], noise: DreamNoise, temperature: float,
-                   reward_scale: float, dtype: torch.dtype | str = torch.float32, value_discount: float = 0.0
-                   ) -> torch.Tensor:
+                   reward_scale: float, dtype: torch.dtype | str = torch.float32, value_discount: float = 0.0,
+                   smoothing: float = 0.0) -> torch.Tensor:
     """:func:`imagine`'s dream (same semantics, same noise) with :class:`FusedDreamWeights`, returns only: (P, N)."""
     fused = fused_dream_weights(mdnrnn, dtype)
     population, trials = weights.shape[0], start_z.shape[0]
@@ -482,6 +486,7 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
     x[:, :L] = start_z.float().repeat(population, 1)
     x[:, L:L + H] = start_state[0].float().repeat(population, 1)
     x[:, L + H:L + H + 2] = 1.0
+    x[:, L + H + 2:] = 0.0  # a_{-1}: what the smoothing starts from
     c = start_state[1].float().repeat(population, 1)
     # (P, A, L+H+1) on [z, h, 1]: bmm(controller, x^T) is ~7× faster than bmm(x, W) with A = 3 columns
     controller = torch.cat([weights, biases.unsqueeze(1)], dim=1).float().transpose(1, 2).contiguous()
@@ -493,7 +498,11 @@ def _fused_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, sta
     steps = noise.mixture.shape[0]
     for t in range(steps):
         raw = torch.bmm(controller, x[:, :L + H + 1].view(population, trials, L + H + 1).transpose(1, 2))
-        x[:, L + H + 2:] = squash_actions(raw.transpose(1, 2)).reshape(rows, A)  # a_t = C(z_t, h_t)
+        action = squash_actions(raw.transpose(1, 2)).reshape(rows, A)  # a_t = C(z_t, h_t)
+        if smoothing:  # a_t = (1 − s)·C(z_t, h_t) + s·a_{t−1}, a_{t−1} still in x
+            x[:, L + H + 2:].mul_(smoothing).add_(action, alpha=1.0 - smoothing)
+        else:
+            x[:, L + H + 2:] = action
         # LSTM cell: gates = sigmoid([i, f, o, 2g]); c' = f·c + i·tanh(g); h' = o·tanh(c')
         gates = fused.gates(x).sigmoid_()
         i, f, o, g2 = gates.split(H, dim=1)  # g2 = sigmoid(2g): tanh(g) = 2·g2 − 1
@@ -559,7 +568,7 @@ def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, star
                   start_state: tuple[torch.Tensor, torch.Tensor], steps: int, temperature: float,
                   generator: torch.Generator | None, *, reward_scale: float = 1.0,
                   dtype: torch.dtype | str = torch.float32, fused: bool = True, dropout: float = 0.0,
-                  value_discount: float = 0.0) -> torch.Tensor:
+                  value_discount: float = 0.0, smoothing: float = 0.0) -> torch.Tensor:
     """Batched dream: fitness (P, N) of P candidates (``weights`` (P, L+H, A), ``biases`` (P, A)) over N trials
     starting at ``start_z`` (N, L), ``start_state`` = (h, c) each (N, H), ``steps`` steps long.
 
@@ -568,17 +577,18 @@ def dream_rollout(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, star
     :func:`dream_rollout_per_candidate` (up to float rounding with ``fused``; bfloat16 ``dtype``
     approximates it: see the module docstring). ``fused=False`` runs the reference step on the
     whole batch (float32 only). ``dropout`` p: one mask per dream on h before M's heads; ``value_discount`` γ > 0:
-    dreams still alive at the end add M's value of their last state (module docstring).
+    dreams still alive at the end add M's value of their last state (module docstring); ``smoothing`` s: C's actions
+    smoothed as in the real episodes (:func:`imagine`).
     """
     if not fused:
         if dream_dtype(dtype) != torch.float32:
             raise ValueError("the unfused dream runs in float32 only")
         return imagine(mdnrnn, (weights, biases), start_z, start_state, steps, temperature, generator, dropout=dropout,
-                       reward_scale=reward_scale, value_discount=value_discount).returns
+                       reward_scale=reward_scale, value_discount=value_discount, smoothing=smoothing).returns
     noise = DreamNoise.draw(steps, start_z.shape[0], start_z.shape[1], generator, dropout,
                             start_state[0].shape[1]).to(start_z.device)
     return _fused_rollout(mdnrnn, weights, biases, start_z, start_state, noise, temperature, reward_scale, dtype,
-                          value_discount)
+                          value_discount, smoothing)
 
 
 def dream_rollout_per_candidate(mdnrnn: Any, weights: torch.Tensor, biases: torch.Tensor, start_z: torch.Tensor,

@@ -76,7 +76,8 @@ class DreamFitness:
         return dream_rollout(setup.mdnrnn, weights, biases, start_z, start_state, rollout_steps(config),
                              config.dream.temperature, generator, reward_scale=1.0 / setup.reward_scale,
                              dtype=config.dream.dtype, dropout=config.dream.dropout,
-                             value_discount=setup.value_discount if config.dream.value else 0.0)
+                             value_discount=setup.value_discount if config.dream.value else 0.0,
+                             smoothing=config.cmaes.smoothing)
 
     def __call__(self, candidates: list[np.ndarray], mean: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
         config = self.setup.config
