@@ -289,7 +289,7 @@ class Checks:
     """CMA's mean drives the check tracks every this many generations (0 = never)"""
     best_candidate: bool = False
     """also check the generation's best candidate (the dream's favourite; in dream mode it was never the C a default
-    run kept, and each of its checks costs as much as the mean's: docs/stages.md#4-controller-c)"""
+    run kept, and each of its checks costs as much as the mean's: docs/stages.md#checks-of-cmas-mean-only)"""
     episodes: int = 8
     """check tracks (8 tracks: a check's standard error is still ~±70)"""
     max_steps: int = 1000
