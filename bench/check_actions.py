@@ -4,9 +4,8 @@ Every CMA-ES run of stage 4 keeps each real-checked parameter vector in its chec
 tracks' returns and actions. This prints, per run and per checked vector, the real check score, what the dream paid
 it in that generation (``history.fitness_cma_mean``, or ``fitness_best`` for a best candidate), and how it drove the
 check tracks: mean gas, mean brake, mean |steer|, mean |Δsteer| from one step to the next (weaving) and the
-episodes' length. A run whose
-dream pay climbs while its real score falls shows the exploit, and the actions show which way it went (issue 34:
-look at what C does, not only at the score).
+episodes' length. A run whose dream pay climbs while its real score falls shows the exploit, and the actions show
+which way it went (issue 34: look at what C does, not only at the score).
 
     python bench/check_actions.py --runs runs/lineage/default-s1000
     python bench/check_actions.py --runs checkpoints/dream_loop/iter_02/warm checkpoints/control_model_cmaes.pth
@@ -94,14 +93,15 @@ def run_rows(file: Path, label: str, best_candidates: bool) -> list[list[str]]:
     rows = []
     for check in checkpoint.get("checked") or []:
         which = check["source"].split(" of generation")[0]
-        if which.startswith("best_candidate") and not best_candidates:
+        is_best = which.startswith("best_candidate")
+        if is_best and not best_candidates:
             continue
         generation = int(check["generation"])
-        dream = history.get("fitness_best" if which.startswith("best_candidate") else "fitness_cma_mean") or []
+        dream = history.get("fitness_best" if is_best else "fitness_cma_mean") or []
         paid = dream[generation - 1] if 0 < generation <= len(dream) else None  # (generation 0: not dreamt yet)
         stats = action_stats(check["actions"])
         rows.append([label, which + (" (kept)" if check["source"] == checkpoint.get("model_source") else ""),
-                     str(generation), "—" if paid is None or paid != paid else f"{paid:.0f}", f"{check['score']:.1f}",
+                     str(generation), "—" if paid is None or np.isnan(paid) else f"{paid:.0f}", f"{check['score']:.1f}",
                      f"{stats['gas']:.2f}", f"{stats['brake']:.2f}", f"{stats['steer']:.2f}", f"{stats['weave']:.3f}",
                      f"{stats['steps']:.0f}"])
     return rows

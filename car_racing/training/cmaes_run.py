@@ -96,6 +96,15 @@ def plot_history(history: dict[str, list], path: Path, mode: str) -> None:
     plot_curves(curves, path, title=f"controller CMA-ES ({mode} mode)", xlabel="generation", ylabel="return", x=x)
 
 
+def last_check_score(history: dict[str, list]) -> float | None:
+    """The last real check's score as the progress bar shows it: the best candidate's where it was checked
+    (--checks.best-candidate), else CMA's mean's; None before the first check."""
+    if not history["eval_generation"]:
+        return None
+    best = history["real_best_candidate"][-1]
+    return history["real_cma_mean"][-1] if best is None else best
+
+
 # real episodes and steps a run drove, by use (Run.real_use): none yet
 NO_REAL_USE = {"fitness_episodes": 0, "check_episodes": 0, "fitness_steps": 0, "check_steps": 0}
 
@@ -320,8 +329,8 @@ class Run:
 
     def check(self, best_candidate: np.ndarray) -> float:
         """Real-env check of CMA's mean (first the generation's best candidate too, with --checks.best-candidate);
-        keeps the best; returns the score the progress bar shows (the best candidate's, else the mean's). A score
-        not checked is None in the history."""
+        keeps the best; returns the score the progress bar shows (:func:`last_check_score`). A score not checked is
+        None in the history."""
         config, generation = self.setup.config, self.generation
         vectors = [("cma_mean", np.array(self.es.mean))]
         if config.checks.best_candidate:
@@ -339,17 +348,14 @@ class Run:
         (tqdm.write if config.run.progress else print)(
             f"generation {generation}: real score {best}CMA mean {scores['cma_mean'][0]:.1f} "
             f"± {scores['cma_mean'][1]:.1f} over {config.checks.episodes} episodes; best so far {self.best_real_score:.1f}")
-        return scores["best_candidate"][0] if config.checks.best_candidate else scores["cma_mean"][0]
+        return last_check_score(self.history)
 
     def evolve(self, fitness_source: Any) -> None:
         """Generations up to ``--cmaes.generations``: ask, score, tell, check every ``--checks.every``, save."""
         config, es, history = self.setup.config, self.es, self.history
         bar = tqdm(range(self.generation, config.cmaes.generations), desc=f"CMA-ES ({config.cmaes.mode})", unit="gen",
                    initial=self.generation, total=config.cmaes.generations, disable=not config.run.progress)
-        last_real = None  # the last check's score as check() returns it
-        if history["eval_generation"]:
-            last_real = history["real_best_candidate"][-1]
-            last_real = history["real_cma_mean"][-1] if last_real is None else last_real
+        last_real = last_check_score(history)
         metrics = MetricsLog(self.setup.checkpoint_dir, "controller", resume_after=self.generation,
                              tensorboard=config.run.tensorboard)
         try:
