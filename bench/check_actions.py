@@ -102,8 +102,8 @@ def run_rows(file: Path, label: str, best_candidates: bool) -> list[list[str]]:
         stats = action_stats(check["actions"])
         rows.append([label, which + (" (kept)" if check["source"] == checkpoint.get("model_source") else ""),
                      str(generation), "—" if paid is None or np.isnan(paid) else f"{paid:.0f}",
-                     f"{check['score']:.1f}", f"{stats['gas']:.2f}", f"{stats['brake']:.2f}", f"{stats['steer']:.2f}", f"{stats['weave']:.3f}",
-                     f"{stats['steps']:.0f}"])
+                     f"{check['score']:.1f}", f"{stats['gas']:.2f}", f"{stats['brake']:.2f}", f"{stats['steer']:.2f}",
+                     f"{stats['weave']:.3f}", f"{stats['steps']:.0f}"])
     return rows
 
 
