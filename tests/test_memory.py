@@ -191,8 +191,8 @@ def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
     resolved = cfg.read_file(cfg.resolved_path(checkpoints, "memory"))  # and as the TOML file --config reads
     assert cfg.with_values(cfg.Config(), resolved) == tiny_args(tiny_data_dir, checkpoints)
     # a run saved before the one config recorded its script's flat arguments: --resume still reads them
-    assert train_memory._saved_setting({"config": {"value_discount": 0.9}}, "value_discount", 0.5) == 0.9
-    assert train_memory._saved_setting(saved, "done_target", None) == "terminal"
+    assert train_memory.saved_setting({"config": {"value_discount": 0.9}}, "value_discount", 0.5) == 0.9
+    assert train_memory.saved_setting(saved, "done_target", None) == "terminal"
     assert {"train_mdn", "val_mdn", "train_reward", "val_reward", "train_done", "val_done"} <= set(saved["history"])
     assert all(np.isfinite(v[0]) for v in saved["history"].values())
     assert (checkpoints / "memory_model_latest.pth").is_file() and (checkpoints / "memory_model_loss.png").is_file()
@@ -348,3 +348,31 @@ def test_value_head_trains_beside_the_other_heads_and_can_be_added_to_an_m(tiny_
         train_memory.train_memory(tiny_args(tiny_data_dir, valued_dir, value_discount=1.0))
     with pytest.raises(UsageError, match="--memory.value-discount 0.9, this run asks for 0.5"):  # a resumed run keeps γ
         train_memory.train_memory(tiny_args(tiny_data_dir, valued_dir, epochs=3, value_discount=0.5, resume=True))
+
+
+def test_mean_latents_train_m_on_vs_mean_alone(tiny_data_dir, tmp_path, monkeypatch):
+    """--memory.latents mean: M reads and predicts V's μ, what C sees in the real env; V's σ plays no part (with
+    samples it does). The choice is recorded, kept on resume, and a change is refused."""
+    original = latent_cache.load_or_build_latents
+    widen = {"by": 0.0}  # added to V's log σ² as the stage reads the cache
+
+    def latents(*args, **kwargs):
+        mu, logvar = original(*args, **kwargs)
+        return mu, logvar + widen["by"]
+
+    monkeypatch.setattr(latent_cache, "load_or_build_latents", latents)
+    states = {}
+    for latents_kind in ("mean", "sample"):
+        for by in (0.0, 2.0):
+            widen["by"] = by
+            folder = tmp_path / f"{latents_kind}-{by}"
+            save_tiny_vision(folder / "vision_model.pth")
+            best = train_memory.train_memory(tiny_args(tiny_data_dir, folder, latents=latents_kind))
+            assert best["latents"] == latents_kind and best["config"]["memory"]["latents"] == latents_kind
+            states[latents_kind, by] = best["model_state"]
+    for name, value in states["mean", 0.0].items():
+        torch.testing.assert_close(states["mean", 2.0][name], value, rtol=0, atol=0)
+    assert any(not torch.equal(states["sample", 2.0][name], value) for name, value in states["sample", 0.0].items())
+    with pytest.raises(UsageError, match="--memory.latents"):
+        train_memory.train_memory(tiny_args(tiny_data_dir, tmp_path / "mean-0.0", latents="sample", epochs=2,
+                                            resume=True))

@@ -201,7 +201,7 @@ def scripted_loop(tmp_path: Path, monkeypatch, checks: dict[int, float], calls: 
     options = dict(run__checkpoint_dir=str(tmp_path / "checkpoints"), run__data_dir=str(tmp_path / "data"),
                    run__workers=1, run__progress=False, loop__select_top=0)
     config = C.preset("default", **{**options, **overrides})
-    return repair_loop.Loop(config, 0.0, 0.0, None)
+    return repair_loop.Loop(config, 0.0, 0.0, "sample", None)
 
 
 def test_patience_stops_the_loop_when_checks_stop_improving_and_a_rerun_without_it_continues(tmp_path, monkeypatch):
@@ -283,8 +283,9 @@ def test_warm_runs_dream_short_dreams_from_cs_own_episodes(tmp_path, tiny_data_d
 
 
 def test_loop_dreams_end_on_ms_value_in_every_iteration(tmp_path, tiny_data_dir):
-    """Stage 3's M with a value head (γ 0.9): every iteration's M keeps it; --dream.value: every CMA-ES run's
-    dreams end on it (C's record says so). Without a value head the loop refuses in one line."""
+    """Stage 3's M with a value head (γ 0.9) trained on V's mean latents: every iteration's M keeps both;
+    --dream.value: every CMA-ES run's dreams end on it (C's record says so). Without a value head the loop refuses
+    in one line."""
     from car_racing.models.mdn_rnn import MDNRNN
 
     paths = write_tiny_checkpoints(tmp_path / "checkpoints")
@@ -293,7 +294,7 @@ def test_loop_dreams_end_on_ms_value_in_every_iteration(tmp_path, tiny_data_dir)
     state = with_value.state_dict()
     state.update(memory["model_state"])
     save_checkpoint({**memory, "model_args": {**memory["model_args"], "value_head": True}, "model_state": state,
-                     "value": {"discount": 0.9}, "dropout": 0.0}, tmp_path / "with_value.pth")
+                     "value": {"discount": 0.9}, "dropout": 0.0, "latents": "mean"}, tmp_path / "with_value.pth")
     plain = tmp_path / "plain.pth"
     paths["memory"].rename(plain)
     (tmp_path / "with_value.pth").rename(paths["memory"])
@@ -303,6 +304,7 @@ def test_loop_dreams_end_on_ms_value_in_every_iteration(tmp_path, tiny_data_dir)
     for iteration in ("iter_00", "iter_01"):
         m = load_checkpoint(loop_dir(config) / iteration / "memory_model.pth", "memory")
         assert m["model_args"]["value_head"] and m["value"]["discount"] == 0.9
+        assert m["latents"] == "mean"  # iteration 0's is stage 3's M; later ones are trained on μ too
         controller = load_checkpoint(loop_dir(config) / iteration / "control_model_cmaes.pth", "controller")
         assert controller["training"]["dream"]["value_bootstrap"] is True
     other = C.replace(config, run__checkpoint_dir=str(tmp_path / "other"))

@@ -166,6 +166,9 @@ class Memory:
     """Gaussians in the MDN head"""
     dropout: float = 0.05
     """dropout on h before M's heads (Dropout's Dream Land); the dreams can then sample one mask per dream"""
+    latents: Literal["sample", "mean"] = "sample"
+    """what M reads and predicts: a z ~ N(μ, σ²) of V drawn anew each epoch (the paper's), or V's mean μ, which is
+    what C sees in the real env (a dream of M's samples then shows C the z it will see there)"""
     value_discount: float = 0.98
     """γ of M's value head (0 = no value head): the dream's value bootstrap needs it"""
     reward_weight: float = 1.0

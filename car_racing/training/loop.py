@@ -81,6 +81,7 @@ class Loop:
     config: Config  # the user's config (CHECKPOINT_DIR and DATA_DIR are stage 4's)
     memory_dropout: float  # M's training settings in later iterations: stage 3's M's own
     memory_value_discount: float
+    memory_latents: str  # "sample" or "mean" (--memory.latents)
     controller_from: Optional[Path]  # iteration 0's C (--cmaes.init checkpoint), else None: from zero
 
     @property
@@ -200,7 +201,8 @@ def stage_memory(loop: Loop, iteration: int) -> dict:
         config, run__data_dir=str(loop.data_dir), run__checkpoint_dir=str(folder), run__seed=config.run.seed + iteration,
         run__resume=(folder / MEMORY_LATEST_FILE).is_file(), memory__epochs=max(config.loop.memory_epochs, 1),
         memory__init_from=str(previous), memory__vision_checkpoint="", memory__dropout=loop.memory_dropout,
-        memory__value_discount=loop.memory_value_discount, memory__freeze_lstm=config.loop.memory_heads_only))
+        memory__value_discount=loop.memory_value_discount, memory__latents=loop.memory_latents,
+        memory__freeze_lstm=config.loop.memory_heads_only))
     history, epoch = best["history"], int(best["epoch"])
     return {"epochs": config.loop.memory_epochs, "best_epoch": epoch, "val_mdn": history["val_mdn"][epoch - 1],
             "val_reward": history["val_reward"][epoch - 1], "val_done": history["val_done"][epoch - 1],
@@ -436,7 +438,10 @@ def start(config: Config) -> Loop:
             raise UsageError(f"--cmaes.init-from {controller_from}: no such controller checkpoint")
     if not (loop_dir / STATE_FILE).is_file():  # a new loop: stage 3's M is kept in its folder (iteration 0 dreams in it)
         link_or_copy(paths["memory"], stage3_memory)
-    return Loop(config, float(memory.get("dropout", 0.0)), value_discount, controller_from)
+    from car_racing.training.memory import saved_setting
+
+    latents = memory.get("latents") or saved_setting(memory, "latents", "sample")  # (M saved before the option: its config)
+    return Loop(config, float(memory.get("dropout", 0.0)), value_discount, str(latents), controller_from)
 
 
 def plan(config: Config) -> str:

@@ -69,7 +69,7 @@ LOSS_CURVE_FILE = "memory_model_loss.png"
 TERMINAL_REWARD = -50.0  # CarRacing gives −100 on the step the car leaves the playfield (and terminates)
 LOSS_NAMES = ("mdn", "reward", "done", "value", "total")
 STAGE = "memory"  # the resolved config: CHECKPOINT_DIR/memory.config.toml
-RESUME_KEYS = ("reward_clip", "done_target", "freeze_lstm", "value_discount")  # a resumed run keeps these
+RESUME_KEYS = ("reward_clip", "done_target", "freeze_lstm", "value_discount", "latents")  # a resumed run keeps these
 
 
 def terminal_flags(data: RecordedData, done_target: str) -> np.ndarray:
@@ -131,6 +131,13 @@ def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.T
     generator = torch.Generator().manual_seed(seed)
     eps = torch.randn(mu.shape, generator=generator).to(mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
+
+
+def training_latents(mu: torch.Tensor, logvar: torch.Tensor, latents: str, seed: int) -> torch.Tensor:
+    """The z M learns from (``--memory.latents``): a fresh sample of V's posterior, or its mean μ. With samples, the
+    ~20 of 32 dimensions V leaves unused (σ ≈ 1, μ nearly constant) are unit noise in every dream step, which C never
+    sees in the real env (it reads μ)."""
+    return mu if latents == "mean" else sample_latents(mu, logvar, seed)
 
 
 class SequenceBatches:
@@ -249,7 +256,7 @@ def check(config: Config) -> None:
         require_tensorboard()
 
 
-def _saved_setting(state: dict, key: str, default: Any) -> Any:
+def saved_setting(state: dict, key: str, default: Any) -> Any:
     """``memory.<key>`` of the config a checkpoint was trained with (nested as :func:`as_dict` writes it, or the
     flat arguments of the stage script before the one config)."""
     saved = state.get("config", {}) or {}
@@ -307,7 +314,7 @@ def train_memory(config: Config) -> dict[str, Any]:
                                                         memory.val_fraction, run.seed)
     mu = torch.from_numpy(mu_np).to(device)
     logvar = torch.from_numpy(logvar_np).to(device)
-    val_z = sample_latents(mu, logvar, seed=run.seed * 7919 + 1) if len(val_ids) else None
+    val_z = training_latents(mu, logvar, memory.latents, run.seed * 7919 + 1) if len(val_ids) else None
 
     model_args = {"latent_size": latent_size, "action_size": int(sequences.actions.shape[-1]),
                   "hidden_size": memory.hidden_size, "num_mixtures": memory.num_mixtures,
@@ -325,7 +332,7 @@ def train_memory(config: Config) -> dict[str, Any]:
                                  f"for {value}; drop --resume or pass the same sizes")
         for key in RESUME_KEYS:
             now = getattr(memory, key)
-            before = _saved_setting(state, key, now)
+            before = saved_setting(state, key, now)
             if before != now:
                 raise UsageError(f"{latest_path}: was trained with {flag_of('memory.' + key)} {before}, this run "
                                  f"asks for {now}; drop --resume or pass the same value")
@@ -370,7 +377,7 @@ def train_memory(config: Config) -> dict[str, Any]:
                 "vision": {"path": str(vision_path), "sha256": vision_sha},
                 "reward": {"units": "real CarRacing reward per step", "clip": memory.reward_clip, "scale": 1.0},
                 "done_target": memory.done_target, "val_episodes": val_episodes, "warm_start": warm_start,
-                "dropout": memory.dropout, "freeze_lstm": memory.freeze_lstm,
+                "dropout": memory.dropout, "freeze_lstm": memory.freeze_lstm, "latents": memory.latents,
                 "value": ({"discount": memory.value_discount, "units": "discounted average reward per step after t, "
                            "(1 - discount) * sum_k discount^(k-1) r_(t+k)"} if memory.value_discount else None),
                 "data": {"data_dir": str(run.data_dir), "num_frames": len(data), "num_episodes": len(data.episodes),
@@ -385,7 +392,7 @@ def train_memory(config: Config) -> dict[str, Any]:
     for epoch in epoch_bar:
         started = time.time()
         epoch_rng = np.random.default_rng([run.seed, epoch])
-        z = sample_latents(mu, logvar, seed=int(epoch_rng.integers(2**62)))
+        z = training_latents(mu, logvar, memory.latents, int(epoch_rng.integers(2**62)))
         order = epoch_rng.permutation(train_ids)
         torch.manual_seed(int(epoch_rng.integers(2**62)))  # memory.dropout's masks: the same when the run is resumed
         train_losses = run_epoch(model, batches, order, z, memory, optimizer, f"epoch {epoch + 1} train",
