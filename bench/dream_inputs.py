@@ -47,13 +47,17 @@ class Args:
     """pairs of checked vectors whose real checks differ by less than this are not counted in the agreement"""
     seed: int = 123
     """seed of the dreams' start states and noise"""
+    temperature: float = -1.0
+    """dream at this temperature instead of each run's own (-1 = the run's): how much of the dream's noise is M's
+    sampling"""
     device: str = "cpu"
     """where the dreams run (auto, cpu, cuda)"""
 
 
-def dream_stats(file: Path, trials: int, seed: int, device: str) -> tuple[list[dict], dict, object]:
-    """Each checked vector of the CMA-ES run in ``file`` driven in the run's own dream: its pay, |Δz|, |steer|,
-    |Δsteer|; also the run's config (its M, data and dream settings)."""
+def dream_stats(file: Path, trials: int, seed: int, device: str, temperature: float = -1.0
+                ) -> tuple[list[dict], dict, object]:
+    """Each checked vector of the CMA-ES run in ``file`` driven in the run's own dream (at ``temperature`` when it is
+    0 or more): its pay, |Δz|, |steer|, |Δsteer|; also the run's config (its M, data and dream settings)."""
     import torch
 
     from car_racing.common import config as cfg
@@ -77,7 +81,7 @@ def dream_stats(file: Path, trials: int, seed: int, device: str) -> tuple[list[d
     start_z, start_state = setup.pool.pick(trials, generator)
     flat = torch.as_tensor(np.stack([np.asarray(c["params"], dtype=np.float32) for c in checked]), device=setup.device)
     trace = imagine(setup.mdnrnn, flat_to_population(flat, *setup.sizes), start_z, start_state, config.dream.steps,
-                    config.dream.temperature, generator, dropout=config.dream.dropout,
+                    config.dream.temperature if temperature < 0 else temperature, generator, dropout=config.dream.dropout,
                     reward_scale=1.0 / setup.reward_scale,
                     value_discount=setup.value_discount if config.dream.value else 0.0)
     steer = trace.actions[..., 0].float().cpu()
@@ -122,7 +126,7 @@ def main(args: Args) -> dict:
     rows, agree, total, recordings = [], 0, 0, {}
     for run in args.runs:
         for file in controller_files(run):
-            stats, checkpoint, config = dream_stats(file, args.trials, args.seed, args.device)
+            stats, checkpoint, config = dream_stats(file, args.trials, args.seed, args.device, args.temperature)
             label = run_label(run, file, several=len(args.runs) > 1)
             checked = checkpoint.get("checked") or []
             for check, dream in zip(checked, stats):

@@ -36,5 +36,7 @@ def test_each_checked_c_drives_its_runs_dream_beside_its_real_checks(tmp_path, t
     assert list(result["recording_dz"].values())[0]["synthetic"] > 0
     out = capsys.readouterr().out
     assert "real |Δz| per step" in out and "pairs of checked vectors" in out
+    still = dream_inputs.main(dream_inputs.Args(runs=(str(tmp_path / "checkpoints"),), trials=3, temperature=0.0))
+    assert all(float(a[5]) < float(b[5]) for a, b in zip(still["rows"], rows))  # no sampling: z moves less
     with pytest.raises(UsageError, match="--trials 0"):
         dream_inputs.main(dream_inputs.Args(runs=(str(tmp_path / "checkpoints"),), trials=0))
