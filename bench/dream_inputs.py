@@ -103,12 +103,14 @@ def agreement(real: list[float], dream: list[float], margin: float) -> tuple[int
     return agree, total
 
 
-def recording_dz(data_dir: str, vision: Path) -> dict[str, float]:
-    """Mean |Δμ| per step of V's μ over each driver's recorded episodes: what C reads in the real env."""
+def recording_dz(data_dir: str, run_folder: Path) -> dict[str, float]:
+    """Mean |Δμ| per step of V's μ (the V in ``run_folder``) over each driver's recorded episodes: what C reads in
+    the real env."""
+    from car_racing.common.runtime import checkpoint_paths
     from car_racing.recording.latent_cache import load_or_build_latents
     from car_racing.recording.recorded_data import load_recorded
 
-    mu, _ = load_or_build_latents(data_dir, vision, "cpu", progress=False)
+    mu, _ = load_or_build_latents(data_dir, checkpoint_paths(run_folder)["vision"], "cpu", progress=False)
     by_driver: dict[str, list[float]] = {}
     for episode in load_recorded(data_dir, mmap=True).episodes:
         start, length = int(episode["start"]), int(episode["length"])
@@ -140,9 +142,7 @@ def main(args: Args) -> dict:
             a, n = agreement([s for s, _ in scored], [p for _, p in scored], args.margin)
             agree, total = agree + a, total + n
             if stats and config.run.data_dir not in recordings:
-                from car_racing.common.runtime import checkpoint_paths
-                recordings[config.run.data_dir] = recording_dz(config.run.data_dir,
-                                                               checkpoint_paths(file.parent)["vision"])
+                recordings[config.run.data_dir] = recording_dz(config.run.data_dir, file.parent)
     print(markdown_table(COLUMNS, rows))
     for data_dir, by_driver in recordings.items():
         print(f"{data_dir}: real |Δz| per step (V's μ) by driver: "

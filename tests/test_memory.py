@@ -191,8 +191,8 @@ def test_train_one_epoch_resume_and_visualise(tiny_data_dir, tmp_path):
     resolved = cfg.read_file(cfg.resolved_path(checkpoints, "memory"))  # and as the TOML file --config reads
     assert cfg.with_values(cfg.Config(), resolved) == tiny_args(tiny_data_dir, checkpoints)
     # a run saved before the one config recorded its script's flat arguments: --resume still reads them
-    assert train_memory.saved_setting({"config": {"value_discount": 0.9}}, "value_discount", 0.5) == 0.9
-    assert train_memory.saved_setting(saved, "done_target", None) == "terminal"
+    assert train_memory._saved_setting({"config": {"value_discount": 0.9}}, "value_discount", 0.5) == 0.9
+    assert train_memory._saved_setting(saved, "done_target", None) == "terminal"
     assert {"train_mdn", "val_mdn", "train_reward", "val_reward", "train_done", "val_done"} <= set(saved["history"])
     assert all(np.isfinite(v[0]) for v in saved["history"].values())
     assert (checkpoints / "memory_model_latest.pth").is_file() and (checkpoints / "memory_model_loss.png").is_file()

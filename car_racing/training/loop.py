@@ -438,10 +438,8 @@ def start(config: Config) -> Loop:
             raise UsageError(f"--cmaes.init-from {controller_from}: no such controller checkpoint")
     if not (loop_dir / STATE_FILE).is_file():  # a new loop: stage 3's M is kept in its folder (iteration 0 dreams in it)
         link_or_copy(paths["memory"], stage3_memory)
-    from car_racing.training.memory import saved_setting
-
-    latents = memory.get("latents") or saved_setting(memory, "latents", "sample")  # (M saved before the option: its config)
-    return Loop(config, float(memory.get("dropout", 0.0)), value_discount, str(latents), controller_from)
+    return Loop(config, float(memory.get("dropout", 0.0)), value_discount, str(memory.get("latents", "sample")),
+                controller_from)
 
 
 def plan(config: Config) -> str:

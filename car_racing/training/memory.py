@@ -256,7 +256,7 @@ def check(config: Config) -> None:
         require_tensorboard()
 
 
-def saved_setting(state: dict, key: str, default: Any) -> Any:
+def _saved_setting(state: dict, key: str, default: Any) -> Any:
     """``memory.<key>`` of the config a checkpoint was trained with (nested as :func:`as_dict` writes it, or the
     flat arguments of the stage script before the one config)."""
     saved = state.get("config", {}) or {}
@@ -332,7 +332,7 @@ def train_memory(config: Config) -> dict[str, Any]:
                                  f"for {value}; drop --resume or pass the same sizes")
         for key in RESUME_KEYS:
             now = getattr(memory, key)
-            before = saved_setting(state, key, now)
+            before = _saved_setting(state, key, now)
             if before != now:
                 raise UsageError(f"{latest_path}: was trained with {flag_of('memory.' + key)} {before}, this run "
                                  f"asks for {now}; drop --resume or pass the same value")
