@@ -9,6 +9,8 @@ stage with its seconds, and a last line with the score.
     python bench/demo_sizes.py --out runs/sizes/base
     python bench/demo_sizes.py --out runs/sizes/seed1 --set run.seed=1
     python bench/demo_sizes.py --out runs/sizes/pop24 --reuse runs/sizes/base --set cmaes.population=24 run.seed=1
+    python bench/demo_sizes.py --out runs/sizes/mean-s0 --reuse runs/sizes/base --reuse-from memory \
+        --set memory.latents="mean"
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class Args:
     "zero"); a second --set replaces the first"""
     reuse: str = ""
     """a run folder of this script: take its recording, V and stage-3 M and run stage 4 only"""
+    reuse_from: str = "controller"
+    """with --reuse, the first stage run anew: "controller" (stage 4) or "memory" (stages 3 and 4 on the run's
+    recording and V: for a stage-3 lever such as memory.latents)"""
     selection_episodes: int = 10
     """selection tracks the kept C drives (seeds TRACKS_BASE + j)"""
     tracks_base: int = 7_000_000
@@ -78,14 +83,18 @@ def main(args: Args) -> dict:
     out.mkdir(parents=True)
     config = demo.demo_config(out, config)
     stages = [stage for stage in demo.STAGES if stage.key in demo.RECIPE_STAGES]
+    if args.reuse_from not in ("controller", "memory"):
+        raise UsageError(f"--reuse-from {args.reuse_from}: expected controller or memory")
     if args.reuse:
         source = Path(args.reuse)
         shutil.copytree(source / "data", out / "data", ignore=shutil.ignore_patterns(LOOP_DIR))
         paths = checkpoint_paths(out / "checkpoints")
         paths["vision"].parent.mkdir(parents=True)
         shutil.copy2(checkpoint_paths(source / "checkpoints")["vision"], paths["vision"])
-        shutil.copy2(source / "checkpoints" / LOOP_DIR / STAGE3_MEMORY_FILE, paths["memory"])
-        stages = [stage for stage in stages if stage.key == "controller"]
+        if args.reuse_from == "controller":
+            shutil.copy2(source / "checkpoints" / LOOP_DIR / STAGE3_MEMORY_FILE, paths["memory"])
+        first = [stage.key for stage in stages].index(args.reuse_from)
+        stages = stages[first:]
     C.write_resolved(config, out / "sizes.config.toml")
     done = demo.run_stages(out, config, {}, stages)
     started = time.perf_counter()

@@ -8,7 +8,9 @@ from the run's start pool, with the run's own dream settings (steps, temperature
 per vector: what the dream pays, the real check, the mean |Δz| per step in the dream, and |steer| and |Δsteer| in
 the dream beside the same on its check tracks. Then the recording's own |Δz| per driver (V's μ, what C reads in the
 real env), and how often the dream orders two checked vectors of one run like their real checks do (pairs whose
-checks differ by at least ``--margin``; 0.5 is a coin).
+checks differ by at least ``--margin``; 0.5 is a coin). ``--quiet-above S`` dreams without M's sampling noise in the
+latent dimensions V does not use (V's posterior σ, averaged over the recording, above S; their z is then the chosen
+component's mean): is their noise what misleads the ranking?
 
     python bench/dream_inputs.py --runs runs/lineage/default-s3000
 """
@@ -50,20 +52,25 @@ class Args:
     temperature: float = -1.0
     """dream at this temperature instead of each run's own (-1 = the run's): how much of the dream's noise is M's
     sampling"""
+    quiet_above: float = 0.0
+    """no sampling noise in the latent dimensions whose posterior σ under V, averaged over the recording, is above
+    this (V's unused dimensions, σ near 1; 0 = sample every dimension as the run did)"""
     device: str = "cpu"
     """where the dreams run (auto, cpu, cuda)"""
 
 
-def dream_stats(file: Path, trials: int, seed: int, device: str, temperature: float = -1.0
-                ) -> tuple[list[dict], dict, object]:
+def dream_stats(file: Path, trials: int, seed: int, device: str, temperature: float = -1.0,
+                quiet_above: float = 0.0) -> tuple[list[dict], dict, object]:
     """Each checked vector of the CMA-ES run in ``file`` driven in the run's own dream (at ``temperature`` when it is
-    0 or more): its pay, |Δz|, |steer|, |Δsteer|; also the run's config (its M, data and dream settings)."""
+    0 or more; without sampling noise in V's dimensions of posterior σ above ``quiet_above`` when it is positive):
+    its pay, |Δz|, |steer|, |Δsteer|; also the run's config (its M, data and dream settings)."""
     import torch
 
     from car_racing.common import config as cfg
     from car_racing.common.runtime import load_checkpoint
     from car_racing.models.ffn import flat_to_population
-    from car_racing.training.dream import imagine
+    from car_racing.recording.latent_cache import load_or_build_latents
+    from car_racing.training.dream import DreamNoise, imagine
     from car_racing.training.setup import load_setup
 
     resolved = file.parent / "controller.config.toml"
@@ -80,8 +87,15 @@ def dream_stats(file: Path, trials: int, seed: int, device: str, temperature: fl
     generator = torch.Generator().manual_seed(seed)
     start_z, start_state = setup.pool.pick(trials, generator)
     flat = torch.as_tensor(np.stack([np.asarray(c["params"], dtype=np.float32) for c in checked]), device=setup.device)
+    # the draw imagine() would make from the generator, so --quiet-above 0 dreams exactly as before
+    noise = DreamNoise.draw(config.dream.steps, trials, start_z.shape[1], generator, config.dream.dropout,
+                            start_state[0].shape[1])
+    if quiet_above > 0:
+        _, logvar = load_or_build_latents(config.run.data_dir, setup.paths["vision"], "cpu", progress=False)
+        used = torch.as_tensor(np.exp(0.5 * logvar).mean(axis=0) <= quiet_above, dtype=noise.gaussian.dtype)
+        noise.gaussian *= used
     trace = imagine(setup.mdnrnn, flat_to_population(flat, *setup.sizes), start_z, start_state, config.dream.steps,
-                    config.dream.temperature if temperature < 0 else temperature, generator, dropout=config.dream.dropout,
+                    config.dream.temperature if temperature < 0 else temperature, noise,
                     reward_scale=1.0 / setup.reward_scale,
                     value_discount=setup.value_discount if config.dream.value else 0.0)
     steer = trace.actions[..., 0].float().cpu()
@@ -125,10 +139,13 @@ def main(args: Args) -> dict:
         raise UsageError("--runs: give at least one checkpoint or folder")
     if args.trials < 1:
         raise UsageError(f"--trials {args.trials}: expected a positive number of dreams")
+    if args.quiet_above < 0:
+        raise UsageError(f"--quiet-above {args.quiet_above}: expected a posterior σ ≥ 0 (0 = off)")
     rows, agree, total, recordings = [], 0, 0, {}
     for run in args.runs:
         for file in controller_files(run):
-            stats, checkpoint, config = dream_stats(file, args.trials, args.seed, args.device, args.temperature)
+            stats, checkpoint, config = dream_stats(file, args.trials, args.seed, args.device, args.temperature,
+                                                    args.quiet_above)
             label = run_label(run, file, several=len(args.runs) > 1)
             checked = checkpoint.get("checked") or []
             for check, dream in zip(checked, stats):

@@ -66,3 +66,26 @@ def test_driver_pickles():
     driver = AutopilotDriver(noise=0.5)
     clone = pickle.loads(pickle.dumps(driver))
     assert isinstance(clone, AutopilotDriver) and clone.noise == 0.5
+
+
+def test_holds_let_go_for_40_to_100_steps_and_leave_the_noise_as_it_was(env):
+    steps = 400
+    plain = run_episode(env, AutopilotDriver(noise=1.0), seed=5, max_steps=steps)
+    held = run_episode(env, AutopilotDriver(noise=1.0, holds=20.0), seed=5, max_steps=steps)
+    again = run_episode(env, AutopilotDriver(noise=1.0, holds=20.0), seed=5, max_steps=steps)
+    np.testing.assert_array_equal(held.actions, again.actions)  # seeded: a recording replays exactly
+    # runs of one repeated action: where a hold keeps the same [steer, gas, brake] step after step
+    same = np.all(held.actions[1:] == held.actions[:-1], axis=1)
+    runs, length = [], 0
+    for flag in same:
+        length = length + 1 if flag else 0
+        runs.append(length)
+    longest = max(runs) + 1
+    assert 40 <= longest <= 100
+    first_hold = int(np.argmax(np.array(runs) >= 39)) - 38  # the step the longest hold's first action was taken
+    assert first_hold > 50  # never while the car starts
+    # before the first hold the driver is the plain noisy autopilot: the holds' RNG is their own
+    np.testing.assert_array_equal(held.actions[:first_hold], plain.actions[:first_hold])
+    assert held.total_reward != plain.total_reward
+    with pytest.raises(ValueError, match="holds"):
+        AutopilotDriver(holds=-1.0)

@@ -38,5 +38,11 @@ def test_each_checked_c_drives_its_runs_dream_beside_its_real_checks(tmp_path, t
     assert "real |Δz| per step" in out and "pairs of checked vectors" in out
     still = dream_inputs.main(dream_inputs.Args(runs=(str(tmp_path / "checkpoints"),), trials=3, temperature=0.0))
     assert all(float(a[5]) < float(b[5]) for a, b in zip(still["rows"], rows))  # no sampling: z moves less
+    quiet = dream_inputs.main(dream_inputs.Args(runs=(str(tmp_path / "checkpoints"),), trials=3, quiet_above=1e-6))
+    assert all(float(a[5]) < float(b[5]) for a, b in zip(quiet["rows"], rows))  # every dimension quiet: z moves less
+    loud = dream_inputs.main(dream_inputs.Args(runs=(str(tmp_path / "checkpoints"),), trials=3, quiet_above=1e6))
+    assert loud["rows"] == rows  # no dimension quiet: the run's own dream
+    with pytest.raises(UsageError, match="--quiet-above"):
+        dream_inputs.main(dream_inputs.Args(runs=(str(tmp_path / "checkpoints"),), quiet_above=-1.0))
     with pytest.raises(UsageError, match="--trials 0"):
         dream_inputs.main(dream_inputs.Args(runs=(str(tmp_path / "checkpoints"),), trials=0))

@@ -102,6 +102,9 @@ class Record:
     """steps per episode (the env's own limit is 1000)"""
     noise: float = 1.0
     """the autopilot's (or agent's) noise level (0 = clean; docs/driving.md)"""
+    holds: float = 0.0
+    """driver autopilot: how often per 1000 steps it holds one action for 40–100 steps (straight on, a steering
+    angle or coasting) before recovering, so M sees the car miss a corner at speed (0 = never; docs/stages.md)"""
     seq_len: int = 100
     """steps per training window of M"""
     input: Literal["auto", "keyboard", "gamepad"] = "auto"

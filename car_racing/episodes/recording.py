@@ -75,10 +75,10 @@ def check(config: Config) -> None:
 
 def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHECKPOINT_DIR, *,
                          reaction_steps: int | None = None, mistakes: float | None = None,
-                         rescue: int = 0) -> Callable[[], Any]:
+                         rescue: int = 0, holds: float = 0.0) -> Callable[[], Any]:
     """A picklable factory for a headless driver (sent to the worker processes); ``reaction_steps`` and
     ``mistakes`` are the keyboard driver's (``None``: its defaults), ``rescue`` the agent's (see
-    :class:`car_racing.episodes.agent.ExploringAgent`)."""
+    :class:`car_racing.episodes.agent.ExploringAgent`), ``holds`` the autopilot's."""
     if name == "keyboard":
         from car_racing.world.keyboard_driver import KeyboardDriver
 
@@ -92,7 +92,7 @@ def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHE
     if name == "autopilot":
         from car_racing.world.autopilot import AutopilotDriver
 
-        return functools.partial(AutopilotDriver, noise=noise)
+        return functools.partial(AutopilotDriver, noise=noise, holds=holds)
     from car_racing.world.drivers import RandomDriver
 
     return RandomDriver
@@ -282,7 +282,8 @@ def _record(config: Config) -> dict[str, Any]:
               file=sys.stderr)
     checkpoint_dir = driving_agent(config) if rec.driver == "agent" else run.checkpoint_dir
     options = ({"reaction_steps": rec.reaction_steps, "mistakes": rec.mistakes} if rec.driver == "keyboard" else
-               {"rescue": rec.rescue} if rec.driver == "agent" else {})
+               {"rescue": rec.rescue} if rec.driver == "agent" else
+               {"holds": rec.holds} if rec.driver == "autopilot" else {})
     make_driver: Callable[[], Any] | None = (None if human else
                                              make_headless_driver(rec.driver, rec.noise, checkpoint_dir, **options))
     # Checks the folder is writable, and with --record.append validates the existing data (frame size, .npy files).

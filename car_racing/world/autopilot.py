@@ -41,6 +41,13 @@ the episode seed draws this episode's levels (stored in :attr:`episode_info`, JS
   replaces the autopilot's. After it, pure pursuit steers back onto the track: the recorded data
   contains mistakes and recoveries.
 
+``holds`` (default 0: off) adds longer mistakes, drawn from an RNG of their own (so ``holds`` 0 leaves every other
+draw as it was): on average ``holds`` times per 1000 steps, once the car has driven 50 steps, the driver lets go
+and holds one action for 40–100 steps (0.8–2 s) — straight on with gas U(0.3, 1), a steering angle U(−1, 1) with
+gas U(0.3, 1), or coasting — then pure pursuit brings the car back. Bursts of 5–19 steps rarely take the car off
+the road at speed; a hold through a bend does, so M sees what missing a corner costs (a C that drives straight
+on is what CMA-ES tries first, and a dream that has never seen it leave the road pays it as if it turned).
+
 The same seed and ``noise`` give the same actions (the env itself is deterministic per seed too).
 Measured (``bench/bench_autopilot.py``, seeds 0–19, 1000-step limit): see docs/stages.md.
 """
@@ -55,6 +62,9 @@ import numpy as np
 WHEELBASE = 3.24  # units, front to rear axle
 TOP_SPEED = 100.0  # Box2D's speed cap, units/s
 NOISE_SEED_SALT = 0x5EED_A070  # decorrelates the noise RNG from the env's own track RNG
+HOLD_SEED_SALT = 0x401D_5EED  # the holds' own RNG: holds 0 leaves the noise stream as it was
+HOLD_STEPS = (40, 101)  # a hold's length in steps, [low, high)
+HOLD_AFTER = 50  # no hold before the car has driven this many steps (it must be moving to miss a corner)
 
 
 class AutopilotDriver:
@@ -71,10 +81,13 @@ class AutopilotDriver:
                  steer_tau_steps: float = 20.0, traction_slip: float = 8.0,
                  brake_gain: float = 0.05, grip_gas: float = 1.5, cte_gain: float = 0.03,
                  grass_wheels: int = 1, grass_brake: float = 0.3, yaw_gain: float = 0.15,
-                 recovery_gain: float = 1.0) -> None:
+                 recovery_gain: float = 1.0, holds: float = 0.0) -> None:
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
+        if holds < 0:
+            raise ValueError(f"holds must be >= 0, got {holds}")
         self.noise = float(noise)
+        self.holds = float(holds)
         self.lateral_accel = float(lateral_accel)
         self.brake_accel = float(brake_accel)
         self.lookahead_base = float(lookahead_base)
@@ -99,6 +112,10 @@ class AutopilotDriver:
         self._ou = 0.0
         self._burst_left = 0
         self._burst_action = np.zeros(3, dtype=np.float32)
+        self._hold_rng: np.random.Generator | None = None
+        self._hold_left = 0
+        self._hold_action = np.zeros(3, dtype=np.float64)
+        self._steps = 0
 
     # --- episode setup ------------------------------------------------------------------------------
 
@@ -119,6 +136,9 @@ class AutopilotDriver:
         self._ou = 0.0
         self._burst_left = 0
         self._burst_action = np.zeros(3, dtype=np.float32)
+        self._hold_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, HOLD_SEED_SALT]) if self.holds > 0 else None
+        self._hold_left = 0
+        self._steps = 0
 
     def _speed_profile(self, points: np.ndarray, seg: np.ndarray) -> np.ndarray:
         """Target speed per waypoint: cornering limit from curvature, then braking limits backwards."""
@@ -216,7 +236,7 @@ class AutopilotDriver:
             lateral = speed * abs(hull.angularVelocity) / self.lateral_accel
             gas = min(gas, max(0.0, 1.0 - lateral * lateral) * self.grip_gas)
         action = np.array([np.clip(steer, -1.0, 1.0), gas, brake], dtype=np.float64)
-        return self._apply_noise(action).astype(np.float32)
+        return self._apply_hold(self._apply_noise(action)).astype(np.float32)
 
     def _point_ahead(self, index: int, position: np.ndarray, distance: float) -> np.ndarray:
         """The centre-line point ``distance`` units ahead of the car's projection near waypoint ``index``."""
@@ -233,6 +253,24 @@ class AutopilotDriver:
             i = (i + 1) % n
         a, b = self._points[i], self._points[(i + 1) % n]
         return a + (b - a) * (remaining / max(self._seg[i], 1e-9))
+
+    def _apply_hold(self, action: np.ndarray) -> np.ndarray:
+        """The action of a hold under way, or ``action`` (the driver's own steps run as usual under a hold)."""
+        self._steps += 1
+        rng = self._hold_rng
+        if rng is None:
+            return action
+        if self._hold_left == 0 and self._steps > HOLD_AFTER and float(rng.uniform()) < self.holds / 1000.0:
+            self._hold_left = int(rng.integers(*HOLD_STEPS))
+            kind = int(rng.integers(3))  # 0 straight on, 1 a steering angle, 2 coasting
+            gas = float(rng.uniform(0.3, 1.0))
+            self._hold_action = np.array([0.0, gas, 0.0] if kind == 0 else
+                                         [float(rng.uniform(-1.0, 1.0)), gas, 0.0] if kind == 1 else
+                                         [0.0, 0.0, 0.0], dtype=np.float64)
+        if self._hold_left > 0:
+            self._hold_left -= 1
+            return self._hold_action.copy()
+        return action
 
     def _apply_noise(self, action: np.ndarray) -> np.ndarray:
         if self.noise <= 0 or self._rng is None:
