@@ -184,6 +184,31 @@ def test_random_driver_varies_smoothly_and_reproducibly(tmp_path):
     assert steps.max() < 0.8 and 0 < steps.mean() < 0.3, "a random walk: small steps, never constant"
 
 
+def test_driving_random_driver_keeps_the_gas_on_and_drives_off(tmp_path):
+    from car_racing.episodes.rollout import run_episode
+
+    env = make_env()
+    try:
+        run_episode(env, drivers.RandomDriver(), seed=3, max_steps=150)
+        crawl = float(np.hypot(*env.unwrapped.car.hull.linearVelocity))
+        again = run_episode(env, drivers.RandomDriver(style="driving"), seed=3, max_steps=150)
+        driving = run_episode(env, drivers.RandomDriver(style="driving"), seed=3, max_steps=150)
+        speed = float(np.hypot(*env.unwrapped.car.hull.linearVelocity))
+    finally:
+        env.close()
+    np.testing.assert_array_equal(driving.actions, again.actions)  # seeded
+    steer, gas, brake = driving.actions.T
+    assert brake.max() == 0 and gas.min() >= 0.3 and gas.max() <= 1 and np.abs(steer).max() <= 1
+    assert np.abs(np.diff(steer)).mean() < 0.1, "the steering wanders slowly, as a barely trained C's does"
+    assert speed > 20 > crawl  # it drives off at speed, where the brownian driver crawls
+    with pytest.raises(ValueError, match="style"):
+        drivers.RandomDriver(style="fast")
+    record(tmp_path / "c", driver="autopilot", episodes=1, random_episodes=1, steps=20, random_style="driving")
+    recorded = load_recorded(tmp_path / "c")
+    assert [e["driver"] for e in recorded.episodes] == ["autopilot", "random"]
+    assert recorded.actions[-20:, 2].max() == 0 and recorded.actions[-20:, 1].min() >= 0.3
+
+
 # --- an episode interrupted by an error -----------------------------------------------------------------
 
 class FailingDriver(drivers.RandomDriver):

@@ -98,6 +98,9 @@ class Record:
     """episodes of the driver"""
     random_episodes: int = 16
     """random-driver episodes added after them (M sees the car off the road)"""
+    random_style: Literal["brownian", "driving"] = "brownian"
+    """the random driver's actions: brownian (gas and brake wander together: the car mostly stands or crawls) or
+    driving (the gas on, no brake, a slowly wandering steering: the car misses bends at speed)"""
     steps: int = 1000
     """steps per episode (the env's own limit is 1000)"""
     noise: float = 1.0

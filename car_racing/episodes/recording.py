@@ -75,10 +75,10 @@ def check(config: Config) -> None:
 
 def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHECKPOINT_DIR, *,
                          reaction_steps: int | None = None, mistakes: float | None = None,
-                         rescue: int = 0, holds: float = 0.0) -> Callable[[], Any]:
+                         rescue: int = 0, holds: float = 0.0, style: str = "brownian") -> Callable[[], Any]:
     """A picklable factory for a headless driver (sent to the worker processes); ``reaction_steps`` and
     ``mistakes`` are the keyboard driver's (``None``: its defaults), ``rescue`` the agent's (see
-    :class:`car_racing.episodes.agent.ExploringAgent`), ``holds`` the autopilot's."""
+    :class:`car_racing.episodes.agent.ExploringAgent`), ``holds`` the autopilot's, ``style`` the random driver's."""
     if name == "keyboard":
         from car_racing.world.keyboard_driver import KeyboardDriver
 
@@ -95,7 +95,7 @@ def make_headless_driver(name: str, noise: float, checkpoint_dir: str = USER_CHE
         return functools.partial(AutopilotDriver, noise=noise, holds=holds)
     from car_racing.world.drivers import RandomDriver
 
-    return RandomDriver
+    return functools.partial(RandomDriver, style=style)
 
 
 def driving_agent(config: Config) -> str:
@@ -315,8 +315,8 @@ def _record(config: Config) -> dict[str, Any]:
         if random_seeds:  # also after a session the person ended early: what was recorded is kept, and these added
             tqdm.write(f"then {len(random_seeds)} random-driver episodes (seeds {random_seeds[0]}..{random_seeds[-1]};"
                        f" --record.random-episodes)")
-            record_batch(session, "random", make_headless_driver("random", rec.noise, checkpoint_dir),
-                         random_seeds, headless_workers, backend)
+            random_driver = make_headless_driver("random", rec.noise, checkpoint_dir, style=rec.random_style)
+            record_batch(session, "random", random_driver, random_seeds, headless_workers, backend)
     finally:
         session.progress.close()
         if human_driver is not None:

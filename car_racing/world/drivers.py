@@ -32,27 +32,51 @@ class Driver(Protocol):
 
 
 class RandomDriver:
-    """Smoothly varying random actions: the random policy of the World Models reproductions
-    (ctallec/world-models' ``sample_continuous_policy``), a clipped Brownian motion in action space.
+    """Random actions, in one of two styles (``style``):
 
-    ``a_0 ~ U(low, high)``, ``a_{t+1} = clip(a_t + sqrt(dt)·ε_t, low, high)`` with ``ε_t ~ N(0, I)`` and
-    ``dt = 1/50`` (one env step). The RNG is seeded by the episode seed, so an episode is reproducible.
+    - ``brownian`` — the random policy of the World Models reproductions (ctallec/world-models'
+      ``sample_continuous_policy``), a clipped Brownian motion in action space: ``a_0 ~ U(low, high)``,
+      ``a_{t+1} = clip(a_t + sqrt(dt)·ε_t, low, high)`` with ``ε_t ~ N(0, I)`` and ``dt = 1/50`` (one env step). Gas
+      and brake wander together, so the car mostly stands or crawls near the start line.
+    - ``driving`` — what CMA-ES's first candidates do: the gas on (an Ornstein–Uhlenbeck process around 0.7, std
+      0.15, clipped to [0.3, 1]), no brake, and a steering that wanders slowly around a small per-episode bias (OU
+      around U(−0.2, 0.2), std 0.3, correlation time 1 s): the car drives off at speed and misses the first bends
+      it meets, and M sees what that costs.
+
+    The RNG is seeded by the episode seed, so an episode is reproducible.
     """
 
-    def __init__(self, dt: float = 1.0 / ENV_FPS) -> None:
+    STYLES = ("brownian", "driving")
+
+    def __init__(self, dt: float = 1.0 / ENV_FPS, style: str = "brownian") -> None:
+        if style not in self.STYLES:
+            raise ValueError(f"style {style!r}: expected one of {', '.join(self.STYLES)}")
         self.dt = float(dt)
+        self.style = style
         self.episode_info: dict[str, float] = {}
         self._rng = np.random.default_rng(0)
         self._action = np.zeros(3, dtype=np.float32)
+        self._bias = 0.0
 
     def reset(self, env: Any, seed: int) -> None:
         self._rng = np.random.default_rng(int(seed))
-        self._action = self._rng.uniform(ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        if self.style == "brownian":
+            self._action = self._rng.uniform(ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        else:
+            self._bias = float(self._rng.uniform(-0.2, 0.2))
+            self._action = np.array([self._bias, 0.7, 0.0], dtype=np.float32)
 
     def act(self, observation: np.ndarray, env: Any, step: int, episode_reward: float) -> np.ndarray:
         action = self._action
-        step_noise = math.sqrt(self.dt) * self._rng.standard_normal(3)
-        self._action = np.clip(action + step_noise, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        step_noise = self._rng.standard_normal(3)
+        if self.style == "brownian":
+            self._action = np.clip(action + math.sqrt(self.dt) * step_noise, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        else:  # OU steps of correlation time 1 s: x ← m + ρ·(x − m) + std·sqrt(1 − ρ²)·ε
+            rho = math.exp(-self.dt)
+            keep = math.sqrt(1.0 - rho * rho)
+            steer = self._bias + rho * (float(action[0]) - self._bias) + 0.3 * keep * step_noise[0]
+            gas = 0.7 + rho * (float(action[1]) - 0.7) + 0.15 * keep * step_noise[1]
+            self._action = np.array([np.clip(steer, -1.0, 1.0), np.clip(gas, 0.3, 1.0), 0.0], dtype=np.float32)
         return action.copy()
 
 
