@@ -67,6 +67,17 @@ def controller_files(run: str) -> list[Path]:
     return files
 
 
+def run_settings(file: Path, **values):
+    """The settings the CMA-ES run in ``file`` ran with (its ``controller.config.toml``: M, recording, dream), with
+    ``values`` (dotted as ``run__device``) replaced; a one-line error when the file is missing."""
+    from car_racing.common import config as cfg
+
+    resolved = cfg.resolved_path(file.parent, "controller")
+    if not resolved.is_file():
+        raise UsageError(f"{file}: no {resolved.name} beside it (the run's settings); rerun stage 4")
+    return cfg.replace(cfg.with_values(cfg.Config(), cfg.read_file(resolved)), **values)
+
+
 def run_label(run: str, file: Path, several: bool) -> str:
     """A CMA-ES run's name: its folder under ``dream_loop/`` (``iter_01/warm``), else its folder; with several
     ``--runs`` the run argument first."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.check_actions import controller_files
+from bench.check_actions import controller_files, run_settings
 from bench.tables import markdown_table
 from car_racing.common.cli import UsageError, run_main
 
@@ -113,20 +113,17 @@ def run_config(file: Path | None, args: Args):
     --checkpoint-dir and --data-dir; dreams start from --start-drivers' recorded states."""
     from car_racing.common import config as cfg
 
-    if file is None:
-        config = cfg.replace(cfg.Config(), run__checkpoint_dir=args.checkpoint_dir, run__data_dir=args.data_dir)
-    else:
-        resolved = file.parent / "controller.config.toml"
-        if not resolved.is_file():
-            raise UsageError(f"{file}: no controller.config.toml beside it (the run's settings); rerun stage 4")
-        config = cfg.with_values(cfg.Config(), cfg.read_file(resolved))
     # no value bootstrap: the halves are M's rewards alone (and a stage-3 M may have no value head)
-    return cfg.replace(config, run__progress=False, run__device=args.device, dream__start="recorded",
-                       dream__start_drivers=args.start_drivers, dream__value=False)
+    values = dict(run__progress=False, run__device=args.device, dream__start="recorded",
+                  dream__start_drivers=args.start_drivers, dream__value=False)
+    if file is None:
+        return cfg.replace(cfg.Config(), run__checkpoint_dir=args.checkpoint_dir, run__data_dir=args.data_dir,
+                           **values)
+    return run_settings(file, **values)
 
 
-def dream_halves(config, args: Args) -> tuple[str, dict[str, tuple[float, float]]]:
-    """The M of ``config`` (its path) and each action's mean dream pay over the two halves."""
+def dream_halves(config, args: Args) -> dict[str, tuple[float, float]]:
+    """Each action's mean pay over the two halves in the dream of ``config``'s M."""
     import torch
 
     from car_racing.training.dream import DreamNoise, imagine
@@ -144,10 +141,12 @@ def dream_halves(config, args: Args) -> tuple[str, dict[str, tuple[float, float]
                         reward_scale=1.0 / setup.reward_scale)
         rewards = trace.rewards[0].float().cpu()
         out[name] = (float(rewards[:, :half].sum(1).mean()), float(rewards[:, half:].sum(1).mean()))
-    return str(setup.paths["memory"]), out
+    return out
 
 
 def main(args: Args) -> dict:
+    from car_racing.common.runtime import checkpoint_paths
+
     if args.steps < 2 or args.trials < 1 or args.episodes < 1:
         raise UsageError(f"--steps {args.steps} --trials {args.trials} --episodes {args.episodes}: expected at "
                          "least 2 steps, 1 dream and 1 episode")
@@ -156,10 +155,12 @@ def main(args: Args) -> dict:
     files = [file for run in args.runs for file in controller_files(run)] + ([None] if args.checkpoint_dir else [])
     rows, seen, result = [], set(), {"dream": {}}
     for file in files:
-        memory, halves = dream_halves(run_config(file, args), args)
-        if memory in seen:
+        config = run_config(file, args)
+        memory = str(checkpoint_paths(config.run.checkpoint_dir)["memory"])
+        if memory in seen:  # the runs of one loop iteration share its M: dream in it once
             continue
         seen.add(memory)
+        halves = dream_halves(config, args)
         result["dream"][memory] = halves
         rows.append([f"M {memory}"] + [f"{a:.1f} / {b:.1f}" for a, b in halves.values()])
     result["real"] = real_halves(args)

@@ -78,13 +78,13 @@ def main(args: Args) -> dict:
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out}: exists; pick a new folder")
+    if args.reuse_from not in ("controller", "memory"):
+        raise UsageError(f"--reuse-from {args.reuse_from}: expected controller or memory")
     config = C.with_values(C.preset("demo", run__workers=args.workers), overrides(args.set), "--set ")
     C.validate(config)
     out.mkdir(parents=True)
     config = demo.demo_config(out, config)
     stages = [stage for stage in demo.STAGES if stage.key in demo.RECIPE_STAGES]
-    if args.reuse_from not in ("controller", "memory"):
-        raise UsageError(f"--reuse-from {args.reuse_from}: expected controller or memory")
     if args.reuse:
         source = Path(args.reuse)
         shutil.copytree(source / "data", out / "data", ignore=shutil.ignore_patterns(LOOP_DIR))

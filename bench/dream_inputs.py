@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.check_actions import action_stats, controller_files, run_label
+from bench.check_actions import action_stats, controller_files, run_label, run_settings
 from bench.tables import markdown_table
 from car_racing.common.cli import UsageError, run_main
 
@@ -66,18 +66,13 @@ def dream_stats(file: Path, trials: int, seed: int, device: str, temperature: fl
     its pay, |Δz|, |steer|, |Δsteer|; also the run's config (its M, data and dream settings)."""
     import torch
 
-    from car_racing.common import config as cfg
     from car_racing.common.runtime import load_checkpoint
     from car_racing.models.ffn import flat_to_population
     from car_racing.recording.latent_cache import load_or_build_latents
     from car_racing.training.dream import DreamNoise, imagine
     from car_racing.training.setup import load_setup
 
-    resolved = file.parent / "controller.config.toml"
-    if not resolved.is_file():
-        raise UsageError(f"{file}: no controller.config.toml beside it (the run's settings); rerun stage 4")
-    config = cfg.replace(cfg.with_values(cfg.Config(), cfg.read_file(resolved)), run__progress=False,
-                         run__device=device)
+    config = run_settings(file, run__progress=False, run__device=device)
     checkpoint = load_checkpoint(file, "controller")
     checked = checkpoint.get("checked") or []
     if not checked:

@@ -115,7 +115,6 @@ class AutopilotDriver:
         self._hold_rng: np.random.Generator | None = None
         self._hold_left = 0
         self._hold_action = np.zeros(3, dtype=np.float64)
-        self._steps = 0
 
     # --- episode setup ------------------------------------------------------------------------------
 
@@ -138,7 +137,6 @@ class AutopilotDriver:
         self._burst_action = np.zeros(3, dtype=np.float32)
         self._hold_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, HOLD_SEED_SALT]) if self.holds > 0 else None
         self._hold_left = 0
-        self._steps = 0
 
     def _speed_profile(self, points: np.ndarray, seg: np.ndarray) -> np.ndarray:
         """Target speed per waypoint: cornering limit from curvature, then braking limits backwards."""
@@ -236,7 +234,7 @@ class AutopilotDriver:
             lateral = speed * abs(hull.angularVelocity) / self.lateral_accel
             gas = min(gas, max(0.0, 1.0 - lateral * lateral) * self.grip_gas)
         action = np.array([np.clip(steer, -1.0, 1.0), gas, brake], dtype=np.float64)
-        return self._apply_hold(self._apply_noise(action)).astype(np.float32)
+        return self._apply_hold(self._apply_noise(action), step).astype(np.float32)
 
     def _point_ahead(self, index: int, position: np.ndarray, distance: float) -> np.ndarray:
         """The centre-line point ``distance`` units ahead of the car's projection near waypoint ``index``."""
@@ -254,13 +252,12 @@ class AutopilotDriver:
         a, b = self._points[i], self._points[(i + 1) % n]
         return a + (b - a) * (remaining / max(self._seg[i], 1e-9))
 
-    def _apply_hold(self, action: np.ndarray) -> np.ndarray:
+    def _apply_hold(self, action: np.ndarray, step: int) -> np.ndarray:
         """The action of a hold under way, or ``action`` (the driver's own steps run as usual under a hold)."""
-        self._steps += 1
         rng = self._hold_rng
         if rng is None:
             return action
-        if self._hold_left == 0 and self._steps > HOLD_AFTER and float(rng.uniform()) < self.holds / 1000.0:
+        if self._hold_left == 0 and step >= HOLD_AFTER and float(rng.uniform()) < self.holds / 1000.0:
             self._hold_left = int(rng.integers(*HOLD_STEPS))
             kind = int(rng.integers(3))  # 0 straight on, 1 a steering angle, 2 coasting
             gas = float(rng.uniform(0.3, 1.0))

@@ -70,7 +70,8 @@ class RandomDriver:
         action = self._action
         step_noise = self._rng.standard_normal(3)
         if self.style == "brownian":
-            self._action = np.clip(action + math.sqrt(self.dt) * step_noise, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+            walked = action + math.sqrt(self.dt) * step_noise
+            self._action = np.clip(walked, ACTION_LOW, ACTION_HIGH).astype(np.float32)
         else:  # OU steps of correlation time 1 s: x ← m + ρ·(x − m) + std·sqrt(1 − ρ²)·ε
             rho = math.exp(-self.dt)
             keep = math.sqrt(1.0 - rho * rho)
